@@ -1,0 +1,315 @@
+"""The ``newsletter`` command line (click)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import click
+from sqlalchemy import select
+
+from newsletter import publishing
+from newsletter.articles import import_articles, parse_datetime
+from newsletter.config import Settings, load_settings
+from newsletter.db import session_factory, upgrade
+from newsletter.issues import IssueError, Selection, articles_by_external_id, create_issue, get_issue, select_articles
+from newsletter.models import Issue
+from newsletter.rendering import RenderError
+from newsletter.subscribers import import_subscribers
+
+
+class Context:
+    """Settings loaded once per invocation."""
+
+    def __init__(self) -> None:
+        self.settings: Settings = load_settings()
+
+    def session(self):  # type: ignore[no-untyped-def]
+        return session_factory(self.settings.database_url)()
+
+
+pass_ctx = click.make_pass_decorator(Context, ensure=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Log progress at INFO level.")
+def main(verbose: bool) -> None:
+    """Publish a weekly newsletter issue in several languages to its subscribers.
+
+    Configuration comes from the environment (DATABASE_URL, REDIS_URL, SMTP_URL, NEWSLETTER_*);
+    with none set, everything runs in this process on SQLite and writes mail to a local outbox.
+    """
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+# -- db ---------------------------------------------------------------------------------------------
+@main.group()
+def db() -> None:
+    """Database schema commands."""
+
+
+@db.command("upgrade")
+@pass_ctx
+def db_upgrade(ctx: Context) -> None:
+    """Create or migrate the schema to the newest version (Alembic)."""
+    upgrade(ctx.settings.database_url)
+    click.echo(f"database is up to date: {ctx.settings.describe()['DATABASE_URL']}")
+
+
+# -- articles ---------------------------------------------------------------------------------------
+@main.group()
+def articles() -> None:
+    """Article archive commands."""
+
+
+@articles.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@pass_ctx
+def articles_import(ctx: Context, file: Path) -> None:
+    """Import articles from a JSON Lines FILE (fields: id, title, body or body_html, category, lang,
+    published_at). Idempotent on id; bad lines are reported and skipped."""
+    with ctx.session() as session:
+        report = import_articles(session, file)
+    for error in report.errors:
+        click.echo(f"{file}: {error}", err=True)
+    click.echo(f"{report.created} created, {report.updated} updated, {report.unchanged} unchanged, {len(report.errors)} rejected")
+    if report.errors and not (report.created or report.updated or report.unchanged):
+        sys.exit(1)
+
+
+# -- subscribers ------------------------------------------------------------------------------------
+@main.group()
+def subscribers() -> None:
+    """Subscriber commands."""
+
+
+@subscribers.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@pass_ctx
+def subscribers_import(ctx: Context, file: Path) -> None:
+    """Import subscribers from a CSV FILE with columns email, name, lang, topics (';'-separated).
+    Invalid addresses are reported; duplicates are merged (domain compared case-insensitively)."""
+    with ctx.session() as session:
+        try:
+            report = import_subscribers(session, file)
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from exc
+    for error in report.errors:
+        click.echo(f"{file}: {error}", err=True)
+    click.echo(f"{report.created} created, {report.merged} merged, {len(report.errors)} rejected")
+
+
+# -- issues -----------------------------------------------------------------------------------------
+@main.group()
+def issue() -> None:
+    """Create, preview, publish and follow issues."""
+
+
+def _lang_map(values: tuple[str, ...], what: str) -> dict[str, str]:
+    out = {}
+    for value in values:
+        lang, sep, text = value.partition("=")
+        if not sep:
+            raise click.BadParameter(f"expected LANG=TEXT, got {value!r}", param_hint=what)
+        out[lang.strip()] = text
+    return out
+
+
+def _date(value: str | None) -> datetime | None:
+    try:
+        return parse_datetime(value)
+    except ValueError as exc:
+        raise click.BadParameter(f"not an ISO date: {value!r}") from exc
+
+
+@issue.command("create")
+@click.option("--number", type=int, help="Issue number (default: next free).")
+@click.option("--title", "titles", multiple=True, metavar="LANG=TEXT", help="Edition title, e.g. en='Week 10'. Repeatable.")
+@click.option("--note", "notes", multiple=True, metavar="LANG=TEXT", help="Editor's note (Markdown) per language. Repeatable.")
+@click.option("--articles", "article_ids", help="Comma-separated article ids, in order.")
+@click.option("--latest", type=int, help="Take the N newest articles matching the filters below.")
+@click.option("--lang", help="Filter for --latest: en, zh-Hans or zh-Hant.")
+@click.option("--category", help="Filter for --latest: category (case-insensitive).")
+@click.option("--since", help="Filter for --latest: published on or after (ISO 8601).")
+@click.option("--until", help="Filter for --latest: published before (ISO 8601).")
+@pass_ctx
+def issue_create(ctx: Context, number: int | None, titles: tuple[str, ...], notes: tuple[str, ...], article_ids: str | None,
+                 latest: int | None, lang: str | None, category: str | None, since: str | None, until: str | None) -> None:
+    """Create a draft issue from articles given by id and/or "the N latest" in a date range or category."""
+    with ctx.session() as session:
+        chosen = []
+        try:
+            if article_ids:
+                chosen += articles_by_external_id(session, [i.strip() for i in article_ids.split(",") if i.strip()])
+            if latest:
+                found = select_articles(session, Selection(latest, lang, category, _date(since), _date(until)))
+                chosen += sorted((a for a in found if a not in chosen), key=lambda a: (a.published_at, a.external_id))
+            if not chosen:
+                raise IssueError("no articles selected: give --articles or --latest (with filters that match)")
+            new = create_issue(session, chosen, number=number, titles=_lang_map(titles, "--title"), notes=_lang_map(notes, "--note"))
+            session.commit()
+        except IssueError as exc:
+            raise click.ClickException(str(exc)) from exc
+        langs = ", ".join(f"{e.lang}{' (converted)' if e.converted_from else ''}" for e in new.editions)
+        click.echo(f"issue {new.number} created with {len(chosen)} articles; editions: {langs}")
+
+
+@issue.command("list")
+@pass_ctx
+def issue_list(ctx: Context) -> None:
+    """List issues with their status."""
+    with ctx.session() as session:
+        for item in session.scalars(select(Issue).order_by(Issue.number)):
+            click.echo(f"{item.number:>5}  {item.status:<10}  {', '.join(e.lang for e in item.editions)}  {len(item.items)} articles")
+
+
+@issue.command("preview")
+@click.argument("number", type=int)
+@click.option("--lang", default="en", show_default=True, help="Edition language.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Output file (default: issue-N-LANG.html).")
+@click.option("--text", "as_text", is_flag=True, help="Write the plain-text part instead of HTML.")
+@pass_ctx
+def issue_preview(ctx: Context, number: int, lang: str, out: Path | None, as_text: bool) -> None:
+    """Render one edition as a subscriber would see it (CSS inlined) and write it to a file."""
+    from newsletter.rendering import personalise, render_edition
+
+    with ctx.session() as session:
+        try:
+            the_issue = get_issue(session, number)
+            edition = next((e for e in the_issue.editions if e.lang == lang), None)
+            if edition is None:
+                raise IssueError(f"issue {number} has no {lang} edition (has: {', '.join(e.lang for e in the_issue.editions)})")
+            rendered = render_edition(publishing.edition_content(session, ctx.settings, the_issue, edition))
+        except (IssueError, RenderError) as exc:
+            raise click.ClickException(str(exc)) from exc
+    values = {"GREETING": "Hello,", "EMAIL": "preview@example.org", "UNSUBSCRIBE_URL": "#unsubscribe", "PREFERENCES_URL": "#preferences"}
+    body = personalise(rendered.text, values, escape=False) if as_text else personalise(rendered.html, values, escape=True)
+    out = out or Path(f"issue-{number}-{lang}.{'txt' if as_text else 'html'}")
+    out.write_text(body, encoding="utf-8")
+    click.echo(f"subject: {rendered.subject}\nwrote {out} ({len(body.encode())} bytes)")
+
+
+@issue.command("publish")
+@click.argument("number", type=int)
+@click.option("--no-wait", is_flag=True, help="Return once the publish is queued (needs REDIS_URL and a worker).")
+@pass_ctx
+def issue_publish(ctx: Context, number: int, no_wait: bool) -> None:
+    """Publish issue NUMBER: related articles, rendering, planning and sending, as Celery tasks.
+
+    Shows a progress bar until every delivery is final, then the counts.
+    """
+    from newsletter.runner import follow, start_publish
+
+    try:
+        issue_id, _thread = start_publish(ctx.settings, number)
+    except (IssueError, RenderError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    if no_wait:
+        if ctx.settings.embedded:
+            click.echo("note: without REDIS_URL the tasks run in this process, so --no-wait waits anyway", err=True)
+        else:
+            click.echo(f"issue {number} queued; follow it with: newsletter issue status {number}")
+            return
+    outcome = _follow_with_bar(ctx.settings, issue_id)
+    _print_status(ctx, number)
+    if outcome.status != "sent":
+        raise click.ClickException(f"issue {number} ended {outcome.status}: {outcome.error}")
+
+
+def _follow_with_bar(settings: Settings, issue_id: int):  # type: ignore[no-untyped-def]
+    from newsletter.runner import follow
+
+    with click.progressbar(length=1, label="delivering", show_pos=True, file=sys.stderr) as bar:
+        def progress(done: int, total: int) -> None:
+            bar.length = max(total, 1)
+            bar.update(done - bar.pos)
+
+        return follow(settings, issue_id, progress)
+
+
+def _print_status(ctx: Context, number: int) -> None:
+    with ctx.session() as session:
+        rep = publishing.report(session, get_issue(session, number))
+    click.echo(f"issue {rep.number}: {rep.status}" + (f" ({rep.error})" if rep.error else ""))
+    langs = sorted({lang for _, lang in rep.counts})
+    states = ["pending", "sending", "deferred", "sent", "failed", "skipped"]
+    click.echo(f"  {'state':<10}" + "".join(f"{lang:>9}" for lang in langs) + f"{'total':>9}")
+    for state in states:
+        row = [rep.counts.get((state, lang), 0) for lang in langs]
+        if sum(row):
+            click.echo(f"  {state:<10}" + "".join(f"{n:>9}" for n in row) + f"{sum(row):>9}")
+    click.echo(f"  {'total':<10}" + "".join(f"{sum(n for (s, lang_), n in rep.counts.items() if lang_ == lang):>9}" for lang in langs) + f"{rep.total:>9}")
+    for email, error in rep.last_errors:
+        click.echo(f"  last error: {email}: {error}")
+
+
+@issue.command("status")
+@click.argument("number", type=int)
+@pass_ctx
+def issue_status(ctx: Context, number: int) -> None:
+    """Delivery counts of issue NUMBER per state and language, and the last errors."""
+    try:
+        _print_status(ctx, number)
+    except IssueError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+# -- processes --------------------------------------------------------------------------------------
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.option("--beat", is_flag=True, help="Also run the periodic sweeper (Celery beat) in this worker.")
+@click.option("--concurrency", "-c", type=int, default=2, show_default=True)
+@click.pass_context
+def worker(click_ctx: click.Context, beat: bool, concurrency: int) -> None:
+    """Run a Celery worker on the render, plan and send queues (needs REDIS_URL).
+
+    Extra arguments are passed to ``celery worker``.
+    """
+    settings = load_settings()
+    if settings.embedded:
+        raise click.ClickException("REDIS_URL is not set: without a broker, 'newsletter issue publish' runs the tasks in-process")
+    from tasks import app
+
+    argv = ["worker", "--loglevel=INFO", f"--concurrency={concurrency}", "-Q", "render,plan,send"]
+    if beat:
+        argv.append("--beat")
+    app.worker_main(argv + list(click_ctx.args))
+
+
+@main.command()
+@pass_ctx
+def sweep(ctx: Context) -> None:
+    """Run one sweep now: re-enqueue due retries and expired claims, finish done issues."""
+    from tasks.publish import enqueue_send
+
+    with ctx.session() as session:
+        result = publishing.sweep(session, ctx.settings, enqueue_send)
+    click.echo(f"enqueued {sum(result.enqueued.values())} batches; finished issues: {result.finished or 'none'}")
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+def web(host: str, port: int) -> None:
+    """Serve the web pages: view-in-browser editions, unsubscribe, health check."""
+    from newsletter.web import create_app
+
+    create_app(load_settings()).run(host=host, port=port)
+
+
+@main.command()
+@click.option("--subscribers", "per_lang", default=40, show_default=True, type=int, help="Subscribers per language.")
+@click.option("--keep", is_flag=True, help="Keep the previous demo database and outbox instead of starting fresh.")
+def demo(per_lang: int, keep: bool) -> None:
+    """Run the main job end to end on real articles: import, subscribe, create and publish an issue.
+
+    Without DATABASE_URL/REDIS_URL/SMTP_URL it uses var/demo/ (SQLite, in-process worker, outbox).
+    """
+    from newsletter.demo import run_demo
+
+    run_demo(per_lang=per_lang, fresh=not keep, echo=click.echo, follow=_follow_with_bar)
+
+
+if __name__ == "__main__":
+    main()

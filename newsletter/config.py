@@ -1,0 +1,145 @@
+"""Typed settings, read once from the environment."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+log = logging.getLogger(__name__)
+
+DEV_SECRET = "dev-insecure-secret-change-me"
+
+
+def _int(env: dict[str, str], name: str, default: int, lo: int, hi: int) -> int:
+    """Read an integer, clamping nonsense values into [lo, hi] and saying so."""
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name}={raw!r} is not an integer") from exc
+    clamped = min(max(value, lo), hi)
+    if clamped != value:
+        log.warning("%s=%s is out of range [%s, %s]; using %s", name, value, lo, hi, clamped)
+    return clamped
+
+
+def _float(env: dict[str, str], name: str, default: float, lo: float, hi: float) -> float:
+    """Read a float, clamping into [lo, hi] like `_int`."""
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name}={raw!r} is not a number") from exc
+    clamped = min(max(value, lo), hi)
+    if clamped != value:
+        log.warning("%s=%s is out of range [%s, %s]; using %s", name, value, lo, hi, clamped)
+    return clamped
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with full jitter (AWS Architecture Blog, "Exponential Backoff And Jitter", 2015).
+
+    The n-th retry (n >= 1) waits ``uniform(0, min(cap, base * 2 ** (n - 1)))`` seconds.
+    A delivery fails for good after ``max_attempts`` attempts or once ``window`` seconds have
+    passed since its first attempt, whichever comes first.
+    """
+
+    base: float = 60.0
+    cap: float = 3600.0
+    max_attempts: int = 8
+    window: float = 86400.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the service reads from its environment; see the README's configuration table."""
+
+    home: Path
+    database_url: str
+    redis_url: str | None
+    smtp_urls: tuple[str, ...]
+    outbox_dir: Path
+    data_dir: Path
+    secret_key: str
+    base_url: str
+    from_address: str
+    list_id: str
+    batch_size: int = 100
+    plan_chunk_size: int = 1000
+    lease_seconds: float = 300.0
+    sweep_interval: float = 30.0
+    smtp_timeout: float = 30.0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+    @property
+    def embedded(self) -> bool:
+        """True when no broker is configured: tasks run in-process (Celery eager mode)."""
+        return not self.redis_url
+
+    @property
+    def mail_domain(self) -> str:
+        """Domain used for Message-IDs: the From address's domain."""
+        return self.from_address.rsplit("@", 1)[-1].strip("> ").lower()
+
+    def describe(self) -> dict[str, str]:
+        """Settings for display, with secrets and URL passwords masked."""
+
+        def mask(url: str) -> str:
+            parts = urlsplit(url)
+            if parts.password:
+                netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+                return parts._replace(netloc=netloc).geturl()
+            return url
+
+        return {
+            "DATABASE_URL": mask(self.database_url),
+            "REDIS_URL": mask(self.redis_url) if self.redis_url else "(unset: in-process worker)",
+            "SMTP_URL": ", ".join(mask(u) for u in self.smtp_urls) or f"(unset: outbox {self.outbox_dir})",
+            "NEWSLETTER_DATA_DIR": str(self.data_dir),
+            "NEWSLETTER_BASE_URL": self.base_url,
+            "NEWSLETTER_SECRET_KEY": "***" if self.secret_key != DEV_SECRET else "(development default)",
+        }
+
+
+def load_settings(env: dict[str, str] | None = None) -> Settings:
+    """Build `Settings` from ``env`` (default: ``os.environ``).
+
+    Raises:
+        ValueError: a numeric variable does not parse.
+    """
+    env = dict(os.environ if env is None else env)
+    home = Path(env.get("NEWSLETTER_HOME") or "var").expanduser()
+    database_url = env.get("DATABASE_URL") or f"sqlite:///{home / 'newsletter.db'}"
+    smtp_raw = env.get("SMTP_URL") or ""
+    retry = RetryPolicy(
+        base=_float(env, "NEWSLETTER_BACKOFF_BASE", 60.0, 0.01, 86400.0),
+        cap=_float(env, "NEWSLETTER_BACKOFF_CAP", 3600.0, 0.01, 7 * 86400.0),
+        max_attempts=_int(env, "NEWSLETTER_MAX_ATTEMPTS", 8, 1, 100),
+        window=_float(env, "NEWSLETTER_RETRY_WINDOW", 86400.0, 1.0, 30 * 86400.0),
+    )
+    return Settings(
+        home=home,
+        database_url=database_url,
+        redis_url=env.get("REDIS_URL") or None,
+        smtp_urls=tuple(u.strip() for u in smtp_raw.split(",") if u.strip()),
+        outbox_dir=Path(env.get("NEWSLETTER_OUTBOX") or home / "outbox").expanduser(),
+        data_dir=Path(env.get("NEWSLETTER_DATA_DIR") or "../shared/data").expanduser(),
+        secret_key=env.get("NEWSLETTER_SECRET_KEY") or DEV_SECRET,
+        base_url=(env.get("NEWSLETTER_BASE_URL") or "http://localhost:8000").rstrip("/"),
+        from_address=env.get("NEWSLETTER_FROM") or "Weekly Review <weekly@newsletter.example.org>",
+        list_id=env.get("NEWSLETTER_LIST_ID") or "weekly.newsletter.example.org",
+        batch_size=_int(env, "NEWSLETTER_BATCH_SIZE", 100, 1, 10000),
+        plan_chunk_size=_int(env, "NEWSLETTER_PLAN_CHUNK", 1000, 10, 100000),
+        lease_seconds=_float(env, "NEWSLETTER_LEASE_SECONDS", 300.0, 1.0, 86400.0),
+        sweep_interval=_float(env, "NEWSLETTER_SWEEP_INTERVAL", 30.0, 0.1, 3600.0),
+        smtp_timeout=_float(env, "SMTP_TIMEOUT", 30.0, 0.5, 600.0),
+        retry=retry,
+    )

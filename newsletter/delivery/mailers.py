@@ -1,0 +1,121 @@
+"""Mailers: where messages go. `SmtpMailer` speaks SMTP to a relay; `OutboxMailer` writes a Maildir."""
+
+from __future__ import annotations
+
+import mailbox
+import smtplib
+import ssl
+from pathlib import Path
+from types import TracebackType
+from typing import Protocol
+from urllib.parse import unquote, urlsplit
+
+from newsletter.delivery.errors import classify_exception
+
+
+class Mailer(Protocol):
+    """One open channel to a relay, used for one batch. ``send`` raises a `DeliveryError`."""
+
+    name: str
+
+    def send(self, sender: str, recipient: str, message: bytes) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class OutboxMailer:
+    """Writes each message as an ``.eml`` file into a Maildir folder (``new/``) a person can open."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.name = f"outbox:{path}"
+        self._box = mailbox.Maildir(path, create=True)
+
+    def send(self, sender: str, recipient: str, message: bytes) -> None:
+        """See `Mailer.send`. The file appears atomically (Maildir writes to ``tmp/`` then renames)."""
+        key = self._box.add(message)
+        # Rename to a readable name with the .eml ending mail programs open.
+        src = self.path / "new" / key
+        src.rename(src.with_name(f"{key}.eml"))
+
+    def close(self) -> None:
+        self._box.close()
+
+
+class SmtpMailer:
+    """An SMTP connection opened lazily and re-opened after a drop.
+
+    URL forms: ``smtp://host:25``, ``smtp+starttls://user:pass@host:587``, ``smtps://user:pass@host:465``.
+    """
+
+    def __init__(self, url: str, timeout: float = 30.0, local_hostname: str | None = None) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("smtp", "smtps", "smtp+starttls"):
+            raise ValueError(f"unsupported SMTP URL scheme {parts.scheme!r} (smtp, smtp+starttls, smtps)")
+        self.scheme = parts.scheme
+        self.host = parts.hostname or "localhost"
+        self.port = parts.port or {"smtp": 25, "smtps": 465, "smtp+starttls": 587}[parts.scheme]
+        self.username = unquote(parts.username) if parts.username else None
+        self.password = unquote(parts.password) if parts.password else None
+        self.timeout = timeout
+        self.local_hostname = local_hostname
+        self.name = f"{self.host}:{self.port}"
+        self._conn: smtplib.SMTP | None = None
+
+    def _connect(self) -> smtplib.SMTP:
+        if self.scheme == "smtps":
+            conn: smtplib.SMTP = smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout, local_hostname=self.local_hostname, context=ssl.create_default_context())
+        else:
+            conn = smtplib.SMTP(self.host, self.port, timeout=self.timeout, local_hostname=self.local_hostname)
+            if self.scheme == "smtp+starttls":
+                conn.starttls(context=ssl.create_default_context())
+        if self.username:
+            conn.login(self.username, self.password or "")
+        return conn
+
+    def send(self, sender: str, recipient: str, message: bytes) -> None:
+        """See `Mailer.send`. On a connection-level failure the connection is dropped, so the next
+        call reconnects; a refused recipient keeps the connection (RSET) for the rest of the batch."""
+        try:
+            if self._conn is None:
+                self._conn = self._connect()
+            refused = self._conn.sendmail(sender, [recipient], message)
+            if refused:
+                raise smtplib.SMTPRecipientsRefused(refused)
+        except (smtplib.SMTPException, OSError) as exc:
+            error = classify_exception(exc, recipient, self.name)
+            # smtplib already sent RSET after a refused MAIL, RCPT or DATA; only a closing (421) or
+            # broken connection needs a new one.
+            if error.smtp_code in (421, None):
+                self._drop()
+            raise error from exc
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        """QUIT politely; a connection that already broke is just closed."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.quit()
+            except (smtplib.SMTPException, OSError):
+                conn.close()
+
+    def __enter__(self) -> SmtpMailer:
+        return self
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self.close()
+
+
+def open_mailer(smtp_urls: tuple[str, ...], outbox: Path, timeout: float, index: int = 0) -> Mailer:
+    """The mailer for a batch: relay ``index`` (round-robin by the caller) or the outbox when no relay is set."""
+    if not smtp_urls:
+        return OutboxMailer(outbox)
+    return SmtpMailer(smtp_urls[index % len(smtp_urls)], timeout=timeout)

@@ -1,0 +1,160 @@
+"""Sending one batch of deliveries over one mailer connection."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from newsletter.config import Settings
+from newsletter.delivery import ledger
+from newsletter.delivery.backoff import next_attempt
+from newsletter.delivery.errors import DeliveryError, PermanentDeliveryError
+from newsletter.delivery.mailers import Mailer
+from newsletter.mime import Envelope, HeaderInjection, build_message, parse_from, to_bytes
+from newsletter.models import Delivery, Edition, Issue, IssueStatus, Subscriber, SubscriberStatus, Suppression, utcnow
+from newsletter.rendering import greeting, personalise
+from newsletter.tokens import sign
+
+log = logging.getLogger(__name__)
+
+SENDABLE_ISSUE_STATES = (IssueStatus.PUBLISHING, IssueStatus.SENDING)
+
+
+@dataclass
+class BatchResult:
+    """Outcomes of one batch, counted by name (``sent``, ``deferred``, ``failed``, ``skipped:<reason>``,
+    ``lost`` for claims another worker took over, ``busy`` for ids someone else holds)."""
+
+    outcomes: Counter[str]
+
+
+def unsubscribe_url(settings: Settings, subscriber_id: int, issue_id: int) -> str:
+    """The signed one-click unsubscribe URL (RFC 8058) for a subscriber and issue."""
+    return f"{settings.base_url}/unsubscribe/{sign(settings.secret_key, 'unsubscribe', subscriber_id, issue_id)}"
+
+
+def preferences_url(settings: Settings, subscriber_id: int) -> str:
+    """The signed preferences URL for a subscriber."""
+    return f"{settings.base_url}/preferences/{sign(settings.secret_key, 'preferences', subscriber_id)}"
+
+
+def send_batch(
+    session: Session,
+    settings: Settings,
+    issue_id: int,
+    delivery_ids: Sequence[int],
+    mailer_factory: Callable[[], Mailer],
+) -> BatchResult:
+    """Claim, personalise, build and send the due deliveries among ``delivery_ids``.
+
+    This may run more than once for the same ids (broker redelivery, the sweeper): it is safe because
+    only deliveries this call claims are sent, and the outcome is committed right after the relay's
+    reply. One mailer connection serves the whole batch and reconnects after a drop.
+    """
+    outcomes: Counter[str] = Counter()
+    issue = session.get(Issue, issue_id)
+    if issue is None or issue.status not in SENDABLE_ISSUE_STATES:
+        outcomes["issue-not-sending"] += len(delivery_ids)
+        return BatchResult(outcomes)
+    claims = ledger.claim(session, issue_id, delivery_ids, settings.lease_seconds)
+    outcomes["busy"] += len(delivery_ids) - len(claims)
+    if not claims:
+        return BatchResult(outcomes)
+
+    editions = {e.lang: e for e in session.scalars(select(Edition).where(Edition.issue_id == issue_id))}
+    rows = session.execute(
+        select(Delivery, Subscriber)
+        .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
+        .where(Delivery.id.in_([c.id for c in claims]))
+        .execution_options(populate_existing=True)  # see the claim's new attempts count
+    ).all()
+    by_id = {d.id: (d, s) for d, s in rows}
+    suppressed = set(
+        session.scalars(select(Suppression.email).where(Suppression.email.in_([d.email for d, _ in rows])))
+    )
+    sender = parse_from(settings.from_address).addr_spec
+    mailer = mailer_factory()
+    try:
+        for claim_ in claims:
+            delivery, subscriber = by_id[claim_.id]
+            outcomes[_send_one(session, settings, issue, editions, delivery, subscriber, suppressed, claim_, mailer, sender)] += 1
+    finally:
+        mailer.close()
+    return BatchResult(outcomes)
+
+
+def _send_one(
+    session: Session,
+    settings: Settings,
+    issue: Issue,
+    editions: dict[str, Edition],
+    delivery: Delivery,
+    subscriber: Subscriber,
+    suppressed: set[str],
+    claim_: ledger.Claim,
+    mailer: Mailer,
+    sender: str,
+) -> str:
+    if subscriber.status != SubscriberStatus.ACTIVE:
+        reason = str(subscriber.status)
+        return f"skipped:{reason}" if ledger.mark_skipped(session, claim_, reason) else "lost"
+    if delivery.email in suppressed:
+        return "skipped:suppressed" if ledger.mark_skipped(session, claim_, "suppressed") else "lost"
+    edition = editions.get(delivery.lang)
+    try:
+        if edition is None or edition.html is None or edition.text is None or edition.subject is None:
+            raise PermanentDeliveryError(f"edition {delivery.lang} of issue {issue.number} is not rendered")
+        unsub = unsubscribe_url(settings, subscriber.id, issue.id)
+        values = {
+            "GREETING": greeting(edition.lang, subscriber.name),
+            "EMAIL": delivery.email,
+            "UNSUBSCRIBE_URL": unsub,
+            "PREFERENCES_URL": preferences_url(settings, subscriber.id),
+        }
+        envelope = Envelope(
+            from_header=settings.from_address,
+            to_address=delivery.email,
+            to_name=subscriber.name,
+            subject=edition.subject,
+            message_id=delivery.message_id,
+            list_id=settings.list_id,
+            unsubscribe_url=unsub,
+            lang=edition.lang,
+        )
+        try:
+            message = build_message(
+                envelope,
+                personalise(edition.text, values, escape=False),
+                personalise(edition.html, values, escape=True),
+            )
+        except (HeaderInjection, ValueError) as exc:
+            raise PermanentDeliveryError(f"subscriber {subscriber.id}: cannot build message: {exc}") from exc
+        mailer.send(sender, delivery.email, to_bytes(message))
+    except DeliveryError as exc:
+        return _record_failure(session, settings, delivery, claim_, exc, mailer.name)
+    if ledger.mark_sent(session, claim_, mailer.name):
+        return "sent"
+    log.warning("delivery %s: sent, but its claim had been taken over", delivery.id)
+    return "lost"
+
+
+def _record_failure(session: Session, settings: Settings, delivery: Delivery, claim_: ledger.Claim, exc: DeliveryError, relay: str) -> str:
+    relay = exc.relay or relay
+    if isinstance(exc, PermanentDeliveryError):
+        ledger.mark_failed(session, claim_, str(exc), exc.smtp_code, relay)
+        log.info("delivery %s failed permanently: %s", delivery.id, exc)
+        return "failed"
+    now = utcnow()
+    attempts = delivery.attempts  # already counts this attempt (the claim incremented it)
+    when = next_attempt(settings.retry, attempts, delivery.first_attempt_at or now, now)
+    if when is None:
+        ledger.mark_failed(session, claim_, f"gave up after {attempts} attempts: {exc}", exc.smtp_code, relay)
+        return "failed"
+    ledger.mark_deferred(session, claim_, when, str(exc), exc.smtp_code, relay)
+    log.info("delivery %s deferred until %s: %s", delivery.id, when.isoformat(), exc)
+    return "deferred"

@@ -1,0 +1,250 @@
+"""SQLAlchemy 2 models: the database is the source of truth for everything that must not be lost."""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Enum,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+LANGUAGES = ("en", "zh-Hans", "zh-Hant")
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp stored in UTC that always comes back timezone-aware (SQLite drops the offset)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: timestamps must be timezone-aware")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON, list[str]: JSON}
+
+
+class SubscriberStatus(enum.StrEnum):
+    PENDING = "pending"
+    ACTIVE = "active"
+    UNSUBSCRIBED = "unsubscribed"
+    BOUNCED = "bounced"
+    COMPLAINED = "complained"
+
+
+class IssueStatus(enum.StrEnum):
+    DRAFT = "draft"
+    PUBLISHING = "publishing"  # related + render + plan in progress
+    SENDING = "sending"  # deliveries planned; batches in flight
+    SENT = "sent"  # every delivery final
+    FAILED = "failed"  # the publish pipeline failed; see Issue.error
+
+
+class DeliveryStatus(enum.StrEnum):
+    PENDING = "pending"
+    SENDING = "sending"
+    DEFERRED = "deferred"
+    SENT = "sent"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+FINAL_DELIVERY_STATES = (DeliveryStatus.SENT, DeliveryStatus.FAILED, DeliveryStatus.SKIPPED)
+
+
+def _enum(cls: type[enum.Enum]) -> Enum:
+    # Store the value as a plain string (no native PG enum) so adding a state is a one-line migration.
+    return Enum(cls, native_enum=False, length=16, values_callable=lambda e: [m.value for m in e])
+
+
+class Article(Base):
+    """A published piece. ``external_id`` is the id in the source corpus; imports are idempotent on it."""
+
+    __tablename__ = "articles"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    external_id: Mapped[str] = mapped_column(String(512), unique=True)
+    title: Mapped[str] = mapped_column(Text)
+    summary: Mapped[str] = mapped_column(Text, default="")
+    body_html: Mapped[str] = mapped_column(Text, default="")
+    body_text: Mapped[str] = mapped_column(Text, default="")
+    category: Mapped[str | None] = mapped_column(String(128))
+    lang: Mapped[str] = mapped_column(String(16), index=True)
+    published_at: Mapped[datetime | None] = mapped_column(index=True)
+    url: Mapped[str | None] = mapped_column(Text)
+    translation_key: Mapped[str | None] = mapped_column(String(512), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Issue(Base):
+    """One weekly newsletter. Per-language texts live in its editions."""
+
+    __tablename__ = "issues"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    number: Mapped[int] = mapped_column(unique=True)
+    status: Mapped[IssueStatus] = mapped_column(_enum(IssueStatus), default=IssueStatus.DRAFT)
+    segment: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # The audience is frozen at publish: only subscribers with id <= this are planned.
+    audience_max_subscriber_id: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    published_at: Mapped[datetime | None]
+    planned_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+    editions: Mapped[list[Edition]] = relationship(
+        back_populates="issue", cascade="all, delete-orphan", order_by="Edition.lang"
+    )
+    items: Mapped[list[IssueArticle]] = relationship(
+        back_populates="issue", cascade="all, delete-orphan", order_by="IssueArticle.position"
+    )
+
+
+class Edition(Base):
+    """An issue in one language (BCP 47 tag). ``html`` and ``text`` keep personalisation placeholders."""
+
+    __tablename__ = "editions"
+    __table_args__ = (UniqueConstraint("issue_id", "lang"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    issue_id: Mapped[int] = mapped_column(ForeignKey("issues.id", ondelete="CASCADE"))
+    lang: Mapped[str] = mapped_column(String(16))
+    title: Mapped[str] = mapped_column(Text)
+    editors_note: Mapped[str] = mapped_column(Text, default="")
+    # Set when this edition's text was derived by conversion (e.g. zh-Hant from zh-Hans by OpenCC).
+    converted_from: Mapped[str | None] = mapped_column(String(16))
+    subject: Mapped[str | None] = mapped_column(Text)
+    html: Mapped[str | None] = mapped_column(Text)
+    text: Mapped[str | None] = mapped_column(Text)
+    web_html: Mapped[str | None] = mapped_column(Text)
+    rendered_at: Mapped[datetime | None]
+
+    issue: Mapped[Issue] = relationship(back_populates="editions")
+
+
+class IssueArticle(Base):
+    """An article's place in an issue (ordered by ``position``)."""
+
+    __tablename__ = "issue_articles"
+    __table_args__ = (UniqueConstraint("issue_id", "article_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    issue_id: Mapped[int] = mapped_column(ForeignKey("issues.id", ondelete="CASCADE"))
+    article_id: Mapped[int] = mapped_column(ForeignKey("articles.id"))
+    position: Mapped[int]
+
+    issue: Mapped[Issue] = relationship(back_populates="items")
+    article: Mapped[Article] = relationship()
+
+
+class RelatedArticle(Base):
+    """One entry of an edition's "You might also like" block, ranked by content similarity."""
+
+    __tablename__ = "related_articles"
+    __table_args__ = (UniqueConstraint("issue_id", "lang", "article_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    issue_id: Mapped[int] = mapped_column(ForeignKey("issues.id", ondelete="CASCADE"))
+    lang: Mapped[str] = mapped_column(String(16))
+    article_id: Mapped[int] = mapped_column(ForeignKey("articles.id"))
+    rank: Mapped[int]
+    score: Mapped[float] = mapped_column(Float)
+
+    article: Mapped[Article] = relationship()
+
+
+class Subscriber(Base):
+    """A person on the list. ``email`` is normalised (domain lower-cased, IDNA) and unique."""
+
+    __tablename__ = "subscribers"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    name: Mapped[str] = mapped_column(String(256), default="")
+    lang: Mapped[str] = mapped_column(String(16), default="en")
+    topics: Mapped[list[str]] = mapped_column(JSON, default=list)
+    attributes: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    status: Mapped[SubscriberStatus] = mapped_column(
+        _enum(SubscriberStatus), default=SubscriberStatus.ACTIVE, index=True
+    )
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    confirmed_at: Mapped[datetime | None]
+    unsubscribed_at: Mapped[datetime | None]
+
+
+class Delivery(Base):
+    """One message of one issue to one subscriber: the unit of sending, retrying and reporting.
+
+    The unique (issue_id, subscriber_id) key makes planning idempotent; state changes are atomic
+    conditional UPDATEs (see `newsletter.delivery.ledger`).
+    """
+
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        UniqueConstraint("issue_id", "subscriber_id", name="uq_delivery_issue_subscriber"),
+        Index("ix_deliveries_issue_status", "issue_id", "status"),
+        Index("ix_deliveries_status_next", "status", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    issue_id: Mapped[int] = mapped_column(ForeignKey("issues.id", ondelete="CASCADE"))
+    subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id"))
+    lang: Mapped[str] = mapped_column(String(16))  # the edition this subscriber gets
+    email: Mapped[str] = mapped_column(String(320))  # frozen at planning
+    status: Mapped[DeliveryStatus] = mapped_column(_enum(DeliveryStatus), default=DeliveryStatus.PENDING)
+    attempts: Mapped[int] = mapped_column(default=0)
+    message_id: Mapped[str] = mapped_column(String(255))
+    next_attempt_at: Mapped[datetime | None]
+    claimed_until: Mapped[datetime | None]
+    enqueued_at: Mapped[datetime | None]
+    first_attempt_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    last_smtp_code: Mapped[int | None]
+    relay: Mapped[str | None] = mapped_column(String(255))
+    skip_reason: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    sent_at: Mapped[datetime | None]
+
+    subscriber: Mapped[Subscriber] = relationship()
+
+
+class Suppression(Base):
+    """An address that must never be mailed again (hard bounce, complaint, unsubscribe)."""
+
+    __tablename__ = "suppressions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    reason: Mapped[str] = mapped_column(String(64))
+    detail: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

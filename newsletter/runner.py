@@ -1,0 +1,85 @@
+"""Starting a publish and following it until every delivery is final (used by the CLI and the demo)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from newsletter import publishing
+from newsletter.config import Settings
+from newsletter.db import session_factory
+from newsletter.delivery import ledger
+from newsletter.issues import get_issue
+from newsletter.models import FINAL_DELIVERY_STATES, Issue, IssueStatus
+
+Progress = Callable[[int, int], None]  # (final deliveries, total deliveries)
+
+
+@dataclass
+class PublishOutcome:
+    """How a followed publish ended."""
+
+    number: int
+    status: str
+    error: str | None
+
+
+def start_publish(settings: Settings, number: int) -> tuple[int, threading.Thread | None]:
+    """Validate issue ``number`` and start its pipeline.
+
+    With a broker the pipeline is enqueued for the workers and this returns at once. In the embedded
+    mode the tasks run eagerly in a background thread of this process (the in-process worker), so
+    the caller can follow progress. Returns ``(issue_id, thread or None)``.
+
+    Raises:
+        IssueError, RenderError: the issue cannot be published (nothing was changed).
+    """
+    from tasks.publish import publish_pipeline  # Celery lives at the edge
+
+    with session_factory(settings.database_url)() as session:
+        issue = get_issue(session, number)
+        publishing.request_publish(session, settings, issue)
+        issue_id = issue.id
+    if not settings.embedded:
+        publish_pipeline(issue_id).apply_async()
+        return issue_id, None
+
+    def run() -> None:
+        try:
+            publish_pipeline(issue_id).apply()
+        except Exception:  # recorded on the issue by the task base class; the follower reports it
+            pass
+
+    thread = threading.Thread(target=run, name=f"publish-{number}", daemon=True)
+    thread.start()
+    return issue_id, thread
+
+
+def follow(settings: Settings, issue_id: int, progress: Progress | None = None, poll: float = 0.5, timeout: float | None = None) -> PublishOutcome:
+    """Poll the ledger until the issue is ``sent`` or ``failed`` (or ``timeout`` seconds pass).
+
+    In the embedded mode this process is also the sweeper: deferred deliveries are re-sent here when
+    due, since no beat process runs.
+    """
+    from tasks.publish import enqueue_send
+
+    factory = session_factory(settings.database_url)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    last_sweep = 0.0
+    while True:
+        with factory() as session:
+            issue = session.get_one(Issue, issue_id)
+            counts = ledger.counts(session, issue_id)
+            done = sum(n for (state, _), n in counts.items() if state in FINAL_DELIVERY_STATES)
+            if progress:
+                progress(done, sum(counts.values()))
+            if issue.status in (IssueStatus.SENT, IssueStatus.FAILED):
+                return PublishOutcome(issue.number, str(issue.status), issue.error)
+            if settings.embedded and issue.status == IssueStatus.SENDING and time.monotonic() - last_sweep >= min(settings.sweep_interval, 1.0):
+                publishing.sweep(session, settings, enqueue_send)
+                last_sweep = time.monotonic()
+        if deadline is not None and time.monotonic() > deadline:
+            return PublishOutcome(issue.number, str(issue.status), "still running: gave up following")
+        time.sleep(poll)

@@ -1,0 +1,141 @@
+"""Subscribers: address normalisation and CSV import."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from email_validator import EmailNotValidError, validate_email
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from newsletter.models import LANGUAGES, Subscriber, SubscriberStatus, utcnow
+
+
+class InvalidAddress(ValueError):
+    """An address that is not a valid RFC 5321 mailbox; ``address`` is the raw input."""
+
+    def __init__(self, address: str, reason: str) -> None:
+        super().__init__(f"{address!r}: {reason}")
+        self.address, self.reason = address, reason
+
+
+def normalise_address(address: str) -> str:
+    """Validate and normalise an address: the domain is lower-cased (and IDNA-encoded to Unicode
+    form); the local part keeps its case, since RFC 5321 §2.4 makes it case-sensitive.
+
+    Raises:
+        InvalidAddress: syntax is wrong, or the input has control characters (header injection).
+    """
+    if any(ch in address for ch in "\r\n\x00"):
+        raise InvalidAddress(address, "contains a line break or NUL")
+    try:
+        return validate_email(address.strip(), check_deliverability=False).normalized
+    except EmailNotValidError as exc:
+        raise InvalidAddress(address, str(exc)) from exc
+
+
+def normalise_lang(value: str | None) -> str:
+    """Map common spellings to the BCP 47 tags we publish in (``zh-CN`` -> ``zh-Hans``, ...).
+
+    Raises:
+        ValueError: not a supported language.
+    """
+    raw = (value or "en").strip()
+    key = raw.lower().replace("_", "-")
+    aliases = {
+        "en": "en", "en-us": "en", "en-gb": "en",
+        "zh-hans": "zh-Hans", "zh-cn": "zh-Hans", "zh-sg": "zh-Hans", "zh": "zh-Hans",
+        "zh-hant": "zh-Hant", "zh-tw": "zh-Hant", "zh-hk": "zh-Hant", "zh-mo": "zh-Hant",
+    }  # fmt: skip
+    if key not in aliases:
+        raise ValueError(f"unsupported language {raw!r} (use one of {', '.join(LANGUAGES)})")
+    return aliases[key]
+
+
+@dataclass
+class SubscriberImportReport:
+    """Counts of an import, and errors naming their CSV line."""
+
+    created: int = 0
+    merged: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+def import_subscribers(session: Session, path: Path, *, status: SubscriberStatus = SubscriberStatus.ACTIVE) -> SubscriberImportReport:
+    """Import a CSV with columns ``email, name, lang, topics`` (topics separated by ``;`` or ``|``).
+
+    Addresses that differ only in the case of their domain are one subscriber: later rows update the
+    name, language and topics of the earlier one. Invalid rows are reported with their line number.
+    Existing unsubscribed or bounced subscribers keep their status (an import never re-subscribes).
+    """
+    report = SubscriberImportReport()
+    rows: dict[str, dict[str, object]] = {}
+    with path.open(encoding="utf-8-sig", newline="") as handle:
+        reader = csv.DictReader(handle)
+        if not reader.fieldnames or "email" not in [f.strip().lower() for f in reader.fieldnames]:
+            raise ValueError(f"{path}: the header must name an 'email' column")
+        for row in reader:
+            row = {(k or "").strip().lower(): (v or "").strip() for k, v in row.items()}
+            line = reader.line_num
+            try:
+                email = normalise_address(row.get("email", ""))
+                lang = normalise_lang(row.get("lang") or None)
+            except ValueError as exc:
+                report.errors.append(f"line {line}: {exc}")
+                continue
+            topics = sorted({t.strip() for t in row.get("topics", "").replace("|", ";").split(";") if t.strip()})
+            if email in rows:
+                report.merged += 1
+            rows[email] = {"name": row.get("name", ""), "lang": lang, "topics": topics}
+
+    emails = list(rows)
+    for start in range(0, len(emails), 1000):
+        chunk = emails[start : start + 1000]
+        existing = {s.email: s for s in session.scalars(select(Subscriber).where(Subscriber.email.in_(chunk)))}
+        for email in chunk:
+            values = rows[email]
+            subscriber = existing.get(email)
+            if subscriber is None:
+                now = utcnow()
+                session.add(
+                    Subscriber(
+                        email=email,
+                        status=status,
+                        confirmed_at=now if status == SubscriberStatus.ACTIVE else None,
+                        attributes={},
+                        **values,
+                    )
+                )
+                report.created += 1
+            else:
+                for key, value in values.items():
+                    setattr(subscriber, key, value)
+                report.merged += 1
+        session.commit()
+    return report
+
+
+def find_subscriber(session: Session, email: str) -> Subscriber | None:
+    """The subscriber with this address (normalised first), or None."""
+    return session.scalar(select(Subscriber).where(Subscriber.email == normalise_address(email)))
+
+
+def unsubscribe(session: Session, subscriber_id: int, source: str = "link") -> Subscriber | None:
+    """Unsubscribe and suppress the address; idempotent; commits. Returns None for an unknown id.
+
+    Pending deliveries of issues still sending are skipped at send time (the sender re-checks status).
+    """
+    from newsletter.models import Suppression
+
+    subscriber = session.get(Subscriber, subscriber_id)
+    if subscriber is None:
+        return None
+    if subscriber.status != SubscriberStatus.UNSUBSCRIBED:
+        subscriber.status = SubscriberStatus.UNSUBSCRIBED
+        subscriber.unsubscribed_at = utcnow()
+    if session.scalar(select(Suppression.id).where(Suppression.email == subscriber.email)) is None:
+        session.add(Suppression(email=subscriber.email, reason="unsubscribe", detail=source))
+    session.commit()
+    return subscriber

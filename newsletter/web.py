@@ -1,0 +1,59 @@
+"""Web pages: view-in-browser editions, one-click unsubscribe (RFC 8058), health check."""
+
+from __future__ import annotations
+
+from flask import Flask, Response, abort, render_template_string, request
+from sqlalchemy import select, text
+
+from newsletter.config import Settings
+from newsletter.db import session_factory
+from newsletter.models import Edition, Issue, IssueStatus
+from newsletter.subscribers import unsubscribe
+from newsletter.tokens import BadToken, verify
+
+PAGE = """<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">
+<title>{{ title }}</title></head><body style="font-family:Helvetica,Arial,sans-serif;max-width:36em;margin:3em auto;padding:0 1em">
+<h1>{{ title }}</h1><p>{{ message }}</p>
+{% if form %}<form method="post"><button type="submit" name="confirm" value="1">Unsubscribe</button></form>{% endif %}
+</body></html>"""
+
+
+def create_app(settings: Settings) -> Flask:
+    """The Flask app. Editions are served only once their issue is being or has been sent."""
+    app = Flask("newsletter")
+    factory = session_factory(settings.database_url)
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        with factory() as session:
+            session.execute(text("SELECT 1"))
+        return {"status": "ok"}
+
+    @app.get("/issues/<int:number>/<lang>")
+    def edition(number: int, lang: str) -> Response:
+        with factory() as session:
+            found = session.execute(
+                select(Edition.web_html).join(Issue).where(
+                    Issue.number == number, Edition.lang == lang,
+                    Issue.status.in_([IssueStatus.SENDING, IssueStatus.SENT]),
+                )
+            ).scalar_one_or_none()  # fmt: skip
+        if not found:
+            abort(404)
+        return Response(found, mimetype="text/html")
+
+    @app.route("/unsubscribe/<token>", methods=["GET", "POST"])
+    def unsubscribe_page(token: str) -> tuple[str, int] | str:
+        try:
+            subscriber_id, _issue_id = verify(settings.secret_key, "unsubscribe", token)
+        except BadToken:
+            return render_template_string(PAGE, title="Link not valid", message="This unsubscribe link is not valid.", form=False), 400
+        if request.method == "GET":
+            # A GET never unsubscribes: mail scanners follow links (RFC 8058 §1).
+            return render_template_string(PAGE, title="Unsubscribe", message="Stop receiving this newsletter?", form=True)
+        with factory() as session:
+            if unsubscribe(session, subscriber_id, source="one-click" if "List-Unsubscribe" in request.form else "page") is None:
+                return render_template_string(PAGE, title="Unknown subscriber", message="We could not find this subscription.", form=False), 404
+        return render_template_string(PAGE, title="Unsubscribed", message="You will not receive further issues.", form=False)
+
+    return app

@@ -1,0 +1,86 @@
+"""The publish pipeline's tasks. Each loads by id, calls one `newsletter.publishing` function, commits."""
+
+from __future__ import annotations
+
+import logging
+from functools import cache
+
+from celery import Task, chain
+
+from newsletter.config import Settings, load_settings
+from newsletter.db import session_factory
+from newsletter.delivery.mailers import open_mailer
+from newsletter.delivery.send import send_batch as send_batch_fn
+from newsletter import publishing
+from tasks import app
+
+log = logging.getLogger(__name__)
+
+
+@cache
+def settings() -> Settings:
+    """Settings, read once per process."""
+    return load_settings()
+
+
+def _session():  # type: ignore[no-untyped-def]
+    return session_factory(settings().database_url)()
+
+
+class IssueTask(Task):  # type: ignore[misc]
+    """A publish step: on any error the issue is marked failed with the reason, never left 'sending'."""
+
+    def run_step(self, issue_id: int, step, *args):  # type: ignore[no-untyped-def]
+        with _session() as session:
+            try:
+                return step(session, settings(), issue_id, *args)
+            except Exception as exc:
+                log.exception("issue id %s: %s failed", issue_id, self.name)
+                publishing.fail_issue(session, issue_id, f"{self.name}: {type(exc).__name__}: {exc}")
+                raise
+
+
+def enqueue_send(issue_id: int, delivery_ids: list[int]) -> None:
+    """Hand one batch to the send queue."""
+    send_batch.delay(issue_id, delivery_ids)
+
+
+@app.task(base=IssueTask, bind=True, name="newsletter.attach_related")
+def attach_related(self: IssueTask, issue_id: int) -> dict[str, int]:
+    return self.run_step(issue_id, publishing.attach_related)
+
+
+@app.task(base=IssueTask, bind=True, name="newsletter.render_editions")
+def render_editions(self: IssueTask, issue_id: int) -> dict[str, int]:
+    return self.run_step(issue_id, publishing.render_editions)
+
+
+@app.task(base=IssueTask, bind=True, name="newsletter.plan_deliveries")
+def plan_deliveries(self: IssueTask, issue_id: int) -> int:
+    return self.run_step(issue_id, publishing.plan_deliveries, enqueue_send)
+
+
+@app.task(bind=True, name="newsletter.send_batch")
+def send_batch(self: Task, issue_id: int, delivery_ids: list[int]) -> dict[str, int]:
+    """May run more than once for the same ids: see `newsletter.delivery.send.send_batch`."""
+    s = settings()
+    with _session() as session:
+        result = send_batch_fn(
+            session, s, issue_id, delivery_ids,
+            lambda: open_mailer(s.smtp_urls, s.outbox_dir, s.smtp_timeout, index=delivery_ids[0] if delivery_ids else 0),
+        )
+        publishing.finish_if_done(session, issue_id)
+    return dict(result.outcomes)
+
+
+@app.task(name="newsletter.sweep")
+def sweep() -> dict[str, int]:
+    """Periodic (beat): re-enqueue due retries, expired claims and lost messages; finish done issues."""
+    with _session() as session:
+        result = publishing.sweep(session, settings(), enqueue_send)
+    return {"batches": sum(result.enqueued.values()), "finished": len(result.finished)}
+
+
+def publish_pipeline(issue_id: int):  # type: ignore[no-untyped-def]
+    """The canvas for one publish: related -> render -> plan (plan enqueues the send batches)."""
+    return chain(attach_related.si(issue_id), render_editions.si(issue_id), plan_deliveries.si(issue_id))
