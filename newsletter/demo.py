@@ -101,8 +101,6 @@ def run_demo(*, per_lang: int, fresh: bool, echo: Callable[[str], None], follow:
         env["NEWSLETTER_HOME"] = str(home)
         env.pop("NEWSLETTER_OUTBOX", None)
     settings = load_settings(env)
-    os.environ.update({k: v for k, v in env.items() if k == "NEWSLETTER_HOME"})
-    _reset_task_settings(settings)
     echo(f"database: {settings.describe()['DATABASE_URL']}")
     upgrade(settings.database_url)
     en_path, zh_path, real = corpus_paths(settings)
@@ -142,11 +140,3 @@ def run_demo(*, per_lang: int, fresh: bool, echo: Callable[[str], None], follow:
     else:
         count = len(list((settings.outbox_dir / "new").glob("*.eml")))
         echo(f"outbox: {settings.outbox_dir / 'new'} ({count} .eml files)")
-
-
-def _reset_task_settings(settings: Settings) -> None:
-    """Point the in-process task layer at the demo's settings."""
-    import tasks.publish
-
-    tasks.publish.settings.cache_clear()
-    os.environ["NEWSLETTER_HOME"] = str(settings.home)

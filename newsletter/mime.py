@@ -71,9 +71,9 @@ def build_message(env: Envelope, text: str, html: str) -> EmailMessage:
     msg["List-Id"] = f"<{_clean('List-Id', env.list_id)}>"
     msg["List-Unsubscribe"] = f"<{_clean('List-Unsubscribe', env.unsubscribe_url)}>"
     msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
-    msg["Content-Language"] = env.lang
     msg.set_content(text, subtype="plain", charset="utf-8", cte="quoted-printable")
     msg.add_alternative(html, subtype="html", charset="utf-8", cte="quoted-printable")
+    msg["Content-Language"] = env.lang  # after set_content, which clears Content-* headers
     return msg
 
 

@@ -36,8 +36,9 @@ def start_publish(settings: Settings, number: int) -> tuple[int, threading.Threa
     Raises:
         IssueError, RenderError: the issue cannot be published (nothing was changed).
     """
-    from tasks.publish import publish_pipeline  # Celery lives at the edge
+    from tasks.publish import publish_pipeline, use_settings  # Celery lives at the edge
 
+    use_settings(settings)
     with session_factory(settings.database_url)() as session:
         issue = get_issue(session, number)
         publishing.request_publish(session, settings, issue)
@@ -63,8 +64,9 @@ def follow(settings: Settings, issue_id: int, progress: Progress | None = None, 
     In the embedded mode this process is also the sweeper: deferred deliveries are re-sent here when
     due, since no beat process runs.
     """
-    from tasks.publish import enqueue_send
+    from tasks.publish import enqueue_send, use_settings
 
+    use_settings(settings)
     factory = session_factory(settings.database_url)
     deadline = None if timeout is None else time.monotonic() + timeout
     last_sweep = 0.0

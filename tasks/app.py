@@ -21,8 +21,6 @@ def make_app(settings: Settings | None = None) -> Celery:
     settings = settings or load_settings()
     app = Celery("newsletter")
     app.conf.update(
-        broker_url=settings.redis_url or "memory://localhost/",
-        task_always_eager=settings.embedded,
         task_eager_propagates=True,
         task_ignore_result=True,
         result_backend=None,
@@ -46,10 +44,23 @@ def make_app(settings: Settings | None = None) -> Celery:
         broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT},
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
-        beat_schedule={
-            "sweep": {"task": "newsletter.sweep", "schedule": settings.sweep_interval, "options": {"expires": settings.sweep_interval}},
-        },
         timezone="UTC",
         enable_utc=True,
     )
+    configure(app, settings)
     return app
+
+
+def configure(app: Celery, settings: Settings) -> None:
+    """Apply the settings-dependent parts: broker (or eager mode) and the sweep schedule."""
+    broker = settings.redis_url or "memory://localhost/"
+    if app.conf.broker_url != broker and app._pool is not None:  # noqa: SLF001  (drop connections to the old broker)
+        app._pool.force_close_all()
+        app._pool = None
+    app.conf.update(
+        broker_url=broker,
+        task_always_eager=settings.embedded,
+        beat_schedule={
+            "sweep": {"task": "newsletter.sweep", "schedule": settings.sweep_interval, "options": {"expires": settings.sweep_interval}},
+        },
+    )

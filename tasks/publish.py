@@ -12,15 +12,27 @@ from newsletter.db import session_factory
 from newsletter.delivery.mailers import open_mailer
 from newsletter.delivery.send import send_batch as send_batch_fn
 from newsletter import publishing
+from tasks.app import configure
 from tasks import app
 
 log = logging.getLogger(__name__)
 
 
+_override: list[Settings] = []
+
+
 @cache
 def settings() -> Settings:
-    """Settings, read once per process."""
-    return load_settings()
+    """Settings, read once per process from the environment (or as set by `use_settings`)."""
+    return _override[-1] if _override else load_settings()
+
+
+def use_settings(new: Settings) -> None:
+    """Run this process's task layer with ``new`` (the CLI's demo, tests): the database the tasks use,
+    and the broker, or eager in-process execution when ``new`` has no broker."""
+    _override[:] = [new]
+    settings.cache_clear()
+    configure(app, new)
 
 
 def _session():  # type: ignore[no-untyped-def]

@@ -20,8 +20,7 @@ class DeliveryError(Exception):
         return f"{type(self).__name__}(smtp_code={self.smtp_code!r}, enhanced_code={self.enhanced_code!r}, relay={self.relay!r}, message={self.message!r})"
 
     def __str__(self) -> str:
-        code = " ".join(str(c) for c in (self.smtp_code, self.enhanced_code) if c)
-        return f"{code} {self.message}".strip()
+        return f"{self.smtp_code or ''} {self.message}".strip()
 
 
 class TemporaryDeliveryError(DeliveryError):
