@@ -135,8 +135,18 @@ def _date(value: str | None) -> datetime | None:
 @click.option("--since", help="Filter for --latest: published on or after (ISO 8601).")
 @click.option("--until", help="Filter for --latest: published before (ISO 8601).")
 @pass_ctx
-def issue_create(ctx: Context, number: int | None, titles: tuple[str, ...], notes: tuple[str, ...], article_ids: str | None,
-                 latest: int | None, lang: str | None, category: str | None, since: str | None, until: str | None) -> None:
+def issue_create(
+    ctx: Context,
+    number: int | None,
+    titles: tuple[str, ...],
+    notes: tuple[str, ...],
+    article_ids: str | None,
+    latest: int | None,
+    lang: str | None,
+    category: str | None,
+    since: str | None,
+    until: str | None,
+) -> None:
     """Create a draft issue from articles given by id and/or "the N latest" in a date range or category."""
     with ctx.session() as session:
         chosen = []
@@ -200,7 +210,7 @@ def issue_publish(ctx: Context, number: int, no_wait: bool) -> None:
 
     Shows a progress bar until every delivery is final, then the counts.
     """
-    from newsletter.runner import follow, start_publish
+    from newsletter.runner import start_publish
 
     try:
         issue_id, _thread = start_publish(ctx.settings, number)
@@ -222,6 +232,7 @@ def _follow_with_bar(settings: Settings, issue_id: int):  # type: ignore[no-unty
     from newsletter.runner import follow
 
     with click.progressbar(length=1, label="delivering", show_pos=True, file=sys.stderr) as bar:
+
         def progress(done: int, total: int) -> None:
             bar.length = max(total, 1)
             bar.update(done - bar.pos)
@@ -240,7 +251,11 @@ def _print_status(ctx: Context, number: int) -> None:
         row = [rep.counts.get((state, lang), 0) for lang in langs]
         if sum(row):
             click.echo(f"  {state:<10}" + "".join(f"{n:>9}" for n in row) + f"{sum(row):>9}")
-    click.echo(f"  {'total':<10}" + "".join(f"{sum(n for (s, lang_), n in rep.counts.items() if lang_ == lang):>9}" for lang in langs) + f"{rep.total:>9}")
+    click.echo(
+        f"  {'total':<10}"
+        + "".join(f"{sum(n for (s, lang_), n in rep.counts.items() if lang_ == lang):>9}" for lang in langs)
+        + f"{rep.total:>9}"
+    )
     for email, error in rep.last_errors:
         click.echo(f"  last error: {email}: {error}")
 

@@ -46,7 +46,14 @@ def write_subscribers(path: Path, per_lang: int) -> int:
     reject or merge (an invalid address, a domain-case duplicate). Returns the rows written."""
     rows: list[dict[str, Any]] = []
     for i in range(per_lang):
-        rows.append({"email": f"reader{i:04d}@example.com", "name": f"{FIRST[i % 10]} {LAST[(i // 10) % 10]}", "lang": "en", "topics": "policy;economy"})
+        rows.append(
+            {
+                "email": f"reader{i:04d}@example.com",
+                "name": f"{FIRST[i % 10]} {LAST[(i // 10) % 10]}",
+                "lang": "en",
+                "topics": "policy;economy",
+            }
+        )
         rows.append({"email": f"duzhe{i:04d}@example.cn", "name": ZH_NAMES[i % 10], "lang": "zh-Hans", "topics": "国内"})
         rows.append({"email": f"duzhe{i:04d}@example.tw", "name": ZH_HANT_NAMES[i % 10], "lang": "zh-Hant", "topics": "國際"})
     rows.append({"email": "not-an-address", "name": "Broken", "lang": "en", "topics": ""})
@@ -125,7 +132,10 @@ def run_demo(*, per_lang: int, fresh: bool, echo: Callable[[str], None], follow:
         )  # fmt: skip
         session.commit()
         number = issue.number
-        echo(f"issue {number}: {len(chosen)} articles; editions " + ", ".join(e.lang + (" (converted)" if e.converted_from else "") for e in issue.editions))
+        echo(
+            f"issue {number}: {len(chosen)} articles; editions "
+            + ", ".join(e.lang + (" (converted)" if e.converted_from else "") for e in issue.editions)
+        )
     issue_id, _ = start_publish(settings, number)
     outcome = follow(settings, issue_id)
     with factory() as session:

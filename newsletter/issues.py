@@ -21,7 +21,7 @@ class IssueError(ValueError):
 
 @dataclass(frozen=True)
 class Selection:
-    """"The ``latest`` newest articles" filtered by language, category and a published date range
+    """ "The ``latest`` newest articles" filtered by language, category and a published date range
     (``since`` inclusive, ``until`` exclusive)."""
 
     latest: int

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
@@ -49,7 +49,7 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 
 class Base(DeclarativeBase):
-    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON, list[str]: JSON}
+    type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: UTCDateTime(), dict[str, Any]: JSON, list[str]: JSON}
 
 
 class SubscriberStatus(enum.StrEnum):
@@ -121,12 +121,8 @@ class Issue(Base):
     planned_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
 
-    editions: Mapped[list[Edition]] = relationship(
-        back_populates="issue", cascade="all, delete-orphan", order_by="Edition.lang"
-    )
-    items: Mapped[list[IssueArticle]] = relationship(
-        back_populates="issue", cascade="all, delete-orphan", order_by="IssueArticle.position"
-    )
+    editions: Mapped[list[Edition]] = relationship(back_populates="issue", cascade="all, delete-orphan", order_by="Edition.lang")
+    items: Mapped[list[IssueArticle]] = relationship(back_populates="issue", cascade="all, delete-orphan", order_by="IssueArticle.position")
 
 
 class Edition(Base):
@@ -193,9 +189,7 @@ class Subscriber(Base):
     lang: Mapped[str] = mapped_column(String(16), default="en")
     topics: Mapped[list[str]] = mapped_column(JSON, default=list)
     attributes: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    status: Mapped[SubscriberStatus] = mapped_column(
-        _enum(SubscriberStatus), default=SubscriberStatus.ACTIVE, index=True
-    )
+    status: Mapped[SubscriberStatus] = mapped_column(_enum(SubscriberStatus), default=SubscriberStatus.ACTIVE, index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     confirmed_at: Mapped[datetime | None]
     unsubscribed_at: Mapped[datetime | None]

@@ -191,7 +191,9 @@ def plan_deliveries(session: Session, settings: Settings, issue_id: int, enqueue
     issue = session.get_one(Issue, issue_id)
     langs = [e.lang for e in issue.editions]
     planned = 0
-    for chunk in stream_audience(session, issue.segment, max_subscriber_id=issue.audience_max_subscriber_id, chunk=settings.plan_chunk_size):
+    for chunk in stream_audience(
+        session, issue.segment, max_subscriber_id=issue.audience_max_subscriber_id, chunk=settings.plan_chunk_size
+    ):
         now = utcnow()
         rows = []
         for sub in chunk:
@@ -208,8 +210,12 @@ def plan_deliveries(session: Session, settings: Settings, issue_id: int, enqueue
         ids = list(
             session.scalars(
                 select(Delivery.id)
-                .where(Delivery.issue_id == issue_id, Delivery.subscriber_id.in_([s.id for s in chunk]),
-                       Delivery.status == DeliveryStatus.PENDING, Delivery.enqueued_at.is_(None))
+                .where(
+                    Delivery.issue_id == issue_id,
+                    Delivery.subscriber_id.in_([s.id for s in chunk]),
+                    Delivery.status == DeliveryStatus.PENDING,
+                    Delivery.enqueued_at.is_(None),
+                )
                 .order_by(Delivery.id)
             )
         )
@@ -257,7 +263,9 @@ class SweepResult:
     finished: list[int] = field(default_factory=list)
 
 
-def sweep(session: Session, settings: Settings, enqueue: Enqueue, now: datetime | None = None, requeue_after: float | None = None) -> SweepResult:
+def sweep(
+    session: Session, settings: Settings, enqueue: Enqueue, now: datetime | None = None, requeue_after: float | None = None
+) -> SweepResult:
     """Re-enqueue what is due (retries, expired claims, lost broker messages) and finish done issues.
 
     Only issues in ``sending`` are swept, so rows still being planned are left to the planner.
@@ -325,4 +333,6 @@ def report(session: Session, issue: Issue, errors: int = 5) -> IssueReport:
 
 def planned_ids(session: Session, issue_id: int, states: Sequence[DeliveryStatus]) -> list[int]:
     """Delivery ids of an issue in ``states``, in id order."""
-    return list(session.scalars(select(Delivery.id).where(Delivery.issue_id == issue_id, Delivery.status.in_(list(states))).order_by(Delivery.id)))
+    return list(
+        session.scalars(select(Delivery.id).where(Delivery.issue_id == issue_id, Delivery.status.in_(list(states))).order_by(Delivery.id))
+    )

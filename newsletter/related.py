@@ -53,9 +53,7 @@ def _document(doc: Doc) -> str:
     return f"{doc.title}\n{doc.title}\n{doc.text[:MAX_CHARS]}"
 
 
-def recommend(
-    lang: str, queries: Sequence[Doc], archive: Sequence[Doc], *, k: int = 5
-) -> list[tuple[int, float]]:
+def recommend(lang: str, queries: Sequence[Doc], archive: Sequence[Doc], *, k: int = 5) -> list[tuple[int, float]]:
     """Rank ``archive`` by similarity to ``queries`` (the issue's articles) and return the top ``k``.
 
     A candidate's score is its highest cosine similarity to any query article, so each article of

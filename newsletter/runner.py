@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -48,17 +49,18 @@ def start_publish(settings: Settings, number: int) -> tuple[int, threading.Threa
         return issue_id, None
 
     def run() -> None:
-        try:
+        # A failure is recorded on the issue by the task base class; the follower reports it.
+        with contextlib.suppress(Exception):
             publish_pipeline(issue_id).apply()
-        except Exception:  # recorded on the issue by the task base class; the follower reports it
-            pass
 
     thread = threading.Thread(target=run, name=f"publish-{number}", daemon=True)
     thread.start()
     return issue_id, thread
 
 
-def follow(settings: Settings, issue_id: int, progress: Progress | None = None, poll: float = 0.5, timeout: float | None = None) -> PublishOutcome:
+def follow(
+    settings: Settings, issue_id: int, progress: Progress | None = None, poll: float = 0.5, timeout: float | None = None
+) -> PublishOutcome:
     """Poll the ledger until the issue is ``sent`` or ``failed`` (or ``timeout`` seconds pass).
 
     In the embedded mode this process is also the sweeper: deferred deliveries are re-sent here when
@@ -79,7 +81,11 @@ def follow(settings: Settings, issue_id: int, progress: Progress | None = None, 
                 progress(done, sum(counts.values()))
             if issue.status in (IssueStatus.SENT, IssueStatus.FAILED):
                 return PublishOutcome(issue.number, str(issue.status), issue.error)
-            if settings.embedded and issue.status == IssueStatus.SENDING and time.monotonic() - last_sweep >= min(settings.sweep_interval, 1.0):
+            if (
+                settings.embedded
+                and issue.status == IssueStatus.SENDING
+                and time.monotonic() - last_sweep >= min(settings.sweep_interval, 1.0)
+            ):
                 publishing.sweep(session, settings, enqueue_send)
                 last_sweep = time.monotonic()
         if deadline is not None and time.monotonic() > deadline:

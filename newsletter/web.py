@@ -53,7 +53,9 @@ def create_app(settings: Settings) -> Flask:
             return render_template_string(PAGE, title="Unsubscribe", message="Stop receiving this newsletter?", form=True)
         with factory() as session:
             if unsubscribe(session, subscriber_id, source="one-click" if "List-Unsubscribe" in request.form else "page") is None:
-                return render_template_string(PAGE, title="Unknown subscriber", message="We could not find this subscription.", form=False), 404
+                return render_template_string(
+                    PAGE, title="Unknown subscriber", message="We could not find this subscription.", form=False
+                ), 404
         return render_template_string(PAGE, title="Unsubscribed", message="You will not receive further issues.", form=False)
 
     return app

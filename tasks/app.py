@@ -54,7 +54,7 @@ def make_app(settings: Settings | None = None) -> Celery:
 def configure(app: Celery, settings: Settings) -> None:
     """Apply the settings-dependent parts: broker (or eager mode) and the sweep schedule."""
     broker = settings.redis_url or "memory://localhost/"
-    if app.conf.broker_url != broker and app._pool is not None:  # noqa: SLF001  (drop connections to the old broker)
+    if app.conf.broker_url != broker and app._pool is not None:
         app._pool.force_close_all()
         app._pool = None
     app.conf.update(

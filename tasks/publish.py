@@ -7,13 +7,13 @@ from functools import cache
 
 from celery import Task, chain
 
+from newsletter import publishing
 from newsletter.config import Settings, load_settings
 from newsletter.db import session_factory
 from newsletter.delivery.mailers import open_mailer
 from newsletter.delivery.send import send_batch as send_batch_fn
-from newsletter import publishing
-from tasks.app import configure
 from tasks import app
+from tasks.app import configure
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,10 @@ def send_batch(self: Task, issue_id: int, delivery_ids: list[int]) -> dict[str, 
     s = settings()
     with _session() as session:
         result = send_batch_fn(
-            session, s, issue_id, delivery_ids,
+            session,
+            s,
+            issue_id,
+            delivery_ids,
             lambda: open_mailer(s.smtp_urls, s.outbox_dir, s.smtp_timeout, index=delivery_ids[0] if delivery_ids else 0),
         )
         publishing.finish_if_done(session, issue_id)

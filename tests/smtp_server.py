@@ -14,6 +14,7 @@ from typing import Any
 
 from aiosmtpd.controller import Controller
 
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that is free right now."""
     with socket.socket() as sock:
@@ -83,7 +84,9 @@ class SMTPServer:
     def __init__(self, rcpt_fault: Fault | None = None, data_fault: Fault | None = None) -> None:
         self.recorder = Recorder()
         self.port = free_port()
-        self.controller = Controller(Handler(self.recorder, rcpt_fault, data_fault), hostname="127.0.0.1", port=self.port, decode_data=False)
+        self.controller = Controller(
+            Handler(self.recorder, rcpt_fault, data_fault), hostname="127.0.0.1", port=self.port, decode_data=False
+        )
 
     @property
     def url(self) -> str:

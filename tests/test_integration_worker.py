@@ -86,7 +86,9 @@ def start_worker(env: dict[str, str], log: Path, beat_schedule: Path) -> subproc
     """``celery -A tasks worker -B`` as its own process group, logging to ``log``."""
     cmd = [sys.executable, "-m", "celery", "-A", "tasks", "worker", "-B", "-s", str(beat_schedule),
            "-Q", "render,plan,send", "-c", "2", "--loglevel=INFO", "--without-gossip", "--without-mingle"]  # fmt: skip
-    return subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **env}, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(
+        cmd, cwd=ROOT, env={**os.environ, **env}, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True
+    )
 
 
 @pytest.fixture

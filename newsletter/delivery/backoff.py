@@ -24,7 +24,9 @@ def backoff_delay(policy: RetryPolicy, attempt: int, rng: random.Random | None =
     return (rng or random).uniform(0.0, backoff_ceiling(policy, attempt))
 
 
-def next_attempt(policy: RetryPolicy, attempts_made: int, first_attempt_at: datetime, now: datetime, rng: random.Random | None = None) -> datetime | None:
+def next_attempt(
+    policy: RetryPolicy, attempts_made: int, first_attempt_at: datetime, now: datetime, rng: random.Random | None = None
+) -> datetime | None:
     """When to try again after ``attempts_made`` failed attempts, or None to give up.
 
     Gives up once ``attempts_made >= policy.max_attempts`` or when the next attempt would fall

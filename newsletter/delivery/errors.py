@@ -17,7 +17,8 @@ class DeliveryError(Exception):
         self.message, self.smtp_code, self.enhanced_code, self.relay = message, smtp_code, enhanced_code, relay
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(smtp_code={self.smtp_code!r}, enhanced_code={self.enhanced_code!r}, relay={self.relay!r}, message={self.message!r})"
+        fields = f"smtp_code={self.smtp_code!r}, enhanced_code={self.enhanced_code!r}, relay={self.relay!r}"
+        return f"{type(self).__name__}({fields}, message={self.message!r})"
 
     def __str__(self) -> str:
         return f"{self.smtp_code or ''} {self.message}".strip()

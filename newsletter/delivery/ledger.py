@@ -101,7 +101,11 @@ def mark_sent(session: Session, claim_: Claim, relay: str) -> bool:
 
 def mark_deferred(session: Session, claim_: Claim, when: datetime, error: str, code: int | None, relay: str | None) -> bool:
     """sending -> deferred until ``when`` after a transient failure."""
-    return _finish(session, claim_, {"status": DeliveryStatus.DEFERRED, "next_attempt_at": when, "last_error": error[:2000], "last_smtp_code": code, "relay": relay})
+    return _finish(
+        session,
+        claim_,
+        {"status": DeliveryStatus.DEFERRED, "next_attempt_at": when, "last_error": error[:2000], "last_smtp_code": code, "relay": relay},
+    )
 
 
 def mark_failed(session: Session, claim_: Claim, error: str, code: int | None, relay: str | None) -> bool:
@@ -123,7 +127,12 @@ def release(session: Session, claims: Sequence[Claim]) -> None:
 def mark_enqueued(session: Session, ids: Sequence[int], now: datetime | None = None) -> None:
     """Record that a send task for ``ids`` was handed to the broker (for the sweeper's bookkeeping)."""
     if ids:
-        session.execute(update(Delivery).where(Delivery.id.in_(list(ids))).values(enqueued_at=now or utcnow()).execution_options(synchronize_session=False))
+        session.execute(
+            update(Delivery)
+            .where(Delivery.id.in_(list(ids)))
+            .values(enqueued_at=now or utcnow())
+            .execution_options(synchronize_session=False)
+        )
 
 
 def due_for_enqueue(session: Session, now: datetime, requeue_after: float, limit: int = 10000) -> list[tuple[int, int]]:
@@ -139,8 +148,11 @@ def due_for_enqueue(session: Session, now: datetime, requeue_after: float, limit
         select(Delivery.issue_id, Delivery.id)
         .where(
             or_(
-                and_(Delivery.status == DeliveryStatus.DEFERRED, Delivery.next_attempt_at <= now,
-                     or_(never_or_stale, Delivery.enqueued_at < Delivery.next_attempt_at)),
+                and_(
+                    Delivery.status == DeliveryStatus.DEFERRED,
+                    Delivery.next_attempt_at <= now,
+                    or_(never_or_stale, Delivery.enqueued_at < Delivery.next_attempt_at),
+                ),
                 and_(Delivery.status == DeliveryStatus.SENDING, Delivery.claimed_until < now, never_or_stale),
                 and_(Delivery.status == DeliveryStatus.PENDING, never_or_stale),
             )
@@ -153,9 +165,12 @@ def due_for_enqueue(session: Session, now: datetime, requeue_after: float, limit
 
 def count_open(session: Session, issue_id: int) -> int:
     """Deliveries of the issue that are not yet final."""
-    return session.scalar(
-        select(func.count()).select_from(Delivery).where(Delivery.issue_id == issue_id, Delivery.status.not_in(FINAL_DELIVERY_STATES))
-    ) or 0
+    return (
+        session.scalar(
+            select(func.count()).select_from(Delivery).where(Delivery.issue_id == issue_id, Delivery.status.not_in(FINAL_DELIVERY_STATES))
+        )
+        or 0
+    )
 
 
 def counts(session: Session, issue_id: int) -> dict[tuple[str, str], int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import mailbox
 import smtplib
 import ssl
@@ -64,7 +65,9 @@ class SmtpMailer:
 
     def _connect(self) -> smtplib.SMTP:
         if self.scheme == "smtps":
-            conn: smtplib.SMTP = smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout, local_hostname=self.local_hostname, context=ssl.create_default_context())
+            conn: smtplib.SMTP = smtplib.SMTP_SSL(
+                self.host, self.port, timeout=self.timeout, local_hostname=self.local_hostname, context=ssl.create_default_context()
+            )
         else:
             conn = smtplib.SMTP(self.host, self.port, timeout=self.timeout, local_hostname=self.local_hostname)
             if self.scheme == "smtp+starttls":
@@ -93,10 +96,8 @@ class SmtpMailer:
     def _drop(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
-            try:
+            with contextlib.suppress(OSError):
                 conn.close()
-            except OSError:
-                pass
 
     def close(self) -> None:
         """QUIT politely; a connection that already broke is just closed."""

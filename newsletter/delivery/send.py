@@ -74,9 +74,7 @@ def send_batch(
         .execution_options(populate_existing=True)  # see the claim's new attempts count
     ).all()
     by_id = {d.id: (d, s) for d, s in rows}
-    suppressed = set(
-        session.scalars(select(Suppression.email).where(Suppression.email.in_([d.email for d, _ in rows])))
-    )
+    suppressed = set(session.scalars(select(Suppression.email).where(Suppression.email.in_([d.email for d, _ in rows]))))
     sender = parse_from(settings.from_address).addr_spec
     mailer = mailer_factory()
     try:
