@@ -1,0 +1,136 @@
+"""The `newsletter` command line on the embedded default (SQLite, in-process worker, outbox)."""
+
+from __future__ import annotations
+
+import email
+import json
+import os
+from collections import Counter
+from email import policy
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from newsletter.cli import main
+
+
+@pytest.fixture
+def cli_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    env = {
+        "NEWSLETTER_HOME": str(tmp_path / "home"),
+        "NEWSLETTER_SECRET_KEY": "cli-secret",
+        "NEWSLETTER_BASE_URL": "https://news.example.org",
+    }
+    for key in ("DATABASE_URL", "REDIS_URL", "SMTP_URL", "NEWSLETTER_OUTBOX"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.chdir(tmp_path)
+    return env
+
+
+def run(*args: str) -> str:
+    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def read_outbox(path: Path) -> list[email.message.EmailMessage]:
+    return [email.message_from_bytes(p.read_bytes(), policy=policy.default) for p in sorted((path / "new").glob("*.eml"))]  # type: ignore[misc]
+
+
+ARTICLES = [
+    {"id": "a0", "title": "Control systems patch deadline debated", "body": "Utilities asked for more time to patch control systems.",
+     "category": "Security", "lang": "en", "published_at": "2026-10-01T10:00:00Z"},
+    {"id": "z0", "title": "控制系统漏洞修补期限引发讨论", "body_html": "<p>电力企业要求延长控制系统漏洞修补期限。</p>",
+     "category": "安全", "lang": "zh-Hans", "published_at": "2026-10-01T10:00:00+08:00"},
+    {"id": "a1", "title": "Grid security rules tightened", "body": "Utilities must patch **control systems** within 30 days.\n\nA second paragraph.",
+     "category": "Security", "lang": "en", "published_at": "2026-11-16T10:00:00Z"},
+    {"id": "a2", "title": "Ransomware hits regional hospitals", "body": "Hospitals restored systems after a ransomware attack on control systems.",
+     "category": "Security", "lang": "en", "published_at": "2026-11-10T10:00:00Z"},
+    {"id": "a3", "title": "Budget talks resume", "body": "Negotiators met again on the budget <script>alert(1)</script>.",
+     "category": "Economy", "lang": "en", "published_at": "2026-11-17T10:00:00Z"},
+    {"id": "z1", "title": "电网安全新规出台", "body_html": "<p>电力企业须在30天内修补控制系统漏洞。</p>",
+     "category": "安全", "lang": "zh-Hans", "published_at": "2026-11-16T10:00:00+08:00"},
+    {"id": "z2", "title": "勒索软件袭击地区医院", "body_html": "<p>医院在勒索软件攻击控制系统后恢复了系统。</p>",
+     "category": "安全", "lang": "zh-Hans", "published_at": "2026-11-11T10:00:00+08:00"},
+]  # fmt: skip
+
+
+def test_main_job_from_the_command_line(cli_env: dict[str, str], tmp_path: Path) -> None:
+    run("db", "upgrade")
+    corpus = tmp_path / "articles.jsonl"
+    lines = [json.dumps(a, ensure_ascii=False) for a in ARTICLES]
+    lines.insert(2, "{not json")
+    corpus.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    result = CliRunner().invoke(main, ["articles", "import", str(corpus)])
+    assert result.exit_code == 0
+    assert "7 created" in result.output
+    assert "line 3" in result.output and "1 rejected" in result.output  # the malformed line is named; the rest imported
+
+    csv_path = tmp_path / "subs.csv"
+    csv_path.write_text(
+        "email,name,lang,topics\n"
+        "ann@example.com,Ann,en,security\n"
+        "Ann@EXAMPLE.com,Ann B,en,security;economy\n"  # a different local-part case: a different mailbox
+        "ann@Example.COM,Ann,en,security\n"  # same mailbox, domain case differs: merged
+        "li@example.cn,李雷,zh-CN,安全\n"
+        "chen@example.tw,陳,zh-TW,\n"
+        "broken-address,X,en,\n",
+        encoding="utf-8",
+    )
+    out = run("subscribers", "import", str(csv_path))
+    assert "4 created, 1 merged, 1 rejected" in out
+
+    out = run("issue", "create", "--latest", "5", "--since", "2026-11-09", "--until", "2026-11-18", "--title", "en=Week 47")
+    assert "issue 1 created with 5 articles; editions: en, zh-Hans, zh-Hant (converted)" in out
+    out = run("issue", "preview", "1", "--lang", "zh-Hant")
+    assert "wrote issue-1-zh-Hant.html" in out
+    preview = (tmp_path / "issue-1-zh-Hant.html").read_text(encoding="utf-8")
+    assert "電網安全新規出臺" in preview or "電網安全新規出台" in preview
+    assert "<script>" not in preview
+
+    out = run("issue", "publish", "1")
+    assert "issue 1: sent" in out
+    messages = read_outbox(tmp_path / "home" / "outbox")
+    assert Counter(str(m["To"].addresses[0].addr_spec) for m in messages) == Counter(
+        {"ann@example.com": 1, "Ann@example.com": 1, "li@example.cn": 1, "chen@example.tw": 1}
+    )
+    langs = {str(m["To"].addresses[0].addr_spec): m["Content-Language"] for m in messages}
+    assert langs == {"ann@example.com": "en", "Ann@example.com": "en", "li@example.cn": "zh-Hans", "chen@example.tw": "zh-Hant"}
+    english = next(m for m in messages if m["Content-Language"] == "en")
+    assert english["Subject"] == "Week 47 · Issue 1"
+    html = english.get_body(("html",)).get_content()
+    assert "You might also like" in html and "Control systems patch deadline debated" in html
+
+    out = run("issue", "status", "1")
+    assert "issue 1: sent" in out
+    assert "sent" in out and "zh-Hant" in out
+
+    # Publishing again is refused with a clear message, and nothing more is sent.
+    again = CliRunner().invoke(main, ["issue", "publish", "1"])
+    assert again.exit_code != 0 and "already sent" in again.output
+    assert len(read_outbox(tmp_path / "home" / "outbox")) == 4
+
+
+def test_every_command_has_help(cli_env: dict[str, str]) -> None:
+    commands = [[], ["db"], ["db", "upgrade"], ["articles", "import"], ["subscribers", "import"], ["issue"], ["issue", "create"],
+                ["issue", "preview"], ["issue", "publish"], ["issue", "status"], ["issue", "list"], ["worker"], ["demo"], ["web"], ["sweep"]]  # fmt: skip
+    for command in commands:
+        out = run(*command, "--help")
+        assert "Usage:" in out, command
+
+
+def test_demo_on_real_corpora(cli_env: dict[str, str], shared_data: Path, tmp_path: Path) -> None:
+    os.environ["NEWSLETTER_DATA_DIR"] = str(shared_data)
+    out = run("demo", "--subscribers", "4")
+    assert "issue 1: sent" in out
+    messages = read_outbox(tmp_path / "home" / "demo" / "outbox")
+    recipients = Counter(str(m["To"].addresses[0].addr_spec) for m in messages)
+    assert len(recipients) == 12 and set(recipients.values()) == {1}
+    by_lang = Counter(m["Content-Language"] for m in messages)
+    assert by_lang == Counter({"en": 4, "zh-Hans": 4, "zh-Hant": 4})
+    zh = next(m for m in messages if m["Content-Language"] == "zh-Hans")
+    assert "新闻联播一周要闻" in str(zh["Subject"])
+    assert "您可能还喜欢" in zh.get_body(("html",)).get_content()
