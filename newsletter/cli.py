@@ -271,6 +271,57 @@ def issue_status(ctx: Context, number: int) -> None:
         raise click.ClickException(str(exc)) from exc
 
 
+@issue.command("pause")
+@click.argument("number", type=int)
+@pass_ctx
+def issue_pause(ctx: Context, number: int) -> None:
+    """Pause sending issue NUMBER; batches under way stop within a few messages."""
+    with ctx.session() as session:
+        try:
+            publishing.pause_issue(session, get_issue(session, number))
+        except IssueError as exc:
+            raise click.ClickException(str(exc)) from exc
+    click.echo(f"issue {number} paused; continue with: newsletter issue resume {number}")
+
+
+@issue.command("resume")
+@click.argument("number", type=int)
+@click.option("--no-wait", is_flag=True, help="Return once the batches are queued (needs REDIS_URL and a worker).")
+@pass_ctx
+def issue_resume(ctx: Context, number: int, no_wait: bool) -> None:
+    """Resume a paused issue exactly where it stopped: no message is sent twice, none is skipped."""
+    from tasks.publish import enqueue_send, plan_deliveries, use_settings
+
+    use_settings(ctx.settings)
+    with ctx.session() as session:
+        try:
+            the_issue = get_issue(session, number)
+            batches = publishing.resume_issue(session, ctx.settings, the_issue, enqueue_send)
+        except IssueError as exc:
+            raise click.ClickException(str(exc)) from exc
+        issue_id, replan = the_issue.id, the_issue.planned_at is None
+    if replan:
+        plan_deliveries.delay(issue_id)
+    click.echo(f"issue {number} resumed: {batches} batches queued" + (", planning restarted" if replan else ""))
+    if no_wait and not ctx.settings.embedded:
+        return
+    _follow_with_bar(ctx.settings, issue_id)
+    _print_status(ctx, number)
+
+
+@issue.command("cancel")
+@click.argument("number", type=int)
+@pass_ctx
+def issue_cancel(ctx: Context, number: int) -> None:
+    """Cancel issue NUMBER for good: deliveries not yet sent are skipped (reason: cancelled)."""
+    with ctx.session() as session:
+        try:
+            skipped = publishing.cancel_issue(session, get_issue(session, number))
+        except IssueError as exc:
+            raise click.ClickException(str(exc)) from exc
+    click.echo(f"issue {number} cancelled; {skipped} deliveries skipped")
+
+
 # -- processes --------------------------------------------------------------------------------------
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.option("--beat", is_flag=True, help="Also run the periodic sweeper (Celery beat) in this worker.")

@@ -66,6 +66,8 @@ class IssueStatus(enum.StrEnum):
     SENDING = "sending"  # deliveries planned; batches in flight
     SENT = "sent"  # every delivery final
     FAILED = "failed"  # the publish pipeline failed; see Issue.error
+    PAUSED = "paused"  # an editor stopped sending; `resume` continues where it stopped
+    CANCELLED = "cancelled"  # an editor stopped the issue for good; unsent deliveries are skipped
 
 
 class DeliveryStatus(enum.StrEnum):

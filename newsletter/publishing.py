@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from newsletter.config import Settings
@@ -120,6 +120,10 @@ def request_publish(session: Session, settings: Settings, issue: Issue) -> None:
         raise IssueError(f"issue {issue.number} is already being published ({issue.status})")
     if issue.status == IssueStatus.SENT:
         raise IssueError(f"issue {issue.number} was already sent")
+    if issue.status == IssueStatus.PAUSED:
+        raise IssueError(f"issue {issue.number} is paused: resume it instead")
+    if issue.status == IssueStatus.CANCELLED:
+        raise IssueError(f"issue {issue.number} was cancelled")
     if not issue.editions:
         raise IssueError(f"issue {issue.number} has no editions")
     for edition in issue.editions:
@@ -336,3 +340,61 @@ def planned_ids(session: Session, issue_id: int, states: Sequence[DeliveryStatus
     return list(
         session.scalars(select(Delivery.id).where(Delivery.issue_id == issue_id, Delivery.status.in_(list(states))).order_by(Delivery.id))
     )
+
+
+def pause_issue(session: Session, issue: Issue) -> None:
+    """Stop sending: batches under way hand back their unsent claims within a few messages; commits.
+
+    Raises:
+        IssueError: the issue is not publishing or sending.
+    """
+    if issue.status not in (IssueStatus.PUBLISHING, IssueStatus.SENDING):
+        raise IssueError(f"issue {issue.number} is {issue.status}; only a publishing or sending issue can be paused")
+    issue.status = IssueStatus.PAUSED
+    session.commit()
+
+
+def resume_issue(session: Session, settings: Settings, issue: Issue, enqueue: Enqueue) -> int:
+    """Continue a paused issue exactly where it stopped; commits. Returns the batches enqueued.
+
+    Every non-final delivery is enqueued again; sent ones are final, so nothing is sent twice, and
+    the ledger's claims make a message for a delivery already in flight a no-op. If planning had not
+    finished, the issue goes back to ``publishing`` and the caller must re-run the plan step.
+
+    Raises:
+        IssueError: the issue is not paused.
+    """
+    if issue.status != IssueStatus.PAUSED:
+        raise IssueError(f"issue {issue.number} is {issue.status}, not paused")
+    issue.status = IssueStatus.SENDING if issue.planned_at else IssueStatus.PUBLISHING
+    session.commit()
+    ids = planned_ids(session, issue.id, [DeliveryStatus.PENDING, DeliveryStatus.DEFERRED, DeliveryStatus.SENDING])
+    ledger.mark_enqueued(session, ids)
+    session.commit()
+    batches = [ids[i : i + settings.batch_size] for i in range(0, len(ids), settings.batch_size)]
+    for batch in batches:
+        enqueue(issue.id, batch)
+    finish_if_done(session, issue.id)
+    return len(batches)
+
+
+def cancel_issue(session: Session, issue: Issue) -> int:
+    """Stop an issue for good: every delivery not yet sent becomes ``skipped`` (reason ``cancelled``);
+    batches under way stop within a few messages. Commits. Returns the deliveries skipped now.
+
+    Raises:
+        IssueError: the issue already finished.
+    """
+    if issue.status in (IssueStatus.SENT, IssueStatus.CANCELLED):
+        raise IssueError(f"issue {issue.number} is {issue.status}; it cannot be cancelled")
+    issue.status = IssueStatus.CANCELLED
+    issue.finished_at = utcnow()
+    session.commit()
+    result = session.execute(
+        update(Delivery)
+        .where(Delivery.issue_id == issue.id, Delivery.status.in_([DeliveryStatus.PENDING, DeliveryStatus.DEFERRED]))
+        .values(status=DeliveryStatus.SKIPPED, skip_reason="cancelled", updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    return int(result.rowcount)  # type: ignore[attr-defined]

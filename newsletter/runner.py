@@ -79,7 +79,7 @@ def follow(
             done = sum(n for (state, _), n in counts.items() if state in FINAL_DELIVERY_STATES)
             if progress:
                 progress(done, sum(counts.values()))
-            if issue.status in (IssueStatus.SENT, IssueStatus.FAILED):
+            if issue.status in (IssueStatus.SENT, IssueStatus.FAILED, IssueStatus.PAUSED, IssueStatus.CANCELLED):
                 return PublishOutcome(issue.number, str(issue.status), issue.error)
             if (
                 settings.embedded

@@ -23,6 +23,7 @@ from newsletter.tokens import sign
 log = logging.getLogger(__name__)
 
 SENDABLE_ISSUE_STATES = (IssueStatus.PUBLISHING, IssueStatus.SENDING)
+STATUS_CHECK_EVERY = 10  # messages between checks for a pause or cancel during a batch
 
 
 @dataclass
@@ -78,7 +79,10 @@ def send_batch(
     sender = parse_from(settings.from_address).addr_spec
     mailer = mailer_factory()
     try:
-        for claim_ in claims:
+        for n, claim_ in enumerate(claims):
+            if n and n % STATUS_CHECK_EVERY == 0 and _issue_status(session, issue_id) not in SENDABLE_ISSUE_STATES:
+                outcomes["released"] += _stop(session, issue_id, claims[n:])
+                break
             delivery, subscriber = by_id[claim_.id]
             outcomes[_send_one(session, settings, issue, editions, delivery, subscriber, suppressed, claim_, mailer, sender)] += 1
     finally:
@@ -139,6 +143,20 @@ def _send_one(
         return "sent"
     log.warning("delivery %s: sent, but its claim had been taken over", delivery.id)
     return "lost"
+
+
+def _issue_status(session: Session, issue_id: int) -> IssueStatus | None:
+    return session.scalar(select(Issue.status).where(Issue.id == issue_id))
+
+
+def _stop(session: Session, issue_id: int, claims: Sequence[ledger.Claim]) -> int:
+    """The issue was paused or cancelled mid-batch: hand back (or skip) the claims not yet sent."""
+    if _issue_status(session, issue_id) == IssueStatus.CANCELLED:
+        for claim_ in claims:
+            ledger.mark_skipped(session, claim_, "cancelled")
+    else:
+        ledger.release(session, claims)
+    return len(claims)
 
 
 def _record_failure(session: Session, settings: Settings, delivery: Delivery, claim_: ledger.Claim, exc: DeliveryError, relay: str) -> str:
