@@ -10,7 +10,8 @@ from celery import Task, chain
 from newsletter import publishing
 from newsletter.config import Settings, load_settings
 from newsletter.db import session_factory
-from newsletter.delivery.mailers import open_mailer
+from newsletter.delivery.mailers import Mailer, open_mailer
+from newsletter.delivery.ratelimit import with_rate_limit
 from newsletter.delivery.send import send_batch as send_batch_fn
 from tasks import app
 from tasks.app import configure
@@ -72,18 +73,19 @@ def plan_deliveries(self: IssueTask, issue_id: int) -> int:
     return self.run_step(issue_id, publishing.plan_deliveries, enqueue_send)
 
 
+def _mailer(s: Settings, index: int) -> Mailer:
+    """The relay for a batch, round-robin over SMTP_URL by first delivery id, with its rate limit."""
+    mailer = open_mailer(s.smtp_urls, s.outbox_dir, s.smtp_timeout, index=index)
+    relay_url = s.smtp_urls[index % len(s.smtp_urls)] if s.smtp_urls else None
+    return with_rate_limit(mailer, relay_url, s.redis_url)
+
+
 @app.task(bind=True, name="newsletter.send_batch")
 def send_batch(self: Task, issue_id: int, delivery_ids: list[int]) -> dict[str, int]:
     """May run more than once for the same ids: see `newsletter.delivery.send.send_batch`."""
     s = settings()
     with _session() as session:
-        result = send_batch_fn(
-            session,
-            s,
-            issue_id,
-            delivery_ids,
-            lambda: open_mailer(s.smtp_urls, s.outbox_dir, s.smtp_timeout, index=delivery_ids[0] if delivery_ids else 0),
-        )
+        result = send_batch_fn(session, s, issue_id, delivery_ids, lambda: _mailer(s, delivery_ids[0] if delivery_ids else 0))
         publishing.finish_if_done(session, issue_id)
     return dict(result.outcomes)
 
