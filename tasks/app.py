@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import Celery
+from celery.signals import worker_init
 from kombu import Queue
 
 from newsletter.config import Settings, load_settings
@@ -64,3 +67,36 @@ def configure(app: Celery, settings: Settings) -> None:
             "sweep": {"task": "newsletter.sweep", "schedule": settings.sweep_interval, "options": {"expires": settings.sweep_interval}},
         },
     )
+
+
+def longest_unacked_seconds(settings: Settings) -> float:
+    """The longest a task message may stay unacknowledged in normal operation (seconds).
+
+    No task uses a countdown or ETA (retry times live in the delivery row), so this is the longest
+    task run: a send batch whose every message waits the full SMTP timeout, or a claim's lease.
+    """
+    return max(settings.lease_seconds, settings.batch_size * settings.smtp_timeout)
+
+
+def check_visibility_timeout(app: Celery, settings: Settings) -> None:
+    """Refuse to start a worker whose broker would redeliver messages of tasks still running.
+
+    Raises:
+        RuntimeError: the Redis visibility timeout does not exceed `longest_unacked_seconds`.
+    """
+    if settings.embedded:
+        return
+    timeout = (app.conf.broker_transport_options or {}).get("visibility_timeout", 3600)
+    needed = longest_unacked_seconds(settings)
+    if timeout <= needed:
+        raise RuntimeError(
+            f"broker visibility_timeout {timeout}s must exceed the longest task run {needed:.0f}s "
+            "(NEWSLETTER_BATCH_SIZE x SMTP_TIMEOUT, or NEWSLETTER_LEASE_SECONDS): lower those or raise the timeout"
+        )
+
+
+@worker_init.connect
+def _check_at_worker_start(sender: Any = None, **_: Any) -> None:
+    from tasks.publish import settings
+
+    check_visibility_timeout(sender.app if sender is not None else Celery(), settings())
