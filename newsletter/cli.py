@@ -256,6 +256,15 @@ def _print_status(ctx: Context, number: int) -> None:
         + "".join(f"{sum(n for (s, lang_), n in rep.counts.items() if lang_ == lang):>9}" for lang in langs)
         + f"{rep.total:>9}"
     )
+    if rep.by_relay:
+        click.echo("  by relay:")
+        for relay in sorted({r for r, _ in rep.by_relay}):
+            parts = ", ".join(f"{state} {n}" for (r, state), n in sorted(rep.by_relay.items()) if r == relay)
+            click.echo(f"    {relay}: {parts}")
+    if rep.retry_queue:
+        when = rep.next_retry_at.isoformat(timespec="seconds") if rep.next_retry_at else "?"
+        tries = ", ".join(f"{n} after {a} attempt{'s' if a != 1 else ''}" for a, n in sorted(rep.retry_attempts.items()))
+        click.echo(f"  retry queue: {rep.retry_queue} deferred ({tries}); next retry at {when}")
     for email, error in rep.last_errors:
         click.echo(f"  last error: {email}: {error}")
 
@@ -375,6 +384,7 @@ def demo(per_lang: int, keep: bool) -> None:
     from newsletter.demo import run_demo
 
     run_demo(per_lang=per_lang, fresh=not keep, echo=click.echo, follow=_follow_with_bar)
+
 
 
 if __name__ == "__main__":

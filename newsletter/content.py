@@ -21,7 +21,8 @@ URL_SCHEMES = {"http", "https", "mailto"}
 _MD_LINK = re.compile(r"\[([^\]]*)\]\((?:[^()\s]|\([^()]*\))*\)")
 _BARE_URL = re.compile(r"https?://\S+")
 _SPACE = re.compile(r"[ \t\u00a0\u2060\u200b]+")
-_SENTENCE_END = re.compile(r"(?<=[.!?。！？])\s*")
+# A Latin full stop ends a sentence only before white space (not in "3.14"); CJK ones always do.
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|(?<=[。！？])")
 
 
 def sanitise_html(html: str) -> str:
@@ -75,8 +76,8 @@ def summarise(text: str, lang: str, limit: int | None = None) -> str:
     """
     if limit is None:
         limit = 120 if lang.startswith("zh") else 300
-    paragraphs = [_SPACE.sub(" ", p).strip() for p in re.split(r"\n\s*\n", text)]
-    first = next((p.replace("\n", " ") for p in paragraphs if len(p) > 1), "")
+    paragraphs = [_SPACE.sub(" ", p.replace("\n", " ")).strip() for p in re.split(r"\n\s*\n", text)]
+    first = next((p for p in paragraphs if len(p) > 1), "")
     if len(first) <= limit:
         return first
     cut = first[:limit]

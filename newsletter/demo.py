@@ -27,6 +27,14 @@ EN_WEEK = date(2025, 3, 3)  # ISO week 2025-W10: 17 White House documents
 ZH_WEEK = date(2024, 12, 23)  # Mon 23 – Sun 29 December 2024 of 新闻联播
 ZH_PER_DAY = 2  # the two lead stories of each day's bulletin
 
+DEMO_TITLES = {True: {"en": "The week in the Briefing Room", "zh-Hans": "新闻联播一周要闻"},
+               False: {"en": "The week in review", "zh-Hans": "一周要闻回顾"}}  # fmt: skip
+DEMO_NOTES = {
+    True: {"en": "This week: the President's addresses, executive actions and fact sheets, with related reading from the archive.",
+           "zh-Hans": "本周《新闻联播》每日头条，以及来自往期的相关报道。"},
+    False: {"en": "Security, climate and the economy this week, with related reading from the archive.",
+            "zh-Hans": "本周安全、气候与经济要闻，以及往期相关报道。"},
+}  # fmt: skip
 FIRST = ["Ada", "Grace", "Alan", "Edsger", "Barbara", "Donald", "Frances", "Ken", "Radia", "Tim"]
 LAST = ["Lovelace", "Hopper", "Turing", "Dijkstra", "Liskov", "Knuth", "Allen", "Thompson", "Perlman", "Lee"]
 ZH_NAMES = ["王芳", "李娜", "张伟", "刘洋", "陈静", "杨帆", "赵磊", "黄敏", "周杰", "吴霞"]
@@ -74,7 +82,12 @@ def pick_articles(session: Any, real: bool) -> list[Article]:
     """One week of White House documents (en) and the lead stories of one week of 新闻联播 (zh-Hans);
     for the sample corpus, all of it."""
     if not real:
-        return list(session.scalars(select(Article).order_by(Article.lang, Article.published_at, Article.external_id)))
+        # The sample's newest four per language make the issue; the rest is the archive to recommend from.
+        chosen: list[Article] = []
+        for lang in ("en", "zh-Hans"):
+            newest = session.scalars(select(Article).where(Article.lang == lang).order_by(Article.published_at.desc()).limit(4))
+            chosen += sorted(newest, key=lambda a: (a.published_at, a.external_id))
+        return chosen
     since, until = _week(EN_WEEK)
     en = list(session.scalars(
         select(Article).where(Article.lang == "en", Article.published_at >= since, Article.published_at < until)
@@ -124,12 +137,7 @@ def run_demo(*, per_lang: int, fresh: bool, echo: Callable[[str], None], follow:
         srep = import_subscribers(session, csv_path)
         echo(f"subscribers: {srep.created} new, {srep.merged} merged, {len(srep.errors)} rejected ({'; '.join(srep.errors)})")
         chosen = pick_articles(session, real)
-        issue = create_issue(
-            session, chosen,
-            titles={"en": "The week in the Briefing Room", "zh-Hans": "新闻联播一周要闻"},
-            notes={"en": "This week: the President's addresses, executive actions and fact sheets, with related reading from the archive.",
-                   "zh-Hans": "本周《新闻联播》每日头条，以及来自往期的相关报道。"},
-        )  # fmt: skip
+        issue = create_issue(session, chosen, titles=DEMO_TITLES[real], notes=DEMO_NOTES[real])
         session.commit()
         number = issue.number
         echo(

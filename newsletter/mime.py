@@ -35,6 +35,18 @@ def _clean(name: str, value: str) -> str:
     return value
 
 
+def ascii_address(address: str) -> str:
+    """The address with an internationalised domain in its ASCII (IDNA/UTS 46 "xn--") form, as SMTP
+    and the addr-spec of a header need it without SMTPUTF8 (RFC 5890; RFC 2047 §5 forbids
+    encoded-words inside an address)."""
+    import idna
+
+    local, _, domain = address.rpartition("@")
+    if domain.isascii():
+        return address
+    return f"{local}@{idna.encode(domain, uts46=True).decode('ascii')}"
+
+
 def parse_from(from_header: str) -> Address:
     """``"Name <addr@host>"`` -> `Address`.
 
@@ -63,7 +75,7 @@ def build_message(env: Envelope, text: str, html: str) -> EmailMessage:
     """
     msg = EmailMessage(policy=SMTP)  # SMTP policy: CRLF line ends when serialised
     msg["From"] = parse_from(env.from_header)
-    local, _, domain = _clean("To", env.to_address).rpartition("@")
+    local, _, domain = ascii_address(_clean("To", env.to_address)).rpartition("@")
     msg["To"] = Address(display_name=_clean("To name", env.to_name), username=local, domain=domain)
     msg["Subject"] = _clean("Subject", env.subject)
     msg["Date"] = format_datetime(utcnow())

@@ -210,7 +210,7 @@ def plan_deliveries(session: Session, settings: Settings, issue_id: int, enqueue
                 "message_id": message_id(settings.secret_key, issue_id, sub.id, settings.mail_domain),
                 "attempts": 0, "created_at": now, "updated_at": now,
             })  # fmt: skip
-        ledger.insert_ignore(session, rows)
+        planned += ledger.insert_ignore(session, rows)
         ids = list(
             session.scalars(
                 select(Delivery.id)
@@ -225,7 +225,6 @@ def plan_deliveries(session: Session, settings: Settings, issue_id: int, enqueue
         )
         ledger.mark_enqueued(session, ids, now)
         session.commit()
-        planned += len(rows)
         for start in range(0, len(ids), settings.batch_size):
             enqueue(issue_id, ids[start : start + settings.batch_size])
     issue = session.get_one(Issue, issue_id)
@@ -305,13 +304,18 @@ def next_due_in(session: Session, now: datetime | None = None) -> timedelta | No
 
 @dataclass
 class IssueReport:
-    """What `issue status` prints."""
+    """What `issue status` prints: counts per (state, language) and per (relay, state), the retry
+    queue (deferred deliveries: how many, the next due time, attempts so far) and the latest errors."""
 
     number: int
     status: str
     error: str | None
     counts: dict[tuple[str, str], int]
     last_errors: list[tuple[str, str]]
+    by_relay: dict[tuple[str, str], int] = field(default_factory=dict)
+    retry_queue: int = 0
+    next_retry_at: datetime | None = None
+    retry_attempts: dict[int, int] = field(default_factory=dict)
 
     @property
     def total(self) -> int:
@@ -325,14 +329,36 @@ class IssueReport:
 
 
 def report(session: Session, issue: Issue, errors: int = 5) -> IssueReport:
-    """Counts per (state, language) and the latest errors of an issue."""
+    """Counts, per-relay outcomes, the retry queue and the latest errors of an issue."""
     last = session.execute(
         select(Delivery.email, Delivery.last_error)
         .where(Delivery.issue_id == issue.id, Delivery.last_error.is_not(None))
         .order_by(Delivery.updated_at.desc())
         .limit(errors)
     ).all()
-    return IssueReport(issue.number, str(issue.status), issue.error, ledger.counts(session, issue.id), [(e, m or "") for e, m in last])
+    relays = session.execute(
+        select(Delivery.relay, Delivery.status, func.count())
+        .where(Delivery.issue_id == issue.id, Delivery.relay.is_not(None))
+        .group_by(Delivery.relay, Delivery.status)
+    ).all()
+    deferred = Delivery.status == DeliveryStatus.DEFERRED
+    queue, next_at = session.execute(
+        select(func.count(), func.min(Delivery.next_attempt_at)).where(Delivery.issue_id == issue.id, deferred)
+    ).one()
+    attempts = session.execute(
+        select(Delivery.attempts, func.count()).where(Delivery.issue_id == issue.id, deferred).group_by(Delivery.attempts)
+    ).all()
+    return IssueReport(
+        issue.number,
+        str(issue.status),
+        issue.error,
+        ledger.counts(session, issue.id),
+        [(e, m or "") for e, m in last],
+        by_relay={(r, str(st)): n for r, st, n in relays},
+        retry_queue=queue or 0,
+        next_retry_at=next_at,
+        retry_attempts={a: n for a, n in attempts},
+    )
 
 
 def planned_ids(session: Session, issue_id: int, states: Sequence[DeliveryStatus]) -> list[int]:

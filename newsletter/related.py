@@ -42,10 +42,13 @@ def cjk_bigrams(text: str) -> list[str]:
     return tokens
 
 
-def _vectorizer(lang: str) -> TfidfVectorizer:
+def _vectorizer(lang: str, n_docs: int) -> TfidfVectorizer:
+    # Dropping terms found in over half the documents removes boilerplate in a real archive, but in a
+    # small one it would drop the very words the related documents share.
+    max_df = 0.5 if n_docs >= 50 else 1.0
     if lang.startswith("zh"):
-        return TfidfVectorizer(analyzer=cjk_bigrams, sublinear_tf=True, min_df=1, max_df=0.5)
-    return TfidfVectorizer(stop_words="english", sublinear_tf=True, min_df=1, max_df=0.5, token_pattern=r"(?u)\b[a-zA-Z][a-zA-Z0-9]+\b")
+        return TfidfVectorizer(analyzer=cjk_bigrams, sublinear_tf=True, min_df=1, max_df=max_df)
+    return TfidfVectorizer(stop_words="english", sublinear_tf=True, min_df=1, max_df=max_df, token_pattern=r"(?u)\b[a-zA-Z][a-zA-Z0-9]+\b")
 
 
 def _document(doc: Doc) -> str:
@@ -67,7 +70,7 @@ def recommend(lang: str, queries: Sequence[Doc], archive: Sequence[Doc], *, k: i
     candidates = [d for d in archive if d.id not in query_ids]
     if not queries or not candidates:
         return []
-    vectorizer = _vectorizer(lang)
+    vectorizer = _vectorizer(lang, len(queries) + len(candidates))
     matrix = vectorizer.fit_transform([_document(d) for d in (*queries, *candidates)])
     q, c = matrix[: len(queries)], matrix[len(queries) :]
     # Rows are L2-normalised by TfidfVectorizer, so the dot product is the cosine.

@@ -57,9 +57,12 @@ def make_app(settings: Settings | None = None) -> Celery:
 def configure(app: Celery, settings: Settings) -> None:
     """Apply the settings-dependent parts: broker (or eager mode) and the sweep schedule."""
     broker = settings.redis_url or "memory://localhost/"
-    if app.conf.broker_url != broker and app._pool is not None:
-        app._pool.force_close_all()
-        app._pool = None
+    if app.conf.broker_url != broker:
+        # Drop the connection and producer pools bound to the old broker (Celery caches both).
+        if app._pool is not None:
+            app._pool.force_close_all()
+            app._pool = None
+        app.amqp._producer_pool = None
     app.conf.update(
         broker_url=broker,
         task_always_eager=settings.embedded,

@@ -6,7 +6,8 @@ import re
 import smtplib
 import socket
 
-_ENHANCED = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
+# RFC 3463 §2 / RFC 2034 §4: the enhanced code opens the reply text (not, say, an IP address later on).
+_ENHANCED = re.compile(r"^\s*([245])\.(\d{1,3})\.(\d{1,3})\b")
 
 
 class DeliveryError(Exception):
@@ -44,7 +45,7 @@ def classify_reply(code: int, text: bytes | str, relay: str | None = None) -> De
     neither 4yz nor 5yz.
     """
     message = " ".join(_text(text).split())
-    match = _ENHANCED.search(message)
+    match = _ENHANCED.match(message)
     enhanced = ".".join(match.groups()) if match else None
     if 400 <= code < 500:
         return TemporaryDeliveryError(message, code, enhanced, relay)

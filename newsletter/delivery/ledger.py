@@ -26,14 +26,19 @@ from sqlalchemy.orm import Session
 from newsletter.models import FINAL_DELIVERY_STATES, Delivery, DeliveryStatus, utcnow
 
 
-def insert_ignore(session: Session, rows: Sequence[dict[str, Any]]) -> None:
-    """INSERT delivery rows, skipping any whose (issue, subscriber) already exists."""
+def insert_ignore(session: Session, rows: Sequence[dict[str, Any]]) -> int:
+    """INSERT delivery rows, skipping any whose (issue, subscriber) already exists. Returns rows inserted."""
     if not rows:
-        return
+        return 0
     dialect = session.get_bind().dialect.name
     module: Any = postgresql if dialect == "postgresql" else sqlite
-    stmt = module.insert(Delivery).values(list(rows)).on_conflict_do_nothing(index_elements=["issue_id", "subscriber_id"])
-    session.execute(stmt)
+    stmt = (
+        module.insert(Delivery)
+        .values(list(rows))
+        .on_conflict_do_nothing(index_elements=["issue_id", "subscriber_id"])
+        .returning(Delivery.id)  # rowcount is -1 for this statement on psycopg; RETURNING counts exactly
+    )
+    return len(session.execute(stmt).all())
 
 
 def _claimable(now: datetime) -> Any:

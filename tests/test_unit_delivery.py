@@ -1,0 +1,289 @@
+"""The delivery ledger and send_batch on SQLite and PostgreSQL, through the real publish steps."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from newsletter import publishing
+from newsletter.config import Settings
+from newsletter.delivery import ledger
+from newsletter.delivery.mailers import OutboxMailer
+from newsletter.delivery.send import send_batch
+from newsletter.issues import create_issue
+from newsletter.models import Article, Delivery, DeliveryStatus, Issue, IssueStatus, Subscriber, SubscriberStatus, Suppression
+from newsletter.subscribers import unsubscribe
+from newsletter.tokens import message_id, verify
+
+
+class Recorder:
+    """An ``enqueue`` that only records its calls."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, list[int]]] = []
+
+    def __call__(self, issue_id: int, ids: list[int]) -> None:
+        self.calls.append((issue_id, list(ids)))
+
+    @property
+    def ids(self) -> list[int]:
+        return [i for _, batch in self.calls for i in batch]
+
+
+def _seed(session) -> None:  # type: ignore[no-untyped-def]
+    day = datetime(2026, 1, 5, tzinfo=UTC)
+    session.add_all([
+        Article(external_id="e1", title="Central bank raises interest rates", summary="Rates up.", body_html="<p>x</p>",
+                body_text="The central bank raised interest rates to fight inflation.", lang="en", published_at=day),
+        Article(external_id="e2", title="Inflation slows as rates bite", summary="Slower.", body_html="<p>x</p>",
+                body_text="Higher interest rates have begun to slow inflation.", lang="en", published_at=day - timedelta(days=3)),
+        Article(external_id="e3", title="Football team wins final", summary="Win.", body_html="<p>x</p>",
+                body_text="The football team celebrated a dramatic win.", lang="en", published_at=day - timedelta(days=4)),
+        Article(external_id="e4", title="Frog species found", summary="Frog.", body_html="<p>x</p>",
+                body_text="Biologists discovered a tiny frog in the rainforest.", lang="en", published_at=day - timedelta(days=5)),
+        Article(external_id="z1", title="央行宣布加息", summary="中央银行宣布加息。", body_html="<p>x</p>",
+                body_text="中央银行宣布提高利率，以应对通货膨胀。", lang="zh-Hans", published_at=day),
+    ])  # fmt: skip
+    session.add_all([
+        Subscriber(email="ann@example.com", name="O'Brien & <Co>", lang="en"),
+        Subscriber(email="bob@example.com", name="张三", lang="zh-Hans"),
+        Subscriber(email="cat@example.com", name="陳", lang="zh-Hant"),
+        Subscriber(email="dan@example.com", name="Dan", lang="en"),
+        Subscriber(email="gone@example.com", name="Gone", lang="en", status=SubscriberStatus.UNSUBSCRIBED),
+        Subscriber(email="pend@example.com", name="Pending", lang="en", status=SubscriberStatus.PENDING),
+        Subscriber(email="supp@example.com", name="Suppressed", lang="en"),
+    ])  # fmt: skip
+    session.add(Suppression(email="supp@example.com", reason="bounce"))
+    session.commit()
+
+
+def _publish(session, settings: Settings) -> tuple[int, Recorder]:  # type: ignore[no-untyped-def]
+    """Seed, create issue 1 with e1 and z1, and run the publish steps up to planning."""
+    _seed(session)
+    articles = list(session.scalars(select(Article).where(Article.external_id.in_(["e1", "z1"])).order_by(Article.external_id)))
+    issue = create_issue(session, articles)
+    session.commit()
+    issue_id = issue.id
+    publishing.request_publish(session, settings, issue)
+    publishing.attach_related(session, settings, issue_id)
+    publishing.render_editions(session, settings, issue_id)
+    rec = Recorder()
+    publishing.plan_deliveries(session, settings, issue_id, rec)
+    return issue_id, rec
+
+
+def _deliveries(session, issue_id: int) -> list[Delivery]:  # type: ignore[no-untyped-def]
+    session.expire_all()
+    return list(session.scalars(select(Delivery).where(Delivery.issue_id == issue_id).order_by(Delivery.subscriber_id)))
+
+
+def _outbox_files(outbox: Path) -> list[Path]:
+    return sorted((outbox / "new").glob("*.eml")) if (outbox / "new").is_dir() else []
+
+
+@pytest.fixture
+def settings(db_url: str, make_settings) -> Settings:  # type: ignore[no-untyped-def]
+    return make_settings(db_url, NEWSLETTER_BATCH_SIZE="2")
+
+
+def test_plan_one_delivery_per_active_subscriber(session, settings: Settings) -> None:  # type: ignore[no-untyped-def]
+    issue_id, rec = _publish(session, settings)
+    rows = _deliveries(session, issue_id)
+    assert [(d.email, d.lang, d.status) for d in rows] == [
+        ("ann@example.com", "en", DeliveryStatus.PENDING),
+        ("bob@example.com", "zh-Hans", DeliveryStatus.PENDING),
+        ("cat@example.com", "zh-Hant", DeliveryStatus.PENDING),
+        ("dan@example.com", "en", DeliveryStatus.PENDING),
+    ]
+    assert all(d.attempts == 0 and d.enqueued_at is not None for d in rows)
+    assert [d.message_id for d in rows] == [message_id(settings.secret_key, issue_id, d.subscriber_id, settings.mail_domain) for d in rows]
+    # batch size 2: ids handed over in order, two per call
+    assert [len(b) for _, b in rec.calls] == [2, 2]
+    assert rec.ids == [d.id for d in rows]
+    assert {i for i, _ in rec.calls} == {issue_id}
+    issue = session.get(Issue, issue_id)
+    assert issue.status == IssueStatus.SENDING
+    assert issue.audience_max_subscriber_id == session.scalar(select(func.max(Subscriber.id)))
+    assert sorted(e.lang for e in issue.editions) == ["en", "zh-Hans", "zh-Hant"]
+    assert all(e.html and e.text and e.subject for e in issue.editions)
+
+
+def test_replanning_adds_no_rows_and_enqueues_nothing(session, settings: Settings) -> None:  # type: ignore[no-untyped-def]
+    issue_id, _ = _publish(session, settings)
+    before = [(d.id, d.enqueued_at) for d in _deliveries(session, issue_id)]
+    rec2 = Recorder()
+    publishing.plan_deliveries(session, settings, issue_id, rec2)
+    assert rec2.calls == []
+    assert [(d.id, d.enqueued_at) for d in _deliveries(session, issue_id)] == before
+    assert session.scalar(select(func.count()).select_from(Delivery)) == 4
+
+
+def test_replanning_reports_zero_planned(session, settings: Settings) -> None:  # type: ignore[no-untyped-def]
+    issue_id, _ = _publish(session, settings)
+    assert publishing.plan_deliveries(session, settings, issue_id, Recorder()) == 0
+
+
+def test_claim_twice_returns_ids_once(session, settings: Settings) -> None:  # type: ignore[no-untyped-def]
+    issue_id, rec = _publish(session, settings)
+    ids = rec.ids
+    first = ledger.claim(session, issue_id, ids, lease_seconds=300)
+    second = ledger.claim(session, issue_id, ids, lease_seconds=300)
+    assert [c.id for c in first] == sorted(ids)
+    assert second == []
+    rows = _deliveries(session, issue_id)
+    assert all(d.status == DeliveryStatus.SENDING and d.attempts == 1 and d.first_attempt_at is not None for d in rows)
+    # claims for another issue id never match
+    assert ledger.claim(session, issue_id + 1000, ids, lease_seconds=300) == []
+
+
+def test_expired_lease_can_be_reclaimed_and_fences_the_old_claim(session, settings: Settings) -> None:  # type: ignore[no-untyped-def]
+    issue_id, rec = _publish(session, settings)
+    did = rec.ids[0]
+    t0 = datetime.now(UTC)
+    (old,) = ledger.claim(session, issue_id, [did], lease_seconds=10, now=t0)
+    assert ledger.claim(session, issue_id, [did], lease_seconds=10, now=t0 + timedelta(seconds=5)) == []
+    (new,) = ledger.claim(session, issue_id, [did], lease_seconds=10, now=t0 + timedelta(seconds=11))
+    assert new.lease != old.lease
+    assert ledger.mark_sent(session, old, "relay-a") is False  # fenced out
+    assert ledger.mark_sent(session, new, "relay-b") is True
+    assert ledger.mark_sent(session, new, "relay-b") is False  # already final
+    session.expire_all()
+    d = session.get(Delivery, did)
+    assert (d.status, d.relay, d.attempts, d.claimed_until) == (DeliveryStatus.SENT, "relay-b", 2, None)
+
+
+def test_send_batch_writes_one_eml_per_delivery_and_is_idempotent(session, settings: Settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    issue_id, rec = _publish(session, settings)
+    outbox = tmp_path / "outbox-test"
+    factory = lambda: OutboxMailer(outbox)  # noqa: E731
+
+    total: Counter[str] = Counter()
+    for _, batch in rec.calls:
+        total.update(send_batch(session, settings, issue_id, batch, factory).outcomes)
+    assert +total == Counter({"sent": 4})
+    files = _outbox_files(outbox)
+    assert len(files) == 4
+
+    rows = _deliveries(session, issue_id)
+    assert all(d.status == DeliveryStatus.SENT and d.sent_at is not None and d.attempts == 1 for d in rows)
+    assert {d.relay for d in rows} == {f"outbox:{outbox}"}
+
+    parsed = {
+        str(m["To"].addresses[0].addr_spec): m
+        for m in (email.message_from_bytes(f.read_bytes(), policy=email.policy.default) for f in files)
+    }
+    assert sorted(parsed) == ["ann@example.com", "bob@example.com", "cat@example.com", "dan@example.com"]
+    by_email = {d.email: d for d in rows}
+    for addr, msg in parsed.items():
+        assert msg["Message-ID"] == by_email[addr].message_id
+        assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+        url = str(msg["List-Unsubscribe"]).strip()[1:-1]
+        assert url.startswith("https://news.example.org/unsubscribe/")
+        assert verify(settings.secret_key, "unsubscribe", url.rsplit("/", 1)[1]) == (by_email[addr].subscriber_id, issue_id)
+        body_html = msg.get_body(("html",)).get_content()
+        body_text = msg.get_body(("plain",)).get_content()
+        assert "@@NL_" not in body_html and "@@NL_" not in body_text
+        assert url in body_text
+    ann = parsed["ann@example.com"]
+    assert "Hello O&#x27;Brien &amp; &lt;Co&gt;," in ann.get_body(("html",)).get_content()
+    assert "Hello O'Brien & <Co>," in ann.get_body(("plain",)).get_content()
+    assert ann["Content-Language"] == "en"
+    assert parsed["bob@example.com"]["Subject"] == "本周要闻 · 第 1 期"
+    assert parsed["cat@example.com"]["Subject"] == "本週要聞 · 第 1 期"
+    assert "中央銀行宣佈加息" in parsed["cat@example.com"].get_body(("plain",)).get_content()
+
+    # Running the same batches again sends nothing.
+    again: Counter[str] = Counter()
+    for _, batch in rec.calls:
+        again.update(send_batch(session, settings, issue_id, batch, factory).outcomes)
+    assert +again == Counter({"busy": 4})
+    assert len(_outbox_files(outbox)) == 4
+    assert publishing.finish_if_done(session, issue_id) is True
+    assert session.get(Issue, issue_id).status == IssueStatus.SENT
+
+
+def test_unsubscribed_after_planning_is_skipped(session, settings: Settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    issue_id, rec = _publish(session, settings)
+    dan = session.scalar(select(Subscriber).where(Subscriber.email == "dan@example.com"))
+    unsubscribe(session, dan.id, source="one-click")
+    outbox = tmp_path / "outbox-skip"
+
+    result = send_batch(session, settings, issue_id, rec.ids, lambda: OutboxMailer(outbox))
+    assert +result.outcomes == Counter({"sent": 3, "skipped:unsubscribed": 1})
+    assert len(_outbox_files(outbox)) == 3
+    rows = {d.email: d for d in _deliveries(session, issue_id)}
+    skipped = rows["dan@example.com"]
+    assert (skipped.status, skipped.skip_reason, skipped.attempts, skipped.sent_at) == (DeliveryStatus.SKIPPED, "unsubscribed", 0, None)
+    assert ledger.count_open(session, issue_id) == 0
+    assert ledger.counts(session, issue_id) == {("sent", "en"): 1, ("sent", "zh-Hans"): 1, ("sent", "zh-Hant"): 1, ("skipped", "en"): 1}
+
+
+def test_suppressed_after_planning_is_skipped(session, settings: Settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    issue_id, rec = _publish(session, settings)
+    session.add(Suppression(email="ann@example.com", reason="complaint"))
+    session.commit()
+    result = send_batch(session, settings, issue_id, rec.ids, lambda: OutboxMailer(tmp_path / "ob"))
+    assert +result.outcomes == Counter({"sent": 3, "skipped:suppressed": 1})
+    rows = {d.email: d for d in _deliveries(session, issue_id)}
+    assert (rows["ann@example.com"].status, rows["ann@example.com"].skip_reason) == (DeliveryStatus.SKIPPED, "suppressed")
+
+
+def test_send_batch_refuses_issue_not_sending(session, settings: Settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    issue_id, rec = _publish(session, settings)
+    issue = session.get(Issue, issue_id)
+    issue.status = IssueStatus.FAILED
+    session.commit()
+    result = send_batch(session, settings, issue_id, rec.ids, lambda: OutboxMailer(tmp_path / "ob"))
+    assert +result.outcomes == Counter({"issue-not-sending": 4})
+    assert _outbox_files(tmp_path / "ob") == []
+    assert all(d.status == DeliveryStatus.PENDING and d.attempts == 0 for d in _deliveries(session, issue_id))
+
+
+class RefusingMailer:
+    """A real `Mailer` that refuses some recipients the way a relay would (SMTP replies)."""
+
+    name = "refusing:25"
+
+    def __init__(self, replies: dict[str, tuple[int, str]], outbox: Path) -> None:
+        self.replies, self.outbox = replies, OutboxMailer(outbox)
+
+    def send(self, sender: str, recipient: str, message: bytes) -> None:
+        from newsletter.delivery.errors import classify_reply
+
+        if recipient in self.replies:
+            code, text = self.replies[recipient]
+            raise classify_reply(code, text, self.name)
+        self.outbox.send(sender, recipient, message)
+
+    def close(self) -> None:
+        self.outbox.close()
+
+
+def test_temporary_failure_defers_and_permanent_failure_fails(session, settings: Settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    issue_id, rec = _publish(session, settings)
+    replies = {"ann@example.com": (451, "4.7.1 Greylisted, try later"), "bob@example.com": (550, "5.1.1 User unknown")}
+    outbox = tmp_path / "ob"
+    before = datetime.now(UTC)
+    result = send_batch(session, settings, issue_id, rec.ids, lambda: RefusingMailer(replies, outbox))
+    assert +result.outcomes == Counter({"sent": 2, "deferred": 1, "failed": 1})
+    rows = {d.email: d for d in _deliveries(session, issue_id)}
+    ann, bob = rows["ann@example.com"], rows["bob@example.com"]
+    assert (ann.status, ann.last_smtp_code, ann.relay, ann.attempts) == (DeliveryStatus.DEFERRED, 451, "refusing:25", 1)
+    assert ann.last_error.startswith("451 ") and ann.last_error.endswith("4.7.1 Greylisted, try later")
+    # first retry: uniform(0, base=60 s) after the failure
+    assert before <= ann.next_attempt_at <= datetime.now(UTC) + timedelta(seconds=60)
+    assert (bob.status, bob.last_smtp_code, bob.next_attempt_at) == (DeliveryStatus.FAILED, 550, None)
+    assert "5.1.1 User unknown" in bob.last_error
+
+    # The deferred row is not claimable before its time, and is afterwards; the failed one never is.
+    assert ledger.claim(session, issue_id, [ann.id, bob.id], 300, now=ann.next_attempt_at - timedelta(seconds=1)) == []
+    claims = ledger.claim(session, issue_id, [ann.id, bob.id], 300, now=ann.next_attempt_at + timedelta(seconds=1))
+    assert [c.id for c in claims] == [ann.id]
+    session.expire_all()
+    assert session.get(Delivery, ann.id).attempts == 2

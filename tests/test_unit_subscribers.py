@@ -1,0 +1,179 @@
+"""Unit tests for newsletter.subscribers: address normalisation, CSV import, unsubscribe."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from newsletter.models import Subscriber, SubscriberStatus, Suppression
+from newsletter.subscribers import (
+    InvalidAddress,
+    find_subscriber,
+    import_subscribers,
+    normalise_address,
+    normalise_lang,
+    unsubscribe,
+)
+
+# --- normalise_address -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("Ann@Example.COM", "Ann@example.com"),
+        ("Ann@example.com", "Ann@example.com"),
+        ("  x@Y.org  ", "x@y.org"),
+        ("MixedCase.Local@EXAMPLE.org", "MixedCase.Local@example.org"),
+        ("a@BÜCHER.de", "a@bücher.de"),
+    ],
+)
+def test_normalise_address(raw: str, expected: str) -> None:
+    assert normalise_address(raw) == expected
+
+
+@pytest.mark.parametrize(
+    "raw",
+    ["a@b.com\r\nBcc: x@y.com", "a@b.com\nBcc: x@y.com", "a@b.com\rBcc: x@y.com", "a@b.com\x00"],
+)
+def test_normalise_address_rejects_header_injection(raw: str) -> None:
+    with pytest.raises(InvalidAddress) as info:
+        normalise_address(raw)
+    assert info.value.address == raw
+    assert info.value.reason == "contains a line break or NUL"
+
+
+@pytest.mark.parametrize("raw", ["not-an-email", "a@@b.com", "a@b", "a b@c.com", "", "@example.com", "ann@"])
+def test_normalise_address_rejects_invalid_syntax(raw: str) -> None:
+    with pytest.raises(InvalidAddress) as info:
+        normalise_address(raw)
+    assert info.value.address == raw
+    assert isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (None, "en"), ("", "en"), ("en", "en"), ("EN-us", "en"), ("en_GB", "en"),
+        ("zh-CN", "zh-Hans"), ("zh_cn", "zh-Hans"), ("zh", "zh-Hans"), ("zh-Hans", "zh-Hans"), ("zh-SG", "zh-Hans"),
+        ("zh-TW", "zh-Hant"), ("zh-HK", "zh-Hant"), ("zh-hant", "zh-Hant"), ("zh-MO", "zh-Hant"),
+    ],
+)  # fmt: skip
+def test_normalise_lang(raw: str | None, expected: str) -> None:
+    assert normalise_lang(raw) == expected
+
+
+@pytest.mark.parametrize("raw", ["fr", "de-DE", "zh-Latn", "english"])
+def test_normalise_lang_rejects_unsupported(raw: str) -> None:
+    with pytest.raises(ValueError, match="unsupported language"):
+        normalise_lang(raw)
+
+
+# --- import_subscribers ----------------------------------------------------------------------------
+
+CSV = (
+    "email,name,lang,topics\n"                   # line 1
+    "Ann@Example.COM,Ann One,en,policy;economy\n"  # line 2
+    "bob@example.org,Bob,zh-CN,tech|economy|tech\n"  # line 3
+    "not-an-email,Nobody,en,\n"                  # line 4: invalid address
+    "Ann@example.com,Ann Two,zh-TW,\n"           # line 5: same subscriber as line 2
+    "carol@example.net,Carol,fr,\n"              # line 6: unsupported language
+    "dave@example.com,Dave,,\n"                  # line 7: default language
+)  # fmt: skip
+
+
+def _subs(session) -> dict[str, Subscriber]:  # type: ignore[no-untyped-def]
+    return {s.email: s for s in session.scalars(select(Subscriber))}
+
+
+def test_import_subscribers_merges_reports_and_maps_langs(session, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "subs.csv"
+    path.write_text(CSV, encoding="utf-8")
+    report = import_subscribers(session, path)
+
+    assert report.created == 3
+    assert report.merged == 1
+    assert len(report.errors) == 2
+    assert report.errors[0].startswith("line 4: 'not-an-email': ")
+    assert report.errors[1].startswith("line 6: unsupported language 'fr'")
+
+    subs = _subs(session)
+    assert sorted(subs) == ["Ann@example.com", "bob@example.org", "dave@example.com"]
+    ann = subs["Ann@example.com"]
+    assert (ann.name, ann.lang, ann.topics) == ("Ann Two", "zh-Hant", [])  # the later row wins
+    bob = subs["bob@example.org"]
+    assert (bob.lang, bob.topics) == ("zh-Hans", ["economy", "tech"])
+    assert subs["dave@example.com"].lang == "en"
+    assert all(s.status == SubscriberStatus.ACTIVE and s.confirmed_at is not None for s in subs.values())
+
+
+def test_import_subscribers_keeps_local_part_case_distinct(session, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "subs.csv"
+    path.write_text("email\nAnn@example.com\nann@EXAMPLE.com\n", encoding="utf-8")
+    report = import_subscribers(session, path)
+    assert (report.created, report.merged, report.errors) == (2, 0, [])
+    assert sorted(_subs(session)) == ["Ann@example.com", "ann@example.com"]
+
+
+def test_import_subscribers_reimport_merges_and_never_resubscribes(session, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "subs.csv"
+    path.write_text("Email,Name\nann@example.com,Ann\n", encoding="utf-8-sig")
+    assert import_subscribers(session, path).created == 1
+    ann = find_subscriber(session, "ann@EXAMPLE.COM")
+    assert ann is not None
+    unsubscribe(session, ann.id)
+
+    path.write_text("email,name\nann@example.com,Ann Renamed\n", encoding="utf-8")
+    report = import_subscribers(session, path)
+    assert (report.created, report.merged) == (0, 1)
+    session.expire_all()
+    ann = session.get(Subscriber, ann.id)
+    assert ann.name == "Ann Renamed"
+    assert ann.status == SubscriberStatus.UNSUBSCRIBED
+    assert session.scalar(select(func.count()).select_from(Subscriber)) == 1
+
+
+def test_import_subscribers_requires_email_column(session, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "subs.csv"
+    path.write_text("name,lang\nAnn,en\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="'email' column"):
+        import_subscribers(session, path)
+
+
+def test_import_subscribers_injection_row_reported(session, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "subs.csv"
+    path.write_text('email,name\n"a@b.com\r\nBcc: x@y.com",Evil\nok@example.com,Ok\n', encoding="utf-8", newline="")
+    report = import_subscribers(session, path)
+    assert report.created == 1
+    assert len(report.errors) == 1
+    assert "contains a line break or NUL" in report.errors[0]
+    assert sorted(_subs(session)) == ["ok@example.com"]
+
+
+# --- unsubscribe -----------------------------------------------------------------------------------
+
+
+def test_unsubscribe_is_idempotent(session) -> None:  # type: ignore[no-untyped-def]
+    sub = Subscriber(email="ann@example.com", name="Ann", lang="en")
+    session.add(sub)
+    session.commit()
+
+    first = unsubscribe(session, sub.id, source="one-click")
+    assert first is not None
+    assert first.status == SubscriberStatus.UNSUBSCRIBED
+    stamp = first.unsubscribed_at
+    assert stamp is not None
+
+    second = unsubscribe(session, sub.id, source="link")
+    assert second is not None and second.status == SubscriberStatus.UNSUBSCRIBED
+    assert second.unsubscribed_at == stamp
+
+    rows = session.execute(select(Suppression.email, Suppression.reason, Suppression.detail)).all()
+    assert [tuple(r) for r in rows] == [("ann@example.com", "unsubscribe", "one-click")]
+
+
+def test_unsubscribe_unknown_id_returns_none(session) -> None:  # type: ignore[no-untyped-def]
+    assert unsubscribe(session, 999_999) is None
+    assert session.scalar(select(func.count()).select_from(Suppression)) == 0
