@@ -245,7 +245,7 @@ def _print_status(ctx: Context, number: int) -> None:
         rep = publishing.report(session, get_issue(session, number))
     click.echo(f"issue {rep.number}: {rep.status}" + (f" ({rep.error})" if rep.error else ""))
     langs = sorted({lang for _, lang in rep.counts})
-    states = ["pending", "sending", "deferred", "sent", "failed", "skipped"]
+    states = ["pending", "sending", "deferred", "sent", "failed", "bounced", "skipped"]
     click.echo(f"  {'state':<10}" + "".join(f"{lang:>9}" for lang in langs) + f"{'total':>9}")
     for state in states:
         row = [rep.counts.get((state, lang), 0) for lang in langs]
@@ -385,6 +385,14 @@ def demo(per_lang: int, keep: bool) -> None:
 
     run_demo(per_lang=per_lang, fresh=not keep, echo=click.echo, follow=_follow_with_bar)
 
+
+from newsletter.cli_segments import segment  # noqa: E402
+
+main.add_command(segment)
+
+from newsletter.cli_bounces import bounces  # noqa: E402
+
+main.add_command(bounces)
 
 
 if __name__ == "__main__":

@@ -77,9 +77,10 @@ class DeliveryStatus(enum.StrEnum):
     SENT = "sent"
     FAILED = "failed"
     SKIPPED = "skipped"
+    BOUNCED = "bounced"  # sent, then a DSN reported it failed (see newsletter.bounces)
 
 
-FINAL_DELIVERY_STATES = (DeliveryStatus.SENT, DeliveryStatus.FAILED, DeliveryStatus.SKIPPED)
+FINAL_DELIVERY_STATES = (DeliveryStatus.SENT, DeliveryStatus.FAILED, DeliveryStatus.SKIPPED, DeliveryStatus.BOUNCED)
 
 
 def _enum(cls: type[enum.Enum]) -> Enum:
@@ -195,6 +196,8 @@ class Subscriber(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     confirmed_at: Mapped[datetime | None]
     unsubscribed_at: Mapped[datetime | None]
+    # Deliveries that soft-bounced (RFC 3463 class 4 or Action: delayed), counted once each; see newsletter.bounces.
+    soft_bounces: Mapped[int] = mapped_column(default=0, server_default="0")
 
 
 class Delivery(Base):
@@ -218,7 +221,7 @@ class Delivery(Base):
     email: Mapped[str] = mapped_column(String(320))  # frozen at planning
     status: Mapped[DeliveryStatus] = mapped_column(_enum(DeliveryStatus), default=DeliveryStatus.PENDING)
     attempts: Mapped[int] = mapped_column(default=0)
-    message_id: Mapped[str] = mapped_column(String(255))
+    message_id: Mapped[str] = mapped_column(String(255), index=True)  # indexed: bounces are matched by it
     next_attempt_at: Mapped[datetime | None]
     claimed_until: Mapped[datetime | None]
     enqueued_at: Mapped[datetime | None]
@@ -243,4 +246,22 @@ class Suppression(Base):
     email: Mapped[str] = mapped_column(String(320), unique=True)
     reason: Mapped[str] = mapped_column(String(64))
     detail: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class BounceEvent(Base):
+    """One processed delivery status notification (RFC 3464), keyed by the DSN's own Message-ID so
+    that reading the same mailbox again changes nothing (see `newsletter.bounces`)."""
+
+    __tablename__ = "bounce_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    dsn_id: Mapped[str] = mapped_column(String(255), unique=True)  # the DSN's Message-ID, or a hash of it
+    delivery_id: Mapped[int | None] = mapped_column(ForeignKey("deliveries.id", ondelete="SET NULL"), index=True)
+    subscriber_id: Mapped[int | None] = mapped_column(ForeignKey("subscribers.id", ondelete="SET NULL"))
+    email: Mapped[str] = mapped_column(String(320))  # the address the delivery went to
+    kind: Mapped[str] = mapped_column(String(16))  # hard, soft or ignored
+    action: Mapped[str] = mapped_column(String(16))  # RFC 3464 §2.3.3
+    status_code: Mapped[str] = mapped_column(String(16))  # RFC 3463, e.g. 5.1.1
+    diagnostic: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -33,7 +33,7 @@ from newsletter.models import (
 )
 from newsletter.related import Doc, recommend
 from newsletter.rendering import ArticleView, EditionContent, check_edition, render_edition
-from newsletter.segments import count_audience, edition_for, stream_audience
+from newsletter.segments import SegmentError, count_audience, edition_for, stream_audience
 from newsletter.tokens import message_id
 
 log = logging.getLogger(__name__)
@@ -132,7 +132,11 @@ def request_publish(session: Session, settings: Settings, issue: Issue) -> None:
             raise IssueError(f"issue {issue.number} edition {edition.lang} has no articles")
         check_edition(content)
     frozen = issue.audience_max_subscriber_id or session.scalar(select(func.max(Subscriber.id))) or 0
-    if count_audience(session, issue.segment, max_subscriber_id=frozen) == 0:
+    try:
+        size = count_audience(session, issue.segment, max_subscriber_id=frozen)
+    except SegmentError as exc:
+        raise IssueError(f"issue {issue.number}: bad segment: {exc}") from exc
+    if size == 0:
         raise IssueError(f"issue {issue.number}: the audience is empty (no active, unsuppressed subscribers)")
     issue.audience_max_subscriber_id = frozen
     issue.status = IssueStatus.PUBLISHING

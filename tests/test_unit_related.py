@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 from newsletter.related import DUPLICATE_SCORE, Doc, cjk_bigrams, recommend
 
 EN_QUERY = Doc(

@@ -10,12 +10,13 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from newsletter.bounces import verp_address
 from newsletter.config import Settings
 from newsletter.delivery import ledger
 from newsletter.delivery.backoff import next_attempt
 from newsletter.delivery.errors import DeliveryError, PermanentDeliveryError
 from newsletter.delivery.mailers import Mailer
-from newsletter.mime import Envelope, HeaderInjection, build_message, parse_from, to_bytes
+from newsletter.mime import Envelope, HeaderInjection, ascii_address, build_message, to_bytes
 from newsletter.models import Delivery, Edition, Issue, IssueStatus, Subscriber, SubscriberStatus, Suppression, utcnow
 from newsletter.rendering import greeting, personalise
 from newsletter.tokens import sign
@@ -76,7 +77,6 @@ def send_batch(
     ).all()
     by_id = {d.id: (d, s) for d, s in rows}
     suppressed = set(session.scalars(select(Suppression.email).where(Suppression.email.in_([d.email for d, _ in rows]))))
-    sender = parse_from(settings.from_address).addr_spec
     mailer = mailer_factory()
     try:
         for n, claim_ in enumerate(claims):
@@ -84,7 +84,7 @@ def send_batch(
                 outcomes["released"] += _stop(session, issue_id, claims[n:])
                 break
             delivery, subscriber = by_id[claim_.id]
-            outcomes[_send_one(session, settings, issue, editions, delivery, subscriber, suppressed, claim_, mailer, sender)] += 1
+            outcomes[_send_one(session, settings, issue, editions, delivery, subscriber, suppressed, claim_, mailer)] += 1
     finally:
         mailer.close()
     return BatchResult(outcomes)
@@ -100,7 +100,6 @@ def _send_one(
     suppressed: set[str],
     claim_: ledger.Claim,
     mailer: Mailer,
-    sender: str,
 ) -> str:
     if subscriber.status != SubscriberStatus.ACTIVE:
         reason = str(subscriber.status)
@@ -136,7 +135,7 @@ def _send_one(
             )
         except (HeaderInjection, ValueError) as exc:
             raise PermanentDeliveryError(f"subscriber {subscriber.id}: cannot build message: {exc}") from exc
-        mailer.send(sender, delivery.email, to_bytes(message))
+        mailer.send(verp_address(settings, delivery.id), ascii_address(delivery.email), to_bytes(message))  # RFC 5321 §4.1.1.2 return path
     except DeliveryError as exc:
         return _record_failure(session, settings, delivery, claim_, exc, mailer.name)
     if ledger.mark_sent(session, claim_, mailer.name):

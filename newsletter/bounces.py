@@ -1,0 +1,426 @@
+"""Bounces: a signed VERP return path per delivery, and reading delivery status notifications (RFC 3464).
+
+Every message goes out with the envelope sender (RFC 5321 §4.1.1.2 ``MAIL FROM``, which the receiving side
+turns into ``Return-Path``) ``bounces+<delivery id>-<signature>@<mail domain>``. A DSN comes back to that
+address, so the delivery is known without trusting anything in the DSN's body; a DSN whose return address
+lost its local part is matched by the original Message-ID it quotes instead.
+
+A hard bounce (``Action: failed`` with an RFC 3463 class 5 status) suppresses the address at once. A soft
+bounce (``Action: delayed``, or a class 4 status) adds one to the subscriber's ``soft_bounces``, at most
+once per delivery (an MTA that warns after 4 hours and gives up after 5 days reports one message twice);
+at ``NEWSLETTER_SOFT_BOUNCE_LIMIT`` (default 3) the address is suppressed as well. Whenever the action is
+``failed`` the delivery itself moves ``sent -> bounced``: the message was not delivered.
+"""
+
+from __future__ import annotations
+
+import base64
+import email
+import email.policy
+import hashlib
+import hmac
+import mailbox
+import os
+import quopri
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from email.message import Message
+from email.parser import HeaderParser
+from email.utils import getaddresses
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from newsletter.config import Settings, _int
+from newsletter.models import BounceEvent, Delivery, DeliveryStatus, Subscriber, SubscriberStatus, Suppression, utcnow
+from newsletter.tokens import BadToken
+
+VERP_PREFIX = "bounces+"
+DEFAULT_SOFT_BOUNCE_LIMIT = 3
+# Where the envelope recipient of a DSN shows up once it is stored, most specific first.
+RECIPIENT_HEADERS = ("Envelope-To", "X-Original-To", "Delivered-To", "To")
+ACTIONS = ("failed", "delayed", "delivered", "relayed", "expanded")  # RFC 3464 §2.3.3
+HARD, SOFT, IGNORED = "hard", "soft", "ignored"
+
+_VERP_RE = re.compile(r"bounces\+(0|[1-9][0-9]{0,18})-([a-z2-7]{16})", re.IGNORECASE)
+_STATUS_RE = re.compile(r"\s*([245])\.(\d{1,3})\.(\d{1,3})\b")  # RFC 3463 §2: class.subject.detail
+_SMTP_CODE_RE = re.compile(r"\s*([245]\d\d)\b")
+
+
+# -- VERP -------------------------------------------------------------------------------------------
+def _verp_mac(secret: str, delivery_id: int) -> str:
+    # base32, lower-cased: MTAs may fold the case of a local part (Postfix does for local delivery) although
+    # RFC 5321 §2.4 makes it case-sensitive, so the signature must survive that; base64 would not.
+    digest = hmac.new(secret.encode(), f"verp:{delivery_id}".encode(), hashlib.sha256).digest()[:10]
+    return base64.b32encode(digest).decode("ascii").lower()
+
+
+def verp_address(settings: Settings, delivery_id: int) -> str:
+    """The envelope sender for one delivery: ``bounces+<id>-<mac>@<settings.mail_domain>``.
+
+    The mac is the first 80 bits of HMAC-SHA256 (RFC 2104) over ``verp:<id>`` with ``settings.secret_key``,
+    in lower-case base32. The local part is a Dot-string of atext only (RFC 5321 §4.1.2) and at most 44
+    octets, well inside the 64 of RFC 5321 §4.5.3.1.1, so no relay needs to quote or truncate it.
+    """
+    return f"{VERP_PREFIX}{delivery_id}-{_verp_mac(settings.secret_key, delivery_id)}@{settings.mail_domain}"
+
+
+def is_verp_address(address: str) -> bool:
+    """True if ``address`` has our VERP local-part prefix (case-insensitive), signed correctly or not."""
+    return address.strip().strip("<>").lower().startswith(VERP_PREFIX)
+
+
+def parse_verp(settings: Settings, address: str) -> int:
+    """The delivery id a VERP address made by `verp_address` stands for.
+
+    The domain is not checked (a bounce may arrive through an alias domain); the signature is, and it
+    is compared case-insensitively for the reason given in `verp_address`.
+
+    Raises:
+        BadToken: not a VERP address, or its signature was not made with ``settings.secret_key``.
+    """
+    local = address.strip().strip("<>").rpartition("@")[0]
+    match = _VERP_RE.fullmatch(local)
+    if match is None:
+        raise BadToken(f"not a VERP address: {address!r}")
+    delivery_id = int(match.group(1))
+    if not hmac.compare_digest(match.group(2).lower(), _verp_mac(settings.secret_key, delivery_id)):
+        raise BadToken(f"bad VERP signature: {address!r}")
+    return delivery_id
+
+
+def soft_bounce_limit(env: Mapping[str, str] | None = None) -> int:
+    """``NEWSLETTER_SOFT_BOUNCE_LIMIT`` from ``env`` (default: ``os.environ``), clamped to [1, 100]; default 3."""
+    return _int(dict(os.environ if env is None else env), "NEWSLETTER_SOFT_BOUNCE_LIMIT", DEFAULT_SOFT_BOUNCE_LIMIT, 1, 100)
+
+
+# -- parsing ----------------------------------------------------------------------------------------
+class NotADsn(ValueError):
+    """The message is not a delivery status notification we can read; the text says why."""
+
+
+@dataclass(frozen=True)
+class RecipientStatus:
+    """The per-recipient fields of a DSN (RFC 3464 §2.3) that decide what happened."""
+
+    final_recipient: str  # §2.3.2, the address part only
+    original_recipient: str | None  # §2.3.1
+    action: str  # §2.3.3, lower case
+    status: str  # §2.3.4, RFC 3463 ``class.subject.detail``
+    diagnostic: str | None  # §2.3.6, whitespace collapsed, type prefix (``smtp;``) removed
+
+    @property
+    def kind(self) -> str:
+        """``hard`` (failed, class 5), ``soft`` (delayed, or class 4) or ``ignored`` (a success report)."""
+        if self.action == "delayed" or self.status.startswith("4."):
+            return SOFT
+        if self.action == "failed" and self.status.startswith("5."):
+            return HARD
+        return IGNORED
+
+    @property
+    def smtp_code(self) -> int | None:
+        """The SMTP reply code the remote MTA gave (RFC 5321 §4.2), when the diagnostic carries one."""
+        match = _SMTP_CODE_RE.match(self.diagnostic or "")
+        return int(match.group(1)) if match else None
+
+
+@dataclass(frozen=True)
+class Dsn:
+    """What `parse_dsn` reads from one message."""
+
+    dsn_id: str  # the DSN's Message-ID, or ``sha256:<hex>`` of the message when it has none (or a huge one)
+    recipient_addresses: tuple[str, ...]  # from `RECIPIENT_HEADERS`, in that order
+    original_message_id: str | None  # from the returned text/rfc822-headers or message/rfc822 part
+    recipients: tuple[RecipientStatus, ...]
+
+
+def _address(value: str | None) -> str | None:
+    """``rfc822; ann@example.com`` (RFC 3464 §2.3.1/§2.3.2 address-type; address) -> ``ann@example.com``."""
+    if not value:
+        return None
+    return value.rpartition(";")[2].strip().strip("<>") or None
+
+
+def _field_blocks(part: Message) -> list[Message]:
+    """The header blocks of a message/delivery-status part: per-message fields first, then one per recipient.
+
+    The stdlib parser splits a plain part into one `Message` per block. It does not for an encoded part
+    (base64 or quoted-printable), nor for message/global-delivery-status (RFC 6533 §6.2), which it reads
+    as one message whose body holds the remaining blocks; those are decoded and split here.
+    """
+    cte = str(part.get("Content-Transfer-Encoding", "")).strip().lower()
+    blocks: list[Message] = []
+    payload = part.get_payload()
+    for sub in payload if isinstance(payload, list) else []:
+        if len(sub):
+            blocks.append(sub)
+        rest = sub.get_payload()
+        if isinstance(rest, str) and rest.strip():
+            if not len(sub) and cte in ("base64", "quoted-printable"):
+                raw = base64.b64decode(rest) if cte == "base64" else quopri.decodestring(rest.encode())
+                rest = raw.decode("utf-8", "replace")
+            for chunk in re.split(r"\r?\n[ \t]*\r?\n", rest):
+                if chunk.strip():
+                    blocks.append(HeaderParser(policy=email.policy.default).parsestr(chunk.strip() + "\n"))
+    return blocks
+
+
+def _recipient(block: Message) -> RecipientStatus | None:
+    action = str(block.get("Action", "")).strip().lower()
+    status = _STATUS_RE.match(str(block.get("Status", "")))
+    final = _address(block.get("Final-Recipient"))
+    if action not in ACTIONS or status is None or final is None:
+        return None
+    diagnostic = " ".join(str(block.get("Diagnostic-Code", "")).split())
+    return RecipientStatus(
+        final_recipient=final,
+        original_recipient=_address(block.get("Original-Recipient")),
+        action=action,
+        status=".".join(status.groups()),
+        diagnostic=diagnostic.partition(";")[2].strip() if ";" in diagnostic else (diagnostic or None),
+    )
+
+
+def _original_message_id(msg: Message) -> str | None:
+    for part in msg.walk():
+        ctype = part.get_content_type()
+        if ctype in ("text/rfc822-headers", "message/global-headers") and isinstance(part.get_payload(), str):
+            headers: Message = HeaderParser(policy=email.policy.default).parsestr(part.get_content())
+        elif ctype in ("message/rfc822", "message/global-headers", "message/global") and isinstance(part.get_payload(), list):
+            headers = part.get_payload()[0]
+        else:
+            continue
+        value = str(headers.get("Message-ID", "")).strip()
+        if value:
+            return value
+    return None
+
+
+def parse_dsn(raw: bytes) -> Dsn:
+    """Read a delivery status notification (RFC 3464; RFC 6522 multipart/report) from raw message bytes.
+
+    Needs a message/delivery-status (or message/global-delivery-status) part with at least one
+    per-recipient block carrying ``Final-Recipient``, a known ``Action`` and an RFC 3463 ``Status``.
+
+    Raises:
+        NotADsn: no such part, or no usable per-recipient block.
+    """
+    msg = email.message_from_bytes(raw, policy=email.policy.default)
+    part = next((p for p in msg.walk() if p.get_content_type() in ("message/delivery-status", "message/global-delivery-status")), None)
+    if part is None:
+        raise NotADsn(f"no message/delivery-status part (Content-Type: {msg.get_content_type()})")
+    blocks = _field_blocks(part)
+    recipients = tuple(r for r in (_recipient(b) for b in blocks[1:]) if r is not None)
+    if not recipients:
+        raise NotADsn("no per-recipient block with Final-Recipient, Action and Status")
+    addresses = tuple(a for name in RECIPIENT_HEADERS for _, a in getaddresses([str(v) for v in msg.get_all(name, [])]) if a)
+    own_id = str(msg.get("Message-ID", "")).strip()
+    dsn_id = own_id if 0 < len(own_id) <= 255 else f"sha256:{hashlib.sha256(own_id.encode() if own_id else raw).hexdigest()}"
+    return Dsn(dsn_id=dsn_id, recipient_addresses=addresses, original_message_id=_original_message_id(msg), recipients=recipients)
+
+
+# -- processing -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Skipped:
+    """A message left alone, named by its place in the mailbox (Maildir file name, or mbox position)."""
+
+    key: str
+    reason: str
+
+
+@dataclass
+class BounceReport:
+    """Counts of one `process_bounces` run. Each message read lands in exactly one of: hard, soft,
+    ignored, duplicates, unmatched, rejected, unparseable; ``suppressed`` and ``deliveries_bounced`` count
+    effects of the hard and soft ones."""
+
+    messages: int = 0
+    hard: int = 0
+    soft: int = 0
+    ignored: int = 0  # success reports (delivered, relayed, expanded)
+    duplicates: int = 0  # processed by an earlier run
+    suppressed: int = 0  # addresses newly suppressed
+    deliveries_bounced: int = 0  # deliveries moved sent -> bounced
+    unmatched: list[Skipped] = field(default_factory=list)  # a DSN, but for no delivery of ours
+    rejected: list[Skipped] = field(default_factory=list)  # a VERP address with a bad signature
+    unparseable: list[Skipped] = field(default_factory=list)
+
+
+def open_mailbox(path: Path) -> mailbox.Mailbox:
+    """A Maildir (a folder with ``cur/``, ``new/``, ``tmp/``) or an mbox file, opened for reading.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: a folder that is not a Maildir.
+    """
+    if path.is_dir():
+        if not all((path / sub).is_dir() for sub in ("cur", "new", "tmp")):
+            raise ValueError(f"{path} is a folder but not a Maildir (needs cur/, new/ and tmp/)")
+        return mailbox.Maildir(path, factory=None, create=False)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such Maildir folder or mbox file")
+    return mailbox.mbox(path, factory=None, create=False)
+
+
+def _messages(box: mailbox.Mailbox) -> Iterator[tuple[str, bytes | OSError | KeyError]]:
+    """``(label, raw bytes)`` per message in key order; a message that vanished or cannot be read is the error."""
+    for key in sorted(box.iterkeys()):
+        if isinstance(box, mailbox.Maildir):
+            try:
+                stored = box.get_message(key)
+                label = f"{stored.get_subdir()}/{key}" + (f"{box.colon}{stored.get_info()}" if stored.get_info() else "")
+            except (OSError, KeyError):
+                label = str(key)
+        else:
+            label = f"message {key + 1}"  # 1-based, as mail readers number an mbox
+        try:
+            yield label, box.get_bytes(key)
+        except (OSError, KeyError) as exc:
+            yield label, exc
+
+
+def _find_delivery(session: Session, settings: Settings, dsn: Dsn) -> tuple[Delivery | None, str | None]:
+    """The delivery a DSN is about and, if it must be rejected, why. A signed VERP address wins; a VERP
+    address with a bad signature rejects the DSN (it is forged, or mangled past trusting); without one,
+    the quoted original Message-ID is looked up."""
+    bad: list[str] = []
+    for address in dsn.recipient_addresses:
+        if not is_verp_address(address):
+            continue
+        try:
+            return session.get(Delivery, parse_verp(settings, address)), None
+        except BadToken as exc:
+            bad.append(str(exc))
+    if bad:
+        return None, bad[0]
+    if dsn.original_message_id:
+        return session.scalar(select(Delivery).where(Delivery.message_id == dsn.original_message_id).limit(1)), None
+    return None, None
+
+
+def _suppress(session: Session, address: str, reason: str, detail: str) -> bool:
+    """Insert a suppression unless the address already has one (whatever its reason). True if inserted."""
+    module: Any = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    stmt = module.insert(Suppression).values(email=address, reason=reason, detail=detail[:2000], created_at=utcnow())
+    return bool(session.execute(stmt.on_conflict_do_nothing(index_elements=["email"])).rowcount)
+
+
+def _mark_subscriber_bounced(session: Session, delivery: Delivery) -> None:
+    # Only while the subscriber still has the address that bounced, and never over a status that says
+    # more (unsubscribed, complained).
+    session.execute(
+        update(Subscriber)
+        .where(
+            Subscriber.id == delivery.subscriber_id,
+            Subscriber.email == delivery.email,
+            Subscriber.status.in_([SubscriberStatus.ACTIVE, SubscriberStatus.PENDING]),
+        )
+        .values(status=SubscriberStatus.BOUNCED)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def _apply(session: Session, dsn: Dsn, delivery: Delivery, soft_limit: int, report: BounceReport) -> None:
+    """Record one DSN about ``delivery`` and act on it, in one transaction; commits."""
+    mine = delivery.email.casefold()
+    own = [r for r in dsn.recipients if mine in (r.final_recipient.casefold(), (r.original_recipient or "").casefold())]
+    # Forwarding may change the final recipient: then every block is about our message.
+    chosen = own or list(dsn.recipients)
+    worst = next(r for kind in (HARD, SOFT, IGNORED) for r in chosen if r.kind == kind)
+    detail = f"{worst.status} {worst.diagnostic or worst.action}"
+    seen_before = session.scalar(
+        select(BounceEvent.id).where(BounceEvent.delivery_id == delivery.id, BounceEvent.kind.in_([HARD, SOFT])).limit(1)
+    )
+    session.add(
+        BounceEvent(
+            dsn_id=dsn.dsn_id, delivery_id=delivery.id, subscriber_id=delivery.subscriber_id, email=delivery.email,
+            kind=worst.kind, action=worst.action[:16], status_code=worst.status, diagnostic=worst.diagnostic,
+        )
+    )  # fmt: skip
+    session.flush()  # a concurrent run that took this DSN first makes this raise IntegrityError
+    suppress_reason = None
+    if worst.kind == HARD:
+        report.hard += 1
+        suppress_reason = "hard-bounce"
+    elif worst.kind == SOFT:
+        report.soft += 1
+        if seen_before is None:
+            count = session.scalar(
+                update(Subscriber)
+                .where(Subscriber.id == delivery.subscriber_id)
+                .values(soft_bounces=Subscriber.soft_bounces + 1)
+                .returning(Subscriber.soft_bounces)
+                .execution_options(synchronize_session=False)
+            )
+            if count is not None and count >= soft_limit:
+                suppress_reason, detail = "soft-bounce", f"{count} soft bounces; last: {detail}"
+    else:
+        report.ignored += 1
+    if suppress_reason:
+        report.suppressed += _suppress(session, delivery.email, suppress_reason, detail)
+        _mark_subscriber_bounced(session, delivery)
+    if worst.action == "failed":
+        result = session.execute(
+            update(Delivery)
+            .where(Delivery.id == delivery.id, Delivery.status == DeliveryStatus.SENT)
+            .values(status=DeliveryStatus.BOUNCED, last_error=detail[:2000], last_smtp_code=worst.smtp_code, updated_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+        report.deliveries_bounced += result.rowcount  # type: ignore[attr-defined]
+    session.commit()
+
+
+def process_bounces(session: Session, settings: Settings, path: Path, *, soft_limit: int | None = None) -> BounceReport:
+    """Read every message in the Maildir folder or mbox file at ``path`` and act on the DSNs among them.
+
+    One transaction per message. Reading the same mailbox again is safe: a DSN whose Message-ID was
+    processed before counts as a duplicate and changes nothing. The mailbox is only read, never changed.
+    Messages that are not DSNs, or are for no delivery of ours, or carry a forged VERP address, are
+    listed in the report with their key and skipped (so a person can look); they never stop the run.
+    ``soft_limit`` defaults to `soft_bounce_limit`.
+
+    Raises:
+        FileNotFoundError, ValueError: see `open_mailbox`.
+    """
+    limit = soft_bounce_limit() if soft_limit is None else soft_limit
+    report = BounceReport()
+    box = open_mailbox(path)
+    try:
+        for label, raw in _messages(box):
+            report.messages += 1
+            if isinstance(raw, Exception):
+                report.unparseable.append(Skipped(label, f"cannot read: {raw}"))
+                continue
+            try:
+                dsn = parse_dsn(raw)
+            except NotADsn as exc:
+                report.unparseable.append(Skipped(label, str(exc)))
+                continue
+            except Exception as exc:  # the email package on hostile input: report, never stop the run
+                report.unparseable.append(Skipped(label, f"{type(exc).__name__}: {exc}"))
+                continue
+            if session.scalar(select(BounceEvent.id).where(BounceEvent.dsn_id == dsn.dsn_id)) is not None:
+                report.duplicates += 1
+                continue
+            delivery, why = _find_delivery(session, settings, dsn)
+            if why is not None:
+                report.rejected.append(Skipped(label, why))
+            elif delivery is None:
+                wanted = f"recipients {', '.join(dsn.recipient_addresses) or '(none)'}, Message-ID {dsn.original_message_id or '(none)'}"
+                report.unmatched.append(Skipped(label, f"no delivery of ours: {wanted}"))
+            else:
+                try:
+                    _apply(session, dsn, delivery, limit, report)
+                except IntegrityError:
+                    session.rollback()
+                    report.duplicates += 1
+    finally:
+        session.rollback()
+        box.close()
+    return report

@@ -1,0 +1,56 @@
+"""The ``newsletter bounces`` commands: read delivery status notifications (RFC 3464) from a mailbox.
+
+Self-contained (settings and session made here) so that `newsletter.cli` can import it at its end
+without an import cycle.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from newsletter.bounces import BounceReport, process_bounces
+from newsletter.config import load_settings
+from newsletter.db import session_factory
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def bounces() -> None:
+    """Bounce handling: VERP return paths come back as delivery status notifications."""
+
+
+def _summary(report: BounceReport) -> str:
+    return (
+        f"{report.messages} messages: {report.hard} hard, {report.soft} soft, {report.ignored} ignored, "
+        f"{report.duplicates} already processed, {len(report.unmatched)} unmatched, {len(report.rejected)} rejected, "
+        f"{len(report.unparseable)} unparseable; {report.suppressed} addresses suppressed, "
+        f"{report.deliveries_bounced} deliveries marked bounced"
+    )
+
+
+@bounces.command("process")
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--soft-limit",
+    type=click.IntRange(1, 100),
+    help="Soft bounces (one per delivery) before an address is suppressed [default: NEWSLETTER_SOFT_BOUNCE_LIMIT, else 3].",
+)
+def bounces_process(path: Path, soft_limit: int | None) -> None:
+    """Read the Maildir folder or mbox file PATH and act on its delivery status notifications.
+
+    A hard bounce (failed, 5.x.x) suppresses the address and marks the delivery bounced; soft bounces
+    (delayed, or 4.x.x) are counted per subscriber and suppress at the limit. Safe to run again on the
+    same mailbox: processed notifications are remembered by Message-ID. The mailbox is not changed.
+    Messages that cannot be used are listed on stderr with their key.
+    """
+    settings = load_settings()
+    try:
+        with session_factory(settings.database_url)() as session:
+            report = process_bounces(session, settings, path, soft_limit=soft_limit)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    for title, skipped in (("unparseable", report.unparseable), ("rejected", report.rejected), ("unmatched", report.unmatched)):
+        for item in skipped:
+            click.echo(f"{title}: {path}: {item.key}: {item.reason}", err=True)
+    click.echo(_summary(report))
