@@ -34,11 +34,12 @@ def insert_ignore(session: Session, rows: Sequence[dict[str, Any]]) -> int:
     module: Any = postgresql if dialect == "postgresql" else sqlite
     stmt = (
         module.insert(Delivery)
-        .values(list(rows))
         .on_conflict_do_nothing(index_elements=["issue_id", "subscriber_id"])
-        .returning(Delivery.id)  # rowcount is -1 for this statement on psycopg; RETURNING counts exactly
+        .returning(Delivery.id)  # rowcount is not reliable here on psycopg; RETURNING counts exactly
     )
-    return len(session.execute(stmt).all())
+    # Parameters as a list: SQLAlchemy's "insertmanyvalues" batches them into multi-row INSERTs from
+    # one cached compiled statement, instead of compiling a fresh 1,000-row VALUES clause per chunk.
+    return len(session.execute(stmt, list(rows)).all())
 
 
 def _claimable(now: datetime) -> Any:
