@@ -13,11 +13,16 @@ from sqlalchemy import select
 from newsletter import publishing
 from newsletter.articles import import_articles, parse_datetime
 from newsletter.config import Settings, load_settings
-from newsletter.db import session_factory, upgrade
+from newsletter.db import current_revision, session_factory, upgrade
 from newsletter.issues import IssueError, Selection, articles_by_external_id, create_issue, get_issue, select_articles
-from newsletter.models import Issue
+from newsletter.models import Issue, IssueStatus
 from newsletter.rendering import RenderError
 from newsletter.subscribers import import_subscribers
+
+
+def plural(n: int, noun: str) -> str:
+    """``1 article``, ``2 articles``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 class Context:
@@ -54,8 +59,14 @@ def db() -> None:
 @pass_ctx
 def db_upgrade(ctx: Context) -> None:
     """Create or migrate the schema to the newest version (Alembic)."""
+    before = current_revision(ctx.settings.database_url)
     upgrade(ctx.settings.database_url)
-    click.echo(f"database is up to date: {ctx.settings.describe()['DATABASE_URL']}")
+    after = current_revision(ctx.settings.database_url)
+    where = ctx.settings.describe()["DATABASE_URL"]
+    if before == after:
+        click.echo(f"{where}: already at the newest schema ({after})")
+    else:
+        click.echo(f"{where}: migrated from {before or 'an empty database'} to {after}")
 
 
 # -- articles ---------------------------------------------------------------------------------------
@@ -163,7 +174,7 @@ def issue_create(
         except IssueError as exc:
             raise click.ClickException(str(exc)) from exc
         langs = ", ".join(f"{e.lang}{' (converted)' if e.converted_from else ''}" for e in new.editions)
-        click.echo(f"issue {new.number} created with {len(chosen)} articles; editions: {langs}")
+        click.echo(f"issue {new.number} created with {plural(len(chosen), 'article')}; editions: {langs}")
 
 
 @issue.command("list")
@@ -172,7 +183,9 @@ def issue_list(ctx: Context) -> None:
     """List issues with their status."""
     with ctx.session() as session:
         for item in session.scalars(select(Issue).order_by(Issue.number)):
-            click.echo(f"{item.number:>5}  {item.status:<10}  {', '.join(e.lang for e in item.editions)}  {len(item.items)} articles")
+            click.echo(
+                f"{item.number:>5}  {item.status:<10}  {', '.join(e.lang for e in item.editions)}  {plural(len(item.items), 'article')}"
+            )
 
 
 @issue.command("preview")
@@ -191,6 +204,8 @@ def issue_preview(ctx: Context, number: int, lang: str, out: Path | None, as_tex
             edition = next((e for e in the_issue.editions if e.lang == lang), None)
             if edition is None:
                 raise IssueError(f"issue {number} has no {lang} edition (has: {', '.join(e.lang for e in the_issue.editions)})")
+            if the_issue.status == IssueStatus.DRAFT:
+                publishing.attach_related(session, ctx.settings, the_issue.id)  # as publishing would; replaced then
             rendered = render_edition(publishing.edition_content(session, ctx.settings, the_issue, edition))
         except (IssueError, RenderError) as exc:
             raise click.ClickException(str(exc)) from exc
@@ -339,7 +354,7 @@ def issue_cancel(ctx: Context, number: int) -> None:
 def worker(click_ctx: click.Context, beat: bool, concurrency: int) -> None:
     """Run a Celery worker on the render, plan and send queues (needs REDIS_URL).
 
-    Extra arguments are passed to ``celery worker``.
+    Extra arguments are passed on to celery worker.
     """
     settings = load_settings()
     if settings.embedded:
@@ -348,7 +363,8 @@ def worker(click_ctx: click.Context, beat: bool, concurrency: int) -> None:
 
     argv = ["worker", "--loglevel=INFO", f"--concurrency={concurrency}", "-Q", "render,plan,send"]
     if beat:
-        argv.append("--beat")
+        settings.home.mkdir(parents=True, exist_ok=True)
+        argv += ["--beat", "--schedule", str(settings.home / "celerybeat-schedule")]
     app.worker_main(argv + list(click_ctx.args))
 
 

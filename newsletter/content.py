@@ -68,6 +68,24 @@ def strip_links(text: str) -> str:
     return _BARE_URL.sub("", _MD_LINK.sub(r"\1", text))
 
 
+_SLUG = re.compile(r"[a-z0-9]+(?:[-_][a-z0-9]+)*")
+
+
+def category_label(category: str) -> str:
+    """A reader-facing label: a CMS slug such as ``presidential-actions`` becomes ``Presidential actions``;
+    anything else (``Security``, ``安全``) is kept as written."""
+    return category.replace("-", " ").replace("_", " ").capitalize() if _SLUG.fullmatch(category) else category
+
+
+def _readable(paragraph: str) -> bool:
+    """Whether a paragraph can open a summary: real words, not a rule of asterisks or a shouted memo header."""
+    letters = [ch for ch in paragraph if ch.isalpha()]
+    if len([ch for ch in paragraph if ch.isalnum()]) < 8:
+        return False
+    latin = [ch for ch in letters if ch.isascii()]
+    return not (len(latin) > 20 and sum(ch.isupper() for ch in latin) > 0.6 * len(latin))
+
+
 def summarise(text: str, lang: str, limit: int | None = None) -> str:
     """The first paragraph of ``text`` cut to ``limit`` characters at a sentence or word boundary.
 
@@ -77,7 +95,7 @@ def summarise(text: str, lang: str, limit: int | None = None) -> str:
     if limit is None:
         limit = 120 if lang.startswith("zh") else 300
     paragraphs = [_SPACE.sub(" ", p.replace("\n", " ")).strip() for p in re.split(r"\n\s*\n", text)]
-    first = next((p for p in paragraphs if len(p) > 1), "")
+    first = next((p for p in paragraphs if _readable(p)), next((p for p in paragraphs if p), ""))
     if len(first) <= limit:
         return first
     cut = first[:limit]

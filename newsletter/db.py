@@ -75,6 +75,14 @@ def alembic_config(url: str) -> Any:
     return cfg
 
 
+def current_revision(url: str) -> str | None:
+    """The Alembic revision the database at ``url`` is at (None for an empty database)."""
+    from alembic.runtime.migration import MigrationContext
+
+    with get_engine(url).connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
 def upgrade(url: str, revision: str = "head") -> None:
     """Migrate the database at ``url`` to ``revision`` (default: the newest)."""
     from alembic import command

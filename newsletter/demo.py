@@ -130,12 +130,14 @@ def run_demo(*, per_lang: int, fresh: bool, echo: Callable[[str], None], follow:
     with factory() as session:
         for path in (en_path, zh_path):
             rep = import_articles(session, path)
-            echo(f"articles {path.name}: {rep.created} new, {rep.updated} updated, {rep.unchanged} unchanged, {len(rep.errors)} rejected")
+            echo(
+                f"articles {path.name}: {rep.created} created, {rep.updated} updated, {rep.unchanged} unchanged, {len(rep.errors)} rejected"
+            )
         csv_path = settings.home / "subscribers.csv"
         csv_path.parent.mkdir(parents=True, exist_ok=True)
         write_subscribers(csv_path, per_lang)
         srep = import_subscribers(session, csv_path)
-        echo(f"subscribers: {srep.created} new, {srep.merged} merged, {len(srep.errors)} rejected ({'; '.join(srep.errors)})")
+        echo(f"subscribers: {srep.created} created, {srep.merged} merged, {len(srep.errors)} rejected ({'; '.join(srep.errors)})")
         chosen = pick_articles(session, real)
         issue = create_issue(session, chosen, titles=DEMO_TITLES[real], notes=DEMO_NOTES[real])
         session.commit()

@@ -20,6 +20,8 @@ CATALOG: dict[str, dict[str, str]] = {
         "Unsubscribe": "退订",
         "Manage preferences": "管理订阅偏好",
         "View in browser": "网页版",
+        "%(label)s: %(url)s": "%(label)s：%(url)s",
+        "%(label)s:": "%(label)s：",
     },
     "zh-Hant": {
         "View this email in your browser": "在瀏覽器中查看此郵件",
@@ -34,6 +36,8 @@ CATALOG: dict[str, dict[str, str]] = {
         "Unsubscribe": "取消訂閱",
         "Manage preferences": "管理訂閱偏好",
         "View in browser": "網頁版",
+        "%(label)s: %(url)s": "%(label)s：%(url)s",
+        "%(label)s:": "%(label)s：",
     },
 }
 

@@ -16,7 +16,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from newsletter.config import Settings
-from newsletter.content import to_traditional
+from newsletter.content import category_label, to_traditional
 from newsletter.delivery import ledger
 from newsletter.issues import IssueError
 from newsletter.models import (
@@ -80,7 +80,7 @@ def _view(article: Article, convert: bool, fallback_url: str) -> ArticleView:
         title=conv(article.title),
         summary=conv(article.summary),
         url=article.url or fallback_url,
-        category=conv(article.category) if article.category else None,
+        category=conv(category_label(article.category)) if article.category else None,
     )
 
 

@@ -77,5 +77,18 @@ def recommend(lang: str, queries: Sequence[Doc], archive: Sequence[Doc], *, k: i
     similarity = (c @ q.T).toarray()
     best = similarity.max(axis=1)
     best[best >= DUPLICATE_SCORE] = -1.0
-    order = np.argsort(-best, kind="stable")[:k]
-    return [(candidates[i].id, float(best[i])) for i in order if best[i] > 0]
+    # The same story is often filed twice (another section, another URL): one title, one entry.
+    seen = {_title_key(q.title) for q in queries}
+    ranked: list[tuple[int, float]] = []
+    for i in np.argsort(-best, kind="stable"):
+        if best[i] <= 0 or len(ranked) == k:
+            break
+        key = _title_key(candidates[i].title)
+        if key not in seen:
+            seen.add(key)
+            ranked.append((candidates[i].id, float(best[i])))
+    return ranked
+
+
+def _title_key(title: str) -> str:
+    return " ".join(re.sub(r"[^\w]+", " ", title.casefold()).split())

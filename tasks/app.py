@@ -6,7 +6,7 @@ from typing import Any
 
 from celery import Celery
 from celery.signals import worker_init
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from newsletter.config import Settings, load_settings
 
@@ -14,6 +14,7 @@ from newsletter.config import Settings, load_settings
 # use no countdowns (retry times live in the delivery row), so it only needs to exceed the longest
 # task run: a send batch of NEWSLETTER_BATCH_SIZE messages.
 VISIBILITY_TIMEOUT = 2 * 3600
+QUEUES = ("render", "plan", "send")
 
 
 def make_app(settings: Settings | None = None) -> Celery:
@@ -35,7 +36,8 @@ def make_app(settings: Settings | None = None) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        task_queues=(Queue("render"), Queue("plan"), Queue("send")),
+        # Each queue has its own direct exchange and routing key, so a task reaches exactly one queue.
+        task_queues=tuple(Queue(name, Exchange(name, type="direct"), routing_key=name) for name in QUEUES),
         task_default_queue="plan",
         task_routes={
             "newsletter.attach_related": {"queue": "render"},

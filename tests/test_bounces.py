@@ -229,7 +229,7 @@ def test_send_batch_uses_the_verp_return_path(session, settings: Settings) -> No
     for s in sent.values():
         assert s.sender == verp_address(settings, s.delivery_id)
         assert parse_verp(settings, s.sender) == s.delivery_id
-        assert "From: Weekly Review <weekly@newsletter.example.org>" in s.headers  # the From header is unchanged
+        assert "From: The Weekly Review <weekly@newsletter.example.org>" in s.headers  # the From header is unchanged
 
 
 # -- DSN parsing ------------------------------------------------------------------------------------

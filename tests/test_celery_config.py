@@ -16,6 +16,8 @@ def test_delivery_safety_settings(make_settings) -> None:
     assert conf.task_serializer == "json" and list(conf.accept_content) == ["json"]
     assert conf.task_always_eager is False
     assert [q.name for q in conf.task_queues] == ["render", "plan", "send"]
+    # One exchange and routing key per queue: a message published for one queue lands in no other.
+    assert [(q.exchange.name, q.routing_key) for q in conf.task_queues] == [("render", "render"), ("plan", "plan"), ("send", "send")]
     assert conf.task_routes["newsletter.send_batch"] == {"queue": "send"}
     assert conf.task_routes["newsletter.render_editions"] == {"queue": "render"}
     assert conf.task_routes["newsletter.plan_deliveries"] == {"queue": "plan"}

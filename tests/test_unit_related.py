@@ -84,3 +84,14 @@ def test_small_archive_with_a_duplicate_still_finds_related() -> None:
     archive = [EN_QUERY, EN_RELATED, EN_OTHERS[0], EN_OTHERS[1], EN_DUPLICATE]
     ranked = recommend("en", [EN_QUERY], archive)
     assert [i for i, _ in ranked][:1] == [2]
+
+
+def test_the_same_story_filed_twice_is_recommended_once() -> None:
+    from newsletter.related import Doc
+
+    query = Doc(1, "Grid security rules", "utilities must patch control systems quickly after the grid attack")
+    same_a = Doc(2, "Protecting the grid: new rules", "new rules make utilities patch control systems after the grid attack")
+    same_b = Doc(3, "Protecting the Grid — New Rules", "new rules make utilities patch control systems after the grid attack.")
+    other = Doc(4, "Budget talks", "negotiators met on the budget and spending caps")
+    ranked = recommend("en", [query], [same_a, same_b, other])
+    assert [i for i, _ in ranked] == [2]

@@ -104,7 +104,7 @@ def test_render_zh_hans_uses_catalog() -> None:
     out = render_edition(_content("zh-Hans", title="本周要闻", date="2026年6月1日"))
     assert out.subject == "本周要闻 · 第 7 期"
     assert "阅读全文" in out.html and "Read more" not in out.html
-    assert "退订: @@NL_UNSUBSCRIBE_URL@@" in out.text
+    assert "退订：@@NL_UNSUBSCRIBE_URL@@" in out.text  # full-width colon in Chinese
     assert "每周评论" in out.text
 
 
