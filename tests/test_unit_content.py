@@ -158,3 +158,17 @@ def test_strip_links_removes_bare_urls() -> None:
 
 def test_strip_links_leaves_plain_text_alone() -> None:
     assert strip_links("No links [here] (really).") == "No links [here] (really)."
+
+
+def test_category_slugs_become_labels() -> None:
+    from newsletter.content import category_label
+
+    assert category_label("presidential-actions") == "Presidential actions"
+    assert category_label("Security") == "Security"
+    assert category_label("安全") == "安全"
+
+
+def test_summary_skips_rules_and_shouted_memo_headers() -> None:
+    text = "*** ***\n\nTO: WHITE HOUSE COMMS STAFF FROM: THE PRESS OFFICE\n\nToday the President signed an order."
+    assert summarise(text, "en") == "Today the President signed an order."
+    assert summarise("*** ***", "en") == "*** ***"  # nothing better: keep what there is
