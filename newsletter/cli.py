@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import click
@@ -295,6 +295,49 @@ def issue_status(ctx: Context, number: int) -> None:
         raise click.ClickException(str(exc)) from exc
 
 
+@issue.command("schedule")
+@click.argument("number", type=int)
+@click.option("--at", "at", required=True, help="When to publish: ISO 8601 with an offset (2026-12-07T09:00+08:00), or local to --tz.")
+@click.option("--tz", help="IANA time zone for an --at without offset, e.g. Asia/Shanghai.")
+@pass_ctx
+def issue_schedule(ctx: Context, number: int, at: str, tz: str | None) -> None:
+    """Schedule issue NUMBER to publish itself at a time (the beat sweeper fires it exactly once)."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        when = datetime.fromisoformat(at)
+    except ValueError as exc:
+        raise click.BadParameter(f"not an ISO 8601 time: {at!r}", param_hint="--at") from exc
+    if when.tzinfo is None:
+        if not tz:
+            raise click.BadParameter("give an offset (e.g. +08:00) or --tz", param_hint="--at")
+        try:
+            when = when.replace(tzinfo=ZoneInfo(tz))
+        except ZoneInfoNotFoundError as exc:
+            raise click.BadParameter(f"unknown time zone {tz!r}", param_hint="--tz") from exc
+    with ctx.session() as session:
+        try:
+            publishing.schedule_issue(session, ctx.settings, get_issue(session, number), when)
+        except (IssueError, RenderError) as exc:
+            raise click.ClickException(str(exc)) from exc
+    click.echo(f"issue {number} scheduled for {when.isoformat()} ({when.astimezone(UTC).isoformat(timespec='minutes')} UTC)")
+    if ctx.settings.embedded:
+        click.echo("note: without REDIS_URL nothing runs in the background; run 'newsletter sweep' when it is due", err=True)
+
+
+@issue.command("unschedule")
+@click.argument("number", type=int)
+@pass_ctx
+def issue_unschedule(ctx: Context, number: int) -> None:
+    """Take a scheduled issue back to draft (possible until it fires)."""
+    with ctx.session() as session:
+        try:
+            publishing.unschedule_issue(session, get_issue(session, number))
+        except IssueError as exc:
+            raise click.ClickException(str(exc)) from exc
+    click.echo(f"issue {number} is a draft again")
+
+
 @issue.command("pause")
 @click.argument("number", type=int)
 @pass_ctx
@@ -372,11 +415,15 @@ def worker(click_ctx: click.Context, beat: bool, concurrency: int) -> None:
 @pass_ctx
 def sweep(ctx: Context) -> None:
     """Run one sweep now: re-enqueue due retries and expired claims, finish done issues."""
-    from tasks.publish import enqueue_send
+    from tasks.publish import enqueue_send, start_pipeline, use_settings
 
+    use_settings(ctx.settings)
     with ctx.session() as session:
-        result = publishing.sweep(session, ctx.settings, enqueue_send)
-    click.echo(f"enqueued {sum(result.enqueued.values())} batches; finished issues: {result.finished or 'none'}")
+        result = publishing.sweep(session, ctx.settings, enqueue_send, start=start_pipeline)
+    fired = ", ".join(str(i) for i in result.fired) or "none"
+    click.echo(
+        f"fired scheduled issues: {fired}; enqueued {sum(result.enqueued.values())} batches; finished issues: {result.finished or 'none'}"
+    )
 
 
 @main.command()

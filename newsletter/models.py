@@ -62,6 +62,7 @@ class SubscriberStatus(enum.StrEnum):
 
 class IssueStatus(enum.StrEnum):
     DRAFT = "draft"
+    SCHEDULED = "scheduled"  # publishes itself at Issue.scheduled_at (the sweeper fires it once)
     PUBLISHING = "publishing"  # related + render + plan in progress
     SENDING = "sending"  # deliveries planned; batches in flight
     SENT = "sent"  # every delivery final
@@ -111,6 +112,7 @@ class Issue(Base):
     """One weekly newsletter. Per-language texts live in its editions."""
 
     __tablename__ = "issues"
+    __table_args__ = (Index("ix_issues_status_scheduled_at", "status", "scheduled_at"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     number: Mapped[int] = mapped_column(unique=True)
@@ -120,6 +122,7 @@ class Issue(Base):
     audience_max_subscriber_id: Mapped[int | None] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    scheduled_at: Mapped[datetime | None]
     published_at: Mapped[datetime | None]
     planned_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]

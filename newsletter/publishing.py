@@ -105,15 +105,12 @@ def edition_content(session: Session, settings: Settings, issue: Issue, edition:
     )
 
 
-def request_publish(session: Session, settings: Settings, issue: Issue) -> None:
-    """Validate an issue and move it to ``publishing``, freezing its audience; commits.
-
-    Checks: not already sent or under way; every edition has articles and renders (templates,
-    translations); the audience is not empty. A failed issue may be published again: the ledger
-    makes the re-run send only what was not sent.
+def check_publishable(session: Session, settings: Settings, issue: Issue) -> None:
+    """Raise unless ``issue`` could be published now: not already sent or under way, every edition has
+    articles and renders (templates, translations), the segment is valid and the audience not empty.
 
     Raises:
-        IssueError: a check failed; nothing was changed.
+        IssueError: a check failed.
         RenderError: an edition does not render.
     """
     if issue.status in (IssueStatus.PUBLISHING, IssueStatus.SENDING):
@@ -131,18 +128,101 @@ def request_publish(session: Session, settings: Settings, issue: Issue) -> None:
         if not content.articles:
             raise IssueError(f"issue {issue.number} edition {edition.lang} has no articles")
         check_edition(content)
-    frozen = issue.audience_max_subscriber_id or session.scalar(select(func.max(Subscriber.id))) or 0
     try:
-        size = count_audience(session, issue.segment, max_subscriber_id=frozen)
+        size = count_audience(session, issue.segment, max_subscriber_id=issue.audience_max_subscriber_id)
     except SegmentError as exc:
         raise IssueError(f"issue {issue.number}: bad segment: {exc}") from exc
     if size == 0:
         raise IssueError(f"issue {issue.number}: the audience is empty (no active, unsuppressed subscribers)")
-    issue.audience_max_subscriber_id = frozen
+
+
+def _freeze_audience(session: Session, issue: Issue) -> None:
+    if issue.audience_max_subscriber_id is None:
+        issue.audience_max_subscriber_id = session.scalar(select(func.max(Subscriber.id))) or 0
+
+
+def request_publish(session: Session, settings: Settings, issue: Issue) -> None:
+    """Validate an issue (`check_publishable`) and move it to ``publishing``, freezing its audience; commits.
+
+    A failed (or scheduled) issue may be published now: the ledger makes a re-run send only what was not sent.
+
+    Raises:
+        IssueError, RenderError: see `check_publishable`; nothing was changed.
+    """
+    check_publishable(session, settings, issue)
+    _freeze_audience(session, issue)
     issue.status = IssueStatus.PUBLISHING
     issue.error = None
+    issue.scheduled_at = None
     issue.published_at = issue.published_at or utcnow()
     session.commit()
+
+
+def schedule_issue(session: Session, settings: Settings, issue: Issue, at: datetime, now: datetime | None = None) -> None:
+    """Schedule a draft (or re-schedule a scheduled) issue to publish itself at ``at``; commits.
+
+    The issue is checked now as for an immediate publish, and the audience is frozen when it fires.
+
+    Raises:
+        IssueError: ``at`` is naive or not in the future, or the issue is not a draft or scheduled.
+        RenderError: an edition does not render.
+    """
+    if at.tzinfo is None:
+        raise IssueError("the schedule time needs a timezone (e.g. 2026-12-07T09:00+08:00)")
+    if at <= (now or utcnow()):
+        raise IssueError(f"the schedule time {at.isoformat()} is not in the future")
+    if issue.status not in (IssueStatus.DRAFT, IssueStatus.SCHEDULED):
+        raise IssueError(f"issue {issue.number} is {issue.status}; only a draft can be scheduled")
+    check_publishable(session, settings, issue)
+    issue.status = IssueStatus.SCHEDULED
+    issue.scheduled_at = at
+    session.commit()
+
+
+def unschedule_issue(session: Session, issue: Issue) -> None:
+    """Take a scheduled issue back to draft, until it fires; commits.
+
+    Raises:
+        IssueError: the issue is not scheduled (it may have fired already).
+    """
+    result = session.execute(
+        update(Issue)
+        .where(Issue.id == issue.id, Issue.status == IssueStatus.SCHEDULED)
+        .values(status=IssueStatus.DRAFT, scheduled_at=None)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    if not result.rowcount:  # type: ignore[attr-defined]
+        session.refresh(issue)
+        raise IssueError(f"issue {issue.number} is {issue.status}, not scheduled")
+    session.refresh(issue)
+
+
+def fire_due_schedules(session: Session, now: datetime | None = None) -> list[int]:
+    """Move every scheduled issue whose time has come to ``publishing``; commits. Returns their ids.
+
+    Each issue is taken with one conditional UPDATE (``WHERE status = 'scheduled'``), so when two
+    sweepers run at once (two beat processes started by mistake) exactly one of them fires it.
+    """
+    now = now or utcnow()
+    due = list(session.scalars(select(Issue.id).where(Issue.status == IssueStatus.SCHEDULED, Issue.scheduled_at <= now)))
+    fired = []
+    for issue_id in due:
+        won = session.execute(
+            update(Issue)
+            .where(Issue.id == issue_id, Issue.status == IssueStatus.SCHEDULED)
+            .values(status=IssueStatus.PUBLISHING, published_at=now, error=None)
+            .execution_options(synchronize_session=False)
+        ).rowcount  # type: ignore[attr-defined]
+        session.commit()
+        if won:
+            issue = session.get_one(Issue, issue_id)
+            session.refresh(issue)
+            _freeze_audience(session, issue)
+            session.commit()
+            fired.append(issue_id)
+            log.info("scheduled issue %s fired", issue.number)
+    return fired
 
 
 def attach_related(session: Session, settings: Settings, issue_id: int, k: int = RELATED_PER_EDITION) -> dict[str, int]:
@@ -268,12 +348,19 @@ class SweepResult:
 
     enqueued: dict[int, int] = field(default_factory=dict)
     finished: list[int] = field(default_factory=list)
+    fired: list[int] = field(default_factory=list)
 
 
 def sweep(
-    session: Session, settings: Settings, enqueue: Enqueue, now: datetime | None = None, requeue_after: float | None = None
+    session: Session,
+    settings: Settings,
+    enqueue: Enqueue,
+    now: datetime | None = None,
+    requeue_after: float | None = None,
+    start: Callable[[int], None] | None = None,
 ) -> SweepResult:
-    """Re-enqueue what is due (retries, expired claims, lost broker messages) and finish done issues.
+    """Fire due schedules (handing each fired issue id to ``start``), re-enqueue what is due (retries,
+    expired claims, lost broker messages) and finish done issues.
 
     Only issues in ``sending`` are swept, so rows still being planned are left to the planner.
     Safe to run from several processes at once: a delivery enqueued twice is claimed once.
@@ -281,6 +368,13 @@ def sweep(
     now = now or utcnow()
     requeue_after = settings.lease_seconds if requeue_after is None else requeue_after
     result = SweepResult()
+    if start is not None:
+        for issue_id in fire_due_schedules(session, now):
+            try:
+                start(issue_id)
+            except Exception:  # the pipeline marked the issue failed with the reason; keep sweeping
+                log.exception("scheduled issue id %s failed to start", issue_id)
+            result.fired.append(issue_id)
     sending = set(session.scalars(select(Issue.id).where(Issue.status == IssueStatus.SENDING)))
     due: dict[int, list[int]] = defaultdict(list)
     for issue_id, delivery_id in ledger.due_for_enqueue(session, now, requeue_after):

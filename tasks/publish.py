@@ -94,8 +94,13 @@ def send_batch(self: Task, issue_id: int, delivery_ids: list[int]) -> dict[str, 
 def sweep() -> dict[str, int]:
     """Periodic (beat): re-enqueue due retries, expired claims and lost messages; finish done issues."""
     with _session() as session:
-        result = publishing.sweep(session, settings(), enqueue_send)
-    return {"batches": sum(result.enqueued.values()), "finished": len(result.finished)}
+        result = publishing.sweep(session, settings(), enqueue_send, start=start_pipeline)
+    return {"batches": sum(result.enqueued.values()), "finished": len(result.finished), "fired": len(result.fired)}
+
+
+def start_pipeline(issue_id: int) -> None:
+    """Enqueue the publish canvas of an issue already moved to ``publishing``."""
+    publish_pipeline(issue_id).apply_async()
 
 
 def publish_pipeline(issue_id: int):  # type: ignore[no-untyped-def]

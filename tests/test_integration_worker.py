@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -182,3 +183,45 @@ def test_publish_with_real_worker_redis_postgres_and_smtp(
             assert (d.status, d.attempts) == (DeliveryStatus.SENT, 1)
     assert smtp.recorder.rejected["421"] == 30 and smtp.recorder.rejected["451"] == 30
     print(json.dumps({"rejected": dict(smtp.recorder.rejected)}))
+
+
+def test_scheduled_issue_is_published_once_by_beat_even_with_two_beats(
+    worker_env: dict[str, str], smtp: SMTPServer, worker: subprocess.Popen[bytes], make_settings, tmp_path: Path
+) -> None:
+    from datetime import timedelta
+
+    from newsletter import publishing
+    from newsletter.models import Issue, IssueStatus, utcnow
+
+    settings = make_settings(worker_env["DATABASE_URL"], **{**worker_env, "SMTP_URL": smtp.url})
+    # A second beat process, as if started by mistake next to the worker's own (-B).
+    second_beat = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "tasks", "beat", "-s", str(tmp_path / "beat2"), "--loglevel=INFO"],
+        cwd=ROOT, env={**os.environ, **worker_env, "SMTP_URL": smtp.url},
+        stdout=(tmp_path / "beat2.log").open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    try:
+        factory = session_factory(settings.database_url)
+        with factory() as session:
+            now = utcnow()
+            article = Article(external_id="sched-1", title="Scheduled story", summary="It fires by itself.", lang="en", published_at=now)
+            session.add(article)
+            session.add_all(Subscriber(email=address(i), name="", lang="en", topics=[], attributes={}) for i in range(400, 430))
+            session.flush()
+            issue = create_issue(session, [article])
+            session.commit()
+            publishing.schedule_issue(session, settings, issue, utcnow() + timedelta(seconds=2))
+            issue_id = issue.id
+        deadline = time.monotonic() + 60
+        while True:
+            with factory() as session:
+                status = session.scalar(select(Issue.status).where(Issue.id == issue_id))
+            if status == IssueStatus.SENT or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
+        assert status == IssueStatus.SENT
+        # Fired once, sent once each (the 421/451 answers the server gives to 20% are retried).
+        assert smtp.recorder.recipients() == {address(i): 1 for i in range(400, 430)}
+    finally:
+        os.killpg(second_beat.pid, signal.SIGTERM)
+        second_beat.wait(timeout=20)

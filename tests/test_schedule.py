@@ -1,0 +1,105 @@
+"""Scheduled publishing: validation, unscheduling, and firing exactly once under concurrent sweepers."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import select
+
+from newsletter import publishing
+from newsletter.db import session_factory
+from newsletter.issues import IssueError, create_issue
+from newsletter.models import Article, Issue, IssueStatus, Subscriber, utcnow
+
+
+def _draft(session) -> Issue:  # type: ignore[no-untyped-def]
+    now = utcnow()
+    article = Article(external_id="s1", title="Grid security rules", summary="Patch in 30 days.", lang="en", published_at=now)
+    session.add_all([article, Subscriber(email="ann@example.com", name="Ann", lang="en", topics=[], attributes={})])
+    session.flush()
+    issue = create_issue(session, [article])
+    session.commit()
+    return issue
+
+
+def test_schedule_validates_time_and_state(session, make_settings, db_url: str) -> None:  # type: ignore[no-untyped-def]
+    settings = make_settings(db_url)
+    issue = _draft(session)
+    with pytest.raises(IssueError, match="needs a timezone"):
+        publishing.schedule_issue(session, settings, issue, datetime(2030, 1, 1, 9, 0))
+    with pytest.raises(IssueError, match="not in the future"):
+        publishing.schedule_issue(session, settings, issue, utcnow() - timedelta(minutes=1))
+    at = datetime(2030, 1, 1, 9, 0, tzinfo=UTC)
+    publishing.schedule_issue(session, settings, issue, at)
+    assert (issue.status, issue.scheduled_at) == (IssueStatus.SCHEDULED, at)
+    assert publishing.fire_due_schedules(session, now=at - timedelta(seconds=1)) == []
+    publishing.unschedule_issue(session, issue)
+    assert (issue.status, issue.scheduled_at) == (IssueStatus.DRAFT, None)
+    with pytest.raises(IssueError, match="not scheduled"):
+        publishing.unschedule_issue(session, issue)
+
+
+def test_due_issue_fires_once_and_freezes_its_audience(session, make_settings, db_url: str) -> None:  # type: ignore[no-untyped-def]
+    settings = make_settings(db_url)
+    issue = _draft(session)
+    at = utcnow() + timedelta(hours=1)
+    publishing.schedule_issue(session, settings, issue, at)
+    assert publishing.fire_due_schedules(session, now=at) == [issue.id]
+    assert publishing.fire_due_schedules(session, now=at) == []
+    session.refresh(issue)
+    assert issue.status == IssueStatus.PUBLISHING and issue.audience_max_subscriber_id is not None
+
+
+def test_two_sweepers_racing_fire_a_schedule_exactly_once(pg_url: str, make_settings) -> None:  # type: ignore[no-untyped-def]
+    settings = make_settings(pg_url)
+    factory = session_factory(pg_url)
+    with factory() as session:
+        issue = _draft(session)
+        issue_id = issue.id
+    for _round in range(15):
+        with factory() as session:
+            issue = session.get_one(Issue, issue_id)
+            issue.status, issue.audience_max_subscriber_id = IssueStatus.DRAFT, None
+            session.commit()
+            at = utcnow() + timedelta(hours=1)
+            publishing.schedule_issue(session, settings, issue, at)
+        barrier = threading.Barrier(2)
+        fired: list[list[int]] = []
+
+        def sweeper(barrier: threading.Barrier = barrier, at: datetime = at, fired: list[list[int]] = fired) -> None:
+            with factory() as s:
+                barrier.wait()
+                fired.append(publishing.fire_due_schedules(s, now=at))
+
+        threads = [threading.Thread(target=sweeper) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(len(f) for f in fired) == [0, 1]
+
+
+def test_schedule_command(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    from newsletter.cli import main
+    from newsletter.db import upgrade
+
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    upgrade(url)
+    for key in ("REDIS_URL", "SMTP_URL"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("DATABASE_URL", url)
+    monkeypatch.setenv("NEWSLETTER_HOME", str(tmp_path))
+    with session_factory(url)() as session:
+        _draft(session)
+    runner = CliRunner()
+    naive = runner.invoke(main, ["issue", "schedule", "1", "--at", "2030-01-01T09:00"])
+    assert naive.exit_code == 2 and "give an offset" in naive.output
+    ok = runner.invoke(main, ["issue", "schedule", "1", "--at", "2030-01-01T09:00", "--tz", "Asia/Shanghai"])
+    assert ok.exit_code == 0, ok.output
+    assert "2030-01-01T01:00+00:00 UTC" in ok.output
+    with session_factory(url)() as session:
+        assert session.scalar(select(Issue.scheduled_at)) == datetime(2030, 1, 1, 1, 0, tzinfo=UTC)
+    assert runner.invoke(main, ["issue", "unschedule", "1"]).exit_code == 0
