@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, insert, select
 
+from newsletter import publishing
 from newsletter.db import session_factory
 from newsletter.issues import create_issue
 from newsletter.models import Article, Delivery, DeliveryStatus, Issue, IssueStatus, Subscriber, utcnow
@@ -237,3 +238,62 @@ def test_no_delivery_lost_or_doubled_under_faults(pg_url: str, redis_server: Red
         assert states == {DeliveryStatus.SENT: len(eligible), DeliveryStatus.FAILED: SUBSCRIBERS - len(eligible)}
         assert len(by_id) == states[DeliveryStatus.SENT]  # the ledger's count equals the server's
         assert smtp.recorder.rejected["550"] == SUBSCRIBERS - len(eligible)  # 5xx never retried
+
+
+def test_pause_then_crash_then_resume_sends_each_message_once(
+    pg_url: str, redis_server: RedisServer, make_settings, tmp_path: Path
+) -> None:
+    from tasks.publish import enqueue_send, use_settings
+
+    total = 600
+    with SMTPServer() as smtp:
+        env = {
+            "DATABASE_URL": pg_url, "REDIS_URL": redis_server.url, "SMTP_URL": smtp.url + "?rate=150",
+            "NEWSLETTER_HOME": str(tmp_path / "home"), "NEWSLETTER_SECRET_KEY": "pause-secret",
+            "NEWSLETTER_SWEEP_INTERVAL": "0.5", "NEWSLETTER_LEASE_SECONDS": "4", "NEWSLETTER_BATCH_SIZE": "30",
+        }  # fmt: skip
+        settings = make_settings(pg_url, **env)
+        factory = session_factory(pg_url)
+        with factory() as session:
+            now = utcnow()
+            session.execute(
+                insert(Subscriber),
+                [{"email": email_of(i), "name": "", "lang": "en", "topics": [], "attributes": {}, "status": "active", "created_at": now}
+                 for i in range(total)],
+            )  # fmt: skip
+            article = Article(external_id="p1", title="Pause test", summary="x", lang="en", published_at=now)
+            session.add(article)
+            session.flush()
+            number = create_issue(session, [article]).number
+            session.commit()
+
+        fleet = Fleet(env, tmp_path)
+        try:
+            fleet.start_beat()
+            fleet.start_worker("a")
+            issue_id, _ = start_publish(settings, number)
+            _wait_for(factory, issue_id, 150)
+            with factory() as session:
+                publishing.pause_issue(session, session.get_one(Issue, issue_id))
+            # Batches under way stop within a few messages; then nothing moves.
+            time.sleep(1.0)
+            paused_at = _sent(factory, issue_id)
+            time.sleep(1.5)
+            assert _sent(factory, issue_id) == paused_at < total
+            assert len(smtp.recorder.messages) == paused_at
+            fleet.kill("a")  # and the worker crashes while paused
+            fleet.start_worker("a")
+            use_settings(settings)
+            with factory() as session:
+                publishing.resume_issue(session, settings, session.get_one(Issue, issue_id), enqueue_send)
+            outcome = follow(settings, issue_id, timeout=120)
+        finally:
+            fleet.stop_all()
+        assert outcome.status == "sent", outcome
+        assert smtp.recorder.recipients() == {email_of(i): 1 for i in range(total)}  # no re-sends, no skips
+        with factory() as session:
+            skipped = session.scalar(
+                select(func.count()).select_from(Delivery).where(Delivery.issue_id == issue_id, Delivery.status == DeliveryStatus.SKIPPED)
+            )
+        assert skipped == 0
+        print(f"\npaused after {paused_at} of {total}; resumed after a worker crash; duplicates: 0")
