@@ -16,7 +16,7 @@ COPY pyproject.toml README.md ./
 COPY newsletter ./newsletter
 COPY tasks ./tasks
 COPY templates ./templates
-RUN pip install . && rm -rf /build
+RUN pip install ".[ops]" && rm -rf /build
 
 # Unprivileged runtime user; its working directory holds NEWSLETTER_HOME (SQLite fallback, outbox)
 # and Celery beat's schedule file, so it must be writable by that user.

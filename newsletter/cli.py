@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 from sqlalchemy import select
 
-from newsletter import publishing
+from newsletter import logs, publishing
 from newsletter.articles import import_articles, parse_datetime
 from newsletter.config import Settings, load_settings
 from newsletter.db import current_revision, session_factory, upgrade
@@ -46,7 +46,7 @@ def main(verbose: bool) -> None:
     Configuration comes from the environment (DATABASE_URL, REDIS_URL, SMTP_URL, NEWSLETTER_*);
     with none set, everything runs in this process on SQLite and writes mail to a local outbox.
     """
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(logging.INFO if verbose else logging.WARNING, load_settings().log_format)
 
 
 # -- db ---------------------------------------------------------------------------------------------

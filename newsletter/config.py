@@ -78,6 +78,8 @@ class Settings:
     sweep_interval: float = 30.0
     smtp_timeout: float = 30.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    log_format: str = "text"  # or "json"
+    metrics_port: int | None = None  # a worker serves Prometheus metrics here when set
 
     @property
     def embedded(self) -> bool:
@@ -142,4 +144,6 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         sweep_interval=_float(env, "NEWSLETTER_SWEEP_INTERVAL", 30.0, 0.1, 3600.0),
         smtp_timeout=_float(env, "SMTP_TIMEOUT", 30.0, 0.5, 600.0),
         retry=retry,
+        log_format="json" if (env.get("NEWSLETTER_LOG_FORMAT") or "").lower() == "json" else "text",
+        metrics_port=_int(env, "NEWSLETTER_METRICS_PORT", 0, 0, 65535) or None,
     )

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from flask import Flask, Response, abort, render_template_string, request
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import select, text
 
 from newsletter.config import Settings
 from newsletter.db import session_factory
+from newsletter.metrics import ledger_registry
 from newsletter.models import Edition, Issue, IssueStatus
 from newsletter.subscribers import unsubscribe
 from newsletter.tokens import BadToken, verify
@@ -28,6 +30,13 @@ def create_app(settings: Settings) -> Flask:
         with factory() as session:
             session.execute(text("SELECT 1"))
         return {"status": "ok"}
+
+    registry = ledger_registry(settings)
+
+    @app.get("/metrics")
+    def prometheus() -> Response:
+        """Ledger metrics (deliveries by state and language, issues by status, queue depth)."""
+        return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
 
     @app.get("/issues/<int:number>/<lang>")
     def edition(number: int, lang: str) -> Response:

@@ -2,13 +2,32 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import tempfile
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_init
+from celery.signals import after_setup_logger, after_setup_task_logger, worker_init, worker_process_shutdown
 from kombu import Exchange, Queue
 
+from newsletter import logs
 from newsletter.config import Settings, load_settings
+
+
+def _prepare_multiprocess_metrics() -> None:
+    # prometheus_client picks its storage when first imported, so this must run before anything imports
+    # it: with a metrics port, every pool process writes to files that the serving process sums up.
+    if os.environ.get("NEWSLETTER_METRICS_PORT") and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="newsletter-metrics-")
+        # The celery command may have imported prometheus_client already (Flower's CLI plugin does);
+        # metrics created from here on must still use the multiprocess storage.
+        from prometheus_client import values
+
+        values.ValueClass = values.MultiProcessValue()
+
+
+_prepare_multiprocess_metrics()
 
 # Longest time a message may sit unacknowledged before Redis hands it to another worker. Our tasks
 # use no countdowns (retry times live in the delivery row), so it only needs to exceed the longest
@@ -100,8 +119,41 @@ def check_visibility_timeout(app: Celery, settings: Settings) -> None:
         )
 
 
+@after_setup_logger.connect
+@after_setup_task_logger.connect
+def _structured_logs(logger: logging.Logger, **_: Any) -> None:
+    """Give Celery's log handlers the issue/delivery/task context (and JSON with NEWSLETTER_LOG_FORMAT=json)."""
+    from tasks.publish import settings
+
+    for handler in logger.handlers:
+        logs.install(handler, settings().log_format)
+
+
 @worker_init.connect
 def _check_at_worker_start(sender: Any = None, **_: Any) -> None:
     from tasks.publish import settings
 
     check_visibility_timeout(sender.app if sender is not None else Celery(), settings())
+
+
+@worker_init.connect
+def _serve_metrics(sender: Any = None, **_: Any) -> None:
+    """Serve this worker's process metrics (all pool processes summed) on NEWSLETTER_METRICS_PORT."""
+    from tasks.publish import settings
+
+    port = settings().metrics_port
+    if not port or not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return
+    from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    start_http_server(port, registry=registry)
+
+
+@worker_process_shutdown.connect
+def _forget_dead_process(pid: int | None = None, **_: Any) -> None:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid or os.getpid())

@@ -7,7 +7,7 @@ from functools import cache
 
 from celery import Task, chain
 
-from newsletter import publishing
+from newsletter import logs, publishing
 from newsletter.config import Settings, load_settings
 from newsletter.db import session_factory
 from newsletter.delivery.mailers import Mailer, open_mailer
@@ -44,7 +44,7 @@ class IssueTask(Task):  # type: ignore[misc]
     """A publish step: on any error the issue is marked failed with the reason, never left 'sending'."""
 
     def run_step(self, issue_id: int, step, *args):  # type: ignore[no-untyped-def]
-        with _session() as session:
+        with logs.bound(issue_id=issue_id, task_id=self.request.id), _session() as session:
             try:
                 return step(session, settings(), issue_id, *args)
             except Exception as exc:
@@ -84,7 +84,7 @@ def _mailer(s: Settings, index: int) -> Mailer:
 def send_batch(self: Task, issue_id: int, delivery_ids: list[int]) -> dict[str, int]:
     """May run more than once for the same ids: see `newsletter.delivery.send.send_batch`."""
     s = settings()
-    with _session() as session:
+    with logs.bound(issue_id=issue_id, task_id=self.request.id), _session() as session:
         result = send_batch_fn(session, s, issue_id, delivery_ids, lambda: _mailer(s, delivery_ids[0] if delivery_ids else 0))
         publishing.finish_if_done(session, issue_id)
     return dict(result.outcomes)

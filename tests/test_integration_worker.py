@@ -24,7 +24,7 @@ from newsletter.models import Article, Delivery, DeliveryStatus, Subscriber
 from newsletter.runner import follow, start_publish
 from newsletter.subscribers import import_subscribers
 from tests.conftest import ROOT
-from tests.smtp_server import SMTPServer
+from tests.smtp_server import SMTPServer, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -80,6 +80,7 @@ def worker_env(pg_url: str, redis_available: str, tmp_path: Path) -> dict[str, s
         "NEWSLETTER_SWEEP_INTERVAL": "0.5",
         "NEWSLETTER_LEASE_SECONDS": "20",
         "NEWSLETTER_BATCH_SIZE": "25",
+        "NEWSLETTER_METRICS_PORT": str(free_port()),
     }
 
 
@@ -103,7 +104,11 @@ def worker(worker_env: dict[str, str], tmp_path: Path, smtp: SMTPServer) -> Iter
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    print(log.read_text(errors="replace")[-4000:])
+    text = log.read_text(errors="replace")
+    print(text[-4000:])
+    # Structured logs: each deferral names its issue, delivery and task.
+    deferred = [line for line in text.splitlines() if " deferred until " in line]
+    assert all("issue_id=" in line and "delivery_id=" in line and "task_id=" in line for line in deferred), deferred[:3]
 
 
 @pytest.fixture
@@ -182,6 +187,23 @@ def test_publish_with_real_worker_redis_postgres_and_smtp(
         else:
             assert (d.status, d.attempts) == (DeliveryStatus.SENT, 1)
     assert smtp.recorder.rejected["421"] == 30 and smtp.recorder.rejected["451"] == 30
+
+    # The worker's Prometheus metrics, summed over its pool processes, agree with the server.
+    import urllib.request
+
+    scraped = urllib.request.urlopen(f"http://127.0.0.1:{worker_env['NEWSLETTER_METRICS_PORT']}/metrics", timeout=5).read().decode()
+    assert 'newsletter_delivery_outcomes_total{outcome="sent"} 297.0' in scraped
+    assert 'newsletter_delivery_outcomes_total{outcome="deferred"} 60.0' in scraped
+    assert 'newsletter_delivery_outcomes_total{outcome="failed"} 3.0' in scraped
+    assert "newsletter_retries_total 60.0" in scraped
+    assert "newsletter_send_seconds_count 360.0" in scraped  # every attempt timed: 297 + 60 + 3
+    # The web app's ledger metrics, read from the database and the broker.
+    from newsletter.web import create_app
+
+    ledger = create_app(settings).test_client().get("/metrics").get_data(as_text=True)
+    assert 'newsletter_deliveries{lang="en",state="sent"} 99.0' in ledger
+    assert 'newsletter_issues{status="sent"} 1.0' in ledger
+    assert 'newsletter_queue_depth{queue="send"} 0.0' in ledger
     print(json.dumps({"rejected": dict(smtp.recorder.rejected)}))
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from newsletter import logs, metrics
 from newsletter.bounces import verp_address
 from newsletter.config import Settings
 from newsletter.delivery import ledger
@@ -84,7 +85,10 @@ def send_batch(
                 outcomes["released"] += _stop(session, issue_id, claims[n:])
                 break
             delivery, subscriber = by_id[claim_.id]
-            outcomes[_send_one(session, settings, issue, editions, delivery, subscriber, suppressed, claim_, mailer)] += 1
+            with logs.bound(delivery_id=delivery.id):
+                outcome = _send_one(session, settings, issue, editions, delivery, subscriber, suppressed, claim_, mailer)
+            metrics.record_outcome(outcome)
+            outcomes[outcome] += 1
     finally:
         mailer.close()
     return BatchResult(outcomes)
@@ -135,7 +139,10 @@ def _send_one(
             )
         except (HeaderInjection, ValueError) as exc:
             raise PermanentDeliveryError(f"subscriber {subscriber.id}: cannot build message: {exc}") from exc
-        mailer.send(verp_address(settings, delivery.id), ascii_address(delivery.email), to_bytes(message))  # RFC 5321 §4.1.1.2 return path
+        with metrics.SEND_SECONDS.time():
+            mailer.send(
+                verp_address(settings, delivery.id), ascii_address(delivery.email), to_bytes(message)
+            )  # RFC 5321 §4.1.1.2 return path
     except DeliveryError as exc:
         return _record_failure(session, settings, delivery, claim_, exc, mailer.name)
     if ledger.mark_sent(session, claim_, mailer.name):

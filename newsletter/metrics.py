@@ -1,0 +1,80 @@
+"""Prometheus metrics.
+
+Two kinds, served from two places:
+
+- process metrics, counted where the work happens (send latency, outcomes, retries); a worker serves
+  them on ``NEWSLETTER_METRICS_PORT``, summed over its pool processes (prometheus_client's
+  multiprocess mode);
+- ledger metrics, read from the database and the broker at scrape time (deliveries by state, issues by
+  status, queue depth), served by ``newsletter web`` at ``/metrics``. They are facts of the system, so
+  any number of scrapers agree whichever process answers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+
+from newsletter.config import Settings
+from newsletter.db import session_factory
+from newsletter.models import Delivery, Issue
+
+DELIVERY_OUTCOMES = Counter(
+    "newsletter_delivery_outcomes_total", "Delivery attempts by outcome (sent, deferred, failed, skipped, ...)", ["outcome"]
+)
+SEND_SECONDS = Histogram(
+    "newsletter_send_seconds",
+    "Seconds to hand one message to the relay (SMTP MAIL to the reply after DATA, or the outbox write)",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+RETRIES = Counter("newsletter_retries_total", "Transient failures scheduled for a retry")
+
+QUEUES = ("render", "plan", "send")
+
+
+def record_outcome(outcome: str) -> None:
+    """Count one delivery outcome (``skipped:<reason>`` counts as ``skipped``)."""
+    name = outcome.split(":", 1)[0]
+    DELIVERY_OUTCOMES.labels(name).inc()
+    if name == "deferred":
+        RETRIES.inc()
+
+
+class LedgerCollector(Collector):
+    """Reads deliveries by (state, language), issues by status and broker queue depth at each scrape."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def collect(self) -> Iterator[Any]:
+        deliveries = GaugeMetricFamily("newsletter_deliveries", "Deliveries in the ledger by state and language", labels=["state", "lang"])
+        issues = GaugeMetricFamily("newsletter_issues", "Issues by status", labels=["status"])
+        with session_factory(self.settings.database_url)() as session:
+            for state, lang, n in session.execute(
+                select(Delivery.status, Delivery.lang, func.count()).group_by(Delivery.status, Delivery.lang)
+            ):
+                deliveries.add_metric([str(state), lang], n)
+            for status, n in session.execute(select(Issue.status, func.count()).group_by(Issue.status)):
+                issues.add_metric([str(status)], n)
+        yield deliveries
+        yield issues
+        if self.settings.redis_url:
+            import redis
+
+            depth = GaugeMetricFamily("newsletter_queue_depth", "Task messages waiting in each broker queue", labels=["queue"])
+            client = redis.Redis.from_url(self.settings.redis_url, socket_timeout=2)
+            for queue in QUEUES:
+                depth.add_metric([queue], client.llen(queue))
+            yield depth
+
+
+def ledger_registry(settings: Settings) -> CollectorRegistry:
+    """A registry holding only the `LedgerCollector` (for the web app's ``/metrics``)."""
+    registry = CollectorRegistry()
+    registry.register(LedgerCollector(settings))
+    return registry
