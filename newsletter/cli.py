@@ -145,6 +145,7 @@ def _date(value: str | None) -> datetime | None:
 @click.option("--category", help="Filter for --latest: category (case-insensitive).")
 @click.option("--since", help="Filter for --latest: published on or after (ISO 8601).")
 @click.option("--until", help="Filter for --latest: published before (ISO 8601).")
+@click.option("--segment", "segment_rule", metavar="RULE", help="Audience rule as JSON or @FILE (see 'segment preview --help').")
 @pass_ctx
 def issue_create(
     ctx: Context,
@@ -157,8 +158,19 @@ def issue_create(
     category: str | None,
     since: str | None,
     until: str | None,
+    segment_rule: str | None,
 ) -> None:
     """Create a draft issue from articles given by id and/or "the N latest" in a date range or category."""
+    from newsletter.cli_segments import load_rule
+    from newsletter.segments import SegmentError, parse_segment
+
+    rule = None
+    if segment_rule:
+        rule = load_rule(segment_rule)
+        try:
+            parse_segment(rule)  # checked now, not at publish time
+        except SegmentError as exc:
+            raise click.BadParameter(str(exc), param_hint="--segment") from exc
     with ctx.session() as session:
         chosen = []
         try:
@@ -170,6 +182,7 @@ def issue_create(
             if not chosen:
                 raise IssueError("no articles selected: give --articles or --latest (with filters that match)")
             new = create_issue(session, chosen, number=number, titles=_lang_map(titles, "--title"), notes=_lang_map(notes, "--note"))
+            new.segment = rule
             session.commit()
         except IssueError as exc:
             raise click.ClickException(str(exc)) from exc

@@ -134,3 +134,21 @@ def test_demo_on_real_corpora(cli_env: dict[str, str], shared_data: Path, tmp_pa
     zh = next(m for m in messages if m["Content-Language"] == "zh-Hans")
     assert "新闻联播一周要闻" in str(zh["Subject"])
     assert "您可能还喜欢" in zh.get_body(("html",)).get_content()
+
+
+def test_issue_with_a_segment_reaches_only_that_audience(cli_env: dict[str, str], tmp_path: Path) -> None:
+    run("db", "upgrade")
+    corpus = tmp_path / "a.jsonl"
+    corpus.write_text("\n".join(json.dumps(a, ensure_ascii=False) for a in ARTICLES[:3]) + "\n", encoding="utf-8")
+    run("articles", "import", str(corpus))
+    (tmp_path / "s.csv").write_text(
+        "email,name,lang,topics\nsec@example.com,S,en,security\neco@example.com,E,en,economy\nboth@example.com,B,en,security;economy\n",
+        encoding="utf-8",
+    )
+    run("subscribers", "import", str(tmp_path / "s.csv"))
+    bad = CliRunner().invoke(main, ["issue", "create", "--articles", "a1", "--segment", '{"topics": {"some": ["x"]}}'])
+    assert bad.exit_code == 2 and "--segment" in bad.output
+    run("issue", "create", "--articles", "a0,a1", "--segment", '{"topics": {"any": ["security"]}}')
+    run("issue", "publish", "1")
+    recipients = sorted(str(m["To"].addresses[0].addr_spec) for m in read_outbox(tmp_path / "home" / "outbox"))
+    assert recipients == ["both@example.com", "sec@example.com"]

@@ -22,7 +22,12 @@ pytestmark = pytest.mark.integration
 
 def test_flower_lists_the_worker_and_its_tasks(redis_available: str, tmp_path: Path) -> None:
     redis.Redis.from_url(redis_available).flushdb()
-    env = {**os.environ, "REDIS_URL": redis_available, "DATABASE_URL": f"sqlite:///{tmp_path / 'f.db'}", "FLOWER_UNAUTHENTICATED_API": "true"}
+    env = {
+        **os.environ,
+        "REDIS_URL": redis_available,
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'f.db'}",
+        "FLOWER_UNAUTHENTICATED_API": "true",
+    }
     port = free_port()
     procs = [
         subprocess.Popen([sys.executable, "-m", "celery", "-A", "tasks", "worker", "-c", "1", "-n", "flowertest@%h", "--loglevel=WARNING"],

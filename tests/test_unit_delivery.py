@@ -287,3 +287,40 @@ def test_temporary_failure_defers_and_permanent_failure_fails(session, settings:
     assert [c.id for c in claims] == [ann.id]
     session.expire_all()
     assert session.get(Delivery, ann.id).attempts == 2
+
+
+def test_cancel_skips_what_was_not_sent_and_stops_sending(session, settings: Settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    issue_id, rec = _publish(session, settings)
+    first, rest = rec.calls[0][1], rec.calls[1][1]
+    outbox = tmp_path / "cancel-outbox"
+    send_batch(session, settings, issue_id, first, lambda: OutboxMailer(outbox))
+    skipped = publishing.cancel_issue(session, session.get_one(Issue, issue_id))
+    assert skipped == 2
+    assert send_batch(session, settings, issue_id, rest, lambda: OutboxMailer(outbox)).outcomes == Counter({"issue-not-sending": 2})
+    states = Counter((d.status, d.skip_reason) for d in _deliveries(session, issue_id))
+    assert states == Counter({(DeliveryStatus.SENT, None): 2, (DeliveryStatus.SKIPPED, "cancelled"): 2})
+    assert len(_outbox_files(outbox)) == 2
+    with pytest.raises(publishing.IssueError, match="cannot be cancelled"):
+        publishing.cancel_issue(session, session.get_one(Issue, issue_id))
+
+
+def test_pause_then_resume_enqueues_only_what_is_left(session, settings: Settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    issue_id, rec = _publish(session, settings)
+    outbox = tmp_path / "pause-outbox"
+    send_batch(session, settings, issue_id, rec.calls[0][1], lambda: OutboxMailer(outbox))
+    issue = session.get_one(Issue, issue_id)
+    publishing.pause_issue(session, issue)
+    # A batch that arrives while paused claims nothing.
+    assert send_batch(session, settings, issue_id, rec.calls[1][1], lambda: OutboxMailer(outbox)).outcomes == Counter(
+        {"issue-not-sending": 2}
+    )
+    again = Recorder()
+    assert publishing.resume_issue(session, settings, issue, again) == 1
+    assert sorted(again.ids) == sorted(rec.calls[1][1])  # only the unsent two
+    for _, batch in again.calls:
+        send_batch(session, settings, issue_id, batch, lambda: OutboxMailer(outbox))
+    publishing.finish_if_done(session, issue_id)
+    assert session.get_one(Issue, issue_id).status == IssueStatus.SENT
+    assert len(_outbox_files(outbox)) == 4
+    with pytest.raises(publishing.IssueError, match="not paused"):
+        publishing.resume_issue(session, settings, issue, again)
