@@ -139,3 +139,18 @@ def unsubscribe(session: Session, subscriber_id: int, source: str = "link") -> S
         session.add(Suppression(email=subscriber.email, reason="unsubscribe", detail=source))
     session.commit()
     return subscriber
+
+
+def update_preferences(session: Session, subscriber_id: int, lang: str, topics: list[str]) -> Subscriber | None:
+    """Set a subscriber's language and topics; commits. Returns None for an unknown id.
+
+    Raises:
+        ValueError: unsupported language.
+    """
+    subscriber = session.get(Subscriber, subscriber_id)
+    if subscriber is None:
+        return None
+    subscriber.lang = normalise_lang(lang)
+    subscriber.topics = sorted({t.strip() for t in topics if t.strip()})
+    session.commit()
+    return subscriber

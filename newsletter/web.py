@@ -9,8 +9,8 @@ from sqlalchemy import select, text
 from newsletter.config import Settings
 from newsletter.db import session_factory
 from newsletter.metrics import ledger_registry
-from newsletter.models import Edition, Issue, IssueStatus
-from newsletter.subscribers import unsubscribe
+from newsletter.models import LANGUAGES, Edition, Issue, IssueStatus, Subscriber
+from newsletter.subscribers import unsubscribe, update_preferences
 from newsletter.tokens import BadToken, verify
 
 PAGE = """<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">
@@ -18,6 +18,16 @@ PAGE = """<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><meta name=
 <h1>{{ title }}</h1><p>{{ message }}</p>
 {% if form %}<form method="post"><button type="submit" name="confirm" value="1">Unsubscribe</button></form>{% endif %}
 </body></html>"""
+
+
+PREFERENCES = """<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">
+<title>Your subscription</title></head><body style="font-family:Helvetica,Arial,sans-serif;max-width:36em;margin:3em auto;padding:0 1em">
+<h1>Your subscription</h1><p>{{ s.email }}</p>{% if message %}<p role="status">{{ message }}</p>{% endif %}
+<form method="post">
+<p><label>Language <select name="lang">{% for l in languages %}
+<option value="{{ l }}"{% if l == s.lang %} selected{% endif %}>{{ l }}</option>{% endfor %}</select></label></p>
+<p><label>Topics (comma-separated) <input name="topics" value="{{ s.topics | join(', ') }}"></label></p>
+<p><button type="submit">Save</button></p></form></body></html>"""
 
 
 def create_app(settings: Settings) -> Flask:
@@ -66,5 +76,26 @@ def create_app(settings: Settings) -> Flask:
                     PAGE, title="Unknown subscriber", message="We could not find this subscription.", form=False
                 ), 404
         return render_template_string(PAGE, title="Unsubscribed", message="You will not receive further issues.", form=False)
+
+    @app.route("/preferences/<token>", methods=["GET", "POST"])
+    def preferences_page(token: str) -> tuple[str, int] | str:
+        try:
+            subscriber_id, _ = verify(settings.secret_key, "preferences", token)
+        except BadToken:
+            return render_template_string(PAGE, title="Link not valid", message="This preferences link is not valid.", form=False), 400
+        with factory() as session:
+            subscriber = session.get(Subscriber, subscriber_id)
+            if subscriber is None:
+                return render_template_string(
+                    PAGE, title="Unknown subscriber", message="We could not find this subscription.", form=False
+                ), 404
+            message = ""
+            if request.method == "POST":
+                try:
+                    update_preferences(session, subscriber_id, request.form.get("lang", ""), request.form.get("topics", "").split(","))
+                    message = "Saved."
+                except ValueError as exc:
+                    return render_template_string(PREFERENCES, s=subscriber, message=str(exc), languages=LANGUAGES), 400
+            return render_template_string(PREFERENCES, s=subscriber, message=message, languages=LANGUAGES)
 
     return app

@@ -1,0 +1,58 @@
+"""Web pages: one-click unsubscribe (RFC 8058), preferences, view in browser, health and metrics."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from newsletter.db import session_factory
+from newsletter.models import Subscriber, SubscriberStatus, Suppression
+from newsletter.tokens import sign
+from newsletter.web import create_app
+
+
+def _app(db_url: str, make_settings):  # type: ignore[no-untyped-def]
+    settings = make_settings(db_url)
+    with session_factory(db_url)() as session:
+        session.add(Subscriber(email="ann@example.com", name="Ann", lang="en", topics=["security"], attributes={}))
+        session.commit()
+        sid = session.scalar(select(Subscriber.id))
+    return create_app(settings).test_client(), settings, sid
+
+
+def test_one_click_unsubscribe(db_url: str, make_settings) -> None:  # type: ignore[no-untyped-def]
+    client, settings, sid = _app(db_url, make_settings)
+    token = sign(settings.secret_key, "unsubscribe", sid, 1)
+    # GET only asks: link scanners must not unsubscribe anyone.
+    page = client.get(f"/unsubscribe/{token}")
+    assert page.status_code == 200 and b'<form method="post">' in page.data
+    with session_factory(db_url)() as session:
+        assert session.get_one(Subscriber, sid).status == SubscriberStatus.ACTIVE
+    # The mail client's one-click POST (RFC 8058 section 3.2).
+    done = client.post(f"/unsubscribe/{token}", data={"List-Unsubscribe": "One-Click"})
+    assert done.status_code == 200 and b"Unsubscribed" in done.data
+    with session_factory(db_url)() as session:
+        assert session.get_one(Subscriber, sid).status == SubscriberStatus.UNSUBSCRIBED
+        assert session.scalar(select(Suppression.detail).where(Suppression.email == "ann@example.com")) == "one-click"
+    assert client.post(f"/unsubscribe/{token}x").status_code == 400
+    assert client.post(f"/unsubscribe/{sign(settings.secret_key, 'preferences', sid)}").status_code == 400  # wrong purpose
+
+
+def test_preferences_page_changes_language_and_topics(db_url: str, make_settings) -> None:  # type: ignore[no-untyped-def]
+    client, settings, sid = _app(db_url, make_settings)
+    token = sign(settings.secret_key, "preferences", sid)
+    page = client.get(f"/preferences/{token}")
+    assert page.status_code == 200 and b"ann@example.com" in page.data and b'value="security"' in page.data
+    saved = client.post(f"/preferences/{token}", data={"lang": "zh-Hant", "topics": "economy, security,"})
+    assert saved.status_code == 200 and b"Saved." in saved.data
+    with session_factory(db_url)() as session:
+        subscriber = session.get_one(Subscriber, sid)
+        assert (subscriber.lang, subscriber.topics) == ("zh-Hant", ["economy", "security"])
+    assert client.post(f"/preferences/{token}", data={"lang": "fr", "topics": ""}).status_code == 400
+    assert client.get("/preferences/1.0.forged").status_code == 400
+
+
+def test_health_metrics_and_unknown_edition(db_url: str, make_settings) -> None:  # type: ignore[no-untyped-def]
+    client, _, _ = _app(db_url, make_settings)
+    assert client.get("/healthz").get_json() == {"status": "ok"}
+    assert client.get("/issues/99/en").status_code == 404
+    assert b"newsletter_deliveries" in client.get("/metrics").data
