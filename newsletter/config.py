@@ -4,43 +4,43 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 log = logging.getLogger(__name__)
+N = TypeVar("N", int, float)
 
 DEV_SECRET = "dev-insecure-secret-change-me"
 
 
-def _int(env: dict[str, str], name: str, default: int, lo: int, hi: int) -> int:
-    """Read an integer, clamping nonsense values into [lo, hi] and saying so."""
+def _number(env: dict[str, str], name: str, default: N, lo: N, hi: N, kind: Callable[[str], N]) -> N:
+    """Read a number of type ``kind``, clamping nonsense values into [lo, hi] and saying so.
+
+    Raises:
+        ValueError: the value does not parse.
+    """
     raw = env.get(name)
     if raw is None or raw == "":
         return default
     try:
-        value = int(raw)
+        value = kind(raw)
     except ValueError as exc:
-        raise ValueError(f"{name}={raw!r} is not an integer") from exc
+        raise ValueError(f"{name}={raw!r} is not a valid {kind.__name__}") from exc
     clamped = min(max(value, lo), hi)
     if clamped != value:
         log.warning("%s=%s is out of range [%s, %s]; using %s", name, value, lo, hi, clamped)
     return clamped
+
+
+def _int(env: dict[str, str], name: str, default: int, lo: int, hi: int) -> int:
+    return _number(env, name, default, lo, hi, int)
 
 
 def _float(env: dict[str, str], name: str, default: float, lo: float, hi: float) -> float:
-    """Read a float, clamping into [lo, hi] like `_int`."""
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError as exc:
-        raise ValueError(f"{name}={raw!r} is not a number") from exc
-    clamped = min(max(value, lo), hi)
-    if clamped != value:
-        log.warning("%s=%s is out of range [%s, %s]; using %s", name, value, lo, hi, clamped)
-    return clamped
+    return _number(env, name, default, lo, hi, float)
 
 
 @dataclass(frozen=True)
