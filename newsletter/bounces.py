@@ -15,19 +15,13 @@ at ``NEWSLETTER_SOFT_BOUNCE_LIMIT`` (default 3) the address is suppressed as wel
 from __future__ import annotations
 
 import base64
-import email
-import email.policy
 import hashlib
 import hmac
 import mailbox
 import os
-import quopri
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from email.message import Message
-from email.parser import HeaderParser
-from email.utils import getaddresses
 from pathlib import Path
 from typing import Any
 
@@ -37,19 +31,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from newsletter.config import Settings, _int
+from newsletter.dsn import HARD, IGNORED, SOFT, Dsn, NotADsn, parse_dsn
 from newsletter.models import BounceEvent, Delivery, DeliveryStatus, Subscriber, SubscriberStatus, Suppression, utcnow
 from newsletter.tokens import BadToken
 
 VERP_PREFIX = "bounces+"
 DEFAULT_SOFT_BOUNCE_LIMIT = 3
-# Where the envelope recipient of a DSN shows up once it is stored, most specific first.
-RECIPIENT_HEADERS = ("Envelope-To", "X-Original-To", "Delivered-To", "To")
-ACTIONS = ("failed", "delayed", "delivered", "relayed", "expanded")  # RFC 3464 §2.3.3
-HARD, SOFT, IGNORED = "hard", "soft", "ignored"
 
 _VERP_RE = re.compile(r"bounces\+(0|[1-9][0-9]{0,18})-([a-z2-7]{16})", re.IGNORECASE)
-_STATUS_RE = re.compile(r"\s*([245])\.(\d{1,3})\.(\d{1,3})\b")  # RFC 3463 §2: class.subject.detail
-_SMTP_CODE_RE = re.compile(r"\s*([245]\d\d)\b")
 
 
 # -- VERP -------------------------------------------------------------------------------------------
@@ -97,132 +86,6 @@ def parse_verp(settings: Settings, address: str) -> int:
 def soft_bounce_limit(env: Mapping[str, str] | None = None) -> int:
     """``NEWSLETTER_SOFT_BOUNCE_LIMIT`` from ``env`` (default: ``os.environ``), clamped to [1, 100]; default 3."""
     return _int(dict(os.environ if env is None else env), "NEWSLETTER_SOFT_BOUNCE_LIMIT", DEFAULT_SOFT_BOUNCE_LIMIT, 1, 100)
-
-
-# -- parsing ----------------------------------------------------------------------------------------
-class NotADsn(ValueError):
-    """The message is not a delivery status notification we can read; the text says why."""
-
-
-@dataclass(frozen=True)
-class RecipientStatus:
-    """The per-recipient fields of a DSN (RFC 3464 §2.3) that decide what happened."""
-
-    final_recipient: str  # §2.3.2, the address part only
-    original_recipient: str | None  # §2.3.1
-    action: str  # §2.3.3, lower case
-    status: str  # §2.3.4, RFC 3463 ``class.subject.detail``
-    diagnostic: str | None  # §2.3.6, whitespace collapsed, type prefix (``smtp;``) removed
-
-    @property
-    def kind(self) -> str:
-        """``hard`` (failed, class 5), ``soft`` (delayed, or class 4) or ``ignored`` (a success report)."""
-        if self.action == "delayed" or self.status.startswith("4."):
-            return SOFT
-        if self.action == "failed" and self.status.startswith("5."):
-            return HARD
-        return IGNORED
-
-    @property
-    def smtp_code(self) -> int | None:
-        """The SMTP reply code the remote MTA gave (RFC 5321 §4.2), when the diagnostic carries one."""
-        match = _SMTP_CODE_RE.match(self.diagnostic or "")
-        return int(match.group(1)) if match else None
-
-
-@dataclass(frozen=True)
-class Dsn:
-    """What `parse_dsn` reads from one message."""
-
-    dsn_id: str  # the DSN's Message-ID, or ``sha256:<hex>`` of the message when it has none (or a huge one)
-    recipient_addresses: tuple[str, ...]  # from `RECIPIENT_HEADERS`, in that order
-    original_message_id: str | None  # from the returned text/rfc822-headers or message/rfc822 part
-    recipients: tuple[RecipientStatus, ...]
-
-
-def _address(value: str | None) -> str | None:
-    """``rfc822; ann@example.com`` (RFC 3464 §2.3.1/§2.3.2 address-type; address) -> ``ann@example.com``."""
-    if not value:
-        return None
-    return value.rpartition(";")[2].strip().strip("<>") or None
-
-
-def _field_blocks(part: Message) -> list[Message]:
-    """The header blocks of a message/delivery-status part: per-message fields first, then one per recipient.
-
-    The stdlib parser splits a plain part into one `Message` per block. It does not for an encoded part
-    (base64 or quoted-printable), nor for message/global-delivery-status (RFC 6533 §6.2), which it reads
-    as one message whose body holds the remaining blocks; those are decoded and split here.
-    """
-    cte = str(part.get("Content-Transfer-Encoding", "")).strip().lower()
-    blocks: list[Message] = []
-    payload = part.get_payload()
-    for sub in payload if isinstance(payload, list) else []:
-        if len(sub):
-            blocks.append(sub)
-        rest = sub.get_payload()
-        if isinstance(rest, str) and rest.strip():
-            if not len(sub) and cte in ("base64", "quoted-printable"):
-                raw = base64.b64decode(rest) if cte == "base64" else quopri.decodestring(rest.encode())
-                rest = raw.decode("utf-8", "replace")
-            for chunk in re.split(r"\r?\n[ \t]*\r?\n", rest):
-                if chunk.strip():
-                    blocks.append(HeaderParser(policy=email.policy.default).parsestr(chunk.strip() + "\n"))
-    return blocks
-
-
-def _recipient(block: Message) -> RecipientStatus | None:
-    action = str(block.get("Action", "")).strip().lower()
-    status = _STATUS_RE.match(str(block.get("Status", "")))
-    final = _address(block.get("Final-Recipient"))
-    if action not in ACTIONS or status is None or final is None:
-        return None
-    diagnostic = " ".join(str(block.get("Diagnostic-Code", "")).split())
-    return RecipientStatus(
-        final_recipient=final,
-        original_recipient=_address(block.get("Original-Recipient")),
-        action=action,
-        status=".".join(status.groups()),
-        diagnostic=diagnostic.partition(";")[2].strip() if ";" in diagnostic else (diagnostic or None),
-    )
-
-
-def _original_message_id(msg: Message) -> str | None:
-    for part in msg.walk():
-        ctype = part.get_content_type()
-        if ctype in ("text/rfc822-headers", "message/global-headers") and isinstance(part.get_payload(), str):
-            headers: Message = HeaderParser(policy=email.policy.default).parsestr(part.get_content())
-        elif ctype in ("message/rfc822", "message/global-headers", "message/global") and isinstance(part.get_payload(), list):
-            headers = part.get_payload()[0]
-        else:
-            continue
-        value = str(headers.get("Message-ID", "")).strip()
-        if value:
-            return value
-    return None
-
-
-def parse_dsn(raw: bytes) -> Dsn:
-    """Read a delivery status notification (RFC 3464; RFC 6522 multipart/report) from raw message bytes.
-
-    Needs a message/delivery-status (or message/global-delivery-status) part with at least one
-    per-recipient block carrying ``Final-Recipient``, a known ``Action`` and an RFC 3463 ``Status``.
-
-    Raises:
-        NotADsn: no such part, or no usable per-recipient block.
-    """
-    msg = email.message_from_bytes(raw, policy=email.policy.default)
-    part = next((p for p in msg.walk() if p.get_content_type() in ("message/delivery-status", "message/global-delivery-status")), None)
-    if part is None:
-        raise NotADsn(f"no message/delivery-status part (Content-Type: {msg.get_content_type()})")
-    blocks = _field_blocks(part)
-    recipients = tuple(r for r in (_recipient(b) for b in blocks[1:]) if r is not None)
-    if not recipients:
-        raise NotADsn("no per-recipient block with Final-Recipient, Action and Status")
-    addresses = tuple(a for name in RECIPIENT_HEADERS for _, a in getaddresses([str(v) for v in msg.get_all(name, [])]) if a)
-    own_id = str(msg.get("Message-ID", "")).strip()
-    dsn_id = own_id if 0 < len(own_id) <= 255 else f"sha256:{hashlib.sha256(own_id.encode() if own_id else raw).hexdigest()}"
-    return Dsn(dsn_id=dsn_id, recipient_addresses=addresses, original_message_id=_original_message_id(msg), recipients=recipients)
 
 
 # -- processing -------------------------------------------------------------------------------------
