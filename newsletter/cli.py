@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 from sqlalchemy import select
 
-from newsletter import logs, publishing
+from newsletter import control, logs, publishing, reports, scheduling, sweeper
 from newsletter.articles import import_articles, parse_datetime
 from newsletter.config import Settings, load_settings
 from newsletter.db import current_revision, session_factory, upgrade
@@ -270,7 +270,7 @@ def _follow_with_bar(settings: Settings, issue_id: int):  # type: ignore[no-unty
 
 def _print_status(ctx: Context, number: int) -> None:
     with ctx.session() as session:
-        rep = publishing.report(session, get_issue(session, number))
+        rep = reports.report(session, get_issue(session, number))
     click.echo(f"issue {rep.number}: {rep.status}" + (f" ({rep.error})" if rep.error else ""))
     langs = sorted({lang for _, lang in rep.counts})
     states = ["pending", "sending", "deferred", "sent", "failed", "bounced", "skipped"]
@@ -330,7 +330,7 @@ def issue_schedule(ctx: Context, number: int, at: str, tz: str | None) -> None:
             raise click.BadParameter(f"unknown time zone {tz!r}", param_hint="--tz") from exc
     with ctx.session() as session:
         try:
-            publishing.schedule_issue(session, ctx.settings, get_issue(session, number), when)
+            scheduling.schedule_issue(session, ctx.settings, get_issue(session, number), when)
         except (IssueError, RenderError) as exc:
             raise click.ClickException(str(exc)) from exc
     click.echo(f"issue {number} scheduled for {when.isoformat()} ({when.astimezone(UTC).isoformat(timespec='minutes')} UTC)")
@@ -345,7 +345,7 @@ def issue_unschedule(ctx: Context, number: int) -> None:
     """Take a scheduled issue back to draft (possible until it fires)."""
     with ctx.session() as session:
         try:
-            publishing.unschedule_issue(session, get_issue(session, number))
+            scheduling.unschedule_issue(session, get_issue(session, number))
         except IssueError as exc:
             raise click.ClickException(str(exc)) from exc
     click.echo(f"issue {number} is a draft again")
@@ -358,7 +358,7 @@ def issue_pause(ctx: Context, number: int) -> None:
     """Pause sending issue NUMBER; batches under way stop within a few messages."""
     with ctx.session() as session:
         try:
-            publishing.pause_issue(session, get_issue(session, number))
+            control.pause_issue(session, get_issue(session, number))
         except IssueError as exc:
             raise click.ClickException(str(exc)) from exc
     click.echo(f"issue {number} paused; continue with: newsletter issue resume {number}")
@@ -376,7 +376,7 @@ def issue_resume(ctx: Context, number: int, no_wait: bool) -> None:
     with ctx.session() as session:
         try:
             the_issue = get_issue(session, number)
-            batches = publishing.resume_issue(session, ctx.settings, the_issue, enqueue_send)
+            batches = control.resume_issue(session, ctx.settings, the_issue, enqueue_send)
         except IssueError as exc:
             raise click.ClickException(str(exc)) from exc
         issue_id, replan = the_issue.id, the_issue.planned_at is None
@@ -396,7 +396,7 @@ def issue_cancel(ctx: Context, number: int) -> None:
     """Cancel issue NUMBER for good: deliveries not yet sent are skipped (reason: cancelled)."""
     with ctx.session() as session:
         try:
-            skipped = publishing.cancel_issue(session, get_issue(session, number))
+            skipped = control.cancel_issue(session, get_issue(session, number))
         except IssueError as exc:
             raise click.ClickException(str(exc)) from exc
     click.echo(f"issue {number} cancelled; {skipped} deliveries skipped")
@@ -432,7 +432,7 @@ def sweep(ctx: Context) -> None:
 
     use_settings(ctx.settings)
     with ctx.session() as session:
-        result = publishing.sweep(session, ctx.settings, enqueue_send, start=start_pipeline)
+        result = sweeper.sweep(session, ctx.settings, enqueue_send, start=start_pipeline)
     fired = ", ".join(str(i) for i in result.fired) or "none"
     click.echo(
         f"fired scheduled issues: {fired}; enqueued {sum(result.enqueued.values())} batches; finished issues: {result.finished or 'none'}"

@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from newsletter import publishing
+from newsletter import reports
 from newsletter.articles import import_articles
 from newsletter.config import Settings, load_settings
 from newsletter.db import session_factory, upgrade
@@ -151,7 +151,7 @@ def run_demo(*, per_lang: int, fresh: bool, echo: Callable[[str], None], follow:
     with factory() as session:
         from newsletter.issues import get_issue
 
-        rep = publishing.report(session, get_issue(session, number))
+        rep = reports.report(session, get_issue(session, number))
     echo(f"issue {number}: {outcome.status}" + (f" ({outcome.error})" if outcome.error else ""))
     for (state, lang), n in sorted(rep.counts.items()):
         echo(f"  {lang:<8} {state:<9} {n}")

@@ -148,5 +148,3 @@ def parse_dsn(raw: bytes) -> Dsn:
     own_id = str(msg.get("Message-ID", "")).strip()
     dsn_id = own_id if 0 < len(own_id) <= 255 else f"sha256:{hashlib.sha256(own_id.encode() if own_id else raw).hexdigest()}"
     return Dsn(dsn_id=dsn_id, recipient_addresses=addresses, original_message_id=_original_message_id(msg), recipients=recipients)
-
-

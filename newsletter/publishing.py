@@ -7,12 +7,10 @@ Each step takes a session and settings and is safe to run again; `tasks/` wraps 
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from newsletter.config import Settings
@@ -136,7 +134,8 @@ def check_publishable(session: Session, settings: Settings, issue: Issue) -> Non
         raise IssueError(f"issue {issue.number}: the audience is empty (no active, unsuppressed subscribers)")
 
 
-def _freeze_audience(session: Session, issue: Issue) -> None:
+def freeze_audience(session: Session, issue: Issue) -> None:
+    """Fix the audience at its current size: only subscribers with id <= today's highest are planned."""
     if issue.audience_max_subscriber_id is None:
         issue.audience_max_subscriber_id = session.scalar(select(func.max(Subscriber.id))) or 0
 
@@ -150,79 +149,12 @@ def request_publish(session: Session, settings: Settings, issue: Issue) -> None:
         IssueError, RenderError: see `check_publishable`; nothing was changed.
     """
     check_publishable(session, settings, issue)
-    _freeze_audience(session, issue)
+    freeze_audience(session, issue)
     issue.status = IssueStatus.PUBLISHING
     issue.error = None
     issue.scheduled_at = None
     issue.published_at = issue.published_at or utcnow()
     session.commit()
-
-
-def schedule_issue(session: Session, settings: Settings, issue: Issue, at: datetime, now: datetime | None = None) -> None:
-    """Schedule a draft (or re-schedule a scheduled) issue to publish itself at ``at``; commits.
-
-    The issue is checked now as for an immediate publish, and the audience is frozen when it fires.
-
-    Raises:
-        IssueError: ``at`` is naive or not in the future, or the issue is not a draft or scheduled.
-        RenderError: an edition does not render.
-    """
-    if at.tzinfo is None:
-        raise IssueError("the schedule time needs a timezone (e.g. 2026-12-07T09:00+08:00)")
-    if at <= (now or utcnow()):
-        raise IssueError(f"the schedule time {at.isoformat()} is not in the future")
-    if issue.status not in (IssueStatus.DRAFT, IssueStatus.SCHEDULED):
-        raise IssueError(f"issue {issue.number} is {issue.status}; only a draft can be scheduled")
-    check_publishable(session, settings, issue)
-    issue.status = IssueStatus.SCHEDULED
-    issue.scheduled_at = at
-    session.commit()
-
-
-def unschedule_issue(session: Session, issue: Issue) -> None:
-    """Take a scheduled issue back to draft, until it fires; commits.
-
-    Raises:
-        IssueError: the issue is not scheduled (it may have fired already).
-    """
-    result = session.execute(
-        update(Issue)
-        .where(Issue.id == issue.id, Issue.status == IssueStatus.SCHEDULED)
-        .values(status=IssueStatus.DRAFT, scheduled_at=None)
-        .execution_options(synchronize_session=False)
-    )
-    session.commit()
-    if not result.rowcount:  # type: ignore[attr-defined]
-        session.refresh(issue)
-        raise IssueError(f"issue {issue.number} is {issue.status}, not scheduled")
-    session.refresh(issue)
-
-
-def fire_due_schedules(session: Session, now: datetime | None = None) -> list[int]:
-    """Move every scheduled issue whose time has come to ``publishing``; commits. Returns their ids.
-
-    Each issue is taken with one conditional UPDATE (``WHERE status = 'scheduled'``), so when two
-    sweepers run at once (two beat processes started by mistake) exactly one of them fires it.
-    """
-    now = now or utcnow()
-    due = list(session.scalars(select(Issue.id).where(Issue.status == IssueStatus.SCHEDULED, Issue.scheduled_at <= now)))
-    fired = []
-    for issue_id in due:
-        won = session.execute(
-            update(Issue)
-            .where(Issue.id == issue_id, Issue.status == IssueStatus.SCHEDULED)
-            .values(status=IssueStatus.PUBLISHING, published_at=now, error=None)
-            .execution_options(synchronize_session=False)
-        ).rowcount  # type: ignore[attr-defined]
-        session.commit()
-        if won:
-            issue = session.get_one(Issue, issue_id)
-            session.refresh(issue)
-            _freeze_audience(session, issue)
-            session.commit()
-            fired.append(issue_id)
-            log.info("scheduled issue %s fired", issue.number)
-    return fired
 
 
 def attach_related(session: Session, settings: Settings, issue_id: int, k: int = RELATED_PER_EDITION) -> dict[str, int]:
@@ -342,183 +274,8 @@ def fail_issue(session: Session, issue_id: int, reason: str) -> None:
         session.commit()
 
 
-@dataclass
-class SweepResult:
-    """What one sweep did: batches enqueued per issue, and issues finished."""
-
-    enqueued: dict[int, int] = field(default_factory=dict)
-    finished: list[int] = field(default_factory=list)
-    fired: list[int] = field(default_factory=list)
-
-
-def sweep(
-    session: Session,
-    settings: Settings,
-    enqueue: Enqueue,
-    now: datetime | None = None,
-    requeue_after: float | None = None,
-    start: Callable[[int], None] | None = None,
-) -> SweepResult:
-    """Fire due schedules (handing each fired issue id to ``start``), re-enqueue what is due (retries,
-    expired claims, lost broker messages) and finish done issues.
-
-    Only issues in ``sending`` are swept, so rows still being planned are left to the planner.
-    Safe to run from several processes at once: a delivery enqueued twice is claimed once.
-    """
-    now = now or utcnow()
-    requeue_after = settings.lease_seconds if requeue_after is None else requeue_after
-    result = SweepResult()
-    if start is not None:
-        for issue_id in fire_due_schedules(session, now):
-            try:
-                start(issue_id)
-            except Exception:  # the pipeline marked the issue failed with the reason; keep sweeping
-                log.exception("scheduled issue id %s failed to start", issue_id)
-            result.fired.append(issue_id)
-    sending = set(session.scalars(select(Issue.id).where(Issue.status == IssueStatus.SENDING)))
-    due: dict[int, list[int]] = defaultdict(list)
-    for issue_id, delivery_id in ledger.due_for_enqueue(session, now, requeue_after):
-        if issue_id in sending:
-            due[issue_id].append(delivery_id)
-    for issue_id, ids in due.items():
-        ledger.mark_enqueued(session, ids, now)
-        session.commit()
-        batches = [ids[i : i + settings.batch_size] for i in range(0, len(ids), settings.batch_size)]
-        for batch in batches:
-            enqueue(issue_id, batch)
-        result.enqueued[issue_id] = len(batches)
-    for issue_id in sending:
-        if finish_if_done(session, issue_id):
-            result.finished.append(issue_id)
-    return result
-
-
-def next_due_in(session: Session, now: datetime | None = None) -> timedelta | None:
-    """Time until the earliest deferred delivery is due (None when nothing is deferred)."""
-    now = now or utcnow()
-    earliest = session.scalar(select(func.min(Delivery.next_attempt_at)).where(Delivery.status == DeliveryStatus.DEFERRED))
-    return None if earliest is None else max(earliest - now, timedelta(0))
-
-
-@dataclass
-class IssueReport:
-    """What `issue status` prints: counts per (state, language) and per (relay, state), the retry
-    queue (deferred deliveries: how many, the next due time, attempts so far) and the latest errors."""
-
-    number: int
-    status: str
-    error: str | None
-    counts: dict[tuple[str, str], int]
-    last_errors: list[tuple[str, str]]
-    by_relay: dict[tuple[str, str], int] = field(default_factory=dict)
-    retry_queue: int = 0
-    next_retry_at: datetime | None = None
-    retry_attempts: dict[int, int] = field(default_factory=dict)
-
-    @property
-    def total(self) -> int:
-        return sum(self.counts.values())
-
-    def by_state(self) -> dict[str, int]:
-        out: dict[str, int] = defaultdict(int)
-        for (state, _lang), n in self.counts.items():
-            out[state] += n
-        return dict(out)
-
-
-def report(session: Session, issue: Issue, errors: int = 5) -> IssueReport:
-    """Counts, per-relay outcomes, the retry queue and the latest errors of an issue."""
-    last = session.execute(
-        select(Delivery.email, Delivery.last_error)
-        .where(Delivery.issue_id == issue.id, Delivery.last_error.is_not(None))
-        .order_by(Delivery.updated_at.desc())
-        .limit(errors)
-    ).all()
-    relays = session.execute(
-        select(Delivery.relay, Delivery.status, func.count())
-        .where(Delivery.issue_id == issue.id, Delivery.relay.is_not(None))
-        .group_by(Delivery.relay, Delivery.status)
-    ).all()
-    deferred = Delivery.status == DeliveryStatus.DEFERRED
-    queue, next_at = session.execute(
-        select(func.count(), func.min(Delivery.next_attempt_at)).where(Delivery.issue_id == issue.id, deferred)
-    ).one()
-    attempts = session.execute(
-        select(Delivery.attempts, func.count()).where(Delivery.issue_id == issue.id, deferred).group_by(Delivery.attempts)
-    ).all()
-    return IssueReport(
-        issue.number,
-        str(issue.status),
-        issue.error,
-        ledger.counts(session, issue.id),
-        [(e, m or "") for e, m in last],
-        by_relay={(r, str(st)): n for r, st, n in relays},
-        retry_queue=queue or 0,
-        next_retry_at=next_at,
-        retry_attempts={a: n for a, n in attempts},
-    )
-
-
 def planned_ids(session: Session, issue_id: int, states: Sequence[DeliveryStatus]) -> list[int]:
     """Delivery ids of an issue in ``states``, in id order."""
     return list(
         session.scalars(select(Delivery.id).where(Delivery.issue_id == issue_id, Delivery.status.in_(list(states))).order_by(Delivery.id))
     )
-
-
-def pause_issue(session: Session, issue: Issue) -> None:
-    """Stop sending: batches under way hand back their unsent claims within a few messages; commits.
-
-    Raises:
-        IssueError: the issue is not publishing or sending.
-    """
-    if issue.status not in (IssueStatus.PUBLISHING, IssueStatus.SENDING):
-        raise IssueError(f"issue {issue.number} is {issue.status}; only a publishing or sending issue can be paused")
-    issue.status = IssueStatus.PAUSED
-    session.commit()
-
-
-def resume_issue(session: Session, settings: Settings, issue: Issue, enqueue: Enqueue) -> int:
-    """Continue a paused issue exactly where it stopped; commits. Returns the batches enqueued.
-
-    Every non-final delivery is enqueued again; sent ones are final, so nothing is sent twice, and
-    the ledger's claims make a message for a delivery already in flight a no-op. If planning had not
-    finished, the issue goes back to ``publishing`` and the caller must re-run the plan step.
-
-    Raises:
-        IssueError: the issue is not paused.
-    """
-    if issue.status != IssueStatus.PAUSED:
-        raise IssueError(f"issue {issue.number} is {issue.status}, not paused")
-    issue.status = IssueStatus.SENDING if issue.planned_at else IssueStatus.PUBLISHING
-    session.commit()
-    ids = planned_ids(session, issue.id, [DeliveryStatus.PENDING, DeliveryStatus.DEFERRED, DeliveryStatus.SENDING])
-    ledger.mark_enqueued(session, ids)
-    session.commit()
-    batches = [ids[i : i + settings.batch_size] for i in range(0, len(ids), settings.batch_size)]
-    for batch in batches:
-        enqueue(issue.id, batch)
-    finish_if_done(session, issue.id)
-    return len(batches)
-
-
-def cancel_issue(session: Session, issue: Issue) -> int:
-    """Stop an issue for good: every delivery not yet sent becomes ``skipped`` (reason ``cancelled``);
-    batches under way stop within a few messages. Commits. Returns the deliveries skipped now.
-
-    Raises:
-        IssueError: the issue already finished.
-    """
-    if issue.status in (IssueStatus.SENT, IssueStatus.CANCELLED):
-        raise IssueError(f"issue {issue.number} is {issue.status}; it cannot be cancelled")
-    issue.status = IssueStatus.CANCELLED
-    issue.finished_at = utcnow()
-    session.commit()
-    result = session.execute(
-        update(Delivery)
-        .where(Delivery.issue_id == issue.id, Delivery.status.in_([DeliveryStatus.PENDING, DeliveryStatus.DEFERRED]))
-        .values(status=DeliveryStatus.SKIPPED, skip_reason="cancelled", updated_at=utcnow())
-        .execution_options(synchronize_session=False)
-    )
-    session.commit()
-    return int(result.rowcount)  # type: ignore[attr-defined]

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from newsletter import publishing
+from newsletter import publishing, sweeper
 from newsletter.config import Settings
 from newsletter.db import session_factory
 from newsletter.delivery import ledger
@@ -86,7 +86,7 @@ def follow(
                 and issue.status == IssueStatus.SENDING
                 and time.monotonic() - last_sweep >= min(settings.sweep_interval, 1.0)
             ):
-                publishing.sweep(session, settings, enqueue_send)
+                sweeper.sweep(session, settings, enqueue_send)
                 last_sweep = time.monotonic()
         if deadline is not None and time.monotonic() > deadline:
             return PublishOutcome(issue.number, str(issue.status), "still running: gave up following")

@@ -7,7 +7,7 @@ from functools import cache
 
 from celery import Task, chain
 
-from newsletter import logs, publishing
+from newsletter import logs, publishing, sweeper
 from newsletter.config import Settings, load_settings
 from newsletter.db import session_factory
 from newsletter.delivery.mailers import Mailer, open_mailer
@@ -94,7 +94,7 @@ def send_batch(self: Task, issue_id: int, delivery_ids: list[int]) -> dict[str, 
 def sweep() -> dict[str, int]:
     """Periodic (beat): re-enqueue due retries, expired claims and lost messages; finish done issues."""
     with _session() as session:
-        result = publishing.sweep(session, settings(), enqueue_send, start=start_pipeline)
+        result = sweeper.sweep(session, settings(), enqueue_send, start=start_pipeline)
     return {"batches": sum(result.enqueued.values()), "finished": len(result.finished), "fired": len(result.fired)}
 
 

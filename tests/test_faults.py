@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, insert, select
 
-from newsletter import publishing
+from newsletter import control
 from newsletter.db import session_factory
 from newsletter.issues import create_issue
 from newsletter.models import Article, Delivery, DeliveryStatus, Issue, IssueStatus, Subscriber, utcnow
@@ -274,7 +274,7 @@ def test_pause_then_crash_then_resume_sends_each_message_once(
             issue_id, _ = start_publish(settings, number)
             _wait_for(factory, issue_id, 150)
             with factory() as session:
-                publishing.pause_issue(session, session.get_one(Issue, issue_id))
+                control.pause_issue(session, session.get_one(Issue, issue_id))
             # Batches under way stop within a few messages; then nothing moves.
             time.sleep(1.0)
             paused_at = _sent(factory, issue_id)
@@ -285,7 +285,7 @@ def test_pause_then_crash_then_resume_sends_each_message_once(
             fleet.start_worker("a")
             use_settings(settings)
             with factory() as session:
-                publishing.resume_issue(session, settings, session.get_one(Issue, issue_id), enqueue_send)
+                control.resume_issue(session, settings, session.get_one(Issue, issue_id), enqueue_send)
             outcome = follow(settings, issue_id, timeout=120)
         finally:
             fleet.stop_all()

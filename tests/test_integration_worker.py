@@ -17,6 +17,7 @@ import pytest
 import redis
 from sqlalchemy import select
 
+from newsletter import scheduling
 from newsletter.articles import import_articles
 from newsletter.db import session_factory
 from newsletter.issues import create_issue
@@ -212,7 +213,6 @@ def test_scheduled_issue_is_published_once_by_beat_even_with_two_beats(
 ) -> None:
     from datetime import timedelta
 
-    from newsletter import publishing
     from newsletter.models import Issue, IssueStatus, utcnow
 
     settings = make_settings(worker_env["DATABASE_URL"], **{**worker_env, "SMTP_URL": smtp.url})
@@ -232,7 +232,7 @@ def test_scheduled_issue_is_published_once_by_beat_even_with_two_beats(
             session.flush()
             issue = create_issue(session, [article])
             session.commit()
-            publishing.schedule_issue(session, settings, issue, utcnow() + timedelta(seconds=2))
+            scheduling.schedule_issue(session, settings, issue, utcnow() + timedelta(seconds=2))
             issue_id = issue.id
         deadline = time.monotonic() + 60
         while True:

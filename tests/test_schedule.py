@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
 
-from newsletter import publishing
+from newsletter import scheduling
 from newsletter.db import session_factory
 from newsletter.issues import IssueError, create_issue
 from newsletter.models import Article, Issue, IssueStatus, Subscriber, utcnow
@@ -29,26 +29,26 @@ def test_schedule_validates_time_and_state(session, make_settings, db_url: str) 
     settings = make_settings(db_url)
     issue = _draft(session)
     with pytest.raises(IssueError, match="needs a timezone"):
-        publishing.schedule_issue(session, settings, issue, datetime(2030, 1, 1, 9, 0))
+        scheduling.schedule_issue(session, settings, issue, datetime(2030, 1, 1, 9, 0))
     with pytest.raises(IssueError, match="not in the future"):
-        publishing.schedule_issue(session, settings, issue, utcnow() - timedelta(minutes=1))
+        scheduling.schedule_issue(session, settings, issue, utcnow() - timedelta(minutes=1))
     at = datetime(2030, 1, 1, 9, 0, tzinfo=UTC)
-    publishing.schedule_issue(session, settings, issue, at)
+    scheduling.schedule_issue(session, settings, issue, at)
     assert (issue.status, issue.scheduled_at) == (IssueStatus.SCHEDULED, at)
-    assert publishing.fire_due_schedules(session, now=at - timedelta(seconds=1)) == []
-    publishing.unschedule_issue(session, issue)
+    assert scheduling.fire_due_schedules(session, now=at - timedelta(seconds=1)) == []
+    scheduling.unschedule_issue(session, issue)
     assert (issue.status, issue.scheduled_at) == (IssueStatus.DRAFT, None)
     with pytest.raises(IssueError, match="not scheduled"):
-        publishing.unschedule_issue(session, issue)
+        scheduling.unschedule_issue(session, issue)
 
 
 def test_due_issue_fires_once_and_freezes_its_audience(session, make_settings, db_url: str) -> None:  # type: ignore[no-untyped-def]
     settings = make_settings(db_url)
     issue = _draft(session)
     at = utcnow() + timedelta(hours=1)
-    publishing.schedule_issue(session, settings, issue, at)
-    assert publishing.fire_due_schedules(session, now=at) == [issue.id]
-    assert publishing.fire_due_schedules(session, now=at) == []
+    scheduling.schedule_issue(session, settings, issue, at)
+    assert scheduling.fire_due_schedules(session, now=at) == [issue.id]
+    assert scheduling.fire_due_schedules(session, now=at) == []
     session.refresh(issue)
     assert issue.status == IssueStatus.PUBLISHING and issue.audience_max_subscriber_id is not None
 
@@ -65,14 +65,14 @@ def test_two_sweepers_racing_fire_a_schedule_exactly_once(pg_url: str, make_sett
             issue.status, issue.audience_max_subscriber_id = IssueStatus.DRAFT, None
             session.commit()
             at = utcnow() + timedelta(hours=1)
-            publishing.schedule_issue(session, settings, issue, at)
+            scheduling.schedule_issue(session, settings, issue, at)
         barrier = threading.Barrier(2)
         fired: list[list[int]] = []
 
         def sweeper(barrier: threading.Barrier = barrier, at: datetime = at, fired: list[list[int]] = fired) -> None:
             with factory() as s:
                 barrier.wait()
-                fired.append(publishing.fire_due_schedules(s, now=at))
+                fired.append(scheduling.fire_due_schedules(s, now=at))
 
         threads = [threading.Thread(target=sweeper) for _ in range(2)]
         for t in threads:

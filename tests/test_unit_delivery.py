@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from newsletter import publishing
+from newsletter import control, publishing
 from newsletter.config import Settings
 from newsletter.delivery import ledger
 from newsletter.delivery.mailers import OutboxMailer
@@ -294,14 +294,14 @@ def test_cancel_skips_what_was_not_sent_and_stops_sending(session, settings: Set
     first, rest = rec.calls[0][1], rec.calls[1][1]
     outbox = tmp_path / "cancel-outbox"
     send_batch(session, settings, issue_id, first, lambda: OutboxMailer(outbox))
-    skipped = publishing.cancel_issue(session, session.get_one(Issue, issue_id))
+    skipped = control.cancel_issue(session, session.get_one(Issue, issue_id))
     assert skipped == 2
     assert send_batch(session, settings, issue_id, rest, lambda: OutboxMailer(outbox)).outcomes == Counter({"issue-not-sending": 2})
     states = Counter((d.status, d.skip_reason) for d in _deliveries(session, issue_id))
     assert states == Counter({(DeliveryStatus.SENT, None): 2, (DeliveryStatus.SKIPPED, "cancelled"): 2})
     assert len(_outbox_files(outbox)) == 2
     with pytest.raises(publishing.IssueError, match="cannot be cancelled"):
-        publishing.cancel_issue(session, session.get_one(Issue, issue_id))
+        control.cancel_issue(session, session.get_one(Issue, issue_id))
 
 
 def test_pause_then_resume_enqueues_only_what_is_left(session, settings: Settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -309,13 +309,13 @@ def test_pause_then_resume_enqueues_only_what_is_left(session, settings: Setting
     outbox = tmp_path / "pause-outbox"
     send_batch(session, settings, issue_id, rec.calls[0][1], lambda: OutboxMailer(outbox))
     issue = session.get_one(Issue, issue_id)
-    publishing.pause_issue(session, issue)
+    control.pause_issue(session, issue)
     # A batch that arrives while paused claims nothing.
     assert send_batch(session, settings, issue_id, rec.calls[1][1], lambda: OutboxMailer(outbox)).outcomes == Counter(
         {"issue-not-sending": 2}
     )
     again = Recorder()
-    assert publishing.resume_issue(session, settings, issue, again) == 1
+    assert control.resume_issue(session, settings, issue, again) == 1
     assert sorted(again.ids) == sorted(rec.calls[1][1])  # only the unsent two
     for _, batch in again.calls:
         send_batch(session, settings, issue_id, batch, lambda: OutboxMailer(outbox))
@@ -323,4 +323,4 @@ def test_pause_then_resume_enqueues_only_what_is_left(session, settings: Setting
     assert session.get_one(Issue, issue_id).status == IssueStatus.SENT
     assert len(_outbox_files(outbox)) == 4
     with pytest.raises(publishing.IssueError, match="not paused"):
-        publishing.resume_issue(session, settings, issue, again)
+        control.resume_issue(session, settings, issue, again)

@@ -1,0 +1,70 @@
+"""Editor controls over an issue under way: pause, resume, cancel."""
+
+from __future__ import annotations
+
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from newsletter.config import Settings
+from newsletter.delivery import ledger
+from newsletter.issues import IssueError
+from newsletter.models import Delivery, DeliveryStatus, Issue, IssueStatus, utcnow
+from newsletter.publishing import Enqueue, finish_if_done, planned_ids
+
+
+def pause_issue(session: Session, issue: Issue) -> None:
+    """Stop sending: batches under way hand back their unsent claims within a few messages; commits.
+
+    Raises:
+        IssueError: the issue is not publishing or sending.
+    """
+    if issue.status not in (IssueStatus.PUBLISHING, IssueStatus.SENDING):
+        raise IssueError(f"issue {issue.number} is {issue.status}; only a publishing or sending issue can be paused")
+    issue.status = IssueStatus.PAUSED
+    session.commit()
+
+
+def resume_issue(session: Session, settings: Settings, issue: Issue, enqueue: Enqueue) -> int:
+    """Continue a paused issue exactly where it stopped; commits. Returns the batches enqueued.
+
+    Every non-final delivery is enqueued again; sent ones are final, so nothing is sent twice, and
+    the ledger's claims make a message for a delivery already in flight a no-op. If planning had not
+    finished, the issue goes back to ``publishing`` and the caller must re-run the plan step.
+
+    Raises:
+        IssueError: the issue is not paused.
+    """
+    if issue.status != IssueStatus.PAUSED:
+        raise IssueError(f"issue {issue.number} is {issue.status}, not paused")
+    issue.status = IssueStatus.SENDING if issue.planned_at else IssueStatus.PUBLISHING
+    session.commit()
+    ids = planned_ids(session, issue.id, [DeliveryStatus.PENDING, DeliveryStatus.DEFERRED, DeliveryStatus.SENDING])
+    ledger.mark_enqueued(session, ids)
+    session.commit()
+    batches = [ids[i : i + settings.batch_size] for i in range(0, len(ids), settings.batch_size)]
+    for batch in batches:
+        enqueue(issue.id, batch)
+    finish_if_done(session, issue.id)
+    return len(batches)
+
+
+def cancel_issue(session: Session, issue: Issue) -> int:
+    """Stop an issue for good: every delivery not yet sent becomes ``skipped`` (reason ``cancelled``);
+    batches under way stop within a few messages. Commits. Returns the deliveries skipped now.
+
+    Raises:
+        IssueError: the issue already finished.
+    """
+    if issue.status in (IssueStatus.SENT, IssueStatus.CANCELLED):
+        raise IssueError(f"issue {issue.number} is {issue.status}; it cannot be cancelled")
+    issue.status = IssueStatus.CANCELLED
+    issue.finished_at = utcnow()
+    session.commit()
+    result = session.execute(
+        update(Delivery)
+        .where(Delivery.issue_id == issue.id, Delivery.status.in_([DeliveryStatus.PENDING, DeliveryStatus.DEFERRED]))
+        .values(status=DeliveryStatus.SKIPPED, skip_reason="cancelled", updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    return int(result.rowcount)  # type: ignore[attr-defined]

@@ -1,0 +1,83 @@
+"""Scheduled publishing: an issue that publishes itself at a set time, fired exactly once by the sweeper."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from newsletter.config import Settings
+from newsletter.issues import IssueError
+from newsletter.models import Issue, IssueStatus, utcnow
+from newsletter.publishing import check_publishable, freeze_audience
+
+log = logging.getLogger(__name__)
+
+
+def schedule_issue(session: Session, settings: Settings, issue: Issue, at: datetime, now: datetime | None = None) -> None:
+    """Schedule a draft (or re-schedule a scheduled) issue to publish itself at ``at``; commits.
+
+    The issue is checked now as for an immediate publish, and the audience is frozen when it fires.
+
+    Raises:
+        IssueError: ``at`` is naive or not in the future, or the issue is not a draft or scheduled.
+        RenderError: an edition does not render.
+    """
+    if at.tzinfo is None:
+        raise IssueError("the schedule time needs a timezone (e.g. 2026-12-07T09:00+08:00)")
+    if at <= (now or utcnow()):
+        raise IssueError(f"the schedule time {at.isoformat()} is not in the future")
+    if issue.status not in (IssueStatus.DRAFT, IssueStatus.SCHEDULED):
+        raise IssueError(f"issue {issue.number} is {issue.status}; only a draft can be scheduled")
+    check_publishable(session, settings, issue)
+    issue.status = IssueStatus.SCHEDULED
+    issue.scheduled_at = at
+    session.commit()
+
+
+def unschedule_issue(session: Session, issue: Issue) -> None:
+    """Take a scheduled issue back to draft, until it fires; commits.
+
+    Raises:
+        IssueError: the issue is not scheduled (it may have fired already).
+    """
+    result = session.execute(
+        update(Issue)
+        .where(Issue.id == issue.id, Issue.status == IssueStatus.SCHEDULED)
+        .values(status=IssueStatus.DRAFT, scheduled_at=None)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    if not result.rowcount:  # type: ignore[attr-defined]
+        session.refresh(issue)
+        raise IssueError(f"issue {issue.number} is {issue.status}, not scheduled")
+    session.refresh(issue)
+
+
+def fire_due_schedules(session: Session, now: datetime | None = None) -> list[int]:
+    """Move every scheduled issue whose time has come to ``publishing``; commits. Returns their ids.
+
+    Each issue is taken with one conditional UPDATE (``WHERE status = 'scheduled'``), so when two
+    sweepers run at once (two beat processes started by mistake) exactly one of them fires it.
+    """
+    now = now or utcnow()
+    due = list(session.scalars(select(Issue.id).where(Issue.status == IssueStatus.SCHEDULED, Issue.scheduled_at <= now)))
+    fired = []
+    for issue_id in due:
+        won = session.execute(
+            update(Issue)
+            .where(Issue.id == issue_id, Issue.status == IssueStatus.SCHEDULED)
+            .values(status=IssueStatus.PUBLISHING, published_at=now, error=None)
+            .execution_options(synchronize_session=False)
+        ).rowcount  # type: ignore[attr-defined]
+        session.commit()
+        if won:
+            issue = session.get_one(Issue, issue_id)
+            session.refresh(issue)
+            freeze_audience(session, issue)
+            session.commit()
+            fired.append(issue_id)
+            log.info("scheduled issue %s fired", issue.number)
+    return fired

@@ -1,0 +1,81 @@
+"""The periodic sweeper: fires due schedules, re-enqueues what is due, finishes issues that are done.
+
+Losing Redis loses no delivery: the ledger knows what is pending, and the sweeper rebuilds the queue.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from newsletter.config import Settings
+from newsletter.delivery import ledger
+from newsletter.models import Delivery, DeliveryStatus, Issue, IssueStatus, utcnow
+from newsletter.publishing import Enqueue, finish_if_done
+from newsletter.scheduling import fire_due_schedules
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SweepResult:
+    """What one sweep did: batches enqueued per issue, and issues finished."""
+
+    enqueued: dict[int, int] = field(default_factory=dict)
+    finished: list[int] = field(default_factory=list)
+    fired: list[int] = field(default_factory=list)
+
+
+def sweep(
+    session: Session,
+    settings: Settings,
+    enqueue: Enqueue,
+    now: datetime | None = None,
+    requeue_after: float | None = None,
+    start: Callable[[int], None] | None = None,
+) -> SweepResult:
+    """Fire due schedules (handing each fired issue id to ``start``), re-enqueue what is due (retries,
+    expired claims, lost broker messages) and finish done issues.
+
+    Only issues in ``sending`` are swept, so rows still being planned are left to the planner.
+    Safe to run from several processes at once: a delivery enqueued twice is claimed once.
+    """
+    now = now or utcnow()
+    requeue_after = settings.lease_seconds if requeue_after is None else requeue_after
+    result = SweepResult()
+    if start is not None:
+        for issue_id in fire_due_schedules(session, now):
+            try:
+                start(issue_id)
+            except Exception:  # the pipeline marked the issue failed with the reason; keep sweeping
+                log.exception("scheduled issue id %s failed to start", issue_id)
+            result.fired.append(issue_id)
+    sending = set(session.scalars(select(Issue.id).where(Issue.status == IssueStatus.SENDING)))
+    due: dict[int, list[int]] = defaultdict(list)
+    for issue_id, delivery_id in ledger.due_for_enqueue(session, now, requeue_after):
+        if issue_id in sending:
+            due[issue_id].append(delivery_id)
+    for issue_id, ids in due.items():
+        ledger.mark_enqueued(session, ids, now)
+        session.commit()
+        batches = [ids[i : i + settings.batch_size] for i in range(0, len(ids), settings.batch_size)]
+        for batch in batches:
+            enqueue(issue_id, batch)
+        result.enqueued[issue_id] = len(batches)
+    for issue_id in sending:
+        if finish_if_done(session, issue_id):
+            result.finished.append(issue_id)
+    return result
+
+
+def next_due_in(session: Session, now: datetime | None = None) -> timedelta | None:
+    """Time until the earliest deferred delivery is due (None when nothing is deferred)."""
+    now = now or utcnow()
+    earliest = session.scalar(select(func.min(Delivery.next_attempt_at)).where(Delivery.status == DeliveryStatus.DEFERRED))
+    return None if earliest is None else max(earliest - now, timedelta(0))
