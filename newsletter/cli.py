@@ -21,8 +21,10 @@ from newsletter.subscribers import import_subscribers
 
 
 def plural(n: int, noun: str) -> str:
-    """``1 article``, ``2 articles``."""
-    return f"{n} {noun}{'' if n == 1 else 's'}"
+    """``1 article``, ``2 articles``, ``2 failed deliveries``."""
+    if n == 1:
+        return f"{n} {noun}"
+    return f"{n} {noun[:-1]}ies" if noun.endswith("y") else f"{n} {noun}s"
 
 
 class Context:
@@ -387,6 +389,28 @@ def issue_resume(ctx: Context, number: int, no_wait: bool) -> None:
         return
     _follow_with_bar(ctx.settings, issue_id)
     _print_status(ctx, number)
+
+
+@issue.command("requeue")
+@click.argument("number", type=int)
+@click.option("--no-wait", is_flag=True, help="Return once the batches are queued (needs REDIS_URL and a worker).")
+@pass_ctx
+def issue_requeue(ctx: Context, number: int, no_wait: bool) -> None:
+    """Send issue NUMBER's failed deliveries again (e.g. after fixing a relay); suppressed addresses stay failed."""
+    from tasks.publish import enqueue_send, use_settings
+
+    use_settings(ctx.settings)
+    with ctx.session() as session:
+        try:
+            the_issue = get_issue(session, number)
+            count = control.requeue_failed(session, ctx.settings, the_issue, enqueue_send)
+        except IssueError as exc:
+            raise click.ClickException(str(exc)) from exc
+        issue_id = the_issue.id
+    click.echo(f"issue {number}: {plural(count, 'failed delivery')} queued again")
+    if count and not (no_wait and not ctx.settings.embedded):
+        _follow_with_bar(ctx.settings, issue_id)
+        _print_status(ctx, number)
 
 
 @issue.command("cancel")

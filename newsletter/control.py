@@ -1,14 +1,14 @@
-"""Editor controls over an issue under way: pause, resume, cancel."""
+"""Editor controls over an issue under way: pause, resume, cancel, requeue failed deliveries."""
 
 from __future__ import annotations
 
-from sqlalchemy import update
+from sqlalchemy import exists, update
 from sqlalchemy.orm import Session
 
 from newsletter.config import Settings
 from newsletter.delivery import ledger
 from newsletter.issues import IssueError
-from newsletter.models import Delivery, DeliveryStatus, Issue, IssueStatus, utcnow
+from newsletter.models import Delivery, DeliveryStatus, Issue, IssueStatus, Suppression, utcnow
 from newsletter.publishing import Enqueue, finish_if_done, planned_ids
 
 
@@ -68,3 +68,37 @@ def cancel_issue(session: Session, issue: Issue) -> int:
     )
     session.commit()
     return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def requeue_failed(session: Session, settings: Settings, issue: Issue, enqueue: Enqueue) -> int:
+    """Give an issue's failed deliveries another round (after fixing a relay or a template); commits.
+
+    Failed rows become pending with their attempts reset, except those whose address has since been
+    suppressed; a finished issue goes back to ``sending``. Nothing sent is touched. Returns the count.
+
+    Raises:
+        IssueError: the issue is not sending, sent or failed after planning.
+    """
+    if issue.status not in (IssueStatus.SENDING, IssueStatus.SENT, IssueStatus.FAILED) or issue.planned_at is None:
+        raise IssueError(f"issue {issue.number} is {issue.status}; only a planned issue's failed deliveries can be requeued")
+    now = utcnow()
+    ids = list(
+        session.scalars(
+            update(Delivery)
+            .where(
+                Delivery.issue_id == issue.id,
+                Delivery.status == DeliveryStatus.FAILED,
+                ~exists().where(Suppression.email == Delivery.email),
+            )
+            .values(status=DeliveryStatus.PENDING, attempts=0, first_attempt_at=None, next_attempt_at=None, enqueued_at=now, updated_at=now)
+            .returning(Delivery.id)
+            .execution_options(synchronize_session=False)
+        )
+    )
+    if ids:
+        issue.status, issue.finished_at, issue.error = IssueStatus.SENDING, None, None
+    session.commit()
+    ids.sort()
+    for start in range(0, len(ids), settings.batch_size):
+        enqueue(issue.id, ids[start : start + settings.batch_size])
+    return len(ids)

@@ -116,7 +116,7 @@ def test_main_job_from_the_command_line(cli_env: dict[str, str], tmp_path: Path)
 
 def test_every_command_has_help(cli_env: dict[str, str]) -> None:
     commands = [[], ["db"], ["db", "upgrade"], ["articles", "import"], ["subscribers", "import"], ["issue"], ["issue", "create"],
-                ["issue", "preview"], ["issue", "publish"], ["issue", "status"], ["issue", "list"], ["worker"], ["demo"], ["web"], ["sweep"]]  # fmt: skip
+                ["issue", "preview"], ["issue", "publish"], ["issue", "status"], ["issue", "list"], ["issue", "requeue"], ["issue", "schedule"], ["issue", "pause"], ["issue", "resume"], ["issue", "cancel"], ["segment", "preview"], ["bounces", "process"], ["worker"], ["demo"], ["web"], ["sweep"]]  # fmt: skip
     for command in commands:
         out = run(*command, "--help")
         assert "Usage:" in out, command

@@ -324,3 +324,25 @@ def test_pause_then_resume_enqueues_only_what_is_left(session, settings: Setting
     assert len(_outbox_files(outbox)) == 4
     with pytest.raises(publishing.IssueError, match="not paused"):
         control.resume_issue(session, settings, issue, again)
+
+
+def test_requeue_gives_failed_deliveries_another_round(session, settings: Settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    issue_id, rec = _publish(session, settings)
+    outbox = tmp_path / "rq"
+    replies = {"ann@example.com": (554, "5.7.1 relay misconfigured"), "bob@example.com": (550, "5.1.1 User unknown")}
+    send_batch(session, settings, issue_id, rec.ids, lambda: RefusingMailer(replies, outbox))
+    publishing.finish_if_done(session, issue_id)
+    issue = session.get_one(Issue, issue_id)
+    assert issue.status == IssueStatus.SENT
+    session.add(Suppression(email="bob@example.com", reason="hard-bounce"))  # bob really is gone
+    session.commit()
+    again = Recorder()
+    assert control.requeue_failed(session, settings, issue, again) == 1
+    ann = next(d for d in _deliveries(session, issue_id) if d.email == "ann@example.com")
+    assert again.ids == [ann.id] and (ann.status, ann.attempts) == (DeliveryStatus.PENDING, 0)
+    assert session.get_one(Issue, issue_id).status == IssueStatus.SENDING
+    send_batch(session, settings, issue_id, again.ids, lambda: OutboxMailer(outbox))
+    publishing.finish_if_done(session, issue_id)
+    states = Counter(d.status for d in _deliveries(session, issue_id))
+    assert states == Counter({DeliveryStatus.SENT: 3, DeliveryStatus.FAILED: 1})
+    assert session.get_one(Issue, issue_id).status == IssueStatus.SENT
