@@ -224,7 +224,12 @@ def issue_preview(ctx: Context, number: int, lang: str, out: Path | None, as_tex
             rendered = render_edition(publishing.edition_content(session, ctx.settings, the_issue, edition))
         except (IssueError, RenderError) as exc:
             raise click.ClickException(str(exc)) from exc
-    values = {"GREETING": greeting(lang, ""), "EMAIL": "preview@example.org", "UNSUBSCRIBE_URL": "#unsubscribe", "PREFERENCES_URL": "#preferences"}
+    values = {
+        "GREETING": greeting(lang, ""),
+        "EMAIL": "preview@example.org",
+        "UNSUBSCRIBE_URL": "#unsubscribe",
+        "PREFERENCES_URL": "#preferences",
+    }
     body = personalise(rendered.text, values, escape=False) if as_text else personalise(rendered.html, values, escape=True)
     out = out or Path(f"issue-{number}-{lang}.{'txt' if as_text else 'html'}")
     out.write_text(body, encoding="utf-8")
