@@ -23,16 +23,15 @@ import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy import select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from newsletter.config import Settings, _int
 from newsletter.dsn import HARD, IGNORED, SOFT, Dsn, NotADsn, parse_dsn
-from newsletter.models import BounceEvent, Delivery, DeliveryStatus, Subscriber, SubscriberStatus, Suppression, utcnow
+from newsletter.models import BounceEvent, Delivery, DeliveryStatus, Subscriber, utcnow
+from newsletter.suppressions import mark_bounced, suppress
 from newsletter.tokens import BadToken
 
 VERP_PREFIX = "bounces+"
@@ -167,28 +166,6 @@ def _find_delivery(session: Session, settings: Settings, dsn: Dsn) -> tuple[Deli
     return None, None
 
 
-def _suppress(session: Session, address: str, reason: str, detail: str) -> bool:
-    """Insert a suppression unless the address already has one (whatever its reason). True if inserted."""
-    module: Any = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
-    stmt = module.insert(Suppression).values(email=address, reason=reason, detail=detail[:2000], created_at=utcnow())
-    return bool(session.execute(stmt.on_conflict_do_nothing(index_elements=["email"])).rowcount)
-
-
-def _mark_subscriber_bounced(session: Session, delivery: Delivery) -> None:
-    # Only while the subscriber still has the address that bounced, and never over a status that says
-    # more (unsubscribed, complained).
-    session.execute(
-        update(Subscriber)
-        .where(
-            Subscriber.id == delivery.subscriber_id,
-            Subscriber.email == delivery.email,
-            Subscriber.status.in_([SubscriberStatus.ACTIVE, SubscriberStatus.PENDING]),
-        )
-        .values(status=SubscriberStatus.BOUNCED)
-        .execution_options(synchronize_session=False)
-    )
-
-
 def _apply(session: Session, dsn: Dsn, delivery: Delivery, soft_limit: int, report: BounceReport) -> None:
     """Record one DSN about ``delivery`` and act on it, in one transaction; commits."""
     mine = delivery.email.casefold()
@@ -226,8 +203,8 @@ def _apply(session: Session, dsn: Dsn, delivery: Delivery, soft_limit: int, repo
     else:
         report.ignored += 1
     if suppress_reason:
-        report.suppressed += _suppress(session, delivery.email, suppress_reason, detail)
-        _mark_subscriber_bounced(session, delivery)
+        report.suppressed += suppress(session, delivery.email, suppress_reason, detail)
+        mark_bounced(session, delivery.subscriber_id, delivery.email)
     if worst.action == "failed":
         result = session.execute(
             update(Delivery)

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from newsletter.config import Settings
@@ -30,6 +30,7 @@ class SweepResult:
     enqueued: dict[int, int] = field(default_factory=dict)
     finished: list[int] = field(default_factory=list)
     fired: list[int] = field(default_factory=list)
+    cancelled_leftovers: int = 0
 
 
 def sweep(
@@ -71,6 +72,7 @@ def sweep(
     for issue_id in sending:
         if finish_if_done(session, issue_id):
             result.finished.append(issue_id)
+    result.cancelled_leftovers = skip_cancelled_leftovers(session, now)
     return result
 
 
@@ -79,3 +81,23 @@ def next_due_in(session: Session, now: datetime | None = None) -> timedelta | No
     now = now or utcnow()
     earliest = session.scalar(select(func.min(Delivery.next_attempt_at)).where(Delivery.status == DeliveryStatus.DEFERRED))
     return None if earliest is None else max(earliest - now, timedelta(0))
+
+
+def skip_cancelled_leftovers(session: Session, now: datetime) -> int:
+    """Skip what a cancel could not reach: deliveries of cancelled issues that were claimed at the moment
+    of the cancel and came back ``deferred``, or whose claim expired. Commits; returns the count."""
+    cancelled = select(Issue.id).where(Issue.status == IssueStatus.CANCELLED)
+    result = session.execute(
+        update(Delivery)
+        .where(
+            Delivery.issue_id.in_(cancelled),
+            or_(
+                Delivery.status.in_([DeliveryStatus.PENDING, DeliveryStatus.DEFERRED]),
+                and_(Delivery.status == DeliveryStatus.SENDING, Delivery.claimed_until < now),
+            ),
+        )
+        .values(status=DeliveryStatus.SKIPPED, skip_reason="cancelled", claimed_until=None, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    return int(result.rowcount)  # type: ignore[attr-defined]

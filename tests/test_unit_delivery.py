@@ -334,8 +334,11 @@ def test_requeue_gives_failed_deliveries_another_round(session, settings: Settin
     publishing.finish_if_done(session, issue_id)
     issue = session.get_one(Issue, issue_id)
     assert issue.status == IssueStatus.SENT
-    session.add(Suppression(email="bob@example.com", reason="hard-bounce"))  # bob really is gone
-    session.commit()
+    # 550 5.1.1 says bob's mailbox does not exist: suppressed at once, like a hard bounce; 5.7.1 says nothing
+    # final about ann's address.
+    assert session.scalar(select(Suppression.reason).where(Suppression.email == "bob@example.com")) == "hard-bounce"
+    assert session.scalar(select(Suppression.id).where(Suppression.email == "ann@example.com")) is None
+    assert session.scalar(select(Subscriber.status).where(Subscriber.email == "bob@example.com")) == SubscriberStatus.BOUNCED
     again = Recorder()
     assert control.requeue_failed(session, settings, issue, again) == 1
     ann = next(d for d in _deliveries(session, issue_id) if d.email == "ann@example.com")
@@ -346,3 +349,17 @@ def test_requeue_gives_failed_deliveries_another_round(session, settings: Settin
     states = Counter(d.status for d in _deliveries(session, issue_id))
     assert states == Counter({DeliveryStatus.SENT: 3, DeliveryStatus.FAILED: 1})
     assert session.get_one(Issue, issue_id).status == IssueStatus.SENT
+
+
+def test_sweeper_skips_what_a_cancel_could_not_reach(session, settings: Settings) -> None:  # type: ignore[no-untyped-def]
+    from newsletter import sweeper
+
+    issue_id, rec = _publish(session, settings)
+    in_flight = ledger.claim(session, issue_id, rec.calls[0][1], 300)  # a worker holds these at the cancel
+    assert control.cancel_issue(session, session.get_one(Issue, issue_id)) == 2
+    # The worker's relay answered 451: the claims come back deferred after the cancel.
+    for c in in_flight:
+        assert ledger.mark_deferred(session, c, datetime.now(UTC), "451 try later", 451, "relay:25")
+    result = sweeper.sweep(session, settings, Recorder())
+    assert result.cancelled_leftovers == 2 and result.enqueued == {}
+    assert Counter((d.status, d.skip_reason) for d in _deliveries(session, issue_id)) == Counter({(DeliveryStatus.SKIPPED, "cancelled"): 4})

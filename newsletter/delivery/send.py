@@ -20,6 +20,7 @@ from newsletter.delivery.mailers import Mailer
 from newsletter.mime import Envelope, HeaderInjection, ascii_address, build_message, to_bytes
 from newsletter.models import Delivery, Edition, Issue, IssueStatus, Subscriber, SubscriberStatus, Suppression, utcnow
 from newsletter.rendering import greeting, personalise
+from newsletter.suppressions import is_dead_address, mark_bounced, suppress
 from newsletter.tokens import sign
 
 log = logging.getLogger(__name__)
@@ -168,7 +169,11 @@ def _stop(session: Session, issue_id: int, claims: Sequence[ledger.Claim]) -> in
 def _record_failure(session: Session, settings: Settings, delivery: Delivery, claim_: ledger.Claim, exc: DeliveryError, relay: str) -> str:
     relay = exc.relay or relay
     if isinstance(exc, PermanentDeliveryError):
-        ledger.mark_failed(session, claim_, str(exc), exc.smtp_code, relay)
+        if ledger.mark_failed(session, claim_, str(exc), exc.smtp_code, relay) and is_dead_address(exc.enhanced_code):
+            # The relay says the mailbox does not exist: as final as a hard bounce, so never again.
+            suppress(session, delivery.email, "hard-bounce", f"{relay}: {exc}")
+            mark_bounced(session, delivery.subscriber_id, delivery.email)
+            session.commit()
         log.info("delivery %s failed permanently: %s", delivery.id, exc)
         return "failed"
     now = utcnow()
