@@ -111,7 +111,10 @@ def subscribers_import(ctx: Context, file: Path) -> None:
             raise click.ClickException(str(exc)) from exc
     for error in report.errors:
         click.echo(f"{file}: {error}", err=True)
-    click.echo(f"{report.created} created, {report.merged} merged, {len(report.errors)} rejected")
+    click.echo(
+        f"{report.created} created, {report.updated} updated, {report.unchanged} unchanged, "
+        f"{report.merged} merged, {len(report.errors)} rejected"
+    )
 
 
 # -- issues -----------------------------------------------------------------------------------------

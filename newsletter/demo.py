@@ -137,7 +137,8 @@ def run_demo(*, per_lang: int, fresh: bool, echo: Callable[[str], None], follow:
         csv_path.parent.mkdir(parents=True, exist_ok=True)
         write_subscribers(csv_path, per_lang)
         srep = import_subscribers(session, csv_path)
-        echo(f"subscribers: {srep.created} created, {srep.merged} merged, {len(srep.errors)} rejected ({'; '.join(srep.errors)})")
+        rejected = f"{len(srep.errors)} rejected ({'; '.join(srep.errors)})"
+        echo(f"subscribers: {srep.created} created, {srep.updated} updated, {srep.merged} merged, {rejected}")
         chosen = pick_articles(session, real)
         issue = create_issue(session, chosen, titles=DEMO_TITLES[real], notes=DEMO_NOTES[real])
         session.commit()

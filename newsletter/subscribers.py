@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from email_validator import EmailNotValidError, validate_email
@@ -56,19 +57,27 @@ def normalise_lang(value: str | None) -> str:
 
 @dataclass
 class SubscriberImportReport:
-    """Counts of an import, and errors naming their CSV line."""
+    """Counts of an import, and errors naming their CSV line. ``merged`` counts rows of the file that
+    repeated an earlier row's address; ``updated``/``unchanged`` count subscribers that already existed."""
 
     created: int = 0
     merged: int = 0
+    updated: int = 0
+    unchanged: int = 0
     errors: list[str] = field(default_factory=list)
 
 
+CORE_COLUMNS = ("email", "name", "lang", "topics", "signed_up")
+
+
 def import_subscribers(session: Session, path: Path, *, status: SubscriberStatus = SubscriberStatus.ACTIVE) -> SubscriberImportReport:
-    """Import a CSV with columns ``email, name, lang, topics`` (topics separated by ``;`` or ``|``).
+    """Import a CSV with columns ``email, name, lang, topics`` (topics separated by ``;`` or ``|``), an
+    optional ``signed_up`` (ISO 8601 date or time: the signup date segments can select on), and any other
+    columns, which become string attributes (``plan``, ``country`` ...; empty cells are left out).
 
     Addresses that differ only in the case of their domain are one subscriber: later rows update the
-    name, language and topics of the earlier one. Invalid rows are reported with their line number.
-    Existing unsubscribed or bounced subscribers keep their status (an import never re-subscribes).
+    name, language, topics and attributes of the earlier one. Invalid rows are reported with their line
+    number. Existing unsubscribed or bounced subscribers keep their status (an import never re-subscribes).
     """
     report = SubscriberImportReport()
     rows: dict[str, dict[str, object]] = {}
@@ -82,13 +91,18 @@ def import_subscribers(session: Session, path: Path, *, status: SubscriberStatus
             try:
                 email = normalise_address(row.get("email", ""))
                 lang = normalise_lang(row.get("lang") or None)
+                signed_up = _signup(row.get("signed_up"))
             except ValueError as exc:
                 report.errors.append(f"line {line}: {exc}")
                 continue
             topics = sorted({t.strip() for t in row.get("topics", "").replace("|", ";").split(";") if t.strip()})
+            attributes = {k: v for k, v in row.items() if k and k not in CORE_COLUMNS and v != ""}
             if email in rows:
                 report.merged += 1
-            rows[email] = {"name": row.get("name", ""), "lang": lang, "topics": topics}
+                attributes = {**rows[email]["attributes"], **attributes}  # type: ignore[dict-item]
+            rows[email] = {"name": row.get("name", ""), "lang": lang, "topics": topics, "attributes": attributes}
+            if signed_up is not None:
+                rows[email]["created_at"] = signed_up
 
     emails = list(rows)
     for start in range(0, len(emails), 1000):
@@ -100,21 +114,29 @@ def import_subscribers(session: Session, path: Path, *, status: SubscriberStatus
             if subscriber is None:
                 now = utcnow()
                 session.add(
-                    Subscriber(
-                        email=email,
-                        status=status,
-                        confirmed_at=now if status == SubscriberStatus.ACTIVE else None,
-                        attributes={},
-                        **values,
-                    )
+                    Subscriber(email=email, status=status, confirmed_at=now if status == SubscriberStatus.ACTIVE else None, **values)
                 )
                 report.created += 1
-            else:
-                for key, value in values.items():
-                    setattr(subscriber, key, value)
-                report.merged += 1
+                continue
+            values = {**values, "attributes": {**(subscriber.attributes or {}), **values["attributes"]}}  # type: ignore[dict-item]
+            if all(getattr(subscriber, key) == value for key, value in values.items()):
+                report.unchanged += 1
+                continue
+            for key, value in values.items():
+                setattr(subscriber, key, value)
+            report.updated += 1
         session.commit()
     return report
+
+
+def _signup(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise ValueError(f"signed_up {value!r} is not an ISO 8601 date or time") from exc
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC)
 
 
 def find_subscriber(session: Session, email: str) -> Subscriber | None:

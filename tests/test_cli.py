@@ -81,7 +81,7 @@ def test_main_job_from_the_command_line(cli_env: dict[str, str], tmp_path: Path)
         encoding="utf-8",
     )
     out = run("subscribers", "import", str(csv_path))
-    assert "4 created, 1 merged, 1 rejected" in out
+    assert "4 created, 0 updated, 0 unchanged, 1 merged, 1 rejected" in out
 
     out = run("issue", "create", "--latest", "5", "--since", "2026-11-09", "--until", "2026-11-18", "--title", "en=Week 47")
     assert "issue 1 created with 5 articles; editions: en, zh-Hans, zh-Hant (converted)" in out

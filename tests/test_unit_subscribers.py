@@ -127,7 +127,8 @@ def test_import_subscribers_reimport_merges_and_never_resubscribes(session, tmp_
 
     path.write_text("email,name\nann@example.com,Ann Renamed\n", encoding="utf-8")
     report = import_subscribers(session, path)
-    assert (report.created, report.merged) == (0, 1)
+    assert (report.created, report.updated, report.unchanged, report.merged) == (0, 1, 0, 0)
+    assert (import_subscribers(session, path).unchanged, import_subscribers(session, path).updated) == (1, 0)
     session.expire_all()
     ann = session.get(Subscriber, ann.id)
     assert ann.name == "Ann Renamed"
@@ -177,3 +178,22 @@ def test_unsubscribe_is_idempotent(session) -> None:  # type: ignore[no-untyped-
 def test_unsubscribe_unknown_id_returns_none(session) -> None:  # type: ignore[no-untyped-def]
     assert unsubscribe(session, 999_999) is None
     assert session.scalar(select(func.count()).select_from(Suppression)) == 0
+
+
+def test_import_extra_columns_become_attributes_and_signed_up_sets_the_signup_date(session, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from datetime import UTC, datetime
+
+    path = tmp_path / "subs.csv"
+    path.write_text(
+        "email,name,lang,topics,plan,country,signed_up\n"
+        "ann@example.com,Ann,en,security,pro,US,2026-01-15\n"
+        "bob@example.com,Bob,en,,,CA,\n"
+        "bad@example.com,Bad,en,,,,last tuesday\n",
+        encoding="utf-8",
+    )
+    report = import_subscribers(session, path)
+    assert report.created == 2 and report.errors == ["line 4: signed_up 'last tuesday' is not an ISO 8601 date or time"]
+    ann, bob = find_subscriber(session, "ann@example.com"), find_subscriber(session, "bob@example.com")
+    assert ann is not None and bob is not None
+    assert ann.attributes == {"plan": "pro", "country": "US"} and bob.attributes == {"country": "CA"}
+    assert ann.created_at == datetime(2026, 1, 15, tzinfo=UTC)
