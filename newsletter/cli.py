@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -48,7 +49,9 @@ def main(verbose: bool) -> None:
     Configuration comes from the environment (DATABASE_URL, REDIS_URL, SMTP_URL, NEWSLETTER_*);
     with none set, everything runs in this process on SQLite and writes mail to a local outbox.
     """
-    logs.configure(logging.INFO if verbose else logging.WARNING, load_settings().log_format)
+    # The format is read here directly: settings are loaded (and their warnings logged) once logging is set up.
+    fmt = "json" if os.environ.get("NEWSLETTER_LOG_FORMAT", "").lower() == "json" else "text"
+    logs.configure(logging.INFO if verbose else logging.WARNING, fmt)
 
 
 # -- db ---------------------------------------------------------------------------------------------
@@ -201,9 +204,9 @@ def issue_list(ctx: Context) -> None:
     """List issues with their status."""
     with ctx.session() as session:
         for item in session.scalars(select(Issue).order_by(Issue.number)):
-            click.echo(
-                f"{item.number:>5}  {item.status:<10}  {', '.join(e.lang for e in item.editions)}  {plural(len(item.items), 'article')}"
-            )
+            when = f"  at {item.scheduled_at:%Y-%m-%d %H:%M} UTC" if item.scheduled_at else ""
+            langs = ", ".join(e.lang for e in item.editions)
+            click.echo(f"{item.number:>5}  {item.status:<10}  {langs}  {plural(len(item.items), 'article')}{when}")
 
 
 @issue.command("preview")
@@ -282,9 +285,11 @@ def _print_status(ctx: Context, number: int) -> None:
     with ctx.session() as session:
         rep = reports.report(session, get_issue(session, number))
     click.echo(f"issue {rep.number}: {rep.status}" + (f" ({rep.error})" if rep.error else ""))
+    if rep.scheduled_at:
+        click.echo(f"  scheduled for {rep.scheduled_at:%Y-%m-%d %H:%M:%S} UTC")
     langs = sorted({lang for _, lang in rep.counts})
     states = ["pending", "sending", "deferred", "sent", "failed", "bounced", "skipped"]
-    click.echo(f"  {'state':<10}" + "".join(f"{lang:>9}" for lang in langs) + f"{'total':>9}")
+    click.echo(f"  {'edition →':<10}" + "".join(f"{lang:>9}" for lang in langs) + f"{'total':>9}")
     for state in states:
         row = [rep.counts.get((state, lang), 0) for lang in langs]
         if sum(row):
@@ -303,6 +308,9 @@ def _print_status(ctx: Context, number: int) -> None:
         when = rep.next_retry_at.isoformat(timespec="seconds") if rep.next_retry_at else "?"
         tries = ", ".join(f"{n} after {a} attempt{'s' if a != 1 else ''}" for a, n in sorted(rep.retry_attempts.items()))
         click.echo(f"  retry queue: {rep.retry_queue} deferred ({tries}); next retry at {when}")
+    if rep.claimed and rep.leases_until:
+        click.echo(f"  in flight: {rep.claimed} claimed by workers; if a worker died, the sweeper retakes them after "
+                   f"{rep.leases_until:%H:%M:%S} UTC")  # fmt: skip
     for email, error in rep.last_errors:
         click.echo(f"  last error: {email}: {error}")
 
@@ -331,6 +339,8 @@ def issue_schedule(ctx: Context, number: int, at: str, tz: str | None) -> None:
         when = datetime.fromisoformat(at)
     except ValueError as exc:
         raise click.BadParameter(f"not an ISO 8601 time: {at!r}", param_hint="--at") from exc
+    if when.tzinfo is not None and tz:
+        raise click.BadParameter("give either an offset in --at or --tz, not both", param_hint="--tz")
     if when.tzinfo is None:
         if not tz:
             raise click.BadParameter("give an offset (e.g. +08:00) or --tz", param_hint="--at")
@@ -343,7 +353,7 @@ def issue_schedule(ctx: Context, number: int, at: str, tz: str | None) -> None:
             scheduling.schedule_issue(session, ctx.settings, get_issue(session, number), when)
         except (IssueError, RenderError) as exc:
             raise click.ClickException(str(exc)) from exc
-    click.echo(f"issue {number} scheduled for {when.isoformat()} ({when.astimezone(UTC).isoformat(timespec='minutes')} UTC)")
+    click.echo(f"issue {number} scheduled for {when.isoformat()} ({when.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC)")
     if ctx.settings.embedded:
         click.echo("note: without REDIS_URL nothing runs in the background; run 'newsletter sweep' when it is due", err=True)
 
@@ -474,11 +484,21 @@ def sweep(ctx: Context) -> None:
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
-def web(host: str, port: int) -> None:
-    """Serve the web pages: view-in-browser editions, unsubscribe, health check."""
+@click.option("--threads", default=8, show_default=True, type=int, help="Request threads (waitress).")
+@click.option("--dev", is_flag=True, help="Flask's development server with reloading, instead of waitress.")
+def web(host: str, port: int, threads: int, dev: bool) -> None:
+    """Serve the web pages: view-in-browser editions (/issues/N/LANG), one-click unsubscribe, preferences,
+    Prometheus metrics (/metrics) and a health check (/healthz), with the waitress WSGI server."""
     from newsletter.web import create_app
 
-    create_app(load_settings()).run(host=host, port=port)
+    app = create_app(load_settings())
+    if dev:
+        app.run(host=host, port=port, debug=True)
+        return
+    from waitress import serve
+
+    click.echo(f"serving on http://{host}:{port}")
+    serve(app, host=host, port=port, threads=threads, ident="newsletter")
 
 
 @main.command()

@@ -111,6 +111,14 @@ class Settings:
         }
 
 
+def _log_format(env: dict[str, str]) -> str:
+    value = (env.get("NEWSLETTER_LOG_FORMAT") or "text").lower()
+    if value not in ("text", "json"):
+        log.warning("NEWSLETTER_LOG_FORMAT=%s is not text or json; using text", value)
+        return "text"
+    return value
+
+
 def load_settings(env: dict[str, str] | None = None) -> Settings:
     """Build `Settings` from ``env`` (default: ``os.environ``).
 
@@ -144,6 +152,6 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         sweep_interval=_float(env, "NEWSLETTER_SWEEP_INTERVAL", 30.0, 0.1, 3600.0),
         smtp_timeout=_float(env, "SMTP_TIMEOUT", 30.0, 0.5, 600.0),
         retry=retry,
-        log_format="json" if (env.get("NEWSLETTER_LOG_FORMAT") or "").lower() == "json" else "text",
+        log_format=_log_format(env),
         metrics_port=_int(env, "NEWSLETTER_METRICS_PORT", 0, 0, 65535) or None,
     )

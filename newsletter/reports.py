@@ -27,6 +27,9 @@ class IssueReport:
     retry_queue: int = 0
     next_retry_at: datetime | None = None
     retry_attempts: dict[int, int] = field(default_factory=dict)
+    claimed: int = 0
+    leases_until: datetime | None = None
+    scheduled_at: datetime | None = None
 
     @property
     def total(self) -> int:
@@ -56,6 +59,11 @@ def report(session: Session, issue: Issue, errors: int = 5) -> IssueReport:
     queue, next_at = session.execute(
         select(func.count(), func.min(Delivery.next_attempt_at)).where(Delivery.issue_id == issue.id, deferred)
     ).one()
+    claimed, leases_until = session.execute(
+        select(func.count(), func.max(Delivery.claimed_until)).where(
+            Delivery.issue_id == issue.id, Delivery.status == DeliveryStatus.SENDING
+        )
+    ).one()
     attempts = session.execute(
         select(Delivery.attempts, func.count()).where(Delivery.issue_id == issue.id, deferred).group_by(Delivery.attempts)
     ).all()
@@ -69,4 +77,7 @@ def report(session: Session, issue: Issue, errors: int = 5) -> IssueReport:
         retry_queue=queue or 0,
         next_retry_at=next_at,
         retry_attempts={a: n for a, n in attempts},
+        claimed=claimed or 0,
+        leases_until=leases_until,
+        scheduled_at=issue.scheduled_at,
     )

@@ -55,6 +55,9 @@ def make_app(settings: Settings | None = None) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
+        # Task events let Flower (and `celery events`) show tasks as they run.
+        worker_send_task_events=True,
+        task_send_sent_event=True,
         # Each queue has its own direct exchange and routing key, so a task reaches exactly one queue.
         task_queues=tuple(Queue(name, Exchange(name, type="direct"), routing_key=name) for name in QUEUES),
         task_default_queue="plan",

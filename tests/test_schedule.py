@@ -99,7 +99,9 @@ def test_schedule_command(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  #
     assert naive.exit_code == 2 and "give an offset" in naive.output
     ok = runner.invoke(main, ["issue", "schedule", "1", "--at", "2030-01-01T09:00", "--tz", "Asia/Shanghai"])
     assert ok.exit_code == 0, ok.output
-    assert "2030-01-01T01:00+00:00 UTC" in ok.output
+    assert "scheduled for 2030-01-01T09:00:00+08:00 (2030-01-01 01:00:00 UTC)" in ok.output
+    both = runner.invoke(main, ["issue", "schedule", "1", "--at", "2030-01-01T09:00+08:00", "--tz", "Asia/Tokyo"])
+    assert both.exit_code == 2 and "not both" in both.output
     with session_factory(url)() as session:
         assert session.scalar(select(Issue.scheduled_at)) == datetime(2030, 1, 1, 1, 0, tzinfo=UTC)
     assert runner.invoke(main, ["issue", "unschedule", "1"]).exit_code == 0
