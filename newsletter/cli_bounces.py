@@ -24,7 +24,7 @@ def _summary(report: BounceReport) -> str:
     return (
         f"{report.messages} messages: {report.hard} hard, {report.soft} soft, {report.ignored} ignored, "
         f"{report.duplicates} already processed, {len(report.unmatched)} unmatched, {len(report.rejected)} rejected, "
-        f"{len(report.unparseable)} unparseable; {report.suppressed} addresses suppressed, "
+        f"{len(report.unparseable)} without a delivery report; {report.suppressed} addresses suppressed, "
         f"{report.deliveries_bounced} deliveries marked bounced"
     )
 
@@ -50,7 +50,7 @@ def bounces_process(path: Path, soft_limit: int | None) -> None:
             report = process_bounces(session, settings, path, soft_limit=soft_limit)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
-    for title, skipped in (("unparseable", report.unparseable), ("rejected", report.rejected), ("unmatched", report.unmatched)):
+    for title, skipped in (("not a delivery report", report.unparseable), ("rejected", report.rejected), ("unmatched", report.unmatched)):
         for item in skipped:
             click.echo(f"{title}: {path}: {item.key}: {item.reason}", err=True)
     click.echo(_summary(report))

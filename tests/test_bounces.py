@@ -469,11 +469,11 @@ def test_bounces_process_command(db_url: str, session, settings: Settings, tmp_p
     result = CliRunner().invoke(main, ["bounces", "process", str(tmp_path / "bounces")])
     assert result.exit_code == 0, result.output
     assert result.stdout == (
-        "2 messages: 1 hard, 0 soft, 0 ignored, 0 already processed, 0 unmatched, 0 rejected, 1 unparseable; "
+        "2 messages: 1 hard, 0 soft, 0 ignored, 0 already processed, 0 unmatched, 0 rejected, 1 without a delivery report; "
         "1 addresses suppressed, 1 deliveries marked bounced\n"
     )
     assert (
-        result.stderr == f"unparseable: {tmp_path / 'bounces'}: {labels[1]}: no message/delivery-status part (Content-Type: text/plain)\n"
+        result.stderr == f"not a delivery report: {tmp_path / 'bounces'}: {labels[1]}: no message/delivery-status part (Content-Type: text/plain)\n"
     )
     assert _suppressions(session) == {"ann@example.com": "hard-bounce"}
 
