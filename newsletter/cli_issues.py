@@ -1,0 +1,343 @@
+"""The ``newsletter issue`` commands: create, preview, publish, follow, schedule and control issues."""
+
+from __future__ import annotations
+
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import click
+from sqlalchemy import select
+
+from newsletter import control, publishing, reports, scheduling
+from newsletter.articles import parse_datetime
+from newsletter.cli_common import Context, pass_ctx, plural
+from newsletter.config import Settings
+from newsletter.issues import IssueError, Selection, articles_by_external_id, create_issue, get_issue, select_articles
+from newsletter.models import Issue, IssueStatus
+from newsletter.rendering import RenderError
+
+
+@click.group()
+def issue() -> None:
+    """Create, preview, publish and follow issues."""
+
+
+def _lang_map(values: tuple[str, ...], what: str) -> dict[str, str]:
+    out = {}
+    for value in values:
+        lang, sep, text = value.partition("=")
+        if not sep:
+            raise click.BadParameter(f"expected LANG=TEXT, got {value!r}", param_hint=what)
+        out[lang.strip()] = text
+    return out
+
+
+def _date(value: str | None) -> datetime | None:
+    try:
+        return parse_datetime(value)
+    except ValueError as exc:
+        raise click.BadParameter(f"not an ISO date: {value!r}") from exc
+
+
+@issue.command("create")
+@click.option("--number", type=int, help="Issue number (default: next free).")
+@click.option("--title", "titles", multiple=True, metavar="LANG=TEXT", help="Edition title, e.g. en='Week 10'. Repeatable.")
+@click.option("--note", "notes", multiple=True, metavar="LANG=TEXT", help="Editor's note (Markdown) per language. Repeatable.")
+@click.option("--articles", "article_ids", help="Comma-separated article ids, in order.")
+@click.option("--latest", type=int, help="Take the N newest articles matching the filters below.")
+@click.option("--lang", help="Filter for --latest: en, zh-Hans or zh-Hant.")
+@click.option("--category", help="Filter for --latest: category (case-insensitive).")
+@click.option("--since", help="Filter for --latest: published on or after (ISO 8601).")
+@click.option("--until", help="Filter for --latest: published before (ISO 8601).")
+@click.option("--segment", "segment_rule", metavar="RULE", help="Audience rule as JSON or @FILE (see 'segment preview --help').")
+@pass_ctx
+def issue_create(
+    ctx: Context,
+    number: int | None,
+    titles: tuple[str, ...],
+    notes: tuple[str, ...],
+    article_ids: str | None,
+    latest: int | None,
+    lang: str | None,
+    category: str | None,
+    since: str | None,
+    until: str | None,
+    segment_rule: str | None,
+) -> None:
+    """Create a draft issue from articles given by id and/or "the N latest" in a date range or category."""
+    from newsletter.cli_segments import load_rule
+    from newsletter.segments import SegmentError, parse_segment
+
+    rule = None
+    if segment_rule:
+        rule = load_rule(segment_rule)
+        try:
+            parse_segment(rule)  # checked now, not at publish time
+        except SegmentError as exc:
+            raise click.BadParameter(str(exc), param_hint="--segment") from exc
+    with ctx.session() as session:
+        chosen = []
+        try:
+            if article_ids:
+                chosen += articles_by_external_id(session, [i.strip() for i in article_ids.split(",") if i.strip()])
+            if latest:
+                found = select_articles(session, Selection(latest, lang, category, _date(since), _date(until)))
+                chosen += sorted((a for a in found if a not in chosen), key=lambda a: (a.published_at, a.external_id))
+            if not chosen:
+                raise IssueError("no articles selected: give --articles or --latest (with filters that match)")
+            new = create_issue(session, chosen, number=number, titles=_lang_map(titles, "--title"), notes=_lang_map(notes, "--note"))
+            new.segment = rule
+            session.commit()
+        except IssueError as exc:
+            raise click.ClickException(str(exc)) from exc
+        langs = ", ".join(f"{e.lang}{' (converted)' if e.converted_from else ''}" for e in new.editions)
+        click.echo(f"issue {new.number} created with {plural(len(chosen), 'article')}; editions: {langs}")
+
+
+@issue.command("list")
+@pass_ctx
+def issue_list(ctx: Context) -> None:
+    """List issues with their status."""
+    with ctx.session() as session:
+        for item in session.scalars(select(Issue).order_by(Issue.number)):
+            when = f"  at {item.scheduled_at:%Y-%m-%d %H:%M} UTC" if item.scheduled_at else ""
+            langs = ", ".join(e.lang for e in item.editions)
+            click.echo(f"{item.number:>5}  {item.status:<10}  {langs}  {plural(len(item.items), 'article')}{when}")
+
+
+@issue.command("preview")
+@click.argument("number", type=int)
+@click.option("--lang", default="en", show_default=True, help="Edition language.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Output file (default: issue-N-LANG.html).")
+@click.option("--text", "as_text", is_flag=True, help="Write the plain-text part instead of HTML.")
+@pass_ctx
+def issue_preview(ctx: Context, number: int, lang: str, out: Path | None, as_text: bool) -> None:
+    """Render one edition as a subscriber would see it (CSS inlined) and write it to a file."""
+    from newsletter.rendering import greeting, personalise, render_edition
+
+    with ctx.session() as session:
+        try:
+            the_issue = get_issue(session, number)
+            edition = next((e for e in the_issue.editions if e.lang == lang), None)
+            if edition is None:
+                raise IssueError(f"issue {number} has no {lang} edition (has: {', '.join(e.lang for e in the_issue.editions)})")
+            if the_issue.status == IssueStatus.DRAFT:
+                publishing.attach_related(session, ctx.settings, the_issue.id)  # as publishing would; replaced then
+            rendered = render_edition(publishing.edition_content(session, ctx.settings, the_issue, edition))
+        except (IssueError, RenderError) as exc:
+            raise click.ClickException(str(exc)) from exc
+    values = {
+        "GREETING": greeting(lang, ""),
+        "EMAIL": "preview@example.org",
+        "UNSUBSCRIBE_URL": "#unsubscribe",
+        "PREFERENCES_URL": "#preferences",
+    }
+    body = personalise(rendered.text, values, escape=False) if as_text else personalise(rendered.html, values, escape=True)
+    out = out or Path(f"issue-{number}-{lang}.{'txt' if as_text else 'html'}")
+    out.write_text(body, encoding="utf-8")
+    click.echo(f"subject: {rendered.subject}\nwrote {out} ({len(body.encode())} bytes)")
+
+
+@issue.command("publish")
+@click.argument("number", type=int)
+@click.option("--no-wait", is_flag=True, help="Return once the publish is queued (needs REDIS_URL and a worker).")
+@pass_ctx
+def issue_publish(ctx: Context, number: int, no_wait: bool) -> None:
+    """Publish issue NUMBER: related articles, rendering, planning and sending, as Celery tasks.
+
+    Shows a progress bar until every delivery is final, then the counts.
+    """
+    from newsletter.runner import start_publish
+
+    try:
+        issue_id, _thread = start_publish(ctx.settings, number)
+    except (IssueError, RenderError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    if no_wait:
+        if ctx.settings.embedded:
+            click.echo("note: without REDIS_URL the tasks run in this process, so --no-wait waits anyway", err=True)
+        else:
+            click.echo(f"issue {number} queued; follow it with: newsletter issue status {number}")
+            return
+    outcome = follow_with_bar(ctx.settings, issue_id)
+    print_status(ctx, number)
+    if outcome.status != "sent":
+        raise click.ClickException(f"issue {number} ended {outcome.status}: {outcome.error}")
+
+
+def follow_with_bar(settings: Settings, issue_id: int):  # type: ignore[no-untyped-def]
+    """Follow a publish with a progress bar on stderr; returns the `PublishOutcome`."""
+    from newsletter.runner import follow
+
+    with click.progressbar(length=1, label="delivering", show_pos=True, file=sys.stderr) as bar:
+
+        def progress(done: int, total: int) -> None:
+            bar.length = max(total, 1)
+            bar.update(done - bar.pos)
+
+        return follow(settings, issue_id, progress)
+
+
+def print_status(ctx: Context, number: int) -> None:
+    """Print `reports.report` for issue ``number``."""
+    with ctx.session() as session:
+        rep = reports.report(session, get_issue(session, number))
+    click.echo(f"issue {rep.number}: {rep.status}" + (f" ({rep.error})" if rep.error else ""))
+    if rep.scheduled_at:
+        click.echo(f"  scheduled for {rep.scheduled_at:%Y-%m-%d %H:%M:%S} UTC")
+    langs = sorted({lang for _, lang in rep.counts})
+    states = ["pending", "sending", "deferred", "sent", "failed", "bounced", "skipped"]
+    click.echo(f"  {'edition →':<10}" + "".join(f"{lang:>9}" for lang in langs) + f"{'total':>9}")
+    for state in states:
+        row = [rep.counts.get((state, lang), 0) for lang in langs]
+        if sum(row):
+            click.echo(f"  {state:<10}" + "".join(f"{n:>9}" for n in row) + f"{sum(row):>9}")
+    click.echo(
+        f"  {'total':<10}"
+        + "".join(f"{sum(n for (s, lang_), n in rep.counts.items() if lang_ == lang):>9}" for lang in langs)
+        + f"{rep.total:>9}"
+    )
+    if rep.by_relay:
+        click.echo("  by relay:")
+        for relay in sorted({r for r, _ in rep.by_relay}):
+            parts = ", ".join(f"{state} {n}" for (r, state), n in sorted(rep.by_relay.items()) if r == relay)
+            click.echo(f"    {relay}: {parts}")
+    if rep.retry_queue:
+        when = rep.next_retry_at.isoformat(timespec="seconds") if rep.next_retry_at else "?"
+        tries = ", ".join(f"{n} after {a} attempt{'s' if a != 1 else ''}" for a, n in sorted(rep.retry_attempts.items()))
+        click.echo(f"  retry queue: {rep.retry_queue} deferred ({tries}); next retry at {when}")
+    if rep.claimed and rep.leases_until:
+        click.echo(f"  in flight: {rep.claimed} claimed by workers; if a worker died, the sweeper retakes them after "
+                   f"{rep.leases_until:%H:%M:%S} UTC")  # fmt: skip
+    for email, error in rep.last_errors:
+        click.echo(f"  last error: {email}: {error}")
+
+
+@issue.command("status")
+@click.argument("number", type=int)
+@pass_ctx
+def issue_status(ctx: Context, number: int) -> None:
+    """Delivery counts of issue NUMBER per state and language, and the last errors."""
+    try:
+        print_status(ctx, number)
+    except IssueError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@issue.command("schedule")
+@click.argument("number", type=int)
+@click.option("--at", "at", required=True, help="When to publish: ISO 8601 with an offset (2026-12-07T09:00+08:00), or local to --tz.")
+@click.option("--tz", help="IANA time zone for an --at without offset, e.g. Asia/Shanghai.")
+@pass_ctx
+def issue_schedule(ctx: Context, number: int, at: str, tz: str | None) -> None:
+    """Schedule issue NUMBER to publish itself at a time (the beat sweeper fires it exactly once)."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        when = datetime.fromisoformat(at)
+    except ValueError as exc:
+        raise click.BadParameter(f"not an ISO 8601 time: {at!r}", param_hint="--at") from exc
+    if when.tzinfo is not None and tz:
+        raise click.BadParameter("give either an offset in --at or --tz, not both", param_hint="--tz")
+    if when.tzinfo is None:
+        if not tz:
+            raise click.BadParameter("give an offset (e.g. +08:00) or --tz", param_hint="--at")
+        try:
+            when = when.replace(tzinfo=ZoneInfo(tz))
+        except ZoneInfoNotFoundError as exc:
+            raise click.BadParameter(f"unknown time zone {tz!r}", param_hint="--tz") from exc
+    with ctx.session() as session:
+        try:
+            scheduling.schedule_issue(session, ctx.settings, get_issue(session, number), when)
+        except (IssueError, RenderError) as exc:
+            raise click.ClickException(str(exc)) from exc
+    click.echo(f"issue {number} scheduled for {when.isoformat()} ({when.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC)")
+    if ctx.settings.embedded:
+        click.echo("note: without REDIS_URL nothing runs in the background; run 'newsletter sweep' when it is due", err=True)
+
+
+@issue.command("unschedule")
+@click.argument("number", type=int)
+@pass_ctx
+def issue_unschedule(ctx: Context, number: int) -> None:
+    """Take a scheduled issue back to draft (possible until it fires)."""
+    with ctx.session() as session:
+        try:
+            scheduling.unschedule_issue(session, get_issue(session, number))
+        except IssueError as exc:
+            raise click.ClickException(str(exc)) from exc
+    click.echo(f"issue {number} is a draft again")
+
+
+@issue.command("pause")
+@click.argument("number", type=int)
+@pass_ctx
+def issue_pause(ctx: Context, number: int) -> None:
+    """Pause sending issue NUMBER; batches under way stop within a few messages."""
+    with ctx.session() as session:
+        try:
+            control.pause_issue(session, get_issue(session, number))
+        except IssueError as exc:
+            raise click.ClickException(str(exc)) from exc
+    click.echo(f"issue {number} paused; continue with: newsletter issue resume {number}")
+
+
+@issue.command("resume")
+@click.argument("number", type=int)
+@click.option("--no-wait", is_flag=True, help="Return once the batches are queued (needs REDIS_URL and a worker).")
+@pass_ctx
+def issue_resume(ctx: Context, number: int, no_wait: bool) -> None:
+    """Resume a paused issue exactly where it stopped: no message is sent twice, none is skipped."""
+    from tasks.publish import enqueue_send, plan_deliveries, use_settings
+
+    use_settings(ctx.settings)
+    with ctx.session() as session:
+        try:
+            the_issue = get_issue(session, number)
+            batches = control.resume_issue(session, ctx.settings, the_issue, enqueue_send)
+        except IssueError as exc:
+            raise click.ClickException(str(exc)) from exc
+        issue_id, replan = the_issue.id, the_issue.planned_at is None
+    if replan:
+        plan_deliveries.delay(issue_id)
+    click.echo(f"issue {number} resumed: {batches} batches queued" + (", planning restarted" if replan else ""))
+    if no_wait and not ctx.settings.embedded:
+        return
+    follow_with_bar(ctx.settings, issue_id)
+    print_status(ctx, number)
+
+
+@issue.command("requeue")
+@click.argument("number", type=int)
+@click.option("--no-wait", is_flag=True, help="Return once the batches are queued (needs REDIS_URL and a worker).")
+@pass_ctx
+def issue_requeue(ctx: Context, number: int, no_wait: bool) -> None:
+    """Send issue NUMBER's failed deliveries again (e.g. after fixing a relay); suppressed addresses stay failed."""
+    from tasks.publish import enqueue_send, use_settings
+
+    use_settings(ctx.settings)
+    with ctx.session() as session:
+        try:
+            the_issue = get_issue(session, number)
+            count = control.requeue_failed(session, ctx.settings, the_issue, enqueue_send)
+        except IssueError as exc:
+            raise click.ClickException(str(exc)) from exc
+        issue_id = the_issue.id
+    click.echo(f"issue {number}: {plural(count, 'failed delivery')} queued again")
+    if count and not (no_wait and not ctx.settings.embedded):
+        follow_with_bar(ctx.settings, issue_id)
+        print_status(ctx, number)
+
+
+@issue.command("cancel")
+@click.argument("number", type=int)
+@pass_ctx
+def issue_cancel(ctx: Context, number: int) -> None:
+    """Cancel issue NUMBER for good: deliveries not yet sent are skipped (reason: cancelled)."""
+    with ctx.session() as session:
+        try:
+            skipped = control.cancel_issue(session, get_issue(session, number))
+        except IssueError as exc:
+            raise click.ClickException(str(exc)) from exc
+    click.echo(f"issue {number} cancelled; {skipped} deliveries skipped")
