@@ -122,6 +122,17 @@ def check_visibility_timeout(app: Celery, settings: Settings) -> None:
         )
 
 
+def check_lease(settings: Settings) -> str | None:
+    """A warning when one message's send (connect, MAIL, RCPT, DATA: up to 4 x SMTP_TIMEOUT) could outlast
+    the half lease a claim is renewed at, so a slow relay could let another worker take it over."""
+    if settings.lease_seconds / 2 < 4 * settings.smtp_timeout:
+        return (
+            f"NEWSLETTER_LEASE_SECONDS={settings.lease_seconds:g} is short for SMTP_TIMEOUT={settings.smtp_timeout:g}: "
+            f"use at least {8 * settings.smtp_timeout:g} so a slow send cannot outlive its claim"
+        )
+    return None
+
+
 @after_setup_logger.connect
 @after_setup_task_logger.connect
 def _structured_logs(logger: logging.Logger, **_: Any) -> None:
@@ -137,6 +148,9 @@ def _check_at_worker_start(sender: Any = None, **_: Any) -> None:
     from tasks.publish import settings
 
     check_visibility_timeout(sender.app if sender is not None else Celery(), settings())
+    warning = check_lease(settings())
+    if warning:
+        logging.getLogger(__name__).warning(warning)
 
 
 @worker_init.connect

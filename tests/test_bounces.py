@@ -473,7 +473,8 @@ def test_bounces_process_command(db_url: str, session, settings: Settings, tmp_p
         "1 addresses suppressed, 1 deliveries marked bounced\n"
     )
     assert (
-        result.stderr == f"not a delivery report: {tmp_path / 'bounces'}: {labels[1]}: no message/delivery-status part (Content-Type: text/plain)\n"
+        result.stderr
+        == f"not a delivery report: {tmp_path / 'bounces'}: {labels[1]}: no message/delivery-status part (Content-Type: text/plain)\n"
     )
     assert _suppressions(session) == {"ann@example.com": "hard-bounce"}
 

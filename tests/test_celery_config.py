@@ -36,3 +36,11 @@ def test_visibility_timeout_must_exceed_the_longest_task(make_settings) -> None:
     with pytest.raises(RuntimeError, match="visibility_timeout 7200s must exceed the longest task run 30000s"):
         check_visibility_timeout(app, settings)
     check_visibility_timeout(app, make_settings("sqlite://", REDIS_URL="redis://127.0.0.1:6379/15"))  # 100 x 30 s fits
+
+
+def test_lease_shorter_than_a_slow_send_is_flagged(make_settings) -> None:
+    from tasks.app import check_lease
+
+    assert check_lease(make_settings("sqlite://")) is None  # 300 s lease, 30 s timeout
+    warning = check_lease(make_settings("sqlite://", NEWSLETTER_LEASE_SECONDS="60", SMTP_TIMEOUT="30"))
+    assert warning is not None and "use at least 240" in warning

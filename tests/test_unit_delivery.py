@@ -363,3 +363,44 @@ def test_sweeper_skips_what_a_cancel_could_not_reach(session, settings: Settings
     result = sweeper.sweep(session, settings, Recorder())
     assert result.cancelled_leftovers == 2 and result.enqueued == {}
     assert Counter((d.status, d.skip_reason) for d in _deliveries(session, issue_id)) == Counter({(DeliveryStatus.SKIPPED, "cancelled"): 4})
+
+
+def test_a_claim_taken_over_mid_batch_is_not_sent_twice(session, db_url: str, make_settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import time
+
+    from newsletter.db import session_factory
+
+    settings = make_settings(db_url, NEWSLETTER_LEASE_SECONDS="2")
+    issue_id, rec = _publish(session, settings)
+    outbox = tmp_path / "slow"
+    other = session_factory(db_url)()
+    taken: list[int] = []
+
+    class SlowRelay(OutboxMailer):
+        """1.2 s per message: the batch's last claims expire while the second message is on the wire,
+        and another worker (the sweeper's re-enqueue) takes them over."""
+
+        def send(self, sender: str, recipient: str, message: bytes) -> None:
+            time.sleep(1.2)
+            super().send(sender, recipient, message)
+            if len(_outbox_files(outbox)) == 2:
+                taken.extend(c.id for c in ledger.claim(other, issue_id, rec.ids, 60))
+
+    result = send_batch(session, settings, issue_id, rec.ids, lambda: SlowRelay(outbox))
+    other.close()
+    # The first message was recorded; the second's claim was renewed before it went out; the last two
+    # had expired and belong to the other worker now, so this one must not send them.
+    assert len(taken) == 2
+    assert +result.outcomes == Counter({"sent": 2, "lost": 2})
+    assert len(_outbox_files(outbox)) == 2
+
+
+def test_renew_keeps_a_young_claim_without_a_query_and_refreshes_an_old_one(session, settings: Settings) -> None:  # type: ignore[no-untyped-def]
+    issue_id, rec = _publish(session, settings)
+    now = datetime.now(UTC)
+    (claim_,) = ledger.claim(session, issue_id, rec.ids[:1], 300, now=now)
+    assert ledger.renew(session, claim_, 300, now=now + timedelta(seconds=100)) is claim_  # 200 s left: fine
+    renewed = ledger.renew(session, claim_, 300, now=now + timedelta(seconds=200))  # 100 s left: renew
+    assert renewed is not None and renewed.lease == now + timedelta(seconds=500)
+    assert ledger.renew(session, claim_, 300, now=now + timedelta(seconds=200)) is None  # the old token is dead
+    assert ledger.mark_sent(session, renewed, "relay:25")

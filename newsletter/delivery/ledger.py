@@ -87,6 +87,29 @@ def claim(session: Session, issue_id: int, ids: Sequence[int], lease_seconds: fl
     return [Claim(id=i, lease=lease) for i in claimed]
 
 
+def renew(session: Session, claim_: Claim, lease_seconds: float, now: datetime | None = None) -> Claim | None:
+    """Make sure we still hold ``claim_`` with at least half a lease left before acting on it; commits
+    when it renews. Returns the claim to use from now on, or None if another worker took it over.
+
+    A batch is claimed at once, but its last message may be sent long after (a slow relay): without
+    this, a lease could expire mid-batch, the sweeper could hand the rest to another worker, and both
+    would send them. While more than half the lease is left nobody can have taken it, so fast batches
+    cost no extra query.
+    """
+    now = now or utcnow()
+    if claim_.lease - now > timedelta(seconds=lease_seconds / 2):
+        return claim_
+    lease = now + timedelta(seconds=lease_seconds)
+    result = session.execute(
+        update(Delivery)
+        .where(Delivery.id == claim_.id, Delivery.status == DeliveryStatus.SENDING, Delivery.claimed_until == claim_.lease)
+        .values(claimed_until=lease, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    return Claim(id=claim_.id, lease=lease) if result.rowcount else None  # type: ignore[attr-defined]
+
+
 def _finish(session: Session, claim_: Claim, values: dict[str, Any]) -> bool:
     """Apply an outcome only if our claim is still the current one; commit at once."""
     now = utcnow()

@@ -86,6 +86,12 @@ def send_batch(
                 outcomes["released"] += _stop(session, issue_id, claims[n:])
                 break
             delivery, subscriber = by_id[claim_.id]
+            held = ledger.renew(session, claim_, settings.lease_seconds)
+            if held is None:
+                log.warning("delivery %s: claim taken over by another worker before sending; left to it", claim_.id)
+                outcomes["lost"] += 1
+                continue
+            claim_ = held
             with logs.bound(delivery_id=delivery.id):
                 outcome = _send_one(session, settings, issue, editions, delivery, subscriber, suppressed, claim_, mailer)
             metrics.record_outcome(outcome)
