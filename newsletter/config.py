@@ -78,6 +78,7 @@ class Settings:
     sweep_interval: float = 30.0
     smtp_timeout: float = 30.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    pause_after_failures: int = 50  # auto-pause an issue with this many failures, more than its sent; 0: never
     log_format: str = "text"  # or "json"
     metrics_port: int | None = None  # a worker serves Prometheus metrics here when set
 
@@ -152,6 +153,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         sweep_interval=_float(env, "NEWSLETTER_SWEEP_INTERVAL", 30.0, 0.1, 3600.0),
         smtp_timeout=_float(env, "SMTP_TIMEOUT", 30.0, 0.5, 600.0),
         retry=retry,
+        pause_after_failures=_int(env, "NEWSLETTER_PAUSE_AFTER_FAILURES", 50, 0, 10**9),
         log_format=_log_format(env),
         metrics_port=_int(env, "NEWSLETTER_METRICS_PORT", 0, 0, 65535) or None,
     )

@@ -37,6 +37,7 @@ def resume_issue(session: Session, settings: Settings, issue: Issue, enqueue: En
     if issue.status != IssueStatus.PAUSED:
         raise IssueError(f"issue {issue.number} is {issue.status}, not paused")
     issue.status = IssueStatus.SENDING if issue.planned_at else IssueStatus.PUBLISHING
+    issue.error = None
     session.commit()
     ids = planned_ids(session, issue.id, [DeliveryStatus.PENDING, DeliveryStatus.DEFERRED, DeliveryStatus.SENDING])
     ledger.mark_enqueued(session, ids)

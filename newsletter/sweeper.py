@@ -31,6 +31,7 @@ class SweepResult:
     finished: list[int] = field(default_factory=list)
     fired: list[int] = field(default_factory=list)
     cancelled_leftovers: int = 0
+    auto_paused: list[int] = field(default_factory=list)
 
 
 def sweep(
@@ -57,6 +58,7 @@ def sweep(
             except Exception:  # the pipeline marked the issue failed with the reason; keep sweeping
                 log.exception("scheduled issue id %s failed to start", issue_id)
             result.fired.append(issue_id)
+    result.auto_paused = auto_pause_failing(session, settings)
     sending = set(session.scalars(select(Issue.id).where(Issue.status == IssueStatus.SENDING)))
     due: dict[int, list[int]] = defaultdict(list)
     for issue_id, delivery_id in ledger.due_for_enqueue(session, now, requeue_after):
@@ -101,3 +103,41 @@ def skip_cancelled_leftovers(session: Session, now: datetime) -> int:
     )
     session.commit()
     return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def auto_pause_failing(session: Session, settings: Settings) -> list[int]:
+    """Pause every issue under way whose permanent failures reach ``settings.pause_after_failures`` and
+    outnumber its sent messages — a relay refusing everything, not a few dead addresses — instead of
+    burning the whole list against it. The reason goes into ``Issue.error``; `resume` continues. Commits.
+    Returns the ids paused.
+    """
+    if settings.pause_after_failures <= 0:
+        return []
+    failed = func.count().filter(Delivery.status == DeliveryStatus.FAILED)
+    sent = func.count().filter(Delivery.status == DeliveryStatus.SENT)
+    rows = session.execute(
+        select(Delivery.issue_id, failed, sent)
+        .join(Issue, Issue.id == Delivery.issue_id)
+        .where(Issue.status.in_([IssueStatus.PUBLISHING, IssueStatus.SENDING]))
+        .group_by(Delivery.issue_id)
+    ).all()
+    paused = []
+    for issue_id, n_failed, n_sent in rows:
+        if n_failed >= settings.pause_after_failures and n_failed > n_sent:
+            last = session.scalar(
+                select(Delivery.last_error)
+                .where(Delivery.issue_id == issue_id, Delivery.status == DeliveryStatus.FAILED)
+                .order_by(Delivery.updated_at.desc())
+                .limit(1)
+            )
+            won = session.execute(
+                update(Issue)
+                .where(Issue.id == issue_id, Issue.status.in_([IssueStatus.PUBLISHING, IssueStatus.SENDING]))
+                .values(status=IssueStatus.PAUSED, error=f"auto-paused: {n_failed} failed vs {n_sent} sent; last error: {last}")
+                .execution_options(synchronize_session=False)
+            ).rowcount  # type: ignore[attr-defined]
+            session.commit()
+            if won:
+                log.warning("issue id %s auto-paused: %s failed vs %s sent", issue_id, n_failed, n_sent)
+                paused.append(issue_id)
+    return paused

@@ -404,3 +404,19 @@ def test_renew_keeps_a_young_claim_without_a_query_and_refreshes_an_old_one(sess
     assert renewed is not None and renewed.lease == now + timedelta(seconds=500)
     assert ledger.renew(session, claim_, 300, now=now + timedelta(seconds=200)) is None  # the old token is dead
     assert ledger.mark_sent(session, renewed, "relay:25")
+
+
+def test_sweeper_auto_pauses_an_issue_its_relay_refuses(session, db_url: str, make_settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from newsletter import sweeper
+
+    settings = make_settings(db_url, NEWSLETTER_PAUSE_AFTER_FAILURES="2", NEWSLETTER_BATCH_SIZE="2")
+    issue_id, rec = _publish(session, settings)
+    refused = {e: (554, "5.7.1 Relay access denied") for e in ("ann@example.com", "bob@example.com", "cat@example.com")}
+    send_batch(session, settings, issue_id, rec.ids, lambda: RefusingMailer(refused, tmp_path / "ob"))
+    result = sweeper.sweep(session, settings, Recorder())
+    issue = session.get_one(Issue, issue_id)
+    session.refresh(issue)
+    assert result.auto_paused == [issue_id] and issue.status == IssueStatus.PAUSED
+    assert issue.error == "auto-paused: 3 failed vs 1 sent; last error: 554 5.7.1 Relay access denied"
+    # Below the threshold (or with it off) nothing is paused.
+    assert sweeper.auto_pause_failing(session, make_settings(db_url, NEWSLETTER_PAUSE_AFTER_FAILURES="0")) == []
