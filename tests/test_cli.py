@@ -152,3 +152,14 @@ def test_issue_with_a_segment_reaches_only_that_audience(cli_env: dict[str, str]
     run("issue", "publish", "1")
     recipients = sorted(str(m["To"].addresses[0].addr_spec) for m in read_outbox(tmp_path / "home" / "outbox"))
     assert recipients == ["both@example.com", "sec@example.com"]
+
+
+def test_subscribers_show(cli_env: dict[str, str], tmp_path: Path) -> None:
+    run("db", "upgrade")
+    (tmp_path / "s.csv").write_text("email,name,lang,topics,plan\nann@example.com,Ann,en,security,pro\n", encoding="utf-8")
+    run("subscribers", "import", str(tmp_path / "s.csv"))
+    out = run("subscribers", "show", "ann@EXAMPLE.com")
+    assert out.startswith("ann@example.com (Ann): active, en\n")
+    assert "topics: security" in out and "attributes: plan=pro" in out
+    missing = CliRunner().invoke(main, ["subscribers", "show", "bob@example.com"])
+    assert missing.exit_code == 1 and "no subscriber bob@example.com" in missing.output
