@@ -43,6 +43,16 @@ def permanent(addr: str) -> bool:
     return int(addr[3:8]) % 100 == 42  # a fixed 1%
 
 
+def add_subscribers(session, n: int, langs: tuple[str, ...]) -> None:  # type: ignore[no-untyped-def]
+    """``n`` active subscribers ``email_of(0..n-1)``, languages in turn, in one bulk INSERT."""
+    now = utcnow()
+    session.execute(
+        insert(Subscriber),
+        [{"email": email_of(i), "name": f"Sub {i}", "lang": langs[i % len(langs)], "topics": [], "attributes": {},
+          "status": "active", "created_at": now} for i in range(n)],
+    )  # fmt: skip
+
+
 class Flaky:
     """About 10% of RCPT commands get 421 and 10% of DATA commands 451 (seeded, so reproducible)."""
 
@@ -177,11 +187,7 @@ def test_no_delivery_lost_or_doubled_under_faults(pg_url: str, redis_server: Red
         factory = session_factory(pg_url)
         with factory() as session:
             now = utcnow()
-            session.execute(
-                insert(Subscriber),
-                [{"email": email_of(i), "name": f"Sub {i}", "lang": ("en", "zh-Hans", "zh-Hant")[i % 3], "topics": [], "attributes": {},
-                  "status": "active", "created_at": now} for i in range(SUBSCRIBERS)],
-            )  # fmt: skip
+            add_subscribers(session, SUBSCRIBERS, ("en", "zh-Hans", "zh-Hant"))
             articles = [
                 Article(external_id=f"f{i}", title=t, summary=t, body_html=f"<p>{t}</p>", body_text=t, lang=lang, published_at=now)
                 for i, (t, lang) in enumerate([("Grid security rules", "en"), ("Grid security audit", "en"), ("电网安全新规", "zh-Hans"), ("电网安全检查", "zh-Hans")])
@@ -256,11 +262,7 @@ def test_pause_then_crash_then_resume_sends_each_message_once(
         factory = session_factory(pg_url)
         with factory() as session:
             now = utcnow()
-            session.execute(
-                insert(Subscriber),
-                [{"email": email_of(i), "name": "", "lang": "en", "topics": [], "attributes": {}, "status": "active", "created_at": now}
-                 for i in range(total)],
-            )  # fmt: skip
+            add_subscribers(session, total, ("en",))
             article = Article(external_id="p1", title="Pause test", summary="x", lang="en", published_at=now)
             session.add(article)
             session.flush()
