@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import NoReturn
 
 import click
 from sqlalchemy import select
@@ -151,7 +154,7 @@ def issue_publish(ctx: Context, number: int, no_wait: bool) -> None:
     from newsletter.runner import start_publish
 
     try:
-        issue_id, _thread = start_publish(ctx.settings, number)
+        issue_id, thread = start_publish(ctx.settings, number)
     except (IssueError, RenderError) as exc:
         raise click.ClickException(str(exc)) from exc
     if no_wait:
@@ -160,10 +163,26 @@ def issue_publish(ctx: Context, number: int, no_wait: bool) -> None:
         else:
             click.echo(f"issue {number} queued; follow it with: newsletter issue status {number}")
             return
-    outcome = follow_with_bar(ctx.settings, issue_id)
+    try:
+        outcome = follow_with_bar(ctx.settings, issue_id)
+    except KeyboardInterrupt:
+        _interrupted(ctx, number, thread)
     print_status(ctx, number)
     if outcome.status != "sent":
         raise click.ClickException(f"issue {number} ended {outcome.status}: {outcome.error}")
+
+
+def _interrupted(ctx: Context, number: int, thread: threading.Thread | None) -> NoReturn:
+    """Ctrl-C while following. With workers the publish goes on without us; in-process, this process is
+    the worker, so the issue is paused (batches hand back their claims) and can be resumed later."""
+    if thread is None:
+        click.echo(f"\nstopped following; the workers go on (newsletter issue status {number})", err=True)
+        raise SystemExit(130)
+    with ctx.session() as session, contextlib.suppress(IssueError):  # it may have finished meanwhile
+        control.pause_issue(session, get_issue(session, number))
+    thread.join(timeout=60)
+    click.echo(f"\ninterrupted: issue {number} paused; continue with: newsletter issue resume {number}", err=True)
+    raise SystemExit(130)
 
 
 def follow_with_bar(settings: Settings, issue_id: int):  # type: ignore[no-untyped-def]

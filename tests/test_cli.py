@@ -163,3 +163,51 @@ def test_subscribers_show(cli_env: dict[str, str], tmp_path: Path) -> None:
     assert "topics: security" in out and "attributes: plan=pro" in out
     missing = CliRunner().invoke(main, ["subscribers", "show", "bob@example.com"])
     assert missing.exit_code == 1 and "no subscriber bob@example.com" in missing.output
+
+
+def test_ctrl_c_in_process_pauses_and_resume_finishes_once(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from sqlalchemy import insert, select
+
+    from newsletter.db import session_factory, upgrade
+    from newsletter.issues import create_issue
+    from newsletter.models import Article, Issue, IssueStatus, Subscriber, utcnow
+    from tests.conftest import ROOT
+    from tests.smtp_server import SMTPServer
+
+    url = f"sqlite:///{tmp_path / 'ctrlc.db'}"
+    upgrade(url)
+    with session_factory(url)() as session:
+        now = utcnow()
+        session.execute(insert(Subscriber), [{"email": f"r{i}@example.org", "name": "", "lang": "en", "topics": [], "attributes": {},
+                                              "status": "active", "created_at": now} for i in range(200)])  # fmt: skip
+        article = Article(external_id="c1", title="Story", summary="S.", lang="en", published_at=now)
+        session.add(article)
+        session.flush()
+        create_issue(session, [article])
+        session.commit()
+    with SMTPServer() as smtp:
+        env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "NEWSLETTER_OUTBOX")}
+        env.update(DATABASE_URL=url, SMTP_URL=smtp.url + "?rate=60", NEWSLETTER_HOME=str(tmp_path), NEWSLETTER_LEASE_SECONDS="300")
+        cmd = [sys.executable, "-m", "newsletter.cli", "issue", "publish", "1"]
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 30
+        while len(smtp.recorder.messages) < 40 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, (out, err)
+        assert "issue 1 paused; continue with: newsletter issue resume 1" in err
+        with session_factory(url)() as session:
+            assert session.scalar(select(Issue.status)) == IssueStatus.PAUSED
+        sent_before = len(smtp.recorder.messages)
+        assert 40 <= sent_before < 200
+        resumed = subprocess.run([sys.executable, "-m", "newsletter.cli", "issue", "resume", "1"], cwd=ROOT, env=env,
+                                 capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert resumed.returncode == 0, resumed.stderr
+        assert "issue 1: sent" in resumed.stdout
+        assert smtp.recorder.recipients() == {f"r{i}@example.org": 1 for i in range(200)}  # each exactly once
