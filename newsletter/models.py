@@ -49,10 +49,14 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 
 class Base(DeclarativeBase):
+    """Declarative base: timestamps are `UTCDateTime`, dicts and lists are JSON."""
+
     type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: UTCDateTime(), dict[str, Any]: JSON, list[str]: JSON}
 
 
 class SubscriberStatus(enum.StrEnum):
+    """Only ``active`` subscribers are mailed; the others are kept for the record."""
+
     PENDING = "pending"
     ACTIVE = "active"
     UNSUBSCRIBED = "unsubscribed"
@@ -61,6 +65,8 @@ class SubscriberStatus(enum.StrEnum):
 
 
 class IssueStatus(enum.StrEnum):
+    """draft -> (scheduled ->) publishing -> sending -> sent; or failed, paused, cancelled."""
+
     DRAFT = "draft"
     SCHEDULED = "scheduled"  # publishes itself at Issue.scheduled_at (the sweeper fires it once)
     PUBLISHING = "publishing"  # related + render + plan in progress
@@ -72,6 +78,8 @@ class IssueStatus(enum.StrEnum):
 
 
 class DeliveryStatus(enum.StrEnum):
+    """The delivery state machine; see `newsletter.delivery.ledger` for the transitions."""
+
     PENDING = "pending"
     SENDING = "sending"
     DEFERRED = "deferred"

@@ -37,6 +37,7 @@ def create_app(settings: Settings) -> Flask:
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
+        """200 when the database answers (for load balancers and container health checks)."""
         with factory() as session:
             session.execute(text("SELECT 1"))
         return {"status": "ok"}
@@ -50,6 +51,7 @@ def create_app(settings: Settings) -> Flask:
 
     @app.get("/issues/<int:number>/<lang>")
     def edition(number: int, lang: str) -> Response:
+        """The "view in browser" page of an edition, once its issue is sending or sent."""
         with factory() as session:
             found = session.execute(
                 select(Edition.web_html).join(Issue).where(
@@ -63,6 +65,7 @@ def create_app(settings: Settings) -> Flask:
 
     @app.route("/unsubscribe/<token>", methods=["GET", "POST"])
     def unsubscribe_page(token: str) -> tuple[str, int] | str:
+        """GET asks; POST (a person's click, or a mail client's RFC 8058 one-click POST) unsubscribes."""
         try:
             subscriber_id, _issue_id = verify(settings.secret_key, "unsubscribe", token)
         except BadToken:
@@ -79,6 +82,7 @@ def create_app(settings: Settings) -> Flask:
 
     @app.route("/preferences/<token>", methods=["GET", "POST"])
     def preferences_page(token: str) -> tuple[str, int] | str:
+        """Show and change a subscriber's language and topics (signed link from every message)."""
         try:
             subscriber_id, _ = verify(settings.secret_key, "preferences", token)
         except BadToken:

@@ -44,6 +44,7 @@ class IssueTask(Task):  # type: ignore[misc]
     """A publish step: on any error the issue is marked failed with the reason, never left 'sending'."""
 
     def run_step(self, issue_id: int, step, *args):  # type: ignore[no-untyped-def]
+        """Run ``step(session, settings, issue_id, *args)`` with the issue and task bound to the logs."""
         with logs.bound(issue_id=issue_id, task_id=self.request.id), _session() as session:
             try:
                 return step(session, settings(), issue_id, *args)
@@ -60,16 +61,19 @@ def enqueue_send(issue_id: int, delivery_ids: list[int]) -> None:
 
 @app.task(base=IssueTask, bind=True, name="newsletter.attach_related")
 def attach_related(self: IssueTask, issue_id: int) -> dict[str, int]:
+    """See `newsletter.publishing.attach_related`."""
     return self.run_step(issue_id, publishing.attach_related)
 
 
 @app.task(base=IssueTask, bind=True, name="newsletter.render_editions")
 def render_editions(self: IssueTask, issue_id: int) -> dict[str, int]:
+    """See `newsletter.publishing.render_editions`."""
     return self.run_step(issue_id, publishing.render_editions)
 
 
 @app.task(base=IssueTask, bind=True, name="newsletter.plan_deliveries")
 def plan_deliveries(self: IssueTask, issue_id: int) -> int:
+    """See `newsletter.publishing.plan_deliveries`; send batches go to the send queue."""
     return self.run_step(issue_id, publishing.plan_deliveries, enqueue_send)
 
 

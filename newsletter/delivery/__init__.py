@@ -1,0 +1,1 @@
+"""Delivery: the ledger (state machine), sending batches, mailers, rate limits, retries."""
