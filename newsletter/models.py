@@ -133,6 +133,9 @@ class Issue(Base):
     scheduled_at: Mapped[datetime | None]
     published_at: Mapped[datetime | None]
     planned_at: Mapped[datetime | None]
+    # Set when the publish pipeline is enqueued and after each step: a `publishing` issue whose heartbeat
+    # is older than a lease lost its pipeline (worker and broker message gone) and is restarted.
+    pipeline_heartbeat_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
 
     editions: Mapped[list[Edition]] = relationship(back_populates="issue", cascade="all, delete-orphan", order_by="Edition.lang")

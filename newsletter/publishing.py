@@ -10,7 +10,7 @@ import logging
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from newsletter.config import Settings
@@ -154,6 +154,7 @@ def request_publish(session: Session, settings: Settings, issue: Issue) -> None:
     issue.error = None
     issue.scheduled_at = None
     issue.published_at = issue.published_at or utcnow()
+    issue.pipeline_heartbeat_at = utcnow()
     session.commit()
 
 
@@ -181,6 +182,7 @@ def attach_related(session: Session, settings: Settings, issue_id: int, k: int =
         )
         result[edition.lang] = len(ranked)
     session.commit()
+    heartbeat(session, issue_id)
     return result
 
 
@@ -197,6 +199,7 @@ def render_editions(session: Session, settings: Settings, issue_id: int) -> dict
         edition.rendered_at = utcnow()
         sizes[edition.lang] = len(rendered.html.encode())
     session.commit()
+    heartbeat(session, issue_id)
     return sizes
 
 
@@ -240,6 +243,7 @@ def plan_deliveries(session: Session, settings: Settings, issue_id: int, enqueue
             )
         )
         ledger.mark_enqueued(session, ids, now)
+        session.execute(update(Issue).where(Issue.id == issue_id).values(pipeline_heartbeat_at=now))  # progress
         session.commit()
         for start in range(0, len(ids), settings.batch_size):
             enqueue(issue_id, ids[start : start + settings.batch_size])
@@ -250,6 +254,14 @@ def plan_deliveries(session: Session, settings: Settings, issue_id: int, enqueue
     session.commit()
     finish_if_done(session, issue_id)
     return planned
+
+
+def heartbeat(session: Session, issue_id: int) -> None:
+    """Record that the publish pipeline of an issue made progress (or was just enqueued); commits."""
+    session.execute(
+        update(Issue).where(Issue.id == issue_id).values(pipeline_heartbeat_at=utcnow()).execution_options(synchronize_session=False)
+    )
+    session.commit()
 
 
 def finish_if_done(session: Session, issue_id: int) -> bool:

@@ -69,7 +69,7 @@ def fire_due_schedules(session: Session, now: datetime | None = None) -> list[in
         won = session.execute(
             update(Issue)
             .where(Issue.id == issue_id, Issue.status == IssueStatus.SCHEDULED)
-            .values(status=IssueStatus.PUBLISHING, published_at=now, error=None)
+            .values(status=IssueStatus.PUBLISHING, published_at=now, error=None, pipeline_heartbeat_at=now)
             .execution_options(synchronize_session=False)
         ).rowcount  # type: ignore[attr-defined]
         session.commit()

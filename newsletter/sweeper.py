@@ -32,6 +32,7 @@ class SweepResult:
     fired: list[int] = field(default_factory=list)
     cancelled_leftovers: int = 0
     auto_paused: list[int] = field(default_factory=list)
+    restarted: list[int] = field(default_factory=list)
 
 
 def sweep(
@@ -58,6 +59,8 @@ def sweep(
             except Exception:  # the pipeline marked the issue failed with the reason; keep sweeping
                 log.exception("scheduled issue id %s failed to start", issue_id)
             result.fired.append(issue_id)
+    if start is not None:
+        result.restarted = restart_stalled_pipelines(session, now, requeue_after, start)
     result.auto_paused = auto_pause_failing(session, settings)
     sending = set(session.scalars(select(Issue.id).where(Issue.status == IssueStatus.SENDING)))
     due: dict[int, list[int]] = defaultdict(list)
@@ -141,3 +144,29 @@ def auto_pause_failing(session: Session, settings: Settings) -> list[int]:
                 log.warning("issue id %s auto-paused: %s failed vs %s sent", issue_id, n_failed, n_sent)
                 paused.append(issue_id)
     return paused
+
+
+def restart_stalled_pipelines(session: Session, now: datetime, stale_after: float, start: Callable[[int], None]) -> list[int]:
+    """Enqueue the publish pipeline again for every ``publishing`` issue whose heartbeat is older than
+    ``stale_after`` seconds: its worker died and its broker message is gone (or waits out Redis's
+    visibility timeout). Every step is idempotent, so a pipeline run twice does no harm; one
+    conditional UPDATE per issue makes sure that two sweepers restart it once. Returns the ids."""
+    stale = now - timedelta(seconds=stale_after)
+    is_stale = and_(Issue.status == IssueStatus.PUBLISHING, or_(Issue.pipeline_heartbeat_at.is_(None), Issue.pipeline_heartbeat_at < stale))
+    restarted = []
+    for issue_id in session.scalars(select(Issue.id).where(is_stale)).all():
+        won = session.execute(
+            update(Issue)
+            .where(Issue.id == issue_id, is_stale)
+            .values(pipeline_heartbeat_at=now)
+            .execution_options(synchronize_session=False)
+        ).rowcount  # type: ignore[attr-defined]
+        session.commit()
+        if won:
+            log.warning("issue id %s: publish pipeline stalled since before %s; restarting it", issue_id, stale.isoformat())
+            try:
+                start(issue_id)
+            except Exception:  # the pipeline marked the issue failed with the reason; keep sweeping
+                log.exception("issue id %s: restart failed", issue_id)
+            restarted.append(issue_id)
+    return restarted

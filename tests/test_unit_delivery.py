@@ -420,3 +420,24 @@ def test_sweeper_auto_pauses_an_issue_its_relay_refuses(session, db_url: str, ma
     assert issue.error == "auto-paused: 3 failed vs 1 sent; last error: 554 5.7.1 Relay access denied"
     # Below the threshold (or with it off) nothing is paused.
     assert sweeper.auto_pause_failing(session, make_settings(db_url, NEWSLETTER_PAUSE_AFTER_FAILURES="0")) == []
+
+
+def test_sweeper_restarts_a_pipeline_whose_worker_died(session, settings: Settings) -> None:  # type: ignore[no-untyped-def]
+    from newsletter import sweeper
+
+    _seed(session)
+    article = session.scalar(select(Article).where(Article.external_id == "e1"))
+    issue = create_issue(session, [article])
+    session.commit()
+    publishing.request_publish(session, settings, issue)  # enqueued; then its worker died before any step ran
+    started: list[int] = []
+    now = datetime.now(UTC)
+    # Within a lease of the last heartbeat, nothing happens; after it, the pipeline is enqueued once.
+    assert sweeper.sweep(session, settings, Recorder(), now=now + timedelta(seconds=10), start=started.append).restarted == []
+    later = now + timedelta(seconds=settings.lease_seconds + 1)
+    assert sweeper.sweep(session, settings, Recorder(), now=later, start=started.append).restarted == [issue.id]
+    assert sweeper.sweep(session, settings, Recorder(), now=later, start=started.append).restarted == []
+    assert started == [issue.id]
+    # A step that makes progress keeps it from being restarted.
+    publishing.attach_related(session, settings, issue.id)
+    assert sweeper.restart_stalled_pipelines(session, datetime.now(UTC), settings.lease_seconds, started.append) == []
