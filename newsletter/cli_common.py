@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from newsletter.config import Settings, load_settings
-from newsletter.db import session_factory
+from newsletter.db import SchemaOutOfDate, check_schema, session_factory
 
 
 def plural(n: int, noun: str) -> str:
@@ -22,6 +22,15 @@ class Context:
         self.settings: Settings = load_settings()
 
     def session(self):  # type: ignore[no-untyped-def]
+        """A session on the configured database, after checking its schema is current.
+
+        Raises:
+            click.ClickException: the schema needs ``newsletter db upgrade`` (instead of a traceback).
+        """
+        try:
+            check_schema(self.settings.database_url)
+        except SchemaOutOfDate as exc:
+            raise click.ClickException(str(exc)) from exc
         return session_factory(self.settings.database_url)()
 
 

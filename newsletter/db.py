@@ -83,9 +83,36 @@ def current_revision(url: str) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
+class SchemaOutOfDate(RuntimeError):
+    """The database's schema is not the one this version of the code needs."""
+
+
+def head_revision() -> str:
+    """The newest migration shipped with this code."""
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+    assert head is not None
+    return head
+
+
+@cache
+def check_schema(url: str) -> None:
+    """Raise unless the database at ``url`` is migrated to `head_revision` (checked once per process).
+
+    Raises:
+        SchemaOutOfDate: with the command that fixes it.
+    """
+    current, head = current_revision(url), head_revision()
+    if current != head:
+        where = "no schema yet" if current is None else f"schema revision {current}"
+        raise SchemaOutOfDate(f"the database has {where}; this version needs {head}: run 'newsletter db upgrade'")
+
+
 def upgrade(url: str, revision: str = "head") -> None:
     """Migrate the database at ``url`` to ``revision`` (default: the newest)."""
     from alembic import command
 
     get_engine(url)  # creates the SQLite parent folder
     command.upgrade(alembic_config(url), revision)
+    check_schema.cache_clear()

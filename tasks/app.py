@@ -8,7 +8,7 @@ import tempfile
 from typing import Any
 
 from celery import Celery
-from celery.signals import after_setup_logger, after_setup_task_logger, worker_init, worker_process_shutdown
+from celery.signals import after_setup_logger, after_setup_task_logger, worker_init, worker_process_init, worker_process_shutdown
 from kombu import Exchange, Queue
 
 from newsletter import logs
@@ -145,8 +145,11 @@ def _structured_logs(logger: logging.Logger, **_: Any) -> None:
 
 @worker_init.connect
 def _check_at_worker_start(sender: Any = None, **_: Any) -> None:
+    from newsletter.db import check_schema, get_engine
     from tasks.publish import settings
 
+    check_schema(settings().database_url)  # refuse to run tasks against a schema this code does not know
+    get_engine(settings().database_url).dispose()  # no pooled connection may be inherited by the forked pool
     check_visibility_timeout(sender.app if sender is not None else Celery(), settings())
     warning = check_lease(settings())
     if warning:
@@ -166,6 +169,15 @@ def _serve_metrics(sender: Any = None, **_: Any) -> None:
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)
     start_http_server(port, registry=registry)
+
+
+@worker_process_init.connect
+def _fresh_connections_after_fork(**_: Any) -> None:
+    """A forked pool process must not use sockets opened by its parent (SQLAlchemy "pooling with multiprocessing")."""
+    from newsletter.db import get_engine
+    from tasks.publish import settings
+
+    get_engine(settings().database_url).dispose(close=False)
 
 
 @worker_process_shutdown.connect

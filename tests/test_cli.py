@@ -211,3 +211,12 @@ def test_ctrl_c_in_process_pauses_and_resume_finishes_once(tmp_path: Path) -> No
         assert resumed.returncode == 0, resumed.stderr
         assert "issue 1: sent" in resumed.stdout
         assert smtp.recorder.recipients() == {f"r{i}@example.org": 1 for i in range(200)}  # each exactly once
+
+
+def test_an_old_or_empty_schema_asks_for_db_upgrade(cli_env: dict[str, str]) -> None:
+    result = CliRunner().invoke(main, ["issue", "list"])
+    assert result.exit_code == 1
+    assert "the database has an empty database" not in result.output
+    assert "Error: the database has" in result.output and "run 'newsletter db upgrade'" in result.output
+    run("db", "upgrade")
+    assert CliRunner().invoke(main, ["issue", "list"]).exit_code == 0
