@@ -217,6 +217,8 @@ def print_status(ctx: Context, number: int) -> None:
         + "".join(f"{sum(n for (s, lang_), n in rep.counts.items() if lang_ == lang):>9}" for lang in langs)
         + f"{rep.total:>9}"
     )
+    if rep.skip_reasons:
+        click.echo("  skipped: " + ", ".join(f"{reason} {n}" for reason, n in sorted(rep.skip_reasons.items())))
     if rep.by_relay:
         click.echo("  by relay:")
         for relay in sorted({r for r, _ in rep.by_relay}):

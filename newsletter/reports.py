@@ -30,6 +30,7 @@ class IssueReport:
     claimed: int = 0
     leases_until: datetime | None = None
     scheduled_at: datetime | None = None
+    skip_reasons: dict[str, int] = field(default_factory=dict)
 
     @property
     def total(self) -> int:
@@ -64,6 +65,11 @@ def report(session: Session, issue: Issue, errors: int = 5) -> IssueReport:
             Delivery.issue_id == issue.id, Delivery.status == DeliveryStatus.SENDING
         )
     ).one()
+    skips = session.execute(
+        select(Delivery.skip_reason, func.count())
+        .where(Delivery.issue_id == issue.id, Delivery.status == DeliveryStatus.SKIPPED)
+        .group_by(Delivery.skip_reason)
+    ).all()
     attempts = session.execute(
         select(Delivery.attempts, func.count()).where(Delivery.issue_id == issue.id, deferred).group_by(Delivery.attempts)
     ).all()
@@ -80,4 +86,5 @@ def report(session: Session, issue: Issue, errors: int = 5) -> IssueReport:
         claimed=claimed or 0,
         leases_until=leases_until,
         scheduled_at=issue.scheduled_at,
+        skip_reasons={reason or "unknown": n for reason, n in skips},
     )

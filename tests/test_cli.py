@@ -100,6 +100,7 @@ def test_main_job_from_the_command_line(cli_env: dict[str, str], tmp_path: Path)
     langs = {str(m["To"].addresses[0].addr_spec): m["Content-Language"] for m in messages}
     assert langs == {"ann@example.com": "en", "Ann@example.com": "en", "li@example.cn": "zh-Hans", "chen@example.tw": "zh-Hant"}
     english = next(m for m in messages if m["Content-Language"] == "en")
+    assert str(english["Return-Path"]).startswith("<bounces+")  # the VERP envelope sender, as delivered
     assert english["Subject"] == "Week 47 · Issue 1"
     html = english.get_body(("html",)).get_content()
     assert "You might also like" in html and "Control systems patch deadline debated" in html

@@ -299,6 +299,9 @@ def test_cancel_skips_what_was_not_sent_and_stops_sending(session, settings: Set
     assert send_batch(session, settings, issue_id, rest, lambda: OutboxMailer(outbox)).outcomes == Counter({"issue-not-sending": 2})
     states = Counter((d.status, d.skip_reason) for d in _deliveries(session, issue_id))
     assert states == Counter({(DeliveryStatus.SENT, None): 2, (DeliveryStatus.SKIPPED, "cancelled"): 2})
+    from newsletter import reports
+
+    assert reports.report(session, session.get_one(Issue, issue_id)).skip_reasons == {"cancelled": 2}
     assert len(_outbox_files(outbox)) == 2
     with pytest.raises(publishing.IssueError, match="cannot be cancelled"):
         control.cancel_issue(session, session.get_one(Issue, issue_id))

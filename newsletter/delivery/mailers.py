@@ -33,8 +33,11 @@ class OutboxMailer:
         self._box = mailbox.Maildir(path, create=True)
 
     def send(self, sender: str, recipient: str, message: bytes) -> None:
-        """See `Mailer.send`. The file appears atomically (Maildir writes to ``tmp/`` then renames)."""
-        key = self._box.add(message)
+        """See `Mailer.send`. The file appears atomically (Maildir writes to ``tmp/`` then renames).
+
+        The envelope sender is recorded as ``Return-Path`` (RFC 5321 §4.4), as a final delivery would.
+        """
+        key = self._box.add(b"Return-Path: <" + sender.encode("ascii") + b">\r\n" + message)
         # Rename to a readable name with the .eml ending mail programs open.
         src = self.path / "new" / key
         src.rename(src.with_name(f"{key}.eml"))
