@@ -68,6 +68,7 @@ def strip_links(text: str) -> str:
     return _BARE_URL.sub("", _MD_LINK.sub(r"\1", text))
 
 
+_RULE_PREFIX = re.compile(r"^(?:[*#=~_-]+\s*)+")
 _SLUG = re.compile(r"[a-z0-9]+(?:[-_][a-z0-9]+)*")
 
 
@@ -96,6 +97,7 @@ def summarise(text: str, lang: str, limit: int | None = None) -> str:
         limit = 120 if lang.startswith("zh") else 300
     paragraphs = [_SPACE.sub(" ", p.replace("\n", " ")).strip() for p in re.split(r"\n\s*\n", text)]
     first = next((p for p in paragraphs if _readable(p)), next((p for p in paragraphs if p), ""))
+    first = _RULE_PREFIX.sub("", first) or first  # "*** ***“In one month…" -> "“In one month…"
     if len(first) <= limit:
         return first
     cut = first[:limit]

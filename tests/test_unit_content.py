@@ -172,3 +172,7 @@ def test_summary_skips_rules_and_shouted_memo_headers() -> None:
     text = "*** ***\n\nTO: WHITE HOUSE COMMS STAFF FROM: THE PRESS OFFICE\n\nToday the President signed an order."
     assert summarise(text, "en") == "Today the President signed an order."
     assert summarise("*** ***", "en") == "*** ***"  # nothing better: keep what there is
+
+
+def test_summary_drops_a_leading_rule_glued_to_the_text() -> None:
+    assert summarise("*** ***“In one month the economy grew.”", "en") == "“In one month the economy grew.”"
