@@ -27,3 +27,5 @@ def test_non_editable_install_finds_templates_and_migrations(tmp_path: Path) -> 
     assert Path(templates) == site / "newsletter" / "templates"
     assert Path(migrations) == site / "newsletter" / "migrations"
     assert flags == "True True"
+    assert (site / "newsletter" / "sample" / "articles-zh-Hans.jsonl").is_file()  # the demo's fallback corpus
+    assert (site / "newsletter" / "templates" / "email" / "_base" / "body.html").is_file()
