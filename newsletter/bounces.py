@@ -22,9 +22,10 @@ import os
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
-from sqlalchemy import select, update
+from sqlalchemy import distinct, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -80,6 +81,13 @@ def parse_verp(settings: Settings, address: str) -> int:
     if not hmac.compare_digest(match.group(2).lower(), _verp_mac(settings.secret_key, delivery_id)):
         raise BadToken(f"bad VERP signature: {address!r}")
     return delivery_id
+
+
+def soft_bounce_window(env: Mapping[str, str] | None = None) -> timedelta:
+    """``NEWSLETTER_SOFT_BOUNCE_DAYS`` (default 90, clamped to [1, 3650]): only soft bounces this recent
+    count towards the limit, so a mailbox that was full once a year ago is not held against it
+    (Mailman lets bounce scores go stale the same way)."""
+    return timedelta(days=_int(dict(os.environ if env is None else env), "NEWSLETTER_SOFT_BOUNCE_DAYS", 90, 1, 3650))
 
 
 def soft_bounce_limit(env: Mapping[str, str] | None = None) -> int:
@@ -191,12 +199,19 @@ def _apply(session: Session, dsn: Dsn, delivery: Delivery, soft_limit: int, repo
     elif worst.kind == SOFT:
         report.soft += 1
         if seen_before is None:
-            count = session.scalar(
+            session.execute(  # the lifetime tally shown to people
                 update(Subscriber)
                 .where(Subscriber.id == delivery.subscriber_id)
                 .values(soft_bounces=Subscriber.soft_bounces + 1)
-                .returning(Subscriber.soft_bounces)
                 .execution_options(synchronize_session=False)
+            )
+            # What decides: deliveries that soft-bounced within the window (this one included).
+            count = session.scalar(
+                select(func.count(distinct(BounceEvent.delivery_id))).where(
+                    BounceEvent.subscriber_id == delivery.subscriber_id,
+                    BounceEvent.kind == SOFT,
+                    BounceEvent.created_at >= utcnow() - soft_bounce_window(),
+                )
             )
             if count is not None and count >= soft_limit:
                 suppress_reason, detail = "soft-bounce", f"{count} soft bounces; last: {detail}"

@@ -486,3 +486,24 @@ def test_bounces_process_command(db_url: str, session, settings: Settings, tmp_p
     (tmp_path / "folder").mkdir()
     not_maildir = CliRunner().invoke(main, ["bounces", "process", str(tmp_path / "folder")])
     assert not_maildir.exit_code == 1 and "not a Maildir" in not_maildir.output
+
+
+def test_old_soft_bounces_fall_out_of_the_window(session, settings: Settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from datetime import timedelta
+
+    from sqlalchemy import update as sql_update
+
+    from newsletter.models import BounceEvent, utcnow
+
+    _seed(session, ["ann@example.com"])
+    sent = [_publish_and_send(session, settings)["ann@example.com"] for _ in range(3)]
+    box = tmp_path / "w.mbox"
+    to_mbox(box, *(make_dsn(s, "ann@example.com", dsn_id=f"<w{i}@mx>", action="delayed", status="4.2.2") for i, s in enumerate(sent[:2])))
+    assert process_bounces(session, settings, box).soft == 2
+    # Those two were a long time ago (past the default 90 days).
+    session.execute(sql_update(BounceEvent).values(created_at=utcnow() - timedelta(days=200)))
+    session.commit()
+    box2 = tmp_path / "w2.mbox"
+    to_mbox(box2, make_dsn(sent[2], "ann@example.com", dsn_id="<w9@mx>", action="delayed", status="4.2.2"))
+    assert process_bounces(session, settings, box2) == BounceReport(messages=1, soft=1)  # 1 recent of 3: not suppressed
+    assert (_subscriber(session, "ann@example.com").soft_bounces, _suppressions(session)) == (3, {})
