@@ -30,6 +30,14 @@ PREFERENCES = """<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><met
 <p><button type="submit">Save</button></p></form></body></html>"""
 
 
+def _page(title: str, message: str, status: int = 200, form: bool = False) -> tuple[str, int]:
+    return render_template_string(PAGE, title=title, message=message, form=form), status
+
+
+INVALID_LINK = {"unsubscribe": "This unsubscribe link is not valid.", "preferences": "This preferences link is not valid."}
+UNKNOWN = ("Unknown subscriber", "We could not find this subscription.", 404)
+
+
 def create_app(settings: Settings) -> Flask:
     """The Flask app. Editions are served only once their issue is being or has been sent."""
     app = Flask("newsletter")
@@ -43,6 +51,13 @@ def create_app(settings: Settings) -> Flask:
         return {"status": "ok"}
 
     registry = ledger_registry(settings)
+
+    def _verified(token: str, purpose: str) -> int | None:
+        """The subscriber id a signed link names, or None when the signature does not hold."""
+        try:
+            return verify(settings.secret_key, purpose, token)[0]
+        except BadToken:
+            return None
 
     @app.get("/metrics")
     def prometheus() -> Response:
@@ -66,33 +81,27 @@ def create_app(settings: Settings) -> Flask:
     @app.route("/unsubscribe/<token>", methods=["GET", "POST"])
     def unsubscribe_page(token: str) -> tuple[str, int] | str:
         """GET asks; POST (a person's click, or a mail client's RFC 8058 one-click POST) unsubscribes."""
-        try:
-            subscriber_id, _issue_id = verify(settings.secret_key, "unsubscribe", token)
-        except BadToken:
-            return render_template_string(PAGE, title="Link not valid", message="This unsubscribe link is not valid.", form=False), 400
+        subscriber_id = _verified(token, "unsubscribe")
+        if subscriber_id is None:
+            return _page("Link not valid", INVALID_LINK["unsubscribe"], 400)
         if request.method == "GET":
             # A GET never unsubscribes: mail scanners follow links (RFC 8058 §1).
-            return render_template_string(PAGE, title="Unsubscribe", message="Stop receiving this newsletter?", form=True)
+            return _page("Unsubscribe", "Stop receiving this newsletter?", form=True)
         with factory() as session:
             if unsubscribe(session, subscriber_id, source="one-click" if "List-Unsubscribe" in request.form else "page") is None:
-                return render_template_string(
-                    PAGE, title="Unknown subscriber", message="We could not find this subscription.", form=False
-                ), 404
-        return render_template_string(PAGE, title="Unsubscribed", message="You will not receive further issues.", form=False)
+                return _page(*UNKNOWN)
+        return _page("Unsubscribed", "You will not receive further issues.")
 
     @app.route("/preferences/<token>", methods=["GET", "POST"])
     def preferences_page(token: str) -> tuple[str, int] | str:
         """Show and change a subscriber's language and topics (signed link from every message)."""
-        try:
-            subscriber_id, _ = verify(settings.secret_key, "preferences", token)
-        except BadToken:
-            return render_template_string(PAGE, title="Link not valid", message="This preferences link is not valid.", form=False), 400
+        subscriber_id = _verified(token, "preferences")
+        if subscriber_id is None:
+            return _page("Link not valid", INVALID_LINK["preferences"], 400)
         with factory() as session:
             subscriber = session.get(Subscriber, subscriber_id)
             if subscriber is None:
-                return render_template_string(
-                    PAGE, title="Unknown subscriber", message="We could not find this subscription.", form=False
-                ), 404
+                return _page(*UNKNOWN)
             message = ""
             if request.method == "POST":
                 try:
