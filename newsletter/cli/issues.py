@@ -12,9 +12,9 @@ from typing import NoReturn
 import click
 from sqlalchemy import select
 
-from newsletter import control, publishing, reports, scheduling
+from newsletter import control, reports, scheduling
 from newsletter.articles import parse_datetime
-from newsletter.cli_common import Context, pass_ctx, plural
+from newsletter.cli.common import Context, pass_ctx, plural
 from newsletter.config import Settings
 from newsletter.issues import IssueError, Selection, articles_by_external_id, create_issue, get_issue, select_articles
 from newsletter.models import Issue, IssueStatus
@@ -69,7 +69,7 @@ def issue_create(
     segment_rule: str | None,
 ) -> None:
     """Create a draft issue from articles given by id and/or "the N latest" in a date range or category."""
-    from newsletter.cli_segments import load_rule
+    from newsletter.cli.segments import load_rule
     from newsletter.segments import SegmentError, parse_segment
 
     rule = None
@@ -117,6 +117,7 @@ def issue_list(ctx: Context) -> None:
 @pass_ctx
 def issue_preview(ctx: Context, number: int, lang: str, out: Path | None, as_text: bool) -> None:
     """Render one edition as a subscriber would see it (CSS inlined) and write it to a file."""
+    from newsletter import publishing
     from newsletter.rendering import greeting, personalise, render_edition
 
     with ctx.session() as session:

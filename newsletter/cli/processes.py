@@ -1,0 +1,79 @@
+"""Long-running and maintenance commands: ``worker``, ``sweep``, ``web`` and ``demo``."""
+
+from __future__ import annotations
+
+import click
+
+from newsletter.cli.common import Context, pass_ctx
+from newsletter.config import load_settings
+
+
+@click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.option("--beat", is_flag=True, help="Also run the periodic sweeper (Celery beat) in this worker.")
+@click.option("--concurrency", "-c", type=int, default=2, show_default=True)
+@click.pass_context
+def worker(click_ctx: click.Context, beat: bool, concurrency: int) -> None:
+    """Run a Celery worker on the render, plan and send queues (needs REDIS_URL).
+
+    Extra arguments are passed on to celery worker.
+    """
+    settings = load_settings()
+    if settings.embedded:
+        raise click.ClickException("REDIS_URL is not set: without a broker, 'newsletter issue publish' runs the tasks in-process")
+    from tasks import app
+
+    argv = ["worker", "--loglevel=INFO", f"--concurrency={concurrency}", "-Q", "render,plan,send"]
+    if beat:
+        settings.home.mkdir(parents=True, exist_ok=True)
+        argv += ["--beat", "--schedule", str(settings.home / "celerybeat-schedule")]
+    app.worker_main(argv + list(click_ctx.args))
+
+
+@click.command()
+@pass_ctx
+def sweep(ctx: Context) -> None:
+    """Run one sweep now: re-enqueue due retries and expired claims, finish done issues."""
+    from newsletter import sweeper
+    from tasks.publish import enqueue_send, start_pipeline, use_settings
+
+    use_settings(ctx.settings)
+    with ctx.session() as session:
+        result = sweeper.sweep(session, ctx.settings, enqueue_send, start=start_pipeline)
+    fired = ", ".join(str(i) for i in result.fired) or "none"
+    click.echo(
+        f"fired scheduled issues: {fired}; enqueued {sum(result.enqueued.values())} batches; finished issues: {result.finished or 'none'}"
+    )
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--threads", default=8, show_default=True, type=int, help="Request threads (waitress).")
+@click.option("--dev", is_flag=True, help="Flask's development server with reloading, instead of waitress.")
+def web(host: str, port: int, threads: int, dev: bool) -> None:
+    """Serve the web pages: view-in-browser editions (/issues/N/LANG), one-click unsubscribe, preferences,
+    Prometheus metrics (/metrics) and a health check (/healthz), with the waitress WSGI server."""
+    from newsletter.web import create_app
+
+    app = create_app(load_settings())
+    if dev:
+        app.run(host=host, port=port, debug=True)
+        return
+    from waitress import serve
+
+    click.echo(f"serving on http://{host}:{port}")
+    serve(app, host=host, port=port, threads=threads, ident="newsletter")
+
+
+@click.command()
+@click.option("--subscribers", "per_lang", default=40, show_default=True, type=int, help="Subscribers per language.")
+@click.option("--keep", is_flag=True, help="Keep the previous demo database and outbox instead of starting fresh.")
+def demo(per_lang: int, keep: bool) -> None:
+    """Run the main job end to end on real articles: import, subscribe, create and publish an issue.
+
+    Without DATABASE_URL/REDIS_URL/SMTP_URL it uses var/demo/ (SQLite, in-process worker, outbox).
+    """
+    from newsletter.cli.issues import follow_with_bar
+    from newsletter.demo import run_demo
+
+    run_demo(per_lang=per_lang, fresh=not keep, echo=click.echo, follow=follow_with_bar)

@@ -1,0 +1,71 @@
+"""The ``newsletter subscribers`` commands: import and inspect subscribers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from newsletter.cli.common import Context, pass_ctx
+
+
+@click.group()
+def subscribers() -> None:
+    """Subscriber commands."""
+
+
+@subscribers.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@pass_ctx
+def subscribers_import(ctx: Context, file: Path) -> None:
+    """Import subscribers from a CSV FILE with columns email, name, lang, topics (';'-separated), an
+    optional signed_up date, and any other columns as attributes. Invalid addresses are reported;
+    duplicates are merged (domain compared case-insensitively)."""
+    from newsletter.subscribers import import_subscribers
+
+    with ctx.session() as session:
+        try:
+            report = import_subscribers(session, file)
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from exc
+    for error in report.errors:
+        click.echo(f"{file}: {error}", err=True)
+    click.echo(
+        f"{report.created} created, {report.updated} updated, {report.unchanged} unchanged, "
+        f"{report.merged} merged, {len(report.errors)} rejected"
+    )
+
+
+@subscribers.command("show")
+@click.argument("email")
+@pass_ctx
+def subscribers_show(ctx: Context, email: str) -> None:
+    """Show one subscriber: status, language, topics, attributes, suppression and recent deliveries."""
+    from sqlalchemy import select
+
+    from newsletter.models import Delivery, Issue, Suppression
+    from newsletter.subscribers import InvalidAddress, find_subscriber
+
+    with ctx.session() as session:
+        try:
+            subscriber = find_subscriber(session, email)
+        except InvalidAddress as exc:
+            raise click.ClickException(str(exc)) from exc
+        if subscriber is None:
+            raise click.ClickException(f"no subscriber {email}")
+        click.echo(f"{subscriber.email} ({subscriber.name or 'no name'}): {subscriber.status}, {subscriber.lang}")
+        click.echo(f"  signed up {subscriber.created_at:%Y-%m-%d}; topics: {', '.join(subscriber.topics) or '-'}")
+        if subscriber.attributes:
+            click.echo("  attributes: " + ", ".join(f"{k}={v}" for k, v in sorted(subscriber.attributes.items())))
+        suppression = session.scalar(select(Suppression).where(Suppression.email == subscriber.email))
+        if suppression:
+            click.echo(f"  suppressed since {suppression.created_at:%Y-%m-%d}: {suppression.reason} ({suppression.detail or ''})")
+        rows = session.execute(
+            select(Issue.number, Delivery.status, Delivery.attempts, Delivery.last_error)
+            .join(Issue, Issue.id == Delivery.issue_id)
+            .where(Delivery.subscriber_id == subscriber.id)
+            .order_by(Issue.number.desc())
+            .limit(10)
+        )
+        for number, status, attempts, error in rows:
+            click.echo(f"  issue {number}: {status} after {attempts} attempt(s)" + (f" — {error}" if error else ""))
