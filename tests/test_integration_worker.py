@@ -199,9 +199,11 @@ def test_publish_with_real_worker_redis_postgres_and_smtp(
     assert "newsletter_retries_total 60.0" in scraped
     assert "newsletter_send_seconds_count 360.0" in scraped  # every attempt timed: 297 + 60 + 3
     # The web app's ledger metrics, read from the database and the broker.
+    from fastapi.testclient import TestClient
+
     from newsletter.web import create_app
 
-    ledger = create_app(settings).test_client().get("/metrics").get_data(as_text=True)
+    ledger = TestClient(create_app(settings)).get("/metrics").text
     assert 'newsletter_deliveries{lang="en",state="sent"} 99.0' in ledger
     assert 'newsletter_issues{status="sent"} 1.0' in ledger
     assert 'newsletter_queue_depth{queue="send"} 0.0' in ledger

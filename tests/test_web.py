@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from newsletter.db import session_factory
@@ -16,7 +17,7 @@ def _app(db_url: str, make_settings):  # type: ignore[no-untyped-def]
         session.add(Subscriber(email="ann@example.com", name="Ann", lang="en", topics=["security"], attributes={}))
         session.commit()
         sid = session.scalar(select(Subscriber.id))
-    return create_app(settings).test_client(), settings, sid
+    return TestClient(create_app(settings)), settings, sid
 
 
 def test_one_click_unsubscribe(db_url: str, make_settings) -> None:  # type: ignore[no-untyped-def]
@@ -24,12 +25,12 @@ def test_one_click_unsubscribe(db_url: str, make_settings) -> None:  # type: ign
     token = sign(settings.secret_key, "unsubscribe", sid, 1)
     # GET only asks: link scanners must not unsubscribe anyone.
     page = client.get(f"/unsubscribe/{token}")
-    assert page.status_code == 200 and b'<form method="post">' in page.data
+    assert page.status_code == 200 and b'<form method="post">' in page.content
     with session_factory(db_url)() as session:
         assert session.get_one(Subscriber, sid).status == SubscriberStatus.ACTIVE
     # The mail client's one-click POST (RFC 8058 section 3.2).
     done = client.post(f"/unsubscribe/{token}", data={"List-Unsubscribe": "One-Click"})
-    assert done.status_code == 200 and b"Unsubscribed" in done.data
+    assert done.status_code == 200 and b"Unsubscribed" in done.content
     with session_factory(db_url)() as session:
         assert session.get_one(Subscriber, sid).status == SubscriberStatus.UNSUBSCRIBED
         assert session.scalar(select(Suppression.detail).where(Suppression.email == "ann@example.com")) == "one-click"
@@ -41,9 +42,9 @@ def test_preferences_page_changes_language_and_topics(db_url: str, make_settings
     client, settings, sid = _app(db_url, make_settings)
     token = sign(settings.secret_key, "preferences", sid)
     page = client.get(f"/preferences/{token}")
-    assert page.status_code == 200 and b"ann@example.com" in page.data and b'value="security"' in page.data
+    assert page.status_code == 200 and b"ann@example.com" in page.content and b'value="security"' in page.content
     saved = client.post(f"/preferences/{token}", data={"lang": "zh-Hant", "topics": "economy, security,"})
-    assert saved.status_code == 200 and b"Saved." in saved.data
+    assert saved.status_code == 200 and b"Saved." in saved.content
     with session_factory(db_url)() as session:
         subscriber = session.get_one(Subscriber, sid)
         assert (subscriber.lang, subscriber.topics) == ("zh-Hant", ["economy", "security"])
@@ -53,6 +54,6 @@ def test_preferences_page_changes_language_and_topics(db_url: str, make_settings
 
 def test_health_metrics_and_unknown_edition(db_url: str, make_settings) -> None:  # type: ignore[no-untyped-def]
     client, _, _ = _app(db_url, make_settings)
-    assert client.get("/healthz").get_json() == {"status": "ok"}
+    assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/issues/99/en").status_code == 404
-    assert b"newsletter_deliveries" in client.get("/metrics").data
+    assert b"newsletter_deliveries" in client.get("/metrics").content

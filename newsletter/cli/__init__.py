@@ -46,4 +46,3 @@ def _register() -> None:
 
 
 _register()
-

@@ -48,21 +48,16 @@ def sweep(ctx: Context) -> None:
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
-@click.option("--threads", default=8, show_default=True, type=int, help="Request threads (waitress).")
-@click.option("--dev", is_flag=True, help="Flask's development server with reloading, instead of waitress.")
-def web(host: str, port: int, threads: int, dev: bool) -> None:
-    """Serve the web pages: view-in-browser editions (/issues/N/LANG), one-click unsubscribe, preferences,
-    Prometheus metrics (/metrics) and a health check (/healthz), with the waitress WSGI server."""
-    from newsletter.web import create_app
+@click.option("--workers", default=1, show_default=True, type=int, help="uvicorn worker processes.")
+@click.option("--reload", is_flag=True, help="Restart on code changes (development).")
+def web(host: str, port: int, workers: int, reload: bool) -> None:
+    """Serve the web app with uvicorn: view-in-browser editions (/issues/N/LANG), one-click unsubscribe,
+    preferences, Prometheus metrics (/metrics), a health check (/healthz) and the OpenAPI docs (/docs)."""
+    import uvicorn
 
-    app = create_app(load_settings())
-    if dev:
-        app.run(host=host, port=port, debug=True)
-        return
-    from waitress import serve
-
+    load_settings()  # a bad setting fails here, before uvicorn starts
     click.echo(f"serving on http://{host}:{port}")
-    serve(app, host=host, port=port, threads=threads, ident="newsletter")
+    uvicorn.run("newsletter.web.asgi:app", host=host, port=port, workers=workers, reload=reload, log_level="info")
 
 
 @click.command()

@@ -1,0 +1,9 @@
+"""The one web app (FastAPI, served by uvicorn): reader pages and operations endpoints.
+
+`create_app` builds it; routers live in `pages` (what subscribers open from a message) and `ops`
+(health check and Prometheus metrics).
+"""
+
+from newsletter.web.app import create_app
+
+__all__ = ["create_app"]

@@ -1,0 +1,54 @@
+"""What routes share: the settings, a session per request and the page templates."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import jinja2
+from fastapi import Depends, Request
+from fastapi.responses import HTMLResponse
+from sqlalchemy.orm import Session, sessionmaker
+
+from newsletter.config import Settings
+from newsletter.db import session_factory
+from newsletter.rendering import templates_dir
+
+
+@dataclass(frozen=True)
+class WebState:
+    """Built once per app."""
+
+    settings: Settings
+    sessions: sessionmaker[Session]
+    pages: jinja2.Environment
+
+    @classmethod
+    def build(cls, settings: Settings) -> WebState:
+        env = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(templates_dir() / "web"),
+            autoescape=True,
+            undefined=jinja2.StrictUndefined,
+        )
+        return cls(settings=settings, sessions=session_factory(settings.database_url), pages=env)
+
+
+def state(request: Request) -> WebState:
+    """The app's `WebState`."""
+    return request.app.state.web  # type: ignore[no-any-return]
+
+
+def db_session(request: Request) -> Iterator[Session]:
+    """A session for one request, closed afterwards."""
+    with state(request).sessions() as session:
+        yield session
+
+
+State = Annotated[WebState, Depends(state)]
+DB = Annotated[Session, Depends(db_session)]
+
+
+def page(web: WebState, template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
+    """Render ``templates/web/<template>`` as an HTML response."""
+    return HTMLResponse(web.pages.get_template(template).render(**context), status_code=status_code)
