@@ -114,6 +114,12 @@ def import_articles(session: Session, path: Path, *, batch: int = 500) -> Import
     A malformed line is reported with its line number and the rest is still imported. Commits every
     ``batch`` records, so an interrupted import keeps what it did.
     """
+    with path.open(encoding="utf-8") as handle:
+        return import_lines(session, handle, batch=batch)
+
+
+def import_lines(session: Session, lines: Iterable[str], *, batch: int = 500) -> ImportReport:
+    """Import JSON Lines text given line by line (an upload, a file); see `import_articles`."""
     report = ImportReport()
     pending: list[dict[str, Any]] = []
 
@@ -136,14 +142,13 @@ def import_articles(session: Session, path: Path, *, batch: int = 500) -> Import
         session.commit()
         pending.clear()
 
-    with path.open(encoding="utf-8") as handle:
-        for _number, result in read_jsonl(handle):
-            if isinstance(result, ArticleError):
-                report.errors.append(result)
-                continue
-            pending.append(result)
-            if len(pending) >= batch:
-                flush()
+    for _number, result in read_jsonl(lines):
+        if isinstance(result, ArticleError):
+            report.errors.append(result)
+            continue
+        pending.append(result)
+        if len(pending) >= batch:
+            flush()
     if pending:
         flush()
     return report

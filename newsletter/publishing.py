@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import delete, func, select, update
@@ -31,7 +32,7 @@ from newsletter.models import (
 )
 from newsletter.related import Doc, recommend
 from newsletter.rendering import ArticleView, EditionContent, check_edition, render_edition
-from newsletter.segments import SegmentError, count_audience, edition_for, stream_audience
+from newsletter.segments import SegmentError, audience, count_audience, edition_for, stream_audience
 from newsletter.tokens import message_id
 
 log = logging.getLogger(__name__)
@@ -291,3 +292,72 @@ def planned_ids(session: Session, issue_id: int, states: Sequence[DeliveryStatus
     return list(
         session.scalars(select(Delivery.id).where(Delivery.issue_id == issue_id, Delivery.status.in_(list(states))).order_by(Delivery.id))
     )
+
+
+@dataclass(frozen=True)
+class AudienceCount:
+    """Who a publish would mail now: ``recipients`` in total, per edition language, and how many
+    subscribers of the audience would be skipped for want of an edition in a language they read."""
+
+    recipients: int
+    by_edition: dict[str, int]
+    no_edition: int
+
+
+class ConfirmationRequired(IssueError):
+    """A publish must be confirmed with the recipient count it will mail (the count is in ``audience``)."""
+
+    def __init__(self, message: str, audience: AudienceCount) -> None:
+        super().__init__(message, "confirm")
+        self.audience = audience
+
+
+def count_recipients(session: Session, issue: Issue) -> AudienceCount:
+    """`AudienceCount` of ``issue``'s segment against its editions, as planning would assign them.
+
+    Raises:
+        IssueError: the segment is malformed.
+    """
+    try:
+        query = audience(issue.segment, max_subscriber_id=issue.audience_max_subscriber_id).subquery()
+    except SegmentError as exc:
+        raise IssueError(f"issue {issue.number}: bad segment: {exc}", "segment") from exc
+    langs = [e.lang for e in issue.editions]
+    by_edition: dict[str, int] = {}
+    skipped = 0
+    for lang, n in session.execute(select(query.c.lang, func.count()).group_by(query.c.lang)):
+        edition = edition_for(lang, langs)
+        if edition is None:
+            skipped += n
+        else:
+            by_edition[edition] = by_edition.get(edition, 0) + n
+    return AudienceCount(sum(by_edition.values()), dict(sorted(by_edition.items())), skipped)
+
+
+def publish_preview(session: Session, settings: Settings, issue: Issue) -> AudienceCount:
+    """Everything a publish checks (`check_publishable`), and who it would mail.
+
+    Raises:
+        IssueError, RenderError: see `check_publishable`.
+    """
+    check_publishable(session, settings, issue)
+    return count_recipients(session, issue)
+
+
+def confirm_publish(session: Session, settings: Settings, issue: Issue, confirm: bool, recipients: int | None = None) -> AudienceCount:
+    """The rule every door follows before mailing the list: the editor has seen the recipient count and
+    confirmed it. With ``recipients`` given, it must still be the count now (the list may have changed
+    since the editor looked). Changes nothing.
+
+    Raises:
+        ConfirmationRequired: not confirmed, or the count changed; carries the current count.
+        IssueError, RenderError: see `check_publishable`.
+    """
+    counted = publish_preview(session, settings, issue)
+    if not confirm:
+        raise ConfirmationRequired(f"issue {issue.number} would go to {counted.recipients} subscribers: confirm to publish", counted)
+    if recipients is not None and recipients != counted.recipients:
+        raise ConfirmationRequired(
+            f"issue {issue.number} would now go to {counted.recipients} subscribers, not {recipients}: confirm again", counted
+        )
+    return counted
