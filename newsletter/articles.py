@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from newsletter.content import html_to_text, markdown_to_html, sanitise_html, strip_links, summarise
+from newsletter.content import html_to_text, markdown_to_html, sanitise_html, strip_links, summarise, unstorable
 from newsletter.models import LANGUAGES, Article
 
 
@@ -102,6 +102,8 @@ def read_jsonl(lines: Iterable[str]) -> Iterator[tuple[int, dict[str, Any] | Art
             record = json.loads(line)
             if not isinstance(record, dict):
                 raise ValueError("not a JSON object")
+            if unstorable(record):
+                raise ValueError("contains a NUL or an unpaired surrogate character")
             record_id = str(record.get("id")) if record.get("id") is not None else None
             yield number, record_to_fields(record)
         except ValueError as exc:  # json.JSONDecodeError is a ValueError
