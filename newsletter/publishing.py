@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from newsletter.config import Settings
 from newsletter.content import category_label, to_traditional
 from newsletter.delivery import ledger
-from newsletter.issues import IssueError
+from newsletter.issues import IssueError, IssueStateError
 from newsletter.models import (
     Article,
     Delivery,
@@ -113,13 +113,13 @@ def check_publishable(session: Session, settings: Settings, issue: Issue) -> Non
         RenderError: an edition does not render.
     """
     if issue.status in (IssueStatus.PUBLISHING, IssueStatus.SENDING):
-        raise IssueError(f"issue {issue.number} is already being published ({issue.status})")
+        raise IssueStateError(f"issue {issue.number} is already being published ({issue.status})")
     if issue.status == IssueStatus.SENT:
-        raise IssueError(f"issue {issue.number} was already sent")
+        raise IssueStateError(f"issue {issue.number} was already sent")
     if issue.status == IssueStatus.PAUSED:
-        raise IssueError(f"issue {issue.number} is paused: resume it instead")
+        raise IssueStateError(f"issue {issue.number} is paused: resume it instead")
     if issue.status == IssueStatus.CANCELLED:
-        raise IssueError(f"issue {issue.number} was cancelled")
+        raise IssueStateError(f"issue {issue.number} was cancelled")
     if not issue.editions:
         raise IssueError(f"issue {issue.number} has no editions")
     for edition in issue.editions:
@@ -130,7 +130,7 @@ def check_publishable(session: Session, settings: Settings, issue: Issue) -> Non
     try:
         size = count_audience(session, issue.segment, max_subscriber_id=issue.audience_max_subscriber_id)
     except SegmentError as exc:
-        raise IssueError(f"issue {issue.number}: bad segment: {exc}") from exc
+        raise IssueError(f"issue {issue.number}: bad segment: {exc}", "segment") from exc
     if size == 0:
         raise IssueError(f"issue {issue.number}: the audience is empty (no active, unsuppressed subscribers)")
 
