@@ -59,7 +59,9 @@ def sign_in(client: TestClient, email: str = EDITOR, password: str = PASSWORD) -
     """Sign in through the form, as a browser would (the page first, for the CSRF cookie and token)."""
     page = client.get("/admin/sign-in")
     token = csrf_of(page.text)
-    response = client.post("/admin/sign-in", data={"email": email, "password": password, "csrf_token": token, "next": "/admin/issues"})
+    response = client.post(
+        "/admin/sign-in", data={"email": email, "password": password, "csrf_token": token, "next": "/admin/issues"}, follow_redirects=False
+    )
     assert response.status_code == 303, response.text
 
 

@@ -76,7 +76,7 @@ def publish_form(request: Request, number: Number, web: State, session: DB) -> R
         counted, problem = publishing.publish_preview(session, web.settings, issue), None
     except (IssueError, RenderError) as exc:
         counted, problem = None, str(exc)
-    return render(request, "publish.html", issue=issue, counted=counted, problem=problem)
+    return render(request, "publish.html", issue=issue, counted=counted, problem=problem, notice=None)
 
 
 @router.post("/issues/{number}/publish")
@@ -95,7 +95,7 @@ def publish(
     except publishing.ConfirmationRequired as exc:
         return render(request, "publish.html", 409, issue=issue, counted=exc.audience, problem=None, notice=str(exc))
     except (IssueError, RenderError) as exc:
-        return render(request, "publish.html", 409, issue=issue, counted=None, problem=str(exc))
+        return render(request, "publish.html", 409, issue=issue, counted=None, problem=str(exc), notice=None)
     session.close()
     try:
         issue_id, _ = runner.start_publish(web.settings, number)
