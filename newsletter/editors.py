@@ -49,7 +49,7 @@ def create_user(session: Session, email: str, password: str) -> User:
         EditorError: invalid address, address taken or password too short.
     """
     try:
-        address = normalise_address(email)
+        address = normalise_address(email).lower()  # sign-in is case-insensitive
     except InvalidAddress as exc:
         raise EditorError(str(exc)) from exc
     if session.scalar(select(User.id).where(User.email == address)) is not None:
@@ -91,7 +91,7 @@ def set_disabled(session: Session, email: str, disabled: bool) -> User:
 def find_user(session: Session, email: str) -> User | None:
     """The user with this address (normalised first), or None."""
     try:
-        address = normalise_address(email)
+        address = normalise_address(email).lower()
     except InvalidAddress:
         return None
     return session.scalar(select(User).where(User.email == address))

@@ -130,6 +130,11 @@ def issue_preview(ctx: Context, number: int, lang: str, out: Path | None, as_tex
     click.echo(f"subject: {preview.subject}\nwrote {out} ({len(body.encode())} bytes)")
 
 
+def interactive() -> bool:
+    """Whether a person is at the terminal to confirm (standard input is a TTY)."""
+    return sys.stdin.isatty()
+
+
 @issue.command("publish")
 @click.argument("number", type=int)
 @click.option("--no-wait", is_flag=True, help="Return once the publish is queued (needs REDIS_URL and a worker).")
@@ -152,7 +157,7 @@ def issue_publish(ctx: Context, number: int, no_wait: bool, yes: bool) -> None:
             click.echo(f"issue {number} goes to {plural(counted.recipients, 'subscriber')} ({parts})", err=True)
             if counted.no_edition:
                 click.echo(f"  {counted.no_edition} more read a language without an edition and are skipped", err=True)
-            confirmed = yes or not sys.stdin.isatty() or click.confirm("Publish now?", err=True)
+            confirmed = yes or not interactive() or click.confirm("Publish now?", err=True)
             publishing.confirm_publish(session, ctx.settings, the_issue, confirmed, counted.recipients)
     except publishing.ConfirmationRequired as exc:
         raise click.ClickException(f"not published: {exc}") from exc
