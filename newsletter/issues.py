@@ -251,6 +251,14 @@ def issue_article_list(issue: Issue) -> list[Article]:
     return [item.article for item in sorted(issue.items, key=lambda i: i.position)]
 
 
+def _locked_articles(session: Session, issue: Issue) -> list[Article]:
+    """The issue's articles as stored now, with the issue row locked (PostgreSQL: SELECT … FOR UPDATE) until
+    the caller commits, so two editors adding an article at once both keep theirs (no lost update)."""
+    session.refresh(issue, with_for_update=True)
+    session.expire(issue, ["items"])
+    return issue_article_list(issue)
+
+
 def set_articles(session: Session, issue: Issue, articles: Sequence[Article]) -> None:
     """Make ``articles`` (in this order) the draft's whole content: adding, removing and reordering all
     come through here. Editions follow the languages present (see `create_issue`); the "You might also
@@ -260,6 +268,7 @@ def set_articles(session: Session, issue: Issue, articles: Sequence[Article]) ->
         IssueStateError: see `require_editable`.
         IssueError: see `check_draft_articles`.
     """
+    session.refresh(issue, with_for_update=True)
     require_editable(session, issue)
     check_draft_articles(articles)
     by_article = {item.article_id: item for item in issue.items}
@@ -282,7 +291,7 @@ def set_articles(session: Session, issue: Issue, articles: Sequence[Article]) ->
 
 def add_articles(session: Session, issue: Issue, articles: Sequence[Article], position: int | None = None) -> None:
     """Insert ``articles`` at ``position`` (default: the end); commits. See `set_articles`."""
-    current = issue_article_list(issue)
+    current = _locked_articles(session, issue)
     at = len(current) if position is None else max(0, min(position, len(current)))
     set_articles(session, issue, [*current[:at], *articles, *current[at:]])
 
@@ -293,7 +302,7 @@ def remove_article(session: Session, issue: Issue, article: Article) -> None:
     Raises:
         IssueNotFound: the article is not in the issue.
     """
-    current = issue_article_list(issue)
+    current = _locked_articles(session, issue)
     if article not in current:
         raise IssueNotFound(f"article {article.external_id} is not in issue {issue.number}", "article")
     set_articles(session, issue, [a for a in current if a is not article])
@@ -305,7 +314,7 @@ def move_article(session: Session, issue: Issue, article: Article, position: int
     Raises:
         IssueNotFound: the article is not in the issue.
     """
-    current = issue_article_list(issue)
+    current = _locked_articles(session, issue)
     if article not in current:
         raise IssueNotFound(f"article {article.external_id} is not in issue {issue.number}", "article")
     current.remove(article)

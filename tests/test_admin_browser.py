@@ -190,6 +190,12 @@ def test_editor_builds_previews_tests_and_publishes_an_issue(browser: Any, serve
     assert page.locator("table.list td").nth(2).text_content() == "sent"
     shot("subscriber")
 
+    # The API docs render from the package's own Swagger UI files, under the same CSP.
+    page.goto(f"{base}/docs")
+    page.locator(".opblock").first.wait_for()
+    assert page.locator(".opblock").count() >= 30
+    shot("api-docs")
+
     assert not errors, errors  # no CSP violation or script error on any page
     print("screenshots:", *shots, sep="\n  ")
     context.close()

@@ -30,8 +30,6 @@ def create_app(settings: Settings) -> FastAPI:
     Cookies are ``Secure`` whenever NEWSLETTER_BASE_URL is https (over plain http://localhost a browser
     would drop them, and signing in could not work).
     """
-    import swagger_ui_bundle
-
     https = settings.base_url.startswith("https://")
     app = FastAPI(
         title="newsletter",
@@ -47,7 +45,6 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(pages.router)
     app.include_router(api.router)
     app.include_router(admin.router)
-    app.mount("/static/swagger", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="swagger")
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     problems.install(app)
 
