@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from newsletter.content import html_to_text, markdown_to_html, sanitise_html, strip_links, summarise
+from newsletter.content import html_to_text, markdown_to_html, sanitise_html, strip_links, summarise, unstorable
 from newsletter.models import LANGUAGES, Article
 
 
@@ -102,6 +102,8 @@ def read_jsonl(lines: Iterable[str]) -> Iterator[tuple[int, dict[str, Any] | Art
             record = json.loads(line)
             if not isinstance(record, dict):
                 raise ValueError("not a JSON object")
+            if unstorable(record):
+                raise ValueError("contains a NUL or an unpaired surrogate character")
             record_id = str(record.get("id")) if record.get("id") is not None else None
             yield number, record_to_fields(record)
         except ValueError as exc:  # json.JSONDecodeError is a ValueError
@@ -114,6 +116,12 @@ def import_articles(session: Session, path: Path, *, batch: int = 500) -> Import
     A malformed line is reported with its line number and the rest is still imported. Commits every
     ``batch`` records, so an interrupted import keeps what it did.
     """
+    with path.open(encoding="utf-8") as handle:
+        return import_lines(session, handle, batch=batch)
+
+
+def import_lines(session: Session, lines: Iterable[str], *, batch: int = 500) -> ImportReport:
+    """Import JSON Lines text given line by line (an upload, a file); see `import_articles`."""
     report = ImportReport()
     pending: list[dict[str, Any]] = []
 
@@ -136,14 +144,13 @@ def import_articles(session: Session, path: Path, *, batch: int = 500) -> Import
         session.commit()
         pending.clear()
 
-    with path.open(encoding="utf-8") as handle:
-        for _number, result in read_jsonl(handle):
-            if isinstance(result, ArticleError):
-                report.errors.append(result)
-                continue
-            pending.append(result)
-            if len(pending) >= batch:
-                flush()
+    for _number, result in read_jsonl(lines):
+        if isinstance(result, ArticleError):
+            report.errors.append(result)
+            continue
+        pending.append(result)
+        if len(pending) >= batch:
+            flush()
     if pending:
         flush()
     return report

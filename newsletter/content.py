@@ -120,3 +120,15 @@ def to_traditional(text: str) -> str:
     """Convert Simplified Chinese to Traditional Chinese with OpenCC's ``s2t`` table (characters only,
     no regional phrase substitution)."""
     return _opencc("s2t").convert(text) if text else text
+
+
+def unstorable(value: object) -> bool:
+    """Whether ``value`` (a string, or lists and dicts of them, keys included) holds a NUL or an unpaired
+    surrogate: text that PostgreSQL refuses and UTF-8 cannot encode, to be rejected at the door."""
+    if isinstance(value, str):
+        return "\x00" in value or any(0xD800 <= ord(c) <= 0xDFFF for c in value)
+    if isinstance(value, dict):
+        return any(unstorable(k) or unstorable(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(unstorable(v) for v in value)
+    return False

@@ -7,7 +7,7 @@ from sqlalchemy.orm import Session
 
 from newsletter.config import Settings
 from newsletter.delivery import ledger
-from newsletter.issues import IssueError
+from newsletter.issues import IssueStateError
 from newsletter.models import Delivery, DeliveryStatus, Issue, IssueStatus, Suppression, utcnow
 from newsletter.publishing import Enqueue, finish_if_done, planned_ids
 
@@ -19,7 +19,7 @@ def pause_issue(session: Session, issue: Issue) -> None:
         IssueError: the issue is not publishing or sending.
     """
     if issue.status not in (IssueStatus.PUBLISHING, IssueStatus.SENDING):
-        raise IssueError(f"issue {issue.number} is {issue.status}; only a publishing or sending issue can be paused")
+        raise IssueStateError(f"issue {issue.number} is {issue.status}; only a publishing or sending issue can be paused")
     issue.status = IssueStatus.PAUSED
     session.commit()
 
@@ -35,7 +35,7 @@ def resume_issue(session: Session, settings: Settings, issue: Issue, enqueue: En
         IssueError: the issue is not paused.
     """
     if issue.status != IssueStatus.PAUSED:
-        raise IssueError(f"issue {issue.number} is {issue.status}, not paused")
+        raise IssueStateError(f"issue {issue.number} is {issue.status}, not paused")
     issue.status = IssueStatus.SENDING if issue.planned_at else IssueStatus.PUBLISHING
     issue.error = None
     session.commit()
@@ -57,7 +57,7 @@ def cancel_issue(session: Session, issue: Issue) -> int:
         IssueError: the issue already finished.
     """
     if issue.status in (IssueStatus.SENT, IssueStatus.CANCELLED):
-        raise IssueError(f"issue {issue.number} is {issue.status}; it cannot be cancelled")
+        raise IssueStateError(f"issue {issue.number} is {issue.status}; it cannot be cancelled")
     issue.status = IssueStatus.CANCELLED
     issue.finished_at = utcnow()
     session.commit()
@@ -81,7 +81,7 @@ def requeue_failed(session: Session, settings: Settings, issue: Issue, enqueue: 
         IssueError: the issue is not sending, sent or failed after planning.
     """
     if issue.status not in (IssueStatus.SENDING, IssueStatus.SENT, IssueStatus.FAILED) or issue.planned_at is None:
-        raise IssueError(f"issue {issue.number} is {issue.status}; only a planned issue's failed deliveries can be requeued")
+        raise IssueStateError(f"issue {issue.number} is {issue.status}; only a planned issue's failed deliveries can be requeued")
     now = utcnow()
     ids = list(
         session.scalars(

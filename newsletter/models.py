@@ -62,6 +62,7 @@ class SubscriberStatus(enum.StrEnum):
     UNSUBSCRIBED = "unsubscribed"
     BOUNCED = "bounced"
     COMPLAINED = "complained"
+    ERASED = "erased"  # personal data deleted on request (GDPR Art. 17); the row keeps delivery counts intact
 
 
 class IssueStatus(enum.StrEnum):
@@ -279,3 +280,46 @@ class BounceEvent(Base):
     status_code: Mapped[str] = mapped_column(String(16))  # RFC 3463, e.g. 5.1.1
     diagnostic: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class User(Base):
+    """An editor who signs in to the admin pages. ``password_hash`` is an argon2id PHC string."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    disabled: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_sign_in_at: Mapped[datetime | None]
+
+
+class ApiToken(Base):
+    """A bearer token for the editor API. Only the SHA-256 of the token is stored; ``prefix`` (its first
+    characters) lets a person recognise it in `tokens list`."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+
+
+class TestSend(Base):
+    """One test message of an edition to an editor's address: never a delivery, kept to rate-limit test sends."""
+
+    __tablename__ = "test_sends"
+    __test__ = False  # not a pytest test class
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    issue_id: Mapped[int] = mapped_column(ForeignKey("issues.id", ondelete="CASCADE"), index=True)
+    lang: Mapped[str] = mapped_column(String(16))
+    email: Mapped[str] = mapped_column(String(320))
+    sent_by: Mapped[str] = mapped_column(String(160))  # "user:ann@example.org", "token:ci", "cli"
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import delete, func, select, update
@@ -16,7 +17,7 @@ from sqlalchemy.orm import Session
 from newsletter.config import Settings
 from newsletter.content import category_label, to_traditional
 from newsletter.delivery import ledger
-from newsletter.issues import IssueError
+from newsletter.issues import IssueError, IssueStateError
 from newsletter.models import (
     Article,
     Delivery,
@@ -31,7 +32,7 @@ from newsletter.models import (
 )
 from newsletter.related import Doc, recommend
 from newsletter.rendering import ArticleView, EditionContent, check_edition, render_edition
-from newsletter.segments import SegmentError, count_audience, edition_for, stream_audience
+from newsletter.segments import SegmentError, audience, count_audience, edition_for, stream_audience
 from newsletter.tokens import message_id
 
 log = logging.getLogger(__name__)
@@ -112,13 +113,13 @@ def check_publishable(session: Session, settings: Settings, issue: Issue) -> Non
         RenderError: an edition does not render.
     """
     if issue.status in (IssueStatus.PUBLISHING, IssueStatus.SENDING):
-        raise IssueError(f"issue {issue.number} is already being published ({issue.status})")
+        raise IssueStateError(f"issue {issue.number} is already being published ({issue.status})")
     if issue.status == IssueStatus.SENT:
-        raise IssueError(f"issue {issue.number} was already sent")
+        raise IssueStateError(f"issue {issue.number} was already sent")
     if issue.status == IssueStatus.PAUSED:
-        raise IssueError(f"issue {issue.number} is paused: resume it instead")
+        raise IssueStateError(f"issue {issue.number} is paused: resume it instead")
     if issue.status == IssueStatus.CANCELLED:
-        raise IssueError(f"issue {issue.number} was cancelled")
+        raise IssueStateError(f"issue {issue.number} was cancelled")
     if not issue.editions:
         raise IssueError(f"issue {issue.number} has no editions")
     for edition in issue.editions:
@@ -129,7 +130,7 @@ def check_publishable(session: Session, settings: Settings, issue: Issue) -> Non
     try:
         size = count_audience(session, issue.segment, max_subscriber_id=issue.audience_max_subscriber_id)
     except SegmentError as exc:
-        raise IssueError(f"issue {issue.number}: bad segment: {exc}") from exc
+        raise IssueError(f"issue {issue.number}: bad segment: {exc}", "segment") from exc
     if size == 0:
         raise IssueError(f"issue {issue.number}: the audience is empty (no active, unsuppressed subscribers)")
 
@@ -291,3 +292,72 @@ def planned_ids(session: Session, issue_id: int, states: Sequence[DeliveryStatus
     return list(
         session.scalars(select(Delivery.id).where(Delivery.issue_id == issue_id, Delivery.status.in_(list(states))).order_by(Delivery.id))
     )
+
+
+@dataclass(frozen=True)
+class AudienceCount:
+    """Who a publish would mail now: ``recipients`` in total, per edition language, and how many
+    subscribers of the audience would be skipped for want of an edition in a language they read."""
+
+    recipients: int
+    by_edition: dict[str, int]
+    no_edition: int
+
+
+class ConfirmationRequired(IssueError):
+    """A publish must be confirmed with the recipient count it will mail (the count is in ``audience``)."""
+
+    def __init__(self, message: str, audience: AudienceCount) -> None:
+        super().__init__(message, "confirm")
+        self.audience = audience
+
+
+def count_recipients(session: Session, issue: Issue) -> AudienceCount:
+    """`AudienceCount` of ``issue``'s segment against its editions, as planning would assign them.
+
+    Raises:
+        IssueError: the segment is malformed.
+    """
+    try:
+        query = audience(issue.segment, max_subscriber_id=issue.audience_max_subscriber_id).subquery()
+    except SegmentError as exc:
+        raise IssueError(f"issue {issue.number}: bad segment: {exc}", "segment") from exc
+    langs = [e.lang for e in issue.editions]
+    by_edition: dict[str, int] = {}
+    skipped = 0
+    for lang, n in session.execute(select(query.c.lang, func.count()).group_by(query.c.lang)):
+        edition = edition_for(lang, langs)
+        if edition is None:
+            skipped += n
+        else:
+            by_edition[edition] = by_edition.get(edition, 0) + n
+    return AudienceCount(sum(by_edition.values()), dict(sorted(by_edition.items())), skipped)
+
+
+def publish_preview(session: Session, settings: Settings, issue: Issue) -> AudienceCount:
+    """Everything a publish checks (`check_publishable`), and who it would mail.
+
+    Raises:
+        IssueError, RenderError: see `check_publishable`.
+    """
+    check_publishable(session, settings, issue)
+    return count_recipients(session, issue)
+
+
+def confirm_publish(session: Session, settings: Settings, issue: Issue, confirm: bool, recipients: int | None = None) -> AudienceCount:
+    """The rule every door follows before mailing the list: the editor has seen the recipient count and
+    confirmed it. With ``recipients`` given, it must still be the count now (the list may have changed
+    since the editor looked). Changes nothing.
+
+    Raises:
+        ConfirmationRequired: not confirmed, or the count changed; carries the current count.
+        IssueError, RenderError: see `check_publishable`.
+    """
+    counted = publish_preview(session, settings, issue)
+    if not confirm:
+        raise ConfirmationRequired(f"issue {issue.number} would go to {counted.recipients} subscribers: confirm to publish", counted)
+    if recipients is not None and recipients != counted.recipients:
+        raise ConfirmationRequired(
+            f"issue {issue.number} would now go to {counted.recipients} subscribers, not {recipients}: confirm again", counted
+        )
+    return counted

@@ -1,4 +1,5 @@
-"""Starting a publish and following it until every delivery is final (used by the CLI and the demo)."""
+"""Starting, resuming and requeueing a publish, and following it until every delivery is final (used by the
+CLI, the demo, the editor API and the admin pages)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from newsletter import publishing, sweeper
+from newsletter import control, publishing, sweeper
 from newsletter.config import Settings
 from newsletter.db import session_factory
 from newsletter.delivery import ledger
@@ -91,3 +92,75 @@ def follow(
         if deadline is not None and time.monotonic() > deadline:
             return PublishOutcome(issue.number, str(issue.status), "still running: gave up following")
         time.sleep(poll)
+
+
+def resume_publish(settings: Settings, number: int, *, background: bool = False) -> tuple[int, int, bool]:
+    """Resume paused issue ``number`` (`newsletter.control.resume_issue`), restarting planning if it had
+    not finished. Returns ``(issue_id, batches enqueued, planning restarted)``.
+
+    Without a broker the batches are sent in this process: before this returns, or with ``background``
+    (a server) in a thread that then follows the issue (see `watch`).
+
+    Raises:
+        IssueError: the issue is not paused (checked before anything is sent).
+    """
+    from tasks.publish import enqueue_send, plan_deliveries, use_settings
+
+    use_settings(settings)
+    later: list[tuple[int, list[int]]] = []
+    defer = background and settings.embedded
+    with session_factory(settings.database_url)() as session:
+        issue = get_issue(session, number)
+        batches = control.resume_issue(session, settings, issue, (lambda i, ids: later.append((i, ids))) if defer else enqueue_send)
+        issue_id, replan = issue.id, issue.planned_at is None
+
+    def rest() -> None:
+        for batch in later:
+            enqueue_send(*batch)
+        if replan:
+            plan_deliveries.delay(issue_id)
+
+    if defer:
+        watch(settings, issue_id, rest)
+    else:
+        rest()
+    return issue_id, batches, replan
+
+
+def requeue_publish(settings: Settings, number: int, *, background: bool = False) -> tuple[int, int]:
+    """Send issue ``number``'s failed deliveries again (`newsletter.control.requeue_failed`).
+    Returns ``(issue_id, deliveries requeued)``; ``background`` as for `resume_publish`.
+
+    Raises:
+        IssueError: the issue is not planned (checked before anything is sent).
+    """
+    from tasks.publish import enqueue_send, use_settings
+
+    use_settings(settings)
+    later: list[tuple[int, list[int]]] = []
+    defer = background and settings.embedded
+    with session_factory(settings.database_url)() as session:
+        issue = get_issue(session, number)
+        count = control.requeue_failed(session, settings, issue, (lambda i, ids: later.append((i, ids))) if defer else enqueue_send)
+        issue_id = issue.id
+    if defer:
+        watch(settings, issue_id, lambda: [enqueue_send(*batch) for batch in later])
+    return issue_id, count
+
+
+def watch(settings: Settings, issue_id: int, action: Callable[[], object] | None = None) -> threading.Thread | None:
+    """For a server process without a broker (the web app in the embedded mode): run ``action``, then
+    follow the issue in a daemon thread, so this process is the worker and the sweeper (retries) until
+    every delivery is final. With a broker, workers and beat do that, and this does nothing."""
+    if not settings.embedded:
+        return None
+
+    def run() -> None:
+        with contextlib.suppress(Exception):  # outcomes are recorded on the issue and its deliveries
+            if action is not None:
+                action()
+            follow(settings, issue_id, poll=0.5, timeout=24 * 3600)
+
+    thread = threading.Thread(target=run, name=f"issue-id-{issue_id}", daemon=True)
+    thread.start()
+    return thread

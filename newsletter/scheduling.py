@@ -9,7 +9,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from newsletter.config import Settings
-from newsletter.issues import IssueError
+from newsletter.issues import IssueError, IssueStateError
 from newsletter.models import Issue, IssueStatus, utcnow
 from newsletter.publishing import check_publishable, freeze_audience
 
@@ -26,11 +26,11 @@ def schedule_issue(session: Session, settings: Settings, issue: Issue, at: datet
         RenderError: an edition does not render.
     """
     if at.tzinfo is None:
-        raise IssueError("the schedule time needs a timezone (e.g. 2026-12-07T09:00+08:00)")
+        raise IssueError("the schedule time needs a timezone (e.g. 2026-12-07T09:00+08:00)", "at")
     if at <= (now or utcnow()):
-        raise IssueError(f"the schedule time {at.isoformat()} is not in the future")
+        raise IssueError(f"the schedule time {at.isoformat()} is not in the future", "at")
     if issue.status not in (IssueStatus.DRAFT, IssueStatus.SCHEDULED):
-        raise IssueError(f"issue {issue.number} is {issue.status}; only a draft can be scheduled")
+        raise IssueStateError(f"issue {issue.number} is {issue.status}; only a draft can be scheduled")
     check_publishable(session, settings, issue)
     issue.status = IssueStatus.SCHEDULED
     issue.scheduled_at = at
@@ -52,7 +52,7 @@ def unschedule_issue(session: Session, issue: Issue) -> None:
     session.commit()
     if not result.rowcount:  # type: ignore[attr-defined]
         session.refresh(issue)
-        raise IssueError(f"issue {issue.number} is {issue.status}, not scheduled")
+        raise IssueStateError(f"issue {issue.number} is {issue.status}, not scheduled")
     session.refresh(issue)
 
 

@@ -67,7 +67,7 @@ class SubscriberImportReport:
     errors: list[str] = field(default_factory=list)
 
 
-CORE_COLUMNS = ("email", "name", "lang", "topics", "signed_up")
+CORE_COLUMNS = ("email", "name", "lang", "topics", "signed_up", "status")  # status (as exported) is never imported
 
 
 def import_subscribers(session: Session, path: Path, *, status: SubscriberStatus = SubscriberStatus.ACTIVE) -> SubscriberImportReport:
@@ -78,7 +78,10 @@ def import_subscribers(session: Session, path: Path, *, status: SubscriberStatus
     Addresses that differ only in the case of their domain are one subscriber: later rows update the
     name, language, topics and attributes of the earlier one. Invalid rows are reported with their line
     number. Existing unsubscribed or bounced subscribers keep their status (an import never re-subscribes).
+    An address erased on request after it had opted out is refused (see `newsletter.erasure`).
     """
+    from newsletter.erasure import is_erased_suppressed
+
     report = SubscriberImportReport()
     rows: dict[str, dict[str, object]] = {}
     with path.open(encoding="utf-8-sig", newline="") as handle:
@@ -90,6 +93,8 @@ def import_subscribers(session: Session, path: Path, *, status: SubscriberStatus
             line = reader.line_num
             try:
                 email = normalise_address(row.get("email", ""))
+                if is_erased_suppressed(session, email):
+                    raise ValueError(f"{email} was erased on its owner's request after opting out; it is not imported again")
                 lang = normalise_lang(row.get("lang") or None)
                 signed_up = _signup(row.get("signed_up"))
             except ValueError as exc:

@@ -29,3 +29,5 @@ def test_non_editable_install_finds_templates_and_migrations(tmp_path: Path) -> 
     assert flags == "True True"
     assert (site / "newsletter" / "sample" / "articles-zh-Hans.jsonl").is_file()  # the demo's fallback corpus
     assert (site / "newsletter" / "templates" / "email" / "_base" / "body.html").is_file()
+    assert (site / "newsletter" / "templates" / "web" / "admin" / "_base.html").is_file()
+    assert (site / "newsletter" / "web" / "static" / "htmx.min.js").is_file()  # served by the app, no CDN

@@ -28,7 +28,9 @@ def main(verbose: bool) -> None:
 
 
 def _register() -> None:
-    from newsletter.cli import articles, bounces, db, issues, processes, segments, subscribers
+    from newsletter.cli import articles, bounces, db, drafts, issues, processes, segments, subscribers, users
+
+    _ = drafts  # adds edit, delete and test-send to the issue group
 
     for command in (
         db.db,
@@ -37,6 +39,8 @@ def _register() -> None:
         issues.issue,
         segments.segment,
         bounces.bounces,
+        users.users,
+        users.tokens,
         processes.worker,
         processes.sweep,
         processes.web,

@@ -30,3 +30,50 @@ def articles_import(ctx: Context, file: Path) -> None:
     click.echo(f"{report.created} created, {report.updated} updated, {report.unchanged} unchanged, {len(report.errors)} rejected")
     if report.errors and not (report.created or report.updated or report.unchanged):
         sys.exit(1)
+
+
+def _filters(f):  # type: ignore[no-untyped-def]
+    for option in reversed(
+        [
+            click.option("--lang", help="en, zh-Hans or zh-Hant."),
+            click.option("--category", help="Category (case-insensitive)."),
+            click.option("--since", help="Published on or after (ISO 8601)."),
+            click.option("--until", help="Published before (ISO 8601)."),
+            click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 1000)),
+            click.option("--offset", default=0, type=click.IntRange(0)),
+        ]
+    ):
+        f = option(f)
+    return f
+
+
+def _list(
+    ctx: Context, text: str | None, lang: str | None, category: str | None, since: str | None, until: str | None, limit: int, offset: int
+) -> None:
+    from newsletter.cli.issues import _date
+    from newsletter.issues import Selection, search_articles
+
+    with ctx.session() as session:
+        page, total = search_articles(session, text, Selection(limit, lang, category, _date(since), _date(until)), offset=offset)
+        for a in page:
+            when = f"{a.published_at:%Y-%m-%d}" if a.published_at else "----------"
+            click.echo(f"{a.external_id}  {when}  {a.lang:<7}  {(a.category or '-')[:20]:<20}  {a.title}")
+    shown = f"{offset + 1}-{offset + len(page)}" if page else "none"
+    click.echo(f"{shown} of {total} article{'' if total == 1 else 's'}", err=True)
+
+
+@articles.command("list")
+@_filters
+@pass_ctx
+def articles_list(ctx: Context, **filters: object) -> None:
+    """List articles, newest first: id, date, language, category, title (ids go to 'issue create --articles')."""
+    _list(ctx, None, **filters)  # type: ignore[arg-type]
+
+
+@articles.command("search")
+@click.argument("text")
+@_filters
+@pass_ctx
+def articles_search(ctx: Context, text: str, **filters: object) -> None:
+    """Articles whose title or summary contains TEXT (case-insensitive), newest first."""
+    _list(ctx, text, **filters)  # type: ignore[arg-type]

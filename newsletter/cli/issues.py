@@ -17,7 +17,7 @@ from newsletter.articles import parse_datetime
 from newsletter.cli.common import Context, pass_ctx, plural
 from newsletter.config import Settings
 from newsletter.issues import IssueError, Selection, articles_by_external_id, create_issue, get_issue, select_articles
-from newsletter.models import Issue, IssueStatus
+from newsletter.models import Issue
 from newsletter.rendering import RenderError
 
 
@@ -117,43 +117,52 @@ def issue_list(ctx: Context) -> None:
 @pass_ctx
 def issue_preview(ctx: Context, number: int, lang: str, out: Path | None, as_text: bool) -> None:
     """Render one edition as a subscriber would see it (CSS inlined) and write it to a file."""
-    from newsletter import publishing
-    from newsletter.rendering import greeting, personalise, render_edition
+    from newsletter.previews import preview_edition
 
     with ctx.session() as session:
         try:
-            the_issue = get_issue(session, number)
-            edition = next((e for e in the_issue.editions if e.lang == lang), None)
-            if edition is None:
-                raise IssueError(f"issue {number} has no {lang} edition (has: {', '.join(e.lang for e in the_issue.editions)})")
-            if the_issue.status == IssueStatus.DRAFT:
-                publishing.attach_related(session, ctx.settings, the_issue.id)  # as publishing would; replaced then
-            rendered = render_edition(publishing.edition_content(session, ctx.settings, the_issue, edition))
+            preview = preview_edition(session, ctx.settings, get_issue(session, number), lang)
         except (IssueError, RenderError) as exc:
             raise click.ClickException(str(exc)) from exc
-    values = {
-        "GREETING": greeting(lang, ""),
-        "EMAIL": "preview@example.org",
-        "UNSUBSCRIBE_URL": "#unsubscribe",
-        "PREFERENCES_URL": "#preferences",
-    }
-    body = personalise(rendered.text, values, escape=False) if as_text else personalise(rendered.html, values, escape=True)
+    body = preview.text if as_text else preview.html
     out = out or Path(f"issue-{number}-{lang}.{'txt' if as_text else 'html'}")
     out.write_text(body, encoding="utf-8")
-    click.echo(f"subject: {rendered.subject}\nwrote {out} ({len(body.encode())} bytes)")
+    click.echo(f"subject: {preview.subject}\nwrote {out} ({len(body.encode())} bytes)")
+
+
+def interactive() -> bool:
+    """Whether a person is at the terminal to confirm (standard input is a TTY)."""
+    return sys.stdin.isatty()
 
 
 @issue.command("publish")
 @click.argument("number", type=int)
 @click.option("--no-wait", is_flag=True, help="Return once the publish is queued (needs REDIS_URL and a worker).")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation at a terminal.")
 @pass_ctx
-def issue_publish(ctx: Context, number: int, no_wait: bool) -> None:
+def issue_publish(ctx: Context, number: int, no_wait: bool, yes: bool) -> None:
     """Publish issue NUMBER: related articles, rendering, planning and sending, as Celery tasks.
 
-    Shows a progress bar until every delivery is final, then the counts.
+    Shows the recipient count first and, at a terminal, asks to confirm it (--yes does not ask; a
+    script's command line is its confirmation). Then a progress bar until every delivery is final.
     """
+    from newsletter import publishing
     from newsletter.runner import start_publish
 
+    try:
+        with ctx.session() as session:
+            the_issue = get_issue(session, number)
+            counted = publishing.publish_preview(session, ctx.settings, the_issue)
+            parts = ", ".join(f"{lang} {n}" for lang, n in counted.by_edition.items())
+            click.echo(f"issue {number} goes to {plural(counted.recipients, 'subscriber')} ({parts})", err=True)
+            if counted.no_edition:
+                click.echo(f"  {counted.no_edition} more read a language without an edition and are skipped", err=True)
+            confirmed = yes or not interactive() or click.confirm("Publish now?", err=True)
+            publishing.confirm_publish(session, ctx.settings, the_issue, confirmed, counted.recipients)
+    except publishing.ConfirmationRequired as exc:
+        raise click.ClickException(f"not published: {exc}") from exc
+    except (IssueError, RenderError) as exc:
+        raise click.ClickException(str(exc)) from exc
     try:
         issue_id, thread = start_publish(ctx.settings, number)
     except (IssueError, RenderError) as exc:
@@ -311,18 +320,12 @@ def issue_pause(ctx: Context, number: int) -> None:
 @pass_ctx
 def issue_resume(ctx: Context, number: int, no_wait: bool) -> None:
     """Resume a paused issue exactly where it stopped: no message is sent twice, none is skipped."""
-    from tasks.publish import enqueue_send, plan_deliveries, use_settings
+    from newsletter.runner import resume_publish
 
-    use_settings(ctx.settings)
-    with ctx.session() as session:
-        try:
-            the_issue = get_issue(session, number)
-            batches = control.resume_issue(session, ctx.settings, the_issue, enqueue_send)
-        except IssueError as exc:
-            raise click.ClickException(str(exc)) from exc
-        issue_id, replan = the_issue.id, the_issue.planned_at is None
-    if replan:
-        plan_deliveries.delay(issue_id)
+    try:
+        issue_id, batches, replan = resume_publish(ctx.settings, number)
+    except IssueError as exc:
+        raise click.ClickException(str(exc)) from exc
     click.echo(f"issue {number} resumed: {batches} batches queued" + (", planning restarted" if replan else ""))
     if no_wait and not ctx.settings.embedded:
         return
@@ -336,16 +339,12 @@ def issue_resume(ctx: Context, number: int, no_wait: bool) -> None:
 @pass_ctx
 def issue_requeue(ctx: Context, number: int, no_wait: bool) -> None:
     """Send issue NUMBER's failed deliveries again (e.g. after fixing a relay); suppressed addresses stay failed."""
-    from tasks.publish import enqueue_send, use_settings
+    from newsletter.runner import requeue_publish
 
-    use_settings(ctx.settings)
-    with ctx.session() as session:
-        try:
-            the_issue = get_issue(session, number)
-            count = control.requeue_failed(session, ctx.settings, the_issue, enqueue_send)
-        except IssueError as exc:
-            raise click.ClickException(str(exc)) from exc
-        issue_id = the_issue.id
+    try:
+        issue_id, count = requeue_publish(ctx.settings, number)
+    except IssueError as exc:
+        raise click.ClickException(str(exc)) from exc
     click.echo(f"issue {number}: {plural(count, 'failed delivery')} queued again")
     if count and not (no_wait and not ctx.settings.embedded):
         follow_with_bar(ctx.settings, issue_id)

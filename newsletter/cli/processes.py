@@ -51,8 +51,11 @@ def sweep(ctx: Context) -> None:
 @click.option("--workers", default=1, show_default=True, type=int, help="uvicorn worker processes.")
 @click.option("--reload", is_flag=True, help="Restart on code changes (development).")
 def web(host: str, port: int, workers: int, reload: bool) -> None:
-    """Serve the web app with uvicorn: view-in-browser editions (/issues/N/LANG), one-click unsubscribe,
-    preferences, Prometheus metrics (/metrics), a health check (/healthz) and the OpenAPI docs (/docs)."""
+    """Serve the web app with uvicorn: the admin pages (/admin), the editor API (/api, docs at /docs),
+    view-in-browser editions (/issues/N/LANG), one-click unsubscribe, preferences, Prometheus metrics
+    (/metrics) and a health check (/healthz).
+
+    Without REDIS_URL a publish started from the web runs in this process (keep it running until sent)."""
     import uvicorn
 
     load_settings()  # a bad setting fails here, before uvicorn starts

@@ -69,3 +69,26 @@ def subscribers_show(ctx: Context, email: str) -> None:
         )
         for number, status, attempts, error in rows:
             click.echo(f"  issue {number}: {status} after {attempts} attempt(s)" + (f" — {error}" if error else ""))
+
+
+@subscribers.command("erase")
+@click.argument("email")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@pass_ctx
+def subscribers_erase(ctx: Context, email: str, yes: bool) -> None:
+    """Erase EMAIL's personal data (a GDPR erasure request). Their deliveries stay, anonymised, so issue
+    counts do not change; if the address had opted out or bounced, only its hash stays suppressed."""
+    from newsletter.erasure import erase_subscriber
+    from newsletter.subscribers import InvalidAddress, find_subscriber
+
+    with ctx.session() as session:
+        try:
+            subscriber = find_subscriber(session, email)
+        except InvalidAddress as exc:
+            raise click.ClickException(str(exc)) from exc
+        if subscriber is None:
+            raise click.ClickException(f"no subscriber {email}")
+        if not yes:
+            click.confirm(f"Erase {subscriber.email} for good?", abort=True, err=True)
+        erase_subscriber(session, subscriber.id)
+    click.echo(f"{email} erased")

@@ -1,7 +1,7 @@
-"""The one web app (FastAPI, served by uvicorn): reader pages and operations endpoints.
+"""The one web app (FastAPI, served by uvicorn): editor API, admin pages, reader pages, operations endpoints.
 
-`create_app` builds it; routers live in `pages` (what subscribers open from a message) and `ops`
-(health check and Prometheus metrics).
+`create_app` builds it; routers live in `api` (editor API, bearer tokens), `admin` (editor pages, sign-in),
+`pages` (what subscribers open from a message) and `ops` (health check and Prometheus metrics).
 """
 
 from newsletter.web.app import create_app

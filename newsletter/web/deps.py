@@ -14,6 +14,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from newsletter.config import Settings
 from newsletter.db import session_factory
 from newsletter.rendering import templates_dir
+from newsletter.web.ratelimit import RateLimiter
+
+SIGN_IN_LIMIT = 10  # failed sign-ins per address, and per client address, in SIGN_IN_WINDOW
+SIGN_IN_WINDOW = 15 * 60  # seconds
 
 
 @dataclass(frozen=True)
@@ -23,6 +27,7 @@ class WebState:
     settings: Settings
     sessions: sessionmaker[Session]
     pages: jinja2.Environment
+    sign_in_limiter: RateLimiter
 
     @classmethod
     def build(cls, settings: Settings) -> WebState:
@@ -31,7 +36,8 @@ class WebState:
             autoescape=True,
             undefined=jinja2.StrictUndefined,
         )
-        return cls(settings=settings, sessions=session_factory(settings.database_url), pages=env)
+        limiter = RateLimiter("sign-in", SIGN_IN_LIMIT, SIGN_IN_WINDOW, settings.redis_url)
+        return cls(settings=settings, sessions=session_factory(settings.database_url), pages=env, sign_in_limiter=limiter)
 
 
 def state(request: Request) -> WebState:

@@ -1,0 +1,199 @@
+"""Admin pages: the issue list and the issue editor (articles searched and picked, reordered by drag or
+buttons, titles and notes per language, audience rule)."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+from fastapi import APIRouter, Form, Path, Query, Request
+from fastapi.responses import Response
+from sqlalchemy import select
+
+from newsletter import issues
+from newsletter.articles import parse_datetime
+from newsletter.issues import IssueError, Selection, articles_by_external_id, get_issue, search_articles
+from newsletter.models import LANGUAGES, Issue
+from newsletter.web.admin.common import back, flash, is_htmx, render
+from newsletter.web.deps import DB
+
+router = APIRouter()
+Number = Annotated[int, Path(ge=1, le=2**31 - 1)]
+PAGE = 20
+
+
+@router.get("/issues")
+def issue_list(request: Request, session: DB) -> Response:
+    """Every issue, newest first."""
+    return render(request, "issues.html", issues=list(session.scalars(select(Issue).order_by(Issue.number.desc()))))
+
+
+@router.post("/issues")
+def new_issue(request: Request, session: DB) -> Response:
+    """Start an empty draft and open it in the editor."""
+    issue = issues.create_issue(session, [])
+    session.commit()
+    flash(request, f"Issue {issue.number} created: search for articles and add them.")
+    return back(f"/admin/issues/{issue.number}")
+
+
+def _search(session: DB, q: str, lang: str, category: str, since: str, until: str, offset: int) -> tuple[list, int, str | None]:  # type: ignore[type-arg]
+    try:
+        sel = Selection(PAGE, lang or None, category or None, parse_datetime(since or None), parse_datetime(until or None))
+    except (ValueError, OverflowError):
+        return [], 0, "Dates must look like 2025-03-03."
+    found, total = search_articles(session, q, sel, offset=offset)
+    return found, total, None
+
+
+def _editor(request: Request, session: DB, number: int, status_code: int = 200, **extra: object) -> Response:
+    issue = get_issue(session, number)
+    params = request.query_params
+    form = {k: params.get(k, "") for k in ("q", "lang", "category", "since", "until")}
+    offset = max(0, int(params.get("offset", "0") or 0)) if params.get("offset", "0").isdigit() else 0
+    results, total, search_error = _search(session, offset=offset, **form) if any(form.values()) else ([], 0, None)
+    return render(request, "issue.html", status_code, issue=issue, articles=issues.issue_article_list(issue), languages=LANGUAGES,
+                  form=form, results=results, total=total, offset=offset, search_error=search_error,
+                  segment_text=json.dumps(issue.segment, ensure_ascii=False, indent=1) if issue.segment else "", **extra)  # fmt: skip
+
+
+@router.get("/issues/{number}")
+def editor(request: Request, number: Number, session: DB) -> Response:
+    """The issue editor; with ``q``/``lang``/``category``/``since``/``until`` it also lists matching articles."""
+    return _editor(request, session, number)
+
+
+@router.get("/issues/{number}/search")
+def search(
+    request: Request,
+    number: Number,
+    session: DB,
+    q: Annotated[str, Query(max_length=200)] = "",
+    lang: Annotated[str, Query(max_length=16)] = "",
+    category: Annotated[str, Query(max_length=128)] = "",
+    since: Annotated[str, Query(max_length=40)] = "",
+    until: Annotated[str, Query(max_length=40)] = "",
+    offset: Annotated[int, Query(ge=0, le=10**6)] = 0,
+) -> Response:
+    """Search results as a fragment (htmx) or the editor with them."""
+    issue = get_issue(session, number)
+    if not is_htmx(request):
+        return back(f"{request.url.path.removesuffix('/search')}?{request.url.query}")
+    results, total, error = _search(session, q, lang, category, since, until, offset)
+    return render(request, "_results.html", issue=issue, results=results, total=total, offset=offset, search_error=error,
+                  form={"q": q, "lang": lang, "category": category, "since": since, "until": until},
+                  in_issue={i.article_id for i in issue.items})  # fmt: skip
+
+
+def _articles_changed(request: Request, session: DB, number: int, error: str | None = None) -> Response:
+    """After a change of articles: the article list fragment for htmx, else back to the editor."""
+    if is_htmx(request):
+        session.expire_all()
+        issue = get_issue(session, number)
+        return render(request, "_articles.html", 422 if error else 200, issue=issue, articles=issues.issue_article_list(issue), error=error)
+    if error:
+        flash(request, error, "error")
+    return back(f"/admin/issues/{number}")
+
+
+@router.post("/issues/{number}/articles")
+def add_article(
+    request: Request,
+    number: Number,
+    session: DB,
+    article: Annotated[str, Form(max_length=512)],
+    position: Annotated[int | None, Form()] = None,
+) -> Response:
+    """Add an article (at the end, or at ``position``)."""
+    try:
+        issues.add_articles(session, get_issue(session, number), articles_by_external_id(session, [article]), position)
+    except IssueError as exc:
+        return _articles_changed(request, session, number, str(exc))
+    return _articles_changed(request, session, number)
+
+
+@router.post("/issues/{number}/articles/remove")
+def remove_article(request: Request, number: Number, session: DB, article: Annotated[str, Form(max_length=512)]) -> Response:
+    """Take an article out."""
+    try:
+        issues.remove_article(session, get_issue(session, number), articles_by_external_id(session, [article])[0])
+    except IssueError as exc:
+        return _articles_changed(request, session, number, str(exc))
+    return _articles_changed(request, session, number)
+
+
+@router.post("/issues/{number}/articles/move")
+def move_article(
+    request: Request,
+    number: Number,
+    session: DB,
+    article: Annotated[str, Form(max_length=512)],
+    position: Annotated[int, Form(ge=0, le=1000)],
+) -> Response:
+    """Move an article to ``position`` (the up and down buttons)."""
+    try:
+        issues.move_article(session, get_issue(session, number), articles_by_external_id(session, [article])[0], position)
+    except IssueError as exc:
+        return _articles_changed(request, session, number, str(exc))
+    return _articles_changed(request, session, number)
+
+
+@router.post("/issues/{number}/articles/order")
+def order_articles(request: Request, number: Number, session: DB, order: Annotated[str, Form(max_length=100_000)]) -> Response:
+    """Set the whole order (drag and drop sends every id, one per line)."""
+    ids = [line.strip() for line in order.splitlines() if line.strip()]
+    try:
+        issue = get_issue(session, number)
+        if sorted(ids) != sorted(a.external_id for a in issues.issue_article_list(issue)):
+            raise IssueError("the issue changed meanwhile: reload the page")
+        issues.set_articles(session, issue, articles_by_external_id(session, ids))
+    except IssueError as exc:
+        return _articles_changed(request, session, number, str(exc))
+    return _articles_changed(request, session, number)
+
+
+@router.post("/issues/{number}/editions/{lang}")
+def save_edition(
+    request: Request,
+    number: Number,
+    lang: Annotated[str, Path(max_length=16)],
+    session: DB,
+    title: Annotated[str, Form(max_length=1000)],
+    note: Annotated[str, Form(max_length=100_000)] = "",
+) -> Response:
+    """Save one edition's title and editor's note."""
+    try:
+        issues.update_texts(session, get_issue(session, number), {lang: title}, {lang: note.replace("\r\n", "\n")})
+        flash(request, f"The {lang} edition is saved.")
+    except IssueError as exc:
+        flash(request, str(exc), "error")
+    return back(f"/admin/issues/{number}#edition-{lang}")
+
+
+@router.post("/issues/{number}/segment")
+def save_segment(request: Request, number: Number, session: DB, rule: Annotated[str, Form(max_length=100_000)] = "") -> Response:
+    """Save the audience rule (JSON; empty for everyone)."""
+    try:
+        parsed = json.loads(rule) if rule.strip() else None
+        issues.set_segment(session, get_issue(session, number), parsed)
+        flash(request, "Audience saved.")
+    except json.JSONDecodeError as exc:
+        flash(request, f"The audience rule is not JSON: {exc}", "error")
+    except IssueError as exc:
+        flash(request, f"Audience not saved: {exc}", "error")
+    return back(f"/admin/issues/{number}#audience")
+
+
+@router.post("/issues/{number}/delete")
+def delete(request: Request, number: Number, session: DB, confirm: Annotated[str, Form()] = "") -> Response:
+    """Delete a draft (the form asks to tick a box first)."""
+    if confirm != "yes":
+        flash(request, "Tick the box to delete the draft.", "error")
+        return back(f"/admin/issues/{number}")
+    try:
+        issues.delete_issue(session, get_issue(session, number))
+    except IssueError as exc:
+        flash(request, str(exc), "error")
+        return back(f"/admin/issues/{number}")
+    flash(request, f"Issue {number} deleted.")
+    return back("/admin/issues")

@@ -1,0 +1,74 @@
+"""Admin pages without a browser: every page renders, the forms do what they say, frames may only be framed here."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from newsletter.db import session_factory
+from newsletter.models import Issue, Subscriber, SubscriberStatus
+from newsletter.runner import follow
+from tests.editor_setup import csrf_of, make_site, sign_in
+
+
+def test_pages_render_and_forms_work(sqlite_url: str, make_settings) -> None:  # type: ignore[no-untyped-def]
+    settings = make_settings(sqlite_url)
+    site = make_site(settings)
+    c = site.client
+    c.post("/api/issues", json={"articles": ["sample-en-01", "sample-zh-Hans-01"]}, headers=site.auth)
+    sign_in(c)
+    token = csrf_of(c.get("/admin/issues").text)
+    hx = {"HX-Request": "true", "X-CSRF-Token": token}
+
+    for path in ("/admin/issues", "/admin/issues/1", "/admin/issues/1?q=grid&lang=en", "/admin/issues/1/preview", "/admin/issues/1/publish",
+                 "/admin/issues/1/progress", "/admin/subscribers", "/admin/subscribers?q=ann&status=active", "/admin/subscribers/1"):  # fmt: skip
+        page = c.get(path)
+        assert page.status_code == 200 and "<script>" not in page.text, path
+    results = c.get("/admin/issues/1/search", params={"q": "flood"}, headers=hx)
+    assert results.text.startswith('<div id="search-results">') and "sample-en-02" in results.text
+    frame = c.get("/admin/issues/1/preview/zh-Hant")
+    assert "frame-ancestors 'self'" in frame.headers["content-security-policy"] and frame.headers["x-frame-options"] == "SAMEORIGIN"
+    assert "script-src" not in frame.headers["content-security-policy"] and "多地啓動" in frame.text
+    assert c.get("/admin/issues/1/preview/zh-Hant", params={"format": "text"}).text.startswith("Subject: ")
+    assert "cannot be shown" in c.get("/admin/issues/1/preview/fr").text
+
+    # Article list changes answer with the list fragment for htmx.
+    added = c.post("/admin/issues/1/articles", data={"article": "sample-en-02"}, headers=hx)
+    assert added.text.startswith('<div id="issue-articles">') and added.text.count("<li draggable") == 3
+    twice = c.post("/admin/issues/1/articles", data={"article": "sample-en-02"}, headers=hx)
+    assert twice.status_code == 422 and "appears twice" in twice.text
+    moved = c.post("/admin/issues/1/articles/order", data={"order": "sample-en-02\nsample-zh-Hans-01\nsample-en-01"}, headers=hx)
+    assert moved.text.index("sample-en-02") < moved.text.index("sample-en-01")
+    stale = c.post("/admin/issues/1/articles/order", data={"order": "sample-en-02"}, headers=hx)
+    assert "changed meanwhile" in stale.text
+    c.post("/admin/issues/1/articles/remove", data={"article": "sample-en-02", "csrf_token": token})
+    saved = c.post("/admin/issues/1/editions/en", data={"title": "Week 48", "note": "Hi", "csrf_token": token})
+    assert "The en edition is saved." in saved.text and 'value="Week 48"' in saved.text
+    bad_rule = c.post("/admin/issues/1/segment", data={"rule": '{"languages": "en"}', "csrf_token": token})
+    assert "Audience not saved" in bad_rule.text
+
+    # Publishing: the count on the form must still hold.
+    stale_count = c.post("/admin/issues/1/publish", data={"recipients": "7", "confirm": "yes", "csrf_token": token})
+    assert stale_count.status_code == 409 and "would now go to 3 subscribers, not 7" in stale_count.text
+    unticked = c.post("/admin/issues/1/publish", data={"recipients": "3", "csrf_token": token})
+    assert unticked.status_code == 409
+    done = c.post("/admin/issues/1/publish", data={"recipients": "3", "confirm": "yes", "csrf_token": token})
+    assert done.url.path == "/admin/issues/1/progress" and "is being published to 3 subscribers" in done.text
+    with session_factory(sqlite_url)() as session:
+        issue_id = session.scalar(select(Issue.id))
+    assert follow(settings, issue_id, timeout=60).status == "sent"
+    progress = c.get("/admin/issues/1/progress", headers=hx)
+    assert 'hx-trigger="every 1s"' not in progress.text and '<tr data-state="sent">' in progress.text  # final: polling stops
+    assert "only a publishing or sending issue can be paused" in c.post("/admin/issues/1/pause", data={"csrf_token": token}).text
+
+    # Drafts are deleted only with the box ticked.
+    c.post("/admin/issues", data={"csrf_token": token})
+    assert "Tick the box" in c.post("/admin/issues/2/delete", data={"csrf_token": token}).text
+    assert "Issue 2 deleted." in c.post("/admin/issues/2/delete", data={"confirm": "yes", "csrf_token": token}).text
+
+    # Subscribers: unsubscribe and erase.
+    assert "Unsubscribed." in c.post("/admin/subscribers/2/unsubscribe", data={"csrf_token": token}).text
+    assert "Tick the box" in c.post("/admin/subscribers/2/erase", data={"csrf_token": token}).text
+    assert "erased" in c.post("/admin/subscribers/2/erase", data={"confirm": "yes", "csrf_token": token}).text
+    assert c.get("/admin/subscribers/2").status_code == 404
+    with session_factory(sqlite_url)() as session:
+        assert session.get_one(Subscriber, 2).status == SubscriberStatus.ERASED
