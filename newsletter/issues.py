@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from html import escape
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from newsletter.content import to_traditional
+from newsletter.content import link_problems, markdown_link_problems, to_traditional
 from newsletter.models import LANGUAGES, Article, Edition, Issue, IssueArticle
 
 DEFAULT_TITLES = {"en": "This week's review", "zh-Hans": "本周要闻", "zh-Hant": "本週要聞"}
@@ -64,6 +65,24 @@ def next_number(session: Session) -> int:
     return (session.scalar(select(func.max(Issue.number))) or 0) + 1
 
 
+def check_links(articles: Sequence[Article], notes: Mapping[str, str]) -> None:
+    """Refuse links a reader could not follow: an empty href or a ``javascript:``/``vbscript:``/``data:`` URL,
+    in an editor's note (Markdown), an article's URL or its body.
+
+    Raises:
+        IssueError: naming every note and article at fault.
+    """
+    found = [f"editor's note ({lang}): {p}" for lang, text in notes.items() for p in markdown_link_problems(text)]
+    for article in articles:
+        url = article.url or ""
+        problems = link_problems(f'<a href="{escape(url, quote=True)}">x</a>') if url else []
+        problems = [f"its URL is {p.removeprefix('a ')}" for p in problems]
+        problems += [f"its body has {p}" for p in link_problems(article.body_html or "")]
+        found += [f"article {article.external_id}: {p}" for p in problems]
+    if found:
+        raise IssueError("bad links: " + "; ".join(found[:10]) + (" …" if len(found) > 10 else ""))
+
+
 def create_issue(
     session: Session,
     articles: Sequence[Article],
@@ -72,19 +91,24 @@ def create_issue(
     titles: Mapping[str, str] | None = None,
     notes: Mapping[str, str] | None = None,
     convert_traditional: bool = True,
+    conversion: str = "s2twp",
+    phrases: tuple[str, ...] = (),
 ) -> Issue:
     """Create a draft issue with ``articles`` in the given order and one edition per language present.
 
     With ``convert_traditional``, an issue with zh-Hans articles and no zh-Hant ones gets a zh-Hant
-    edition derived by OpenCC conversion, marked ``converted_from="zh-Hans"``.
+    edition derived by OpenCC ``conversion`` (plus the ``phrases`` dictionaries), marked
+    ``converted_from="zh-Hans"``.
 
     Raises:
-        IssueError: no articles, a duplicate article, or the number is taken.
+        IssueError: no articles, a duplicate article, the number is taken, or a note or article carries a
+            link with an empty or ``javascript:`` URL (`check_links`).
     """
     if not articles:
         raise IssueError("an issue needs at least one article")
     if len({a.id for a in articles}) != len(articles):
         raise IssueError("an article appears twice in the issue")
+    check_links(articles, notes or {})
     number = number if number is not None else next_number(session)
     if session.scalar(select(Issue.id).where(Issue.number == number)) is not None:
         raise IssueError(f"issue number {number} already exists")
@@ -99,8 +123,8 @@ def create_issue(
         issue.editions.append(
             Edition(
                 lang="zh-Hant",
-                title=titles.get("zh-Hant") or to_traditional(titles.get("zh-Hans", DEFAULT_TITLES["zh-Hans"])),
-                editors_note=notes.get("zh-Hant") or to_traditional(notes.get("zh-Hans", "")),
+                title=titles.get("zh-Hant") or to_traditional(titles.get("zh-Hans", DEFAULT_TITLES["zh-Hans"]), conversion, phrases),
+                editors_note=notes.get("zh-Hant") or to_traditional(notes.get("zh-Hans", ""), conversion, phrases),
                 converted_from="zh-Hans",
             )
         )

@@ -72,7 +72,7 @@ def test_css_inlined_and_media_query_kept(rendered: RenderedEdition) -> None:
     html = rendered.html
     assert '<td class="masthead" style=' in html
     assert re.search(r'<div class="article" id="article-1" style="padding:16px 0; border-bottom:1px solid #e5e7eb"', html)
-    assert '<body style="margin:0; padding:0; background-color:#f3f4f6"' in html
+    assert '<body lang="en" dir="ltr" style="margin:0; padding:0; background-color:#f3f4f6"' in html
     style_blocks = re.findall(r"<style[^>]*>(.*?)</style>", html, flags=re.S)
     assert len(style_blocks) == 1
     assert "@media only screen and (max-width: 620px)" in style_blocks[0]
