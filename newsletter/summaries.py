@@ -24,7 +24,7 @@ DEFAULT_LIMITS = {"en": 300, "zh": 120}
 _SPACE = re.compile(r"[ \t\u00a0\u2060\u200b\u3000]+")
 _HARD_BREAK = re.compile(r" {2,}\n|\\\n")  # Markdown's line break (html2text writes <br> this way)
 _RULE_PREFIX = re.compile(r"^(?:[*#=~_-]+\s*)+")
-_EMPHASIS = re.compile(r"\*{2,}|_{2,}")
+_EMPHASIS = re.compile(r"\*{2,}|_{2,}|(?<!\w)\*+|\*+(?!\w)")  # Markdown emphasis left over by the CMS, stray asterisks
 _MD_ESCAPE = re.compile(r"\\([\\`*_{}\[\]()#+\-.!])")
 # A sentence ends with one of these, optionally followed by closing quotes or brackets.
 _TERMINAL = re.compile(r"[.!?。！？…][\"'”’」』）)\]]*$")
