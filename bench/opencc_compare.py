@@ -143,6 +143,13 @@ def main() -> None:
               f"differing characters (same-length pairs): {diff_chars:,} ({diff_chars / chars:.3%})")  # fmt: skip
         print(f"  Simplified-only characters left: wheel {sum(left_w.values())} {dict(left_w.most_common(10))}; "
               f"reimplementation {sum(left_r.values())} {dict(left_r.most_common(10))}; product {sum(left_p.values())}")  # fmt: skip
+        fixes: collections.Counter[tuple[str, str]] = collections.Counter()
+        for a, b in zip(out_w, out_p, strict=True):
+            if a != b and len(a) == len(b):
+                for _context, wa, wb in word_diffs(a, b):
+                    fixes[(wa, wb)] += 1
+        changed = ", ".join(f"{a}->{b} {n}" for (a, b), n in fixes.most_common(12))
+        print(f"  the phrase dictionary changed (wheel -> product, count): {changed}")
         print("  most frequent differences (wheel | reimplementation, count, context from the wheel's output):")
         for (wa, wb), n in counts.most_common(args.show):
             print(f"    {wa} | {wb}  {n:5d}  …{example[(wa, wb)]}…")

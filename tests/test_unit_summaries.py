@@ -108,7 +108,7 @@ def test_real_corpora_summaries(shared_data: Path) -> None:
     for name in ("corpus-xinwenlianbo/xwlb_2024H2_items.jsonl", "corpus-whitehouse/whitehouse_briefing_room.jsonl"):
         with (shared_data / name).open(encoding="utf-8") as handle:
             for n, line in enumerate(handle):
-                if n % 8:  # an eighth of each corpus keeps the test quick
+                if n % 12:  # a twelfth of each corpus keeps the test quick
                     continue
                 fields = record_to_fields(json.loads(line))
                 summary = fields["summary"]
@@ -116,4 +116,4 @@ def test_real_corpora_summaries(shared_data: Path) -> None:
                 assert not summary.startswith(("央视网消息", "Summary ", "Aboard Air Force One", "East Room")), fields["external_id"]
                 assert summary == "" or len(summary) > 12, (fields["external_id"], summary)
                 assert not summary.endswith(("U.S.C.", "(50 U.S.C")), fields["external_id"]
-    assert count > 450
+    assert count > 300
