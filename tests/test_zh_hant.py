@@ -47,6 +47,9 @@ def test_phrase_dictionary_keeps_xin_zhengcheng() -> None:
         ("表示祝贺，并合影留念", "表示祝賀，並合影留念"),
         ("在莫斯科克里姆林宫会见", "在莫斯科克里姆林宮會見"),
         ("李强同意大利总理会谈", "李強同義大利總理會談"),  # Italy is 義大利 in Taiwan
+        ("外资企业在华发展", "外資企業在華發展"),  # not 華髮 (grey hair)
+        ("通航整机制造企业", "通航整機製造企業"),  # not 機制造
+        ("打击了内察里姆走廊附近", "打擊了內察里姆走廊附近"),
     ],
 )
 def test_project_corrections_found_on_the_cctv_corpus(simplified: str, taiwan: str) -> None:
