@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import markdown
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from newsletter.content import html_to_text, markdown_to_html, sanitise_html, strip_links, summarise, unstorable
+from newsletter.content import html_to_text, sanitise_html, strip_links, unstorable
 from newsletter.models import LANGUAGES, Article
+from newsletter.summaries import BUILTIN_RULES, SourceRules, summarise
 
 
 class ArticleError(ValueError):
@@ -48,11 +50,14 @@ def parse_datetime(value: Any) -> datetime | None:
     return parsed.astimezone(UTC)
 
 
-def record_to_fields(record: dict[str, Any]) -> dict[str, Any]:
+def record_to_fields(record: dict[str, Any], rules: Sequence[SourceRules] = BUILTIN_RULES) -> dict[str, Any]:
     """Map one corpus record to `Article` column values.
 
-    ``body_html`` (sanitised) wins over ``body`` (Markdown or plain paragraphs). Markdown links are
-    kept in the HTML but dropped from the text used for summaries and similarity.
+    ``body_html`` (sanitised) wins over ``body`` (Markdown or plain paragraphs). Relative links and
+    images in the body are made absolute against the article's own URL (where a reader of the source
+    would have followed them); an image without alt text gets the title. Markdown links are kept in the
+    HTML but dropped from the text used for summaries and similarity. Without a ``summary`` field, one is
+    made from the body with the summary ``rules`` of the article's source (`newsletter.summaries`).
 
     Raises:
         ValueError: a required field is missing or malformed.
@@ -66,33 +71,36 @@ def record_to_fields(record: dict[str, Any]) -> dict[str, Any]:
     lang = record.get("lang")
     if lang not in LANGUAGES:
         raise ValueError(f"'lang' must be one of {', '.join(LANGUAGES)}, got {lang!r}")
+    url = record.get("url") or record.get("source_url") or None
+    base = url if isinstance(url, str) and url.startswith(("https://", "http://")) else None
+    title = " ".join(title.split())
     if record.get("body_html"):
-        body_html = sanitise_html(str(record["body_html"]))
+        body_html = sanitise_html(str(record["body_html"]), base_url=base, image_alt=title)
         body_text = html_to_text(body_html, links=False)
     else:
         body = str(record.get("body") or "")
-        body_html = markdown_to_html(body)
+        body_html = sanitise_html(markdown.markdown(body, output_format="html"), base_url=base, image_alt=title)
         body_text = strip_links(html_to_text(body_html, links=False))
     try:
         published_at = parse_datetime(record.get("published_at"))
     except ValueError as exc:
         raise ValueError(f"'published_at' is not ISO 8601: {record.get('published_at')!r}") from exc
-    summary = record.get("summary") or summarise(body_text, lang)
+    summary = record.get("summary") or summarise(body_text, lang, url=url, rules=rules)
     return {
         "external_id": str(ext_id),
-        "title": " ".join(title.split()),
+        "title": title,
         "summary": str(summary),
         "body_html": body_html,
         "body_text": body_text,
         "category": record.get("category") or None,
         "lang": lang,
         "published_at": published_at,
-        "url": record.get("url") or record.get("source_url") or None,
+        "url": url,
         "translation_key": record.get("translation_key") or None,
     }
 
 
-def read_jsonl(lines: Iterable[str]) -> Iterator[tuple[int, dict[str, Any] | ArticleError]]:
+def read_jsonl(lines: Iterable[str], rules: Sequence[SourceRules] = BUILTIN_RULES) -> Iterator[tuple[int, dict[str, Any] | ArticleError]]:
     """Yield ``(line_number, fields)`` per non-blank line, or an `ArticleError` for a bad one."""
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -105,22 +113,22 @@ def read_jsonl(lines: Iterable[str]) -> Iterator[tuple[int, dict[str, Any] | Art
             if unstorable(record):
                 raise ValueError("contains a NUL or an unpaired surrogate character")
             record_id = str(record.get("id")) if record.get("id") is not None else None
-            yield number, record_to_fields(record)
+            yield number, record_to_fields(record, rules)
         except ValueError as exc:  # json.JSONDecodeError is a ValueError
             yield number, ArticleError(number, record_id, str(exc))
 
 
-def import_articles(session: Session, path: Path, *, batch: int = 500) -> ImportReport:
+def import_articles(session: Session, path: Path, *, batch: int = 500, rules: Sequence[SourceRules] = BUILTIN_RULES) -> ImportReport:
     """Import a JSON Lines file, idempotent on ``id`` (re-importing updates changed records).
 
     A malformed line is reported with its line number and the rest is still imported. Commits every
     ``batch`` records, so an interrupted import keeps what it did.
     """
     with path.open(encoding="utf-8") as handle:
-        return import_lines(session, handle, batch=batch)
+        return import_lines(session, handle, batch=batch, rules=rules)
 
 
-def import_lines(session: Session, lines: Iterable[str], *, batch: int = 500) -> ImportReport:
+def import_lines(session: Session, lines: Iterable[str], *, batch: int = 500, rules: Sequence[SourceRules] = BUILTIN_RULES) -> ImportReport:
     """Import JSON Lines text given line by line (an upload, a file); see `import_articles`."""
     report = ImportReport()
     pending: list[dict[str, Any]] = []
@@ -144,7 +152,7 @@ def import_lines(session: Session, lines: Iterable[str], *, batch: int = 500) ->
         session.commit()
         pending.clear()
 
-    for _number, result in read_jsonl(lines):
+    for _number, result in read_jsonl(lines, rules):
         if isinstance(result, ArticleError):
             report.errors.append(result)
             continue

@@ -10,6 +10,9 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit
 
+from newsletter.dkim import DkimKey, load_key
+from newsletter.summaries import BUILTIN_RULES, RulesError, SourceRules, load_rules
+
 log = logging.getLogger(__name__)
 N = TypeVar("N", int, float)
 
@@ -81,6 +84,11 @@ class Settings:
     pause_after_failures: int = 50  # auto-pause an issue with this many failures, more than its sent; 0: never
     log_format: str = "text"  # or "json"
     metrics_port: int | None = None  # a worker serves Prometheus metrics here when set
+    zh_hant_conversion: str = "s2twp"  # OpenCC conversion of derived zh-Hant editions: s2twp, s2hk or s2t
+    zh_hant_phrases: tuple[str, ...] = ()  # extra phrase dictionaries (OpenCC text format) after the project's
+    summary_rules: tuple[SourceRules, ...] = BUILTIN_RULES  # lead-in patterns per source (NEWSLETTER_SUMMARY_RULES first)
+    timezone: str = "UTC"  # IANA zone of issue dates unless the issue was scheduled in another
+    dkim: DkimKey | None = None  # DKIM signing key (NEWSLETTER_DKIM_SELECTOR + NEWSLETTER_DKIM_KEY_FILE)
 
     @property
     def embedded(self) -> bool:
@@ -120,11 +128,65 @@ def _log_format(env: dict[str, str]) -> str:
     return value
 
 
+class ConfigError(ValueError):
+    """A setting that cannot be used; the message is one line naming the variable."""
+
+
+def _timezone(env: dict[str, str]) -> str:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    name = env.get("NEWSLETTER_TIMEZONE") or "UTC"
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ConfigError(f"NEWSLETTER_TIMEZONE={name!r} is not an IANA time zone (e.g. Asia/Taipei)") from exc
+    return name
+
+
+def _zh_hant(env: dict[str, str]) -> tuple[str, tuple[str, ...]]:
+    from newsletter import zh_hant
+
+    conversion = env.get("NEWSLETTER_ZH_HANT_CONVERSION") or zh_hant.DEFAULT_CONVERSION
+    if conversion not in zh_hant.CONVERSIONS:
+        raise ConfigError(f"NEWSLETTER_ZH_HANT_CONVERSION={conversion!r} is not one of {', '.join(zh_hant.CONVERSIONS)}")
+    phrases = tuple(p for p in (env.get("NEWSLETTER_ZH_HANT_PHRASES") or "").split(os.pathsep) if p)
+    for path in phrases:
+        try:
+            zh_hant.read_phrases(Path(path))
+        except zh_hant.ConversionError as exc:
+            raise ConfigError(f"NEWSLETTER_ZH_HANT_PHRASES: {exc}") from exc
+    return conversion, phrases
+
+
+def _summary_rules(env: dict[str, str]) -> tuple[SourceRules, ...]:
+    path = env.get("NEWSLETTER_SUMMARY_RULES")
+    if not path:
+        return BUILTIN_RULES
+    try:
+        return load_rules(Path(path)) + BUILTIN_RULES
+    except RulesError as exc:
+        raise ConfigError(f"NEWSLETTER_SUMMARY_RULES: {exc}") from exc
+
+
+def _dkim(env: dict[str, str], from_address: str) -> DkimKey | None:
+    selector, key_file = env.get("NEWSLETTER_DKIM_SELECTOR"), env.get("NEWSLETTER_DKIM_KEY_FILE")
+    if not selector and not key_file:
+        return None
+    if not selector or not key_file:
+        missing = "NEWSLETTER_DKIM_SELECTOR" if not selector else "NEWSLETTER_DKIM_KEY_FILE"
+        raise ConfigError(f"{missing} is not set: DKIM signing needs both NEWSLETTER_DKIM_SELECTOR and NEWSLETTER_DKIM_KEY_FILE")
+    try:
+        return load_key(selector, Path(key_file).expanduser(), from_address)
+    except ValueError as exc:
+        raise ConfigError(f"NEWSLETTER_DKIM_KEY_FILE={key_file}: {exc}") from exc
+
+
 def load_settings(env: dict[str, str] | None = None) -> Settings:
     """Build `Settings` from ``env`` (default: ``os.environ``).
 
     Raises:
         ValueError: a numeric variable does not parse.
+        ConfigError: a time zone, conversion, rules file or DKIM key that cannot be used (one line naming it).
     """
     env = dict(os.environ if env is None else env)
     home = Path(env.get("NEWSLETTER_HOME") or "var").expanduser()
@@ -136,6 +198,8 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         max_attempts=_int(env, "NEWSLETTER_MAX_ATTEMPTS", 8, 1, 100),
         window=_float(env, "NEWSLETTER_RETRY_WINDOW", 86400.0, 1.0, 30 * 86400.0),
     )
+    from_address = env.get("NEWSLETTER_FROM") or "The Weekly Review <weekly@newsletter.example.org>"
+    conversion, phrases = _zh_hant(env)
     return Settings(
         home=home,
         database_url=database_url,
@@ -145,7 +209,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         data_dir=Path(env.get("NEWSLETTER_DATA_DIR") or "../shared/data").expanduser(),
         secret_key=env.get("NEWSLETTER_SECRET_KEY") or DEV_SECRET,
         base_url=(env.get("NEWSLETTER_BASE_URL") or "http://localhost:8000").rstrip("/"),
-        from_address=env.get("NEWSLETTER_FROM") or "The Weekly Review <weekly@newsletter.example.org>",
+        from_address=from_address,
         list_id=env.get("NEWSLETTER_LIST_ID") or "weekly.newsletter.example.org",
         batch_size=_int(env, "NEWSLETTER_BATCH_SIZE", 100, 1, 10000),
         plan_chunk_size=_int(env, "NEWSLETTER_PLAN_CHUNK", 1000, 10, 100000),
@@ -156,4 +220,9 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         pause_after_failures=_int(env, "NEWSLETTER_PAUSE_AFTER_FAILURES", 50, 0, 10**9),
         log_format=_log_format(env),
         metrics_port=_int(env, "NEWSLETTER_METRICS_PORT", 0, 0, 65535) or None,
+        zh_hant_conversion=conversion,
+        zh_hant_phrases=phrases,
+        summary_rules=_summary_rules(env),
+        timezone=_timezone(env),
+        dkim=_dkim(env, from_address),
     )

@@ -1,9 +1,15 @@
-"""Article content: Markdown to HTML, allow-list sanitising, HTML to text, summaries, zh conversion."""
+"""Article content: Markdown to HTML, allow-list sanitising with absolute links, images, HTML to text.
+
+Summaries live in `newsletter.summaries`, Chinese conversion in `newsletter.zh_hant`.
+"""
 
 from __future__ import annotations
 
 import re
-from functools import cache
+from dataclasses import dataclass
+from html import escape, unescape
+from html.parser import HTMLParser
+from urllib.parse import urljoin, urlsplit
 
 import html2text
 import markdown
@@ -12,25 +18,55 @@ import nh3
 # Tags and attributes an article body may keep in an email (everything else is dropped, with its
 # content for <script>/<style>). Inline styles are removed: the template owns presentation.
 ALLOWED_TAGS = {
-    "a", "abbr", "b", "blockquote", "br", "code", "em", "h2", "h3", "h4", "hr", "i", "li", "ol",
+    "a", "abbr", "b", "blockquote", "br", "code", "em", "h2", "h3", "h4", "hr", "i", "img", "li", "ol",
     "p", "pre", "strong", "sub", "sup", "table", "tbody", "td", "th", "thead", "tr", "u", "ul",
 }  # fmt: skip
-ALLOWED_ATTRIBUTES = {"a": {"href", "title"}, "td": {"colspan", "rowspan"}, "th": {"colspan", "rowspan"}}
-URL_SCHEMES = {"http", "https", "mailto"}
+ALLOWED_ATTRIBUTES = {
+    "a": {"href", "title"},
+    "img": {"src", "alt", "width", "height"},
+    "td": {"colspan", "rowspan"},
+    "th": {"colspan", "rowspan"},
+}
+URL_SCHEMES = {"http", "https", "mailto", "tel"}
+# Schemes a link in an editor's note or an article may never carry (HTML's "javascript: URL" and kin).
+UNSAFE_SCHEMES = ("javascript:", "vbscript:", "data:")
 
 _MD_LINK = re.compile(r"\[([^\]]*)\]\((?:[^()\s]|\([^()]*\))*\)")
 _BARE_URL = re.compile(r"https?://\S+")
-_SPACE = re.compile(r"[ \t\u00a0\u2060\u200b]+")
-# A Latin full stop ends a sentence only before white space (not in "3.14"); CJK ones always do.
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|(?<=[。！？])")
+# nh3 writes every tag alike (attributes double-quoted, in source order), so these match its output exactly.
+_IMG = re.compile(r"<img\b([^>]*)>")
+_ALT = re.compile(r'\salt="([^"]*)"')
 
 
-def sanitise_html(html: str) -> str:
+def absolute_url(url: str, base: str | None) -> str:
+    """``url`` resolved against ``base`` (RFC 3986 §5.2); ``#fragment``, ``mailto:``, ``tel:`` and other
+    URLs with a scheme stay as written, and so does everything when ``base`` is empty."""
+    url = url.strip()
+    if not base or not url or url.startswith("#") or urlsplit(url).scheme:
+        return url
+    return urljoin(base, url)
+
+
+def sanitise_html(html: str, *, base_url: str | None = None, image_alt: str | None = None) -> str:
     """Reduce untrusted HTML to the allow-list above (nh3/ammonia); links get ``rel=noopener``.
 
+    Relative ``href`` and ``src`` values are made absolute against ``base_url`` (see `absolute_url`).
+    Images are kept only with an https ``src`` (an email client would fetch anything else over plain
+    http or not at all); ``width``/``height`` only as whole pixels; an image without alt text gets
+    ``image_alt`` (the article's title), so screen readers and blocked-image views say what it shows.
     Broken markup is repaired by the html5ever parser rather than rejected.
     """
-    return nh3.clean(
+
+    def attribute(tag: str, name: str, value: str) -> str | None:
+        if name in ("href", "src"):
+            value = absolute_url(value, base_url)
+            if tag == "img" and not value.startswith("https://"):
+                return None
+        elif name in ("width", "height"):
+            return value.strip() if value.strip().isdigit() else None
+        return value
+
+    out = nh3.clean(
         html,
         tags=ALLOWED_TAGS,
         attributes=ALLOWED_ATTRIBUTES,
@@ -38,12 +74,81 @@ def sanitise_html(html: str) -> str:
         link_rel="noopener noreferrer",
         clean_content_tags={"script", "style"},
         strip_comments=True,
+        attribute_filter=attribute,
     ).strip()
+    return _IMG.sub(lambda m: _image(m.group(1), image_alt), out) if "<img" in out else out
 
 
-def markdown_to_html(text: str) -> str:
+def _image(attributes: str, alt: str | None) -> str:
+    if ' src="' not in attributes:
+        return ""  # its src was not https: nothing to show
+    found = _ALT.search(attributes)
+    if alt and (found is None or not found.group(1).strip()):
+        attributes = _ALT.sub("", attributes) + f' alt="{escape(alt, quote=True)}"'
+    return f"<img{attributes}>"
+
+
+def link_problems(html: str) -> list[str]:
+    """What is wrong with the links of raw (not yet sanitised) HTML: an ``<a>`` whose ``href`` is
+    empty, or a link or image with a ``javascript:``/``vbscript:``/``data:`` URL. ``[]`` when fine.
+
+    Sanitising would silently drop such a URL; an editor should hear about it instead.
+    """
+    finder = _LinkFinder()
+    finder.feed(html)
+    finder.close()
+    return finder.problems
+
+
+class _LinkFinder(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.problems: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        for name, value in attrs:
+            if (tag, name) not in (("a", "href"), ("img", "src")):
+                continue
+            url = "".join((value or "").split()).lower()  # browsers ignore white space inside a scheme
+            if not url and tag == "a":
+                self.problems.append("a link with an empty href")
+            elif url.startswith(UNSAFE_SCHEMES):
+                self.problems.append(f"a {url.split(':', 1)[0]}: URL ({(value or '').strip()[:60]})")
+
+
+@dataclass(frozen=True)
+class Image:
+    """An image of a sanitised body: https ``src``, ``alt`` text, size in CSS pixels when known."""
+
+    src: str
+    alt: str
+    width: int | None = None
+    height: int | None = None
+
+
+def first_image(html: str) -> Image | None:
+    """The first image of sanitised HTML (`sanitise_html` output), or None."""
+    match = _IMG.search(html)
+    if match is None:
+        return None
+    attrs = dict(re.findall(r'\s([a-z]+)="([^"]*)"', match.group(1)))
+    if "src" not in attrs:
+        return None
+
+    def size(name: str) -> int | None:
+        return int(attrs[name]) if attrs.get(name, "").isdigit() and int(attrs[name]) > 0 else None
+
+    return Image(src=unescape(attrs["src"]), alt=unescape(attrs.get("alt", "")), width=size("width"), height=size("height"))
+
+
+def markdown_to_html(text: str, *, base_url: str | None = None) -> str:
     """Render Markdown (or plain text with blank-line paragraphs) to HTML, then sanitise it."""
-    return sanitise_html(markdown.markdown(text, output_format="html"))
+    return sanitise_html(markdown.markdown(text, output_format="html"), base_url=base_url)
+
+
+def markdown_link_problems(text: str) -> list[str]:
+    """`link_problems` of Markdown text (``[x]()`` is an empty href, ``[x](javascript:…)`` unsafe)."""
+    return link_problems(markdown.markdown(text, output_format="html"))
 
 
 def html_to_text(html: str, *, links: bool = True) -> str:
@@ -68,7 +173,6 @@ def strip_links(text: str) -> str:
     return _BARE_URL.sub("", _MD_LINK.sub(r"\1", text))
 
 
-_RULE_PREFIX = re.compile(r"^(?:[*#=~_-]+\s*)+")
 _SLUG = re.compile(r"[a-z0-9]+(?:[-_][a-z0-9]+)*")
 
 
@@ -78,48 +182,12 @@ def category_label(category: str) -> str:
     return category.replace("-", " ").replace("_", " ").capitalize() if _SLUG.fullmatch(category) else category
 
 
-def _readable(paragraph: str) -> bool:
-    """Whether a paragraph can open a summary: real words, not a rule of asterisks or a shouted memo header."""
-    letters = [ch for ch in paragraph if ch.isalpha()]
-    if len([ch for ch in paragraph if ch.isalnum()]) < 8:
-        return False
-    latin = [ch for ch in letters if ch.isascii()]
-    return not (len(latin) > 20 and sum(ch.isupper() for ch in latin) > 0.6 * len(latin))
+def to_traditional(text: str, conversion: str = "s2twp", extra: tuple[str, ...] = ()) -> str:
+    """Simplified to Traditional Chinese; see `newsletter.zh_hant.to_traditional` (OpenCC ``s2twp`` plus
+    the project's phrase dictionary by default)."""
+    from newsletter.zh_hant import to_traditional as convert
 
-
-def summarise(text: str, lang: str, limit: int | None = None) -> str:
-    """The first paragraph of ``text`` cut to ``limit`` characters at a sentence or word boundary.
-
-    ``limit`` defaults to 300 characters for Latin scripts and 120 for Chinese, which reads at
-    about twice the information per character.
-    """
-    if limit is None:
-        limit = 120 if lang.startswith("zh") else 300
-    paragraphs = [_SPACE.sub(" ", p.replace("\n", " ")).strip() for p in re.split(r"\n\s*\n", text)]
-    first = next((p for p in paragraphs if _readable(p)), next((p for p in paragraphs if p), ""))
-    first = _RULE_PREFIX.sub("", first) or first  # "*** ***“In one month…" -> "“In one month…"
-    if len(first) <= limit:
-        return first
-    cut = first[:limit]
-    sentences = _SENTENCE_END.split(cut)
-    if len(sentences) > 1 and len(cut) - len(sentences[-1]) > limit // 2:
-        return cut[: len(cut) - len(sentences[-1])].rstrip()
-    if not lang.startswith("zh") and " " in cut:
-        cut = cut.rsplit(" ", 1)[0]
-    return cut.rstrip(" ,;:，；：") + "…"
-
-
-@cache
-def _opencc(config: str):  # type: ignore[no-untyped-def]
-    from opencc import OpenCC
-
-    return OpenCC(config)
-
-
-def to_traditional(text: str) -> str:
-    """Convert Simplified Chinese to Traditional Chinese with OpenCC's ``s2t`` table (characters only,
-    no regional phrase substitution)."""
-    return _opencc("s2t").convert(text) if text else text
+    return convert(text, conversion, extra)
 
 
 def unstorable(value: object) -> bool:

@@ -129,7 +129,7 @@ def run_demo(*, per_lang: int, fresh: bool, echo: Callable[[str], None], follow:
     factory = session_factory(settings.database_url)
     with factory() as session:
         for path in (en_path, zh_path):
-            rep = import_articles(session, path)
+            rep = import_articles(session, path, rules=settings.summary_rules)
             echo(
                 f"articles {path.name}: {rep.created} created, {rep.updated} updated, {rep.unchanged} unchanged, {len(rep.errors)} rejected"
             )
@@ -140,7 +140,10 @@ def run_demo(*, per_lang: int, fresh: bool, echo: Callable[[str], None], follow:
         rejected = f"{len(srep.errors)} rejected ({'; '.join(srep.errors)})"
         echo(f"subscribers: {srep.created} created, {srep.updated} updated, {srep.merged} merged, {rejected}")
         chosen = pick_articles(session, real)
-        issue = create_issue(session, chosen, titles=DEMO_TITLES[real], notes=DEMO_NOTES[real])
+        issue = create_issue(
+            session, chosen, titles=DEMO_TITLES[real], notes=DEMO_NOTES[real],
+            conversion=settings.zh_hant_conversion, phrases=settings.zh_hant_phrases,
+        )  # fmt: skip
         session.commit()
         number = issue.number
         echo(

@@ -9,12 +9,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from html import escape
 from typing import Any
 
 from sqlalchemy import delete, func, or_, select
 from sqlalchemy.orm import Session
 
-from newsletter.content import to_traditional
+from newsletter.content import link_problems, markdown_link_problems, to_traditional
 from newsletter.models import LANGUAGES, Article, Delivery, Edition, Issue, IssueArticle, IssueStatus, RelatedArticle
 
 DEFAULT_TITLES = {"en": "This week's review", "zh-Hans": "本周要闻", "zh-Hant": "本週要聞"}
@@ -147,6 +148,24 @@ def next_number(session: Session) -> int:
     return (session.scalar(select(func.max(Issue.number))) or 0) + 1
 
 
+def check_links(articles: Sequence[Article], notes: Mapping[str, str]) -> None:
+    """Refuse links a reader could not follow: an empty href or a ``javascript:``/``vbscript:``/``data:`` URL,
+    in an editor's note (Markdown), an article's URL or its body.
+
+    Raises:
+        IssueError: naming every note and article at fault.
+    """
+    found = [f"editor's note ({lang}): {p}" for lang, text in notes.items() for p in markdown_link_problems(text)]
+    for article in articles:
+        url = article.url or ""
+        problems = link_problems(f'<a href="{escape(url, quote=True)}">x</a>') if url else []
+        problems = [f"its URL is {p.removeprefix('a ')}" for p in problems]
+        problems += [f"its body has {p}" for p in link_problems(article.body_html or "")]
+        found += [f"article {article.external_id}: {p}" for p in problems]
+    if found:
+        raise IssueError("bad links: " + "; ".join(found[:10]) + (" …" if len(found) > 10 else ""))
+
+
 def create_issue(
     session: Session,
     articles: Sequence[Article],
@@ -155,18 +174,23 @@ def create_issue(
     titles: Mapping[str, str] | None = None,
     notes: Mapping[str, str] | None = None,
     convert_traditional: bool = True,
+    conversion: str = "s2twp",
+    phrases: tuple[str, ...] = (),
 ) -> Issue:
     """Create a draft issue with ``articles`` in the given order and one edition per language present.
 
     With ``convert_traditional``, an issue with zh-Hans articles and no zh-Hant ones gets a zh-Hant
-    edition derived by OpenCC conversion, marked ``converted_from="zh-Hans"``.
+    edition derived by OpenCC ``conversion`` (plus the ``phrases`` dictionaries), marked
+    ``converted_from="zh-Hans"``.
 
     An empty draft (no articles, so no editions yet) is allowed; see `check_draft_articles`.
 
     Raises:
-        IssueError: what `check_draft_articles` and `check_texts` refuse, or the number is taken.
+        IssueError: what `check_draft_articles` and `check_texts` refuse, the number is taken, or a note or
+            article carries a link with an empty or ``javascript:`` URL (`check_links`).
     """
     check_draft_articles(articles)
+    check_links(articles, notes or {})
     titles, notes = dict(titles or {}), dict(notes or {})
     check_texts(titles, notes)
     number = number if number is not None else next_number(session)
@@ -177,14 +201,20 @@ def create_issue(
     issue = Issue(number=number)
     for position, article in enumerate(articles):
         issue.items.append(IssueArticle(article_id=article.id, position=position))
-    _sync_editions(issue, [a.lang for a in articles], titles, notes, convert_traditional)
+    _sync_editions(issue, [a.lang for a in articles], titles, notes, convert_traditional, conversion, phrases)
     session.add(issue)
     session.flush()
     return issue
 
 
 def _sync_editions(
-    issue: Issue, article_langs: Sequence[str], titles: Mapping[str, str], notes: Mapping[str, str], convert_traditional: bool = True
+    issue: Issue,
+    article_langs: Sequence[str],
+    titles: Mapping[str, str],
+    notes: Mapping[str, str],
+    convert_traditional: bool = True,
+    conversion: str = "s2twp",
+    phrases: tuple[str, ...] = (),
 ) -> None:
     """One edition per language among the articles (keeping the title and note of those that exist),
     plus a zh-Hant edition converted from zh-Hans when there are zh-Hans articles and no zh-Hant ones."""
@@ -198,8 +228,8 @@ def _sync_editions(
     if convert_traditional and "zh-Hans" in langs and "zh-Hant" not in langs:
         edition = existing.get("zh-Hant") or Edition(
             lang="zh-Hant",
-            title=titles.get("zh-Hant") or to_traditional(titles.get("zh-Hans", DEFAULT_TITLES["zh-Hans"])),
-            editors_note=notes.get("zh-Hant") or to_traditional(notes.get("zh-Hans", "")),
+            title=titles.get("zh-Hant") or to_traditional(titles.get("zh-Hans", DEFAULT_TITLES["zh-Hans"]), conversion, phrases),
+            editors_note=notes.get("zh-Hant") or to_traditional(notes.get("zh-Hans", ""), conversion, phrases),
         )
         edition.converted_from = "zh-Hans"
         wanted.append(edition)
@@ -271,6 +301,7 @@ def set_articles(session: Session, issue: Issue, articles: Sequence[Article]) ->
     session.refresh(issue, with_for_update=True)
     require_editable(session, issue)
     check_draft_articles(articles)
+    check_links(articles, {})
     by_article = {item.article_id: item for item in issue.items}
     keep = []
     for position, article in enumerate(articles):
@@ -332,6 +363,7 @@ def update_texts(session: Session, issue: Issue, titles: Mapping[str, str] | Non
     require_editable(session, issue)
     titles, notes = dict(titles or {}), dict(notes or {})
     check_texts(titles, notes)
+    check_links([], notes)
     editions = {e.lang: e for e in issue.editions}
     for kind, values in (("titles", titles), ("notes", notes)):
         for lang in values:

@@ -138,6 +138,9 @@ class Issue(Base):
     # is older than a lease lost its pipeline (worker and broker message gone) and is restarted.
     pipeline_heartbeat_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    # The IANA zone the issue was scheduled in (e.g. "Asia/Taipei"): its editions' dates are shown there.
+    # None: NEWSLETTER_TIMEZONE.
+    timezone: Mapped[str | None] = mapped_column(String(64))
 
     editions: Mapped[list[Edition]] = relationship(back_populates="issue", cascade="all, delete-orphan", order_by="Edition.lang")
     items: Mapped[list[IssueArticle]] = relationship(back_populates="issue", cascade="all, delete-orphan", order_by="IssueArticle.position")

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta, tzinfo
+from datetime import timezone as dt_timezone
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from newsletter.config import Settings
-from newsletter.content import category_label, to_traditional
+from newsletter.content import category_label, first_image, to_traditional
 from newsletter.delivery import ledger
 from newsletter.issues import IssueError, IssueStateError
 from newsletter.models import (
@@ -41,14 +43,30 @@ Enqueue = Callable[[int, list[int]], None]
 RELATED_PER_EDITION = 5
 ARCHIVE_LIMIT = 20000  # the newest articles of a language the recommender considers
 
-MONTHS_EN = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December")
+# Babel locales of the edition languages (CLDR data: month names, order, the 年月日 pattern).
+LOCALES = {"en": "en", "zh-Hans": "zh_Hans_CN", "zh-Hant": "zh_Hant_TW"}
 
 
-def format_date(when: datetime, lang: str) -> str:
-    """``30 November 2026`` in English, ``2026年11月30日`` in Chinese."""
-    if lang.startswith("zh"):
-        return f"{when.year}年{when.month}月{when.day}日"
-    return f"{when.day} {MONTHS_EN[when.month - 1]} {when.year}"
+def format_date(when: datetime, lang: str, timezone: str = "UTC") -> str:
+    """The date of ``when`` in ``timezone`` (IANA name), in the edition language's long format (Babel/CLDR):
+    ``November 30, 2026`` in English, ``2026年11月30日`` in Chinese."""
+    from babel.dates import format_date as babel_format_date
+
+    local = when.astimezone(zone(timezone))
+    return babel_format_date(local.date(), format="long", locale=LOCALES.get(lang, lang.replace("-", "_")))
+
+
+def zone(name: str) -> tzinfo:
+    """An IANA zone by name, or a fixed offset written ``+08:00``."""
+    if name[:1] in "+-" and len(name) == 6:
+        sign = -1 if name[0] == "-" else 1
+        return dt_timezone(sign * timedelta(hours=int(name[1:3]), minutes=int(name[4:6])))
+    return ZoneInfo(name)
+
+
+def issue_timezone(settings: Settings, issue: Issue) -> str:
+    """The zone an issue's dates are shown in: the one it was scheduled in, else ``NEWSLETTER_TIMEZONE``."""
+    return issue.timezone or settings.timezone
 
 
 def web_url(settings: Settings, issue: Issue, lang: str) -> str:
@@ -73,19 +91,28 @@ def edition_articles(session: Session, issue: Issue, edition: Edition) -> list[A
     )
 
 
-def _view(article: Article, convert: bool, fallback_url: str) -> ArticleView:
-    conv = to_traditional if convert else (lambda s: s)
+def _view(article: Article, convert: Callable[[str], str] | None, fallback_url: str) -> ArticleView:
+    conv = convert or (lambda s: s)
+    image = first_image(article.body_html) if article.body_html else None
+    if image is not None and convert is not None and image.alt:
+        image = replace(image, alt=conv(image.alt))
     return ArticleView(
         title=conv(article.title),
         summary=conv(article.summary),
         url=article.url or fallback_url,
         category=conv(category_label(article.category)) if article.category else None,
+        image=image,
     )
+
+
+def converter(settings: Settings) -> Callable[[str], str]:
+    """Simplified to Traditional Chinese as this deployment configures it (NEWSLETTER_ZH_HANT_*)."""
+    return lambda text: to_traditional(text, settings.zh_hant_conversion, settings.zh_hant_phrases)
 
 
 def edition_content(session: Session, settings: Settings, issue: Issue, edition: Edition) -> EditionContent:
     """Everything the templates need for one edition, from the database."""
-    convert = edition.converted_from == "zh-Hans" and edition.lang == "zh-Hant"
+    convert = converter(settings) if edition.converted_from == "zh-Hans" and edition.lang == "zh-Hant" else None
     url = web_url(settings, issue, edition.lang)
     articles = edition_articles(session, issue, edition)
     related = session.scalars(
@@ -95,12 +122,13 @@ def edition_content(session: Session, settings: Settings, issue: Issue, edition:
         number=issue.number,
         lang=edition.lang,
         title=edition.title,
-        date=format_date(issue.published_at or issue.created_at, edition.lang),
+        date=format_date(issue.published_at or issue.created_at, edition.lang, issue_timezone(settings, issue)),
         web_url=url,
         articles=tuple(_view(a, convert, f"{url}#article-{i}") for i, a in enumerate(articles, 1)),
         related=tuple(_view(r.article, convert, url) for r in related),
         editors_note=edition.editors_note,
         converted_from=edition.converted_from,
+        site_url=settings.base_url + "/",
     )
 
 

@@ -20,7 +20,7 @@ import jinja2
 from markupsafe import Markup
 from premailer import Premailer
 
-from newsletter.content import html_to_text, markdown_to_html
+from newsletter.content import Image, absolute_url, html_to_text, markdown_to_html
 from newsletter.i18n import LIST_NAME, gettext_for
 
 PLACEHOLDER = re.compile(r"@@NL_([A-Z_]+)@@")
@@ -59,14 +59,19 @@ class RenderError(Exception):
         self.issue_number, self.lang, self.template, self.cause = issue_number, lang, template, cause
 
 
+# The content column of the layout: 600 px wide less 2 x 32 px padding (templates/email/_base/body.html).
+COLUMN_WIDTH = 536
+
+
 @dataclass(frozen=True)
 class ArticleView:
-    """What a template shows of an article; all plain text except ``url``."""
+    """What a template shows of an article; all plain text except ``url`` and ``image`` (its lead image)."""
 
     title: str
     summary: str
     url: str
     category: str | None = None
+    image: Image | None = None
 
 
 @dataclass(frozen=True)
@@ -82,6 +87,7 @@ class EditionContent:
     related: tuple[ArticleView, ...] = ()
     editors_note: str = ""
     converted_from: str | None = None
+    site_url: str = ""  # relative links of the note and articles are made absolute against it
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -112,11 +118,15 @@ def inline_css(document: str) -> str:
     """Inline the ``<style>`` rules into ``style`` attributes with premailer.
 
     ``<style>`` blocks are kept for ``@media`` rules (which cannot be inlined), the network is never
-    touched, and MSO conditional comments survive.
+    touched, and MSO conditional comments survive. premailer does not copy CSS ``width``/``height`` into
+    attributes (it would write ``height="auto"`` on images): the templates set those attributes themselves.
+    Links are made absolute before rendering (`EditionContent.site_url`), not here, so the personal
+    markers in ``href`` stay intact.
     """
     return Premailer(
         document,
         allow_network=False,
+        disable_basic_attributes=["width", "height"],
         keep_style_tags=True,
         remove_classes=False,
         strip_important=False,
@@ -125,18 +135,36 @@ def inline_css(document: str) -> str:
     ).transform(pretty_print=False)
 
 
+def _absolute(view: ArticleView, base: str) -> ArticleView:
+    image = view.image
+    if image is not None:
+        src = absolute_url(image.src, base)
+        width = min(image.width, COLUMN_WIDTH) if image.width else None
+        # Outlook on Windows sizes by the attributes, not CSS: never wider than the column, height to scale.
+        height = round(image.height * width / image.width) if image.height and width and image.width else None
+        image = Image(src=src, alt=image.alt or view.title, width=width, height=height) if src.startswith("https://") else None
+    return ArticleView(view.title, view.summary, absolute_url(view.url, base), view.category, image)
+
+
+def text_direction(lang: str) -> str:
+    """``rtl`` for right-to-left scripts (Arabic, Hebrew, Persian, Urdu), else ``ltr`` (HTML's ``dir``)."""
+    return "rtl" if lang.split("-")[0] in ("ar", "he", "fa", "ur", "yi", "ps", "sd", "ug") else "ltr"
+
+
 def _context(content: EditionContent, *, autoescape: bool, web: bool) -> dict[str, Any]:
-    note_html = markdown_to_html(content.editors_note) if content.editors_note else ""
+    base = content.site_url
+    note_html = markdown_to_html(content.editors_note, base_url=base or None) if content.editors_note else ""
     preheader = content.articles[0].title if content.articles else content.title
     return {
         "lang": content.lang,
+        "dir": text_direction(content.lang),
         "number": content.number,
         "title": content.title,
         "date": content.date,
         "list_name": LIST_NAME.get(content.lang, LIST_NAME["en"]),
         "web_url": content.web_url,
-        "articles": content.articles,
-        "related": content.related,
+        "articles": tuple(_absolute(a, base) for a in content.articles),
+        "related": tuple(_absolute(a, base) for a in content.related),
         "converted_from": content.converted_from,
         "editors_note_html": Markup(note_html),
         "editors_note_text": html_to_text(note_html) if note_html else "",

@@ -20,6 +20,7 @@ def schedule_issue(session: Session, settings: Settings, issue: Issue, at: datet
     """Schedule a draft (or re-schedule a scheduled) issue to publish itself at ``at``; commits.
 
     The issue is checked now as for an immediate publish, and the audience is frozen when it fires.
+    The zone of ``at`` is kept with the issue: its editions show their date there (`zone_name`).
 
     Raises:
         IssueError: ``at`` is naive or not in the future, or the issue is not a draft or scheduled.
@@ -31,10 +32,20 @@ def schedule_issue(session: Session, settings: Settings, issue: Issue, at: datet
         raise IssueError(f"the schedule time {at.isoformat()} is not in the future", "at")
     if issue.status not in (IssueStatus.DRAFT, IssueStatus.SCHEDULED):
         raise IssueStateError(f"issue {issue.number} is {issue.status}; only a draft can be scheduled")
+    issue.timezone = zone_name(at)  # the editions' dates are shown in the zone the editor scheduled in
     check_publishable(session, settings, issue)
     issue.status = IssueStatus.SCHEDULED
     issue.scheduled_at = at
     session.commit()
+
+
+def zone_name(at: datetime) -> str:
+    """The zone of an aware time: its IANA key (``Asia/Taipei``) or, for a bare offset, ``+08:00``."""
+    key = getattr(at.tzinfo, "key", None)
+    if key:
+        return str(key)
+    offset = at.strftime("%z")  # "+0800"
+    return f"{offset[:3]}:{offset[3:]}"
 
 
 def unschedule_issue(session: Session, issue: Issue) -> None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from newsletter.content import markdown_to_html, sanitise_html, strip_links, summarise, to_traditional
+from newsletter.content import markdown_to_html, sanitise_html, strip_links, to_traditional
+from newsletter.summaries import summarise
 
 # --- sanitise_html ---------------------------------------------------------------------------------
 
@@ -81,7 +82,13 @@ def test_summarise_empty() -> None:
 
 
 def test_summarise_uses_first_real_paragraph() -> None:
-    assert summarise("A\n\nReal first paragraph.\n\nSecond paragraph.", "en") == "Real first paragraph."
+    first = "The real first paragraph is the lead of the story and says what happened this week."
+    assert summarise(f"A\n\n{first}\n\nSecond paragraph.", "en") == first
+
+
+def test_summarise_goes_on_after_a_very_short_lead() -> None:
+    # A speech opening with "Thank you." says nothing: the next paragraphs follow, cut to the limit.
+    assert summarise("A\n\nThank you.\n\nSecond paragraph.", "en") == "Thank you. Second paragraph."
 
 
 def test_summarise_cuts_at_sentence_boundary_en() -> None:

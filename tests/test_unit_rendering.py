@@ -72,7 +72,7 @@ def test_css_inlined_and_media_query_kept(rendered: RenderedEdition) -> None:
     html = rendered.html
     assert '<td class="masthead" style=' in html
     assert re.search(r'<div class="article" id="article-1" style="padding:16px 0; border-bottom:1px solid #e5e7eb"', html)
-    assert '<body style="margin:0; padding:0; background-color:#f3f4f6"' in html
+    assert '<body lang="en" dir="ltr" style="margin:0; padding:0; background-color:#f3f4f6"' in html
     style_blocks = re.findall(r"<style[^>]*>(.*?)</style>", html, flags=re.S)
     assert len(style_blocks) == 1
     assert "@media only screen and (max-width: 620px)" in style_blocks[0]
@@ -191,3 +191,15 @@ def test_greeting() -> None:
     assert greeting("en", "") == "Hello,"
     assert greeting("zh-Hans", "张三") == "张三，您好："
     assert greeting("zh-Hant", "") == "您好，"
+
+
+def test_root_lang_dir_and_colour_schemes_survive_inlining() -> None:
+    from newsletter.rendering import text_direction
+
+    out = render_edition(_content("zh-Hant", title="本週要聞", converted_from="zh-Hans"))
+    assert '<html lang="zh-Hant" dir="ltr"' in out.html
+    assert '<table role="presentation" class="wrapper" lang="zh-Hant" dir="ltr"' in out.html  # Gmail drops <html>
+    assert '<meta name="color-scheme" content="light dark">' in out.html
+    style = re.findall(r"<style[^>]*>(.*?)</style>", out.html, flags=re.S)[0]
+    assert "@media (prefers-color-scheme: dark)" in style and "[data-ogsc] .content" in style
+    assert (text_direction("ar"), text_direction("he-IL"), text_direction("zh-Hans")) == ("rtl", "rtl", "ltr")

@@ -24,7 +24,7 @@ def articles_import(ctx: Context, file: Path) -> None:
     from newsletter.articles import import_articles
 
     with ctx.session() as session:
-        report = import_articles(session, file)
+        report = import_articles(session, file, rules=ctx.settings.summary_rules)
     for error in report.errors:
         click.echo(f"{file}: {error}", err=True)
     click.echo(f"{report.created} created, {report.updated} updated, {report.unchanged} unchanged, {len(report.errors)} rejected")

@@ -19,7 +19,10 @@ class Context:
     """Settings loaded once per invocation."""
 
     def __init__(self) -> None:
-        self.settings: Settings = load_settings()
+        try:
+            self.settings: Settings = load_settings()
+        except ValueError as exc:  # a setting that cannot be used: one line naming it, never a traceback
+            raise click.ClickException(str(exc)) from exc
 
     def session(self):  # type: ignore[no-untyped-def]
         """A session on the configured database, after checking its schema is current.

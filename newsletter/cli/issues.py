@@ -89,7 +89,15 @@ def issue_create(
                 chosen += sorted((a for a in found if a not in chosen), key=lambda a: (a.published_at, a.external_id))
             if not chosen:
                 raise IssueError("no articles selected: give --articles or --latest (with filters that match)")
-            new = create_issue(session, chosen, number=number, titles=_lang_map(titles, "--title"), notes=_lang_map(notes, "--note"))
+            new = create_issue(
+                session,
+                chosen,
+                number=number,
+                titles=_lang_map(titles, "--title"),
+                notes=_lang_map(notes, "--note"),
+                conversion=ctx.settings.zh_hant_conversion,
+                phrases=ctx.settings.zh_hant_phrases,
+            )
             new.segment = rule
             session.commit()
         except IssueError as exc:

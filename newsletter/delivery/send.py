@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from newsletter import logs, metrics
+from newsletter import dkim, logs, metrics
 from newsletter.bounces import verp_address
 from newsletter.config import Settings
 from newsletter.delivery import ledger
@@ -139,17 +139,19 @@ def _send_one(
             lang=edition.lang,
         )
         try:
-            message = build_message(
-                envelope,
-                personalise(edition.text, values, escape=False),
-                personalise(edition.html, values, escape=True),
+            raw = to_bytes(
+                build_message(
+                    envelope,
+                    personalise(edition.text, values, escape=False),
+                    personalise(edition.html, values, escape=True),
+                )
             )
+            if settings.dkim is not None:  # the one place a message is signed: final bytes, after personalisation
+                raw = dkim.sign(raw, settings.dkim)
         except (HeaderInjection, ValueError) as exc:
             raise PermanentDeliveryError(f"subscriber {subscriber.id}: cannot build message: {exc}") from exc
         with metrics.SEND_SECONDS.time():
-            mailer.send(
-                verp_address(settings, delivery.id), ascii_address(delivery.email), to_bytes(message)
-            )  # RFC 5321 §4.1.1.2 return path
+            mailer.send(verp_address(settings, delivery.id), ascii_address(delivery.email), raw)  # RFC 5321 §4.1.1.2 return path
     except DeliveryError as exc:
         return _record_failure(session, settings, delivery, claim_, exc, mailer.name)
     if ledger.mark_sent(session, claim_, mailer.name):

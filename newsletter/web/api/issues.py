@@ -47,10 +47,18 @@ def list_issues(session: DB, status: Annotated[str | None, Query(max_length=16)]
 
 
 @router.post("", response_model=IssueOut, status_code=201)
-def create_issue(body: IssueCreate, session: DB, response: Response) -> IssueOut:
+def create_issue(body: IssueCreate, web: State, session: DB, response: Response) -> IssueOut:
     """Create a draft from articles in order (or empty, to fill later), with titles and notes per language."""
     chosen = articles_by_external_id(session, body.articles) if body.articles else []
-    issue = issues.create_issue(session, chosen, number=body.number, titles=dict(body.titles), notes=dict(body.notes))
+    issue = issues.create_issue(
+        session,
+        chosen,
+        number=body.number,
+        titles=dict(body.titles),
+        notes=dict(body.notes),
+        conversion=web.settings.zh_hant_conversion,
+        phrases=web.settings.zh_hant_phrases,
+    )
     if body.segment is not None:
         issues.set_segment(session, issue, body.segment)
     session.commit()
