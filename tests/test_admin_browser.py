@@ -147,7 +147,7 @@ def test_editor_builds_previews_tests_and_publishes_an_issue(browser: Any, serve
     for lang, text in (
         ("en", "Patch everything."),
         ("zh-Hans", "多地启动关键信息基础设施网络安全检查"),
-        ("zh-Hant", "多地啓動關鍵信息基礎設施網絡安全檢查"),
+        ("zh-Hant", "多地啟動關鍵資訊基礎設施網路安全檢查"),  # OpenCC s2twp: Taiwan standard with phrases
     ):
         frame = page.frame_locator(f"#preview-{lang} iframe.w375")
         frame.locator("body").wait_for()

@@ -27,7 +27,7 @@ def test_pages_render_and_forms_work(sqlite_url: str, make_settings) -> None:  #
     assert results.text.startswith('<div id="search-results">') and "sample-en-02" in results.text
     frame = c.get("/admin/issues/1/preview/zh-Hant")
     assert "frame-ancestors 'self'" in frame.headers["content-security-policy"] and frame.headers["x-frame-options"] == "SAMEORIGIN"
-    assert "script-src" not in frame.headers["content-security-policy"] and "多地啓動" in frame.text
+    assert "script-src" not in frame.headers["content-security-policy"] and "多地啟動" in frame.text
     assert c.get("/admin/issues/1/preview/zh-Hant", params={"format": "text"}).text.startswith("Subject: ")
     assert "cannot be shown" in c.get("/admin/issues/1/preview/fr").text
 
