@@ -18,7 +18,6 @@ from typing import Any
 
 import jinja2
 from markupsafe import Markup
-from premailer import Premailer
 
 from newsletter.content import html_to_text, markdown_to_html
 from newsletter.i18n import LIST_NAME, gettext_for
@@ -61,12 +60,14 @@ class RenderError(Exception):
 
 @dataclass(frozen=True)
 class ArticleView:
-    """What a template shows of an article; all plain text except ``url``."""
+    """What a template shows of an article; all plain text except ``url``. ``related`` is the article's
+    "You might also like" block (title, one-line summary, url each)."""
 
     title: str
     summary: str
     url: str
     category: str | None = None
+    related: tuple[ArticleView, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,6 @@ class EditionContent:
     date: str
     web_url: str
     articles: tuple[ArticleView, ...]
-    related: tuple[ArticleView, ...] = ()
     editors_note: str = ""
     converted_from: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
@@ -114,6 +114,8 @@ def inline_css(document: str) -> str:
     ``<style>`` blocks are kept for ``@media`` rules (which cannot be inlined), the network is never
     touched, and MSO conditional comments survive.
     """
+    from premailer import Premailer  # imported here: it pulls in cssutils and lxml, slow for the CLI to start
+
     return Premailer(
         document,
         allow_network=False,
@@ -136,7 +138,6 @@ def _context(content: EditionContent, *, autoescape: bool, web: bool) -> dict[st
         "list_name": LIST_NAME.get(content.lang, LIST_NAME["en"]),
         "web_url": content.web_url,
         "articles": content.articles,
-        "related": content.related,
         "converted_from": content.converted_from,
         "editors_note_html": Markup(note_html),
         "editors_note_text": html_to_text(note_html) if note_html else "",

@@ -1,0 +1,127 @@
+"""The in-memory related-articles index: sparse TF-IDF matrices built from stored term vectors.
+
+The persisted index (`newsletter.related.store`) keeps raw term counts per article; weights that depend on
+the whole archive (IDF) are computed here, when the index is loaded, so adding an article never rewrites
+the others. Rows are L2-normalised, so a dot product is a cosine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from newsletter.related.text import FEATURES, TermVector, tokens, vectorise
+
+if TYPE_CHECKING:
+    import scipy.sparse as sp
+
+MIN_DF = 2  # a term in one document only says nothing about what it shares with others
+MAX_DF = 0.5  # terms in over half the documents are boilerplate ("president", "administration")...
+MAX_DF_FROM = 50  # ...but only in an archive big enough for "half" to mean boilerplate
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One indexed article: its id, date (None if unknown), category, and term vectors of its title and of
+    title + body."""
+
+    article_id: int
+    published_at: datetime | None
+    category: str | None
+    title: TermVector
+    body: TermVector
+
+
+def make_entry(article_id: int, group: str, title: str, body: str, published_at: datetime | None, category: str | None) -> Entry:
+    """Tokenise an article into an `Entry` for index ``group`` (see `newsletter.related.text.group_of`)."""
+    return Entry(
+        article_id,
+        published_at,
+        category,
+        vectorise(tokens(title, group)),
+        vectorise(tokens(f"{title}\n{body}", group)),
+    )
+
+
+def _csr(vectors: Sequence[TermVector], *, bigrams_only: bool = False) -> sp.csr_matrix:
+    import numpy as np
+    import scipy.sparse as sp
+
+    indptr = np.zeros(len(vectors) + 1, np.int64)
+    parts_i, parts_c = [], []
+    for row, v in enumerate(vectors):
+        ids, counts = (v.ids[v.bigram], v.counts[v.bigram]) if bigrams_only else (v.ids, v.counts)
+        parts_i.append(ids)
+        parts_c.append(counts)
+        indptr[row + 1] = indptr[row] + len(ids)
+    ids = np.concatenate(parts_i) if parts_i else np.zeros(0, np.uint32)
+    data = np.concatenate(parts_c).astype(np.float32) if parts_c else np.zeros(0, np.float32)
+    return sp.csr_matrix((data, ids.astype(np.int32), indptr), shape=(len(vectors), FEATURES))
+
+
+def _normalise_rows(m: sp.csr_matrix, *, l1: bool = False) -> sp.csr_matrix:
+    import numpy as np
+    import scipy.sparse as sp
+
+    norms = np.asarray(abs(m).sum(axis=1)).ravel() if l1 else np.sqrt(np.asarray(m.multiply(m).sum(axis=1)).ravel())
+    norms[norms == 0] = 1.0
+    return sp.csr_matrix(sp.diags((1.0 / norms).astype(np.float32)) @ m)
+
+
+class RelatedIndex:
+    """TF-IDF matrices over the entries of one index group (one language, or all Chinese).
+
+    Attributes (N entries, `FEATURES` columns, float32):
+        body: title + body, sublinear TF x IDF, L2-normalised rows.
+        title: title alone, same weighting, L2-normalised rows.
+        title_bigrams: the title's bigrams, binary x IDF, L1-normalised rows (a coverage share).
+        present: title + body, binary (which terms a text contains).
+        days: publication time in days since the epoch (NaN when unknown).
+    """
+
+    def __init__(self, entries: Sequence[Entry]) -> None:
+        import numpy as np
+        import scipy.sparse as sp
+
+        self.entries = list(entries)
+        self.ids = np.array([e.article_id for e in self.entries], np.int64)
+        self.row = {int(a): i for i, a in enumerate(self.ids)}
+        self.days = np.array([e.published_at.timestamp() / 86400 if e.published_at else np.nan for e in self.entries], np.float64)
+        self.categories = [e.category for e in self.entries]
+        n = len(self.entries)
+        counts = _csr([e.body for e in self.entries])
+        self.present = counts.copy()
+        self.present.data[:] = 1.0
+        df = np.bincount(self.present.indices, minlength=FEATURES)
+        keep = df >= MIN_DF
+        if n >= MAX_DF_FROM:
+            keep &= df <= MAX_DF * n
+        # Smoothed IDF as in scikit-learn's TfidfVectorizer, so the baseline and ours weigh terms alike.
+        self.idf = (np.log((n + 1) / (df + 1)) + 1).astype(np.float32) * keep
+        self._idf_diag = sp.diags(self.idf)
+        self.body = self.weigh(counts)
+        self.title = self.weigh(_csr([e.title for e in self.entries]))
+        bigrams = _csr([e.title for e in self.entries], bigrams_only=True)
+        bigrams.data[:] = 1.0
+        self.title_bigrams = _normalise_rows(sp.csr_matrix(bigrams @ self._idf_diag), l1=True)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def weigh(self, counts: sp.csr_matrix) -> sp.csr_matrix:
+        """Sublinear TF (1 + ln tf) x this index's IDF, rows L2-normalised."""
+        import numpy as np
+        import scipy.sparse as sp
+
+        m = counts.astype(np.float32, copy=True)
+        m.data = 1 + np.log(m.data)
+        return _normalise_rows(sp.csr_matrix(m @ self._idf_diag))
+
+    def nbytes(self) -> int:
+        """Bytes held by the matrices (the figure `bench/related_scale.py` reports)."""
+        total = 0
+        for m in (self.body, self.title, self.title_bigrams, self.present):
+            total += m.data.nbytes + m.indices.nbytes + m.indptr.nbytes
+        return total + self.idf.nbytes

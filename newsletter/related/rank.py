@@ -1,0 +1,200 @@
+"""Ranking: which archived articles to show under an article, and the per-issue selection.
+
+A candidate's score is a linear combination of signals (weights `WEIGHTS`, tuned by 5-fold
+cross-validation on the White House editors' development links with ``bench/related_eval.py --fit``):
+
+- ``body``: cosine of the two texts (title + body), TF-IDF on words and word bigrams (characters and
+  character bigrams in Chinese);
+- ``title``: cosine of the candidate's *title* against the source's full text — an editor's link text
+  usually names the linked piece, and that anchor text stays in the body after the link is stripped;
+- ``bigrams``: the IDF-weighted share of the candidate title's bigrams found in the source (a phrase match);
+- ``recency``: ``-ln(1 + days between them)``, and ``week``: 1 when at most 7 days apart — editors point to
+  what is current.
+
+A candidate is shown only if its text is related at all (``max(body, title) >= MIN_SIMILARITY``), and
+never if it is a near-duplicate of the source: the same story filed twice, judged by text *and* date
+together (`is_near_duplicate`), never by title alone.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from newsletter.related.index import Entry, RelatedIndex
+
+if TYPE_CHECKING:
+    import numpy as np
+    import scipy.sparse as sp
+
+WEIGHTS = {"body": 1.0, "title": 1.5, "bigrams": 0.2, "recency": 0.02, "week": 0.1}
+MIN_SIMILARITY = 0.1  # below this lexical similarity nothing is shown, whatever the date says
+DUPLICATE_SIMILARITY = 0.8  # body cosine at or above which two texts are the same story...
+DUPLICATE_DAYS = 3.0  # ...if filed this close together (or a date is unknown)
+PER_ARTICLE = 3
+POOL = 30  # candidates per article considered when spreading picks across the issue
+
+
+@dataclass(frozen=True)
+class Source:
+    """What is known of the article recommendations are made for: its weighted vectors (1 x FEATURES
+    rows in the index's weighting), date in days since the epoch (NaN if unknown) and category."""
+
+    body: sp.csr_matrix
+    present: sp.csr_matrix
+    days: float
+
+
+def source_of(index: RelatedIndex, article_id: int | None = None, entry: Entry | None = None) -> Source:
+    """The `Source` for an indexed article (by id) or for an `Entry` not in the index (weighted with the
+    index's IDF). Raises KeyError for an id that is not indexed."""
+    import scipy.sparse as sp
+
+    if entry is None:
+        if article_id is None:
+            raise ValueError("source_of needs an article id or an entry")
+        row = index.row[article_id]
+        return Source(index.body[row], index.present[row], float(index.days[row]))
+    from newsletter.related.index import _csr
+
+    counts = _csr([entry.body])
+    present = sp.csr_matrix(counts, copy=True)
+    present.data[:] = 1.0
+    days = entry.published_at.timestamp() / 86400 if entry.published_at else math.nan
+    return Source(index.weigh(counts), present, days)
+
+
+def signals(index: RelatedIndex, source: Source) -> dict[str, np.ndarray]:
+    """Each signal of `WEIGHTS` for every entry of the index against ``source``: ``{name: (N,) float}``."""
+    import numpy as np
+
+    gap = np.abs(source.days - index.days)
+    gap = np.where(np.isnan(gap), np.inf, gap)
+    body_t = source.body.T
+    return {
+        "body": np.asarray((index.body @ body_t).todense()).ravel(),
+        "title": np.asarray((index.title @ body_t).todense()).ravel(),
+        "bigrams": np.asarray((index.title_bigrams @ source.present.T).todense()).ravel(),
+        "recency": np.where(np.isinf(gap), -10.0, -np.log1p(np.minimum(gap, 1e6))),
+        "week": (gap <= 7).astype(np.float64),
+    }
+
+
+def combine(sig: dict[str, np.ndarray], weights: dict[str, float] = WEIGHTS) -> np.ndarray:
+    """The score: ``sum(weights[name] * sig[name])``."""
+    return sum(w * sig[name] for name, w in weights.items())  # type: ignore[return-value]
+
+
+def is_near_duplicate(similarity: float, days_a: float, days_b: float) -> bool:
+    """The same story filed twice: texts nearly equal (body cosine >= `DUPLICATE_SIMILARITY`) *and* filed
+    within `DUPLICATE_DAYS` of each other (an unknown date cannot prove two events apart). Two events with
+    the same title months apart (a ceremony held every July and December) are not duplicates."""
+    if similarity < DUPLICATE_SIMILARITY:
+        return False
+    if math.isnan(days_a) or math.isnan(days_b):
+        return True
+    return abs(days_a - days_b) <= DUPLICATE_DAYS
+
+
+def candidates_mask(index: RelatedIndex, cutoff: datetime | None, exclude: Iterable[int] = ()) -> np.ndarray:
+    """Which entries may be recommended: published no later than ``cutoff`` (an unknown date is excluded
+    then; with no cutoff every entry qualifies), and not in ``exclude`` (article ids)."""
+    import numpy as np
+
+    if cutoff is None:
+        mask = np.ones(len(index), bool)
+    else:
+        with np.errstate(invalid="ignore"):
+            mask = index.days <= cutoff.timestamp() / 86400
+    for article_id in exclude:
+        row = index.row.get(article_id)
+        if row is not None:
+            mask[row] = False
+    return mask
+
+
+def rank(
+    index: RelatedIndex,
+    source: Source,
+    mask: np.ndarray,
+    *,
+    k: int = 10,
+    min_similarity: float = MIN_SIMILARITY,
+    weights: dict[str, float] = WEIGHTS,
+) -> list[tuple[int, float]]:
+    """The top ``k`` entries allowed by ``mask`` for ``source``, near-duplicates of the source and entries
+    below ``min_similarity`` left out. The function the publish step and ``bench/related_eval.py`` share.
+
+    Returns:
+        ``[(article_id, score), ...]``, best first (ties: the index's order, i.e. stable).
+    """
+    import numpy as np
+
+    if k <= 0 or not len(index):
+        return []
+    sig = signals(index, source)
+    related = np.maximum(sig["body"], sig["title"]) >= min_similarity
+    score = np.where(mask & related, combine(sig, weights), -np.inf)
+    ranked: list[tuple[int, float]] = []
+    order = np.argsort(-score, kind="stable")
+    for row in order[: k + 32].tolist():  # a few spare for near-duplicates
+        if not np.isfinite(score[row]) or len(ranked) == k:
+            break
+        if is_near_duplicate(float(sig["body"][row]), source.days, float(index.days[row])):
+            continue
+        ranked.append((int(index.ids[row]), float(score[row])))
+    return ranked
+
+
+def for_issue(
+    index: RelatedIndex,
+    sources: Sequence[Source],
+    mask: np.ndarray,
+    *,
+    per_article: int = PER_ARTICLE,
+    pool: int = POOL,
+) -> list[list[tuple[int, float]]]:
+    """Up to ``per_article`` picks for each of an issue's articles, spread across the issue.
+
+    Each source gets its own ranked pool (`rank`); picks are then dealt round by round, in issue order, each
+    article taking its best candidate not already shown under another article and not a near-duplicate of
+    a pick already made (nor of any of the issue's own articles, which `rank` checks per source).
+
+    Returns:
+        One ``[(article_id, score), ...]`` per source, best first.
+    """
+    import numpy as np
+
+    pools = [rank(index, s, mask, k=pool) for s in sources]
+    # A pick that duplicates any of the issue's articles (not only its own source) is out.
+    issue_rows = [s for s in sources]
+    picks: list[list[tuple[int, float]]] = [[] for _ in sources]
+    taken: list[int] = []
+    cursor = [0] * len(sources)
+    for _ in range(per_article):
+        for i, candidates in enumerate(pools):
+            while cursor[i] < len(candidates):
+                article_id, score = candidates[cursor[i]]
+                cursor[i] += 1
+                row = index.row[article_id]
+                vec = index.body[row]
+                if article_id in taken:
+                    continue
+                if taken:
+                    sims = np.asarray((index.body[[index.row[t] for t in taken]] @ vec.T).todense()).ravel()
+                    days = index.days[[index.row[t] for t in taken]]
+                    if any(is_near_duplicate(float(s), float(d), float(index.days[row])) for s, d in zip(sims, days, strict=True)):
+                        continue
+                if any(is_near_duplicate(_cos(src.body, vec), src.days, float(index.days[row])) for src in issue_rows):
+                    continue
+                picks[i].append((article_id, score))
+                taken.append(article_id)
+                break
+    return picks
+
+
+def _cos(a: sp.csr_matrix, b: sp.csr_matrix) -> float:
+    return float(a.multiply(b).sum())
