@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from newsletter.articles import record_to_fields
 from newsletter.related.index import RelatedIndex, make_entry
-from newsletter.related.rank import WEIGHTS, candidates_mask, combine, rank, signals, source_of
+from newsletter.related.rank import MIN_SIMILARITY, WEIGHTS, candidates_mask, combine, rank, signals, source_of
 
 K = 10
 
@@ -152,7 +152,7 @@ def fit_weights(index: RelatedIndex, sources: list[int], links: dict[int, set[in
     for s in sources:
         sig = signals(index, source_of(index, s))
         allowed = candidates_mask(index, index.entries[s].published_at, exclude=[s])
-        allowed &= np.maximum(sig["body"], sig["title"]) >= 0.1
+        allowed &= sig["body"] >= MIN_SIMILARITY
         cache[s] = (sig, allowed)
 
     def ndcg(weights: dict[str, float], subset: Sequence[int]) -> float:

@@ -12,14 +12,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from newsletter.related.text import FEATURES, TermVector, tokens, vectorise
+from newsletter.related.text import TermVector, tokens, vectorise
 
 if TYPE_CHECKING:
+    import numpy as np
     import scipy.sparse as sp
 
-MIN_DF = 2  # a term in one document only says nothing about what it shares with others
-MAX_DF = 0.5  # terms in over half the documents are boilerplate ("president", "administration")...
-MAX_DF_FROM = 50  # ...but only in an archive big enough for "half" to mean boilerplate
+MIN_DF = 2  # a term in one document only says nothing about what it shares with others...
+MAX_DF = 0.5  # ...and terms in over half the documents are boilerplate ("president", "administration"),
+DF_LIMITS_FROM = 50  # but only in an archive big enough: in a handful of texts both cuts remove the topic words
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,8 @@ def make_entry(article_id: int, group: str, title: str, body: str, published_at:
     )
 
 
-def _csr(vectors: Sequence[TermVector], *, bigrams_only: bool = False) -> sp.csr_matrix:
+def _csr(vectors: Sequence[TermVector], columns: np.ndarray, *, bigrams_only: bool = False) -> sp.csr_matrix:
+    """Rows of term counts over ``columns`` (the sorted hashed ids the index knows); other ids are dropped."""
     import numpy as np
     import scipy.sparse as sp
 
@@ -53,12 +55,15 @@ def _csr(vectors: Sequence[TermVector], *, bigrams_only: bool = False) -> sp.csr
     parts_i, parts_c = [], []
     for row, v in enumerate(vectors):
         ids, counts = (v.ids[v.bigram], v.counts[v.bigram]) if bigrams_only else (v.ids, v.counts)
-        parts_i.append(ids)
-        parts_c.append(counts)
-        indptr[row + 1] = indptr[row] + len(ids)
-    ids = np.concatenate(parts_i) if parts_i else np.zeros(0, np.uint32)
+        local = np.searchsorted(columns, ids)
+        known = local < len(columns)
+        known[known] = columns[local[known]] == ids[known]
+        parts_i.append(local[known])
+        parts_c.append(counts[known])
+        indptr[row + 1] = indptr[row] + int(known.sum())
+    ids = np.concatenate(parts_i) if parts_i else np.zeros(0, np.int64)
     data = np.concatenate(parts_c).astype(np.float32) if parts_c else np.zeros(0, np.float32)
-    return sp.csr_matrix((data, ids.astype(np.int32), indptr), shape=(len(vectors), FEATURES))
+    return sp.csr_matrix((data, ids.astype(np.int32), indptr), shape=(len(vectors), len(columns)))
 
 
 def _normalise_rows(m: sp.csr_matrix, *, l1: bool = False) -> sp.csr_matrix:
@@ -73,11 +78,12 @@ def _normalise_rows(m: sp.csr_matrix, *, l1: bool = False) -> sp.csr_matrix:
 class RelatedIndex:
     """TF-IDF matrices over the entries of one index group (one language, or all Chinese).
 
-    Attributes (N entries, `FEATURES` columns, float32):
+    Attributes (N entries, float32; one column per hashed term id found in the index, ``columns``):
         body: title + body, sublinear TF x IDF, L2-normalised rows.
         title: title alone, same weighting, L2-normalised rows.
         title_bigrams: the title's bigrams, binary x IDF, L1-normalised rows (a coverage share).
-        present: title + body, binary (which terms a text contains).
+        present: title + body, binary (which terms a text contains), all terms (no document-frequency cut);
+        sizes: its number of distinct terms per row.
         days: publication time in days since the epoch (NaN when unknown).
     """
 
@@ -91,19 +97,22 @@ class RelatedIndex:
         self.days = np.array([e.published_at.timestamp() / 86400 if e.published_at else np.nan for e in self.entries], np.float64)
         self.categories = [e.category for e in self.entries]
         n = len(self.entries)
-        counts = _csr([e.body for e in self.entries])
+        # Columns: the hashed ids that occur in the index (title terms are among the body's).
+        self.columns = np.unique(np.concatenate([e.body.ids for e in self.entries])) if self.entries else np.zeros(0, np.uint32)
+        counts = _csr([e.body for e in self.entries], self.columns)
         self.present = counts.copy()
         self.present.data[:] = 1.0
-        df = np.bincount(self.present.indices, minlength=FEATURES)
-        keep = df >= MIN_DF
-        if n >= MAX_DF_FROM:
-            keep &= df <= MAX_DF * n
+        self.sizes = np.diff(self.present.indptr).astype(np.float32)
+        df = np.bincount(self.present.indices, minlength=len(self.columns))
+        keep = df > 0
+        if n >= DF_LIMITS_FROM:
+            keep &= (df >= MIN_DF) & (df <= MAX_DF * n)
         # Smoothed IDF as in scikit-learn's TfidfVectorizer, so the baseline and ours weigh terms alike.
         self.idf = (np.log((n + 1) / (df + 1)) + 1).astype(np.float32) * keep
         self._idf_diag = sp.diags(self.idf)
         self.body = self.weigh(counts)
-        self.title = self.weigh(_csr([e.title for e in self.entries]))
-        bigrams = _csr([e.title for e in self.entries], bigrams_only=True)
+        self.title = self.weigh(_csr([e.title for e in self.entries], self.columns))
+        bigrams = _csr([e.title for e in self.entries], self.columns, bigrams_only=True)
         bigrams.data[:] = 1.0
         self.title_bigrams = _normalise_rows(sp.csr_matrix(bigrams @ self._idf_diag), l1=True)
 
@@ -124,4 +133,4 @@ class RelatedIndex:
         total = 0
         for m in (self.body, self.title, self.title_bigrams, self.present):
             total += m.data.nbytes + m.indices.nbytes + m.indptr.nbytes
-        return total + self.idf.nbytes
+        return total + self.idf.nbytes + self.columns.nbytes

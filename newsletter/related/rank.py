@@ -11,9 +11,11 @@ cross-validation on the White House editors' development links with ``bench/rela
 - ``recency``: ``-ln(1 + days between them)``, and ``week``: 1 when at most 7 days apart — editors point to
   what is current.
 
-A candidate is shown only if its text is related at all (``max(body, title) >= MIN_SIMILARITY``), and
+A candidate is shown only if its text is related at all (``body >= MIN_SIMILARITY``), and
 never if it is a near-duplicate of the source: the same story filed twice, judged by text *and* date
-together (`is_near_duplicate`), never by title alone.
+together (`is_near_duplicate`), never by title alone. Candidates are scored with the source's own
+weighting only; the TF-IDF cosine is not used for duplicates, since a term found in one document only is
+dropped from it (min_df 2) and two short texts can then look identical.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ if TYPE_CHECKING:
 
 WEIGHTS = {"body": 1.0, "title": 1.5, "bigrams": 0.2, "recency": 0.02, "week": 0.1}
 MIN_SIMILARITY = 0.1  # below this lexical similarity nothing is shown, whatever the date says
-DUPLICATE_SIMILARITY = 0.8  # body cosine at or above which two texts are the same story...
+DUPLICATE_RESEMBLANCE = 0.6  # share of distinct terms in common at or above which two texts are one story...
 DUPLICATE_DAYS = 3.0  # ...if filed this close together (or a date is unknown)
 PER_ARTICLE = 3
 POOL = 30  # candidates per article considered when spreading picks across the issue
@@ -40,12 +42,13 @@ POOL = 30  # candidates per article considered when spreading picks across the i
 
 @dataclass(frozen=True)
 class Source:
-    """What is known of the article recommendations are made for: its weighted vectors (1 x FEATURES
-    rows in the index's weighting), date in days since the epoch (NaN if unknown) and category."""
+    """What is known of the article recommendations are made for: its weighted and binary vectors (one row
+    over the index's columns, in the index's weighting) and its date in days since the epoch (NaN if unknown)."""
 
     body: sp.csr_matrix
     present: sp.csr_matrix
     days: float
+    size: int  # distinct terms of its text (those unknown to the index included)
 
 
 def source_of(index: RelatedIndex, article_id: int | None = None, entry: Entry | None = None) -> Source:
@@ -57,14 +60,14 @@ def source_of(index: RelatedIndex, article_id: int | None = None, entry: Entry |
         if article_id is None:
             raise ValueError("source_of needs an article id or an entry")
         row = index.row[article_id]
-        return Source(index.body[row], index.present[row], float(index.days[row]))
+        return Source(index.body[row], index.present[row], float(index.days[row]), int(index.sizes[row]))
     from newsletter.related.index import _csr
 
-    counts = _csr([entry.body])
+    counts = _csr([entry.body], index.columns)
     present = sp.csr_matrix(counts, copy=True)
     present.data[:] = 1.0
     days = entry.published_at.timestamp() / 86400 if entry.published_at else math.nan
-    return Source(index.weigh(counts), present, days)
+    return Source(index.weigh(counts), present, days, len(entry.body.ids))
 
 
 def signals(index: RelatedIndex, source: Source) -> dict[str, np.ndarray]:
@@ -88,11 +91,23 @@ def combine(sig: dict[str, np.ndarray], weights: dict[str, float] = WEIGHTS) -> 
     return sum(w * sig[name] for name, w in weights.items())  # type: ignore[return-value]
 
 
+def resemblance(index: RelatedIndex, rows: Sequence[int] | np.ndarray, present: sp.csr_matrix, size: int) -> np.ndarray:
+    """Resemblance (Broder, "On the resemblance and containment of documents", 1997) of the texts in
+    ``rows`` with the text whose binary term vector is ``present`` (``size`` distinct terms): |A ∩ B| / |A ∪ B|
+    over their distinct words and word bigrams (characters and character bigrams in Chinese), every term
+    counted, however rare."""
+    import numpy as np
+
+    rows = np.asarray(rows, dtype=np.int64)
+    common = np.asarray((index.present[rows] @ present.T).todense()).ravel()
+    return common / np.maximum(index.sizes[rows] + size - common, 1.0)
+
+
 def is_near_duplicate(similarity: float, days_a: float, days_b: float) -> bool:
-    """The same story filed twice: texts nearly equal (body cosine >= `DUPLICATE_SIMILARITY`) *and* filed
-    within `DUPLICATE_DAYS` of each other (an unknown date cannot prove two events apart). Two events with
-    the same title months apart (a ceremony held every July and December) are not duplicates."""
-    if similarity < DUPLICATE_SIMILARITY:
+    """The same story filed twice: texts nearly equal (`resemblance` >= `DUPLICATE_RESEMBLANCE`) *and*
+    filed within `DUPLICATE_DAYS` of each other (an unknown date cannot prove two events apart). Two events
+    with the same title months apart (a ceremony held every July and December) are not duplicates."""
+    if similarity < DUPLICATE_RESEMBLANCE:
         return False
     if math.isnan(days_a) or math.isnan(days_b):
         return True
@@ -136,14 +151,16 @@ def rank(
     if k <= 0 or not len(index):
         return []
     sig = signals(index, source)
-    related = np.maximum(sig["body"], sig["title"]) >= min_similarity
+    related = sig["body"] >= min_similarity
     score = np.where(mask & related, combine(sig, weights), -np.inf)
     ranked: list[tuple[int, float]] = []
-    order = np.argsort(-score, kind="stable")
-    for row in order[: k + 32].tolist():  # a few spare for near-duplicates
-        if not np.isfinite(score[row]) or len(ranked) == k:
+    order = np.argsort(-score, kind="stable")[: k + 32]  # a few spare for near-duplicates
+    order = order[np.isfinite(score[order])]
+    similar = resemblance(index, order, source.present, source.size)
+    for row, alike in zip(order.tolist(), similar.tolist(), strict=True):
+        if len(ranked) == k:
             break
-        if is_near_duplicate(float(sig["body"][row]), source.days, float(index.days[row])):
+        if is_near_duplicate(alike, source.days, float(index.days[row])):
             continue
         ranked.append((int(index.ids[row]), float(score[row])))
     return ranked
@@ -166,11 +183,7 @@ def for_issue(
     Returns:
         One ``[(article_id, score), ...]`` per source, best first.
     """
-    import numpy as np
-
     pools = [rank(index, s, mask, k=pool) for s in sources]
-    # A pick that duplicates any of the issue's articles (not only its own source) is out.
-    issue_rows = [s for s in sources]
     picks: list[list[tuple[int, float]]] = [[] for _ in sources]
     taken: list[int] = []
     cursor = [0] * len(sources)
@@ -180,21 +193,19 @@ def for_issue(
                 article_id, score = candidates[cursor[i]]
                 cursor[i] += 1
                 row = index.row[article_id]
-                vec = index.body[row]
                 if article_id in taken:
                     continue
+                day = float(index.days[row])
+                # Not the twin of a pick already made, nor of any of the issue's articles.
                 if taken:
-                    sims = np.asarray((index.body[[index.row[t] for t in taken]] @ vec.T).todense()).ravel()
-                    days = index.days[[index.row[t] for t in taken]]
-                    if any(is_near_duplicate(float(s), float(d), float(index.days[row])) for s, d in zip(sims, days, strict=True)):
+                    rows = [index.row[t] for t in taken]
+                    alike = resemblance(index, rows, index.present[row], int(index.sizes[row]))
+                    if any(is_near_duplicate(a, float(d), day) for a, d in zip(alike.tolist(), index.days[rows].tolist(), strict=True)):
                         continue
-                if any(is_near_duplicate(_cos(src.body, vec), src.days, float(index.days[row])) for src in issue_rows):
+                alike = [float(resemblance(index, [row], src.present, src.size)[0]) for src in sources]
+                if any(is_near_duplicate(a, src.days, day) for a, src in zip(alike, sources, strict=True)):
                     continue
                 picks[i].append((article_id, score))
                 taken.append(article_id)
                 break
     return picks
-
-
-def _cos(a: sp.csr_matrix, b: sp.csr_matrix) -> float:
-    return float(a.multiply(b).sum())

@@ -136,7 +136,26 @@ def load_index(session: Session, group: str) -> RelatedIndex:
     return index
 
 
-def ensure_indexed(session: Session, articles: Sequence[Article]) -> None:
-    """Index those of ``articles`` missing from the index (e.g. created outside ``articles import``); commits."""
-    if index_articles(session, articles).indexed:
+def ensure_indexed(session: Session, articles: Sequence[Article], langs: Iterable[str] = (), batch: int = 500) -> int:
+    """Index ``articles`` if missing or stale, and every article in ``langs`` that has no entry at all
+    (created other than by ``articles import``, or before the index existed); commits. Returns how many
+    entries were written. On an index kept up to date by imports this is one query that finds nothing."""
+    written = index_articles(session, articles).indexed
+    langs = list(langs)
+    while langs:
+        chunk = list(
+            session.scalars(
+                select(Article)
+                .outerjoin(RelatedIndexEntry, RelatedIndexEntry.article_id == Article.id)
+                .where(Article.lang.in_(langs), RelatedIndexEntry.article_id.is_(None))
+                .order_by(Article.id)
+                .limit(batch)
+            )
+        )
+        if not chunk:
+            break
+        written += index_articles(session, chunk).indexed
         session.commit()
+    if written:
+        session.commit()
+    return written
