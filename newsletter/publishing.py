@@ -193,7 +193,8 @@ def attach_related(session: Session, settings: Settings, issue_id: int, k: int =
     exclude = {a.id for a in in_issue}
     if keys:
         exclude.update(session.scalars(select(Article.id).where(Article.translation_key.in_(keys))))
-    ensure_indexed(session, in_issue, {a.lang for a in in_issue} | ({"zh-Hans", "zh-Hant"} if any(a.lang.startswith("zh") for a in in_issue) else set()))
+    langs = {a.lang for a in in_issue}
+    ensure_indexed(session, in_issue, langs | ({"zh-Hans", "zh-Hant"} if any(lang.startswith("zh") for lang in langs) else set()))
     picks_by_lang: dict[str, int] = {}
     for lang in sorted({source_lang(e) for e in issue.editions}):
         queries = [a for a in in_issue if a.lang == lang]

@@ -18,8 +18,18 @@ DAY = datetime(2026, 3, 2, 9, tzinfo=UTC)
 
 EN = [
     # (id, title, body, days before DAY)
-    (1, "New tariffs on steel and aluminum imports", "The administration imposed tariffs on steel and aluminum imports to protect domestic producers from unfair trade.", 0),
-    (2, "Tariffs on imported steel rise again", "Steel imports face higher tariffs; trade partners weigh retaliation against the duties on aluminum and steel.", 5),
+    (
+        1,
+        "New tariffs on steel and aluminum imports",
+        "The administration imposed tariffs on steel and aluminum imports to protect domestic producers from unfair trade.",
+        0,
+    ),
+    (
+        2,
+        "Tariffs on imported steel rise again",
+        "Steel imports face higher tariffs; trade partners weigh retaliation against the duties on aluminum and steel.",
+        5,
+    ),
     (3, "Local team wins the football cup final", "The football team celebrated a dramatic win in the cup final on Saturday evening.", 1),
     (4, "New species of frog found in the rainforest", "Biologists discovered a tiny frog species in the rainforest canopy.", 2),
     (5, "Orchestra premieres a new symphony", "The city orchestra performed a new symphony by a young composer.", 3),
@@ -90,7 +100,12 @@ def test_a_chinese_article_finds_its_chinese_neighbour_also_from_traditional_tex
 
 
 def test_nothing_published_after_the_cutoff_is_recommended() -> None:
-    later = (20, "Steel tariffs doubled", "The tariffs on steel and aluminum imports were doubled to protect producers.", DAY + timedelta(days=1))
+    later = (
+        20,
+        "Steel tariffs doubled",
+        "The tariffs on steel and aluminum imports were doubled to protect producers.",
+        DAY + timedelta(days=1),
+    )
     index = _index(EN, "en", [later])
     ranked = rank(index, source_of(index, 1), candidates_mask(index, DAY, exclude=[1]))
     assert 20 not in _ids(ranked) and _ids(ranked)[0] == 2
@@ -107,8 +122,18 @@ def test_the_same_story_filed_twice_within_days_is_never_recommended_next_to_its
 
 def test_same_title_months_apart_is_a_different_event_not_a_duplicate() -> None:
     # The promotion ceremony held in July and again in December: same title, its own text, months apart.
-    july = (31, "中央军委举行晋升上将军衔仪式", "中央军委在北京八一大楼隆重举行晋升上将军衔仪式。习近平向晋升上将军衔的海军司令员颁发命令状。", DAY - timedelta(days=150))
-    december = (32, "中央军委举行晋升上将军衔仪式", "中央军委在北京八一大楼隆重举行晋升上将军衔仪式。习近平向晋升上将军衔的东部战区政治委员颁发命令状。", DAY)
+    july = (
+        31,
+        "中央军委举行晋升上将军衔仪式",
+        "中央军委在北京八一大楼隆重举行晋升上将军衔仪式。习近平向晋升上将军衔的海军司令员颁发命令状。",
+        DAY - timedelta(days=150),
+    )
+    december = (
+        32,
+        "中央军委举行晋升上将军衔仪式",
+        "中央军委在北京八一大楼隆重举行晋升上将军衔仪式。习近平向晋升上将军衔的东部战区政治委员颁发命令状。",
+        DAY,
+    )
     index = _index(ZH, "zh", [july, december])
     ranked = rank(index, source_of(index, 32), candidates_mask(index, DAY, exclude=[32]))
     assert _ids(ranked)[:1] == [31]
@@ -121,9 +146,24 @@ def test_same_title_months_apart_is_a_different_event_not_a_duplicate() -> None:
 
 def test_per_article_picks_are_spread_across_the_issue_and_thresholded() -> None:
     extra = [
-        (40, "Steel producers welcome the new tariffs", "Domestic steel producers said the tariffs on imports will protect jobs.", DAY - timedelta(days=8)),
-        (41, "Football final draws record crowd", "A record crowd watched the football cup final as the team won.", DAY - timedelta(days=9)),
-        (42, "Aluminum smelters and the tariff on imports", "Aluminum smelters expect the import tariffs to lift prices for steel and aluminum.", DAY - timedelta(days=10)),
+        (
+            40,
+            "Steel producers welcome the new tariffs",
+            "Domestic steel producers said the tariffs on imports will protect jobs.",
+            DAY - timedelta(days=8),
+        ),
+        (
+            41,
+            "Football final draws record crowd",
+            "A record crowd watched the football cup final as the team won.",
+            DAY - timedelta(days=9),
+        ),
+        (
+            42,
+            "Aluminum smelters and the tariff on imports",
+            "Aluminum smelters expect the import tariffs to lift prices for steel and aluminum.",
+            DAY - timedelta(days=10),
+        ),
         (43, "Cup final tickets sold out", "Tickets for the football cup final sold out within hours.", DAY - timedelta(days=11)),
     ]
     index = _index(EN, "en", extra)
