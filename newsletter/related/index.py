@@ -51,19 +51,17 @@ def _csr(vectors: Sequence[TermVector], columns: np.ndarray, *, bigrams_only: bo
     import numpy as np
     import scipy.sparse as sp
 
-    indptr = np.zeros(len(vectors) + 1, np.int64)
-    parts_i, parts_c = [], []
-    for row, v in enumerate(vectors):
-        ids, counts = (v.ids[v.bigram], v.counts[v.bigram]) if bigrams_only else (v.ids, v.counts)
-        local = np.searchsorted(columns, ids)
-        known = local < len(columns)
-        known[known] = columns[local[known]] == ids[known]
-        parts_i.append(local[known])
-        parts_c.append(counts[known])
-        indptr[row + 1] = indptr[row] + int(known.sum())
-    ids = np.concatenate(parts_i) if parts_i else np.zeros(0, np.int64)
-    data = np.concatenate(parts_c).astype(np.float32) if parts_c else np.zeros(0, np.float32)
-    return sp.csr_matrix((data, ids.astype(np.int32), indptr), shape=(len(vectors), len(columns)))
+    parts = [(v.ids[v.bigram], v.counts[v.bigram]) if bigrams_only else (v.ids, v.counts) for v in vectors]
+    lengths = np.fromiter((len(i) for i, _ in parts), np.int64, len(parts))
+    ids = np.concatenate([i for i, _ in parts]) if parts else np.zeros(0, np.uint32)
+    counts = np.concatenate([c for _, c in parts]).astype(np.float32) if parts else np.zeros(0, np.float32)
+    rows = np.repeat(np.arange(len(parts)), lengths)
+    local = np.searchsorted(columns, ids)
+    known = local < len(columns)
+    known[known] = columns[local[known]] == ids[known]
+    indptr = np.zeros(len(parts) + 1, np.int64)
+    np.cumsum(np.bincount(rows[known], minlength=len(parts)), out=indptr[1:])
+    return sp.csr_matrix((counts[known], local[known].astype(np.int32), indptr), shape=(len(parts), len(columns)))
 
 
 def _normalise_rows(m: sp.csr_matrix, *, l1: bool = False) -> sp.csr_matrix:
@@ -98,7 +96,9 @@ class RelatedIndex:
         self.categories = [e.category for e in self.entries]
         n = len(self.entries)
         # Columns: the hashed ids that occur in the index (title terms are among the body's).
-        self.columns = np.unique(np.concatenate([e.body.ids for e in self.entries])) if self.entries else np.zeros(0, np.uint32)
+        all_ids = np.concatenate([e.body.ids for e in self.entries]) if self.entries else np.zeros(0, np.uint32)
+        all_ids.sort()
+        self.columns = all_ids[np.concatenate(([True], all_ids[1:] != all_ids[:-1]))] if len(all_ids) else all_ids
         counts = _csr([e.body for e in self.entries], self.columns)
         self.present = counts.copy()
         self.present.data[:] = 1.0

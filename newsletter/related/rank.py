@@ -76,11 +76,13 @@ def signals(index: RelatedIndex, source: Source) -> dict[str, np.ndarray]:
 
     gap = np.abs(source.days - index.days)
     gap = np.where(np.isnan(gap), np.inf, gap)
-    body_t = source.body.T
+    # Sparse matrix x dense vector: one pass over the index, no sparse product to allocate.
+    body = source.body.toarray().ravel()
+    present = source.present.toarray().ravel()
     return {
-        "body": np.asarray((index.body @ body_t).todense()).ravel(),
-        "title": np.asarray((index.title @ body_t).todense()).ravel(),
-        "bigrams": np.asarray((index.title_bigrams @ source.present.T).todense()).ravel(),
+        "body": index.body @ body,
+        "title": index.title @ body,
+        "bigrams": index.title_bigrams @ present,
         "recency": np.where(np.isinf(gap), -10.0, -np.log1p(np.minimum(gap, 1e6))),
         "week": (gap <= 7).astype(np.float64),
     }
@@ -99,7 +101,7 @@ def resemblance(index: RelatedIndex, rows: Sequence[int] | np.ndarray, present: 
     import numpy as np
 
     rows = np.asarray(rows, dtype=np.int64)
-    common = np.asarray((index.present[rows] @ present.T).todense()).ravel()
+    common = index.present[rows] @ present.toarray().ravel()
     return common / np.maximum(index.sizes[rows] + size - common, 1.0)
 
 
