@@ -122,9 +122,9 @@ def whitehouse(docs: list[dict[str, Any]], links: dict[int, set[int]], fit: bool
     days = index.days
     rng = random.Random(1)
     sources = sorted(links)
-    weights = dict(WEIGHTS)
+    weights, gate = dict(WEIGHTS), MIN_SIMILARITY
     if fit:
-        weights = fit_weights(index, sources, links)
+        weights, gate = fit_weights(index, sources, links)
     results: dict[str, list[tuple[float, float, float]]] = defaultdict(list)
     query_seconds = 0.0
     for s in sources:
@@ -137,42 +137,45 @@ def whitehouse(docs: list[dict[str, Any]], links: dict[int, set[int]], fit: bool
         results["TF-IDF word 1-2-gram"].append(metrics(top_rows((tfidf @ tfidf[s].T).toarray().ravel(), allowed), relevant))
         results["BM25"].append(metrics(top_rows(bm25[s], allowed), relevant))
         t = time.perf_counter()
-        ranked = rank(index, source_of(index, s), allowed, k=K, weights=weights)
+        ranked = rank(index, source_of(index, s), allowed, k=K, weights=weights, min_similarity=gate)
         query_seconds += time.perf_counter() - t
         results["ours"].append(metrics([index.row[a] for a, _ in ranked], relevant))
+    print(f"ours: {weights}, threshold {gate}")
     print(f"White House: {len(docs)} documents, {len(sources)} sources with {sum(map(len, links.values()))} dev links; "
           f"index built in {build:.2f} s, {1000 * query_seconds / len(sources):.1f} ms per query (ours)")  # fmt: skip
     return {m: tuple(float(x) for x in np.mean(rows, axis=0)) for m, rows in results.items()}
 
 
-def fit_weights(index: RelatedIndex, sources: list[int], links: dict[int, set[int]]) -> dict[str, float]:
-    """Coordinate ascent on mean nDCG@10 over a grid, 5-fold cross-validated by source document; prints
-    each fold's held-out figure and returns the weights fitted on all dev sources (``body`` fixed at 1)."""
+def fit_weights(index: RelatedIndex, sources: list[int], links: dict[int, set[int]]) -> tuple[dict[str, float], float]:
+    """Coordinate ascent on mean nDCG@10 over a grid of weights and of the relevance threshold, 5-fold
+    cross-validated by source document; prints each fold's held-out figure and returns the weights and the
+    threshold fitted on all dev sources (``body`` fixed at 1)."""
     cache: dict[int, tuple[dict[str, np.ndarray], np.ndarray]] = {}
     for s in sources:
         sig = signals(index, source_of(index, s))
-        allowed = candidates_mask(index, index.entries[s].published_at, exclude=[s])
-        allowed &= sig["body"] >= MIN_SIMILARITY
-        cache[s] = (sig, allowed)
+        cache[s] = (sig, candidates_mask(index, index.entries[s].published_at, exclude=[s]))
 
-    def ndcg(weights: dict[str, float], subset: Sequence[int]) -> float:
-        return float(np.mean([metrics(top_rows(combine(cache[s][0], weights), cache[s][1]), links[s])[0] for s in subset]))
+    def ndcg(weights: dict[str, float], gate: float, subset: Sequence[int]) -> float:
+        return float(np.mean([
+            metrics(top_rows(combine(cache[s][0], weights), cache[s][1] & (cache[s][0]["body"] >= gate)), links[s])[0] for s in subset
+        ]))  # fmt: skip
 
     grid = [0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0]
+    gates = [0.0, 0.04, 0.06, 0.08, 0.1, 0.12]
 
-    def ascend(subset: Sequence[int]) -> dict[str, float]:
+    def ascend(subset: Sequence[int]) -> tuple[dict[str, float], float]:
         weights = {name: (1.0 if name == "body" else 0.0) for name in WEIGHTS}
-        best = ndcg(weights, subset)
-        for _ in range(3):
-            for name in WEIGHTS:
-                if name == "body":
-                    continue
-                for value in grid:
-                    trial = {**weights, name: value}
-                    score = ndcg(trial, subset)
+        gate = MIN_SIMILARITY
+        best = ndcg(weights, gate, subset)
+        for _ in range(2):
+            for name in [n for n in WEIGHTS if n != "body"] + ["gate"]:
+                for value in gates if name == "gate" else grid:
+                    trial_w = weights if name == "gate" else {**weights, name: value}
+                    trial_g = value if name == "gate" else gate
+                    score = ndcg(trial_w, trial_g, subset)
                     if score > best + 1e-9:
-                        best, weights = score, trial
-        return weights
+                        best, weights, gate = score, trial_w, trial_g
+        return weights, gate
 
     order = list(sources)
     random.Random(0).shuffle(order)
@@ -180,12 +183,12 @@ def fit_weights(index: RelatedIndex, sources: list[int], links: dict[int, set[in
     held = []
     for i, fold in enumerate(folds):
         train = [s for s in order if s not in set(fold)]
-        w = ascend(train)
-        held.append(ndcg(w, fold))
-        print(f"fold {i + 1}: held-out nDCG@10 {held[-1]:.3f} with {w}")
-    w = ascend(order)
-    print(f"5-fold cross-validated nDCG@10 {np.mean(held):.3f}; weights on all dev sources: {w}")
-    return w
+        w, g = ascend(train)
+        held.append(ndcg(w, g, fold))
+        print(f"fold {i + 1}: held-out nDCG@10 {held[-1]:.3f} with {w}, threshold {g}", flush=True)
+    w, g = ascend(order)
+    print(f"5-fold cross-validated nDCG@10 {np.mean(held):.3f}; on all dev sources: {w}, threshold {g}", flush=True)
+    return w, g
 
 
 def label_precision(

@@ -65,12 +65,17 @@ def _csr(vectors: Sequence[TermVector], columns: np.ndarray, *, bigrams_only: bo
 
 
 def _normalise_rows(m: sp.csr_matrix, *, l1: bool = False) -> sp.csr_matrix:
+    """Scale the rows of ``m`` in place to unit L2 (or L1) norm; empty rows stay empty."""
     import numpy as np
-    import scipy.sparse as sp
 
-    norms = np.asarray(abs(m).sum(axis=1)).ravel() if l1 else np.sqrt(np.asarray(m.multiply(m).sum(axis=1)).ravel())
+    values = np.abs(m.data) if l1 else m.data * m.data
+    rows = np.repeat(np.arange(m.shape[0]), np.diff(m.indptr))
+    norms = np.bincount(rows, weights=values, minlength=m.shape[0])
+    if not l1:
+        norms = np.sqrt(norms)
     norms[norms == 0] = 1.0
-    return sp.csr_matrix(sp.diags((1.0 / norms).astype(np.float32)) @ m)
+    m.data /= norms[rows].astype(m.data.dtype)
+    return m
 
 
 class RelatedIndex:
@@ -87,7 +92,6 @@ class RelatedIndex:
 
     def __init__(self, entries: Sequence[Entry]) -> None:
         import numpy as np
-        import scipy.sparse as sp
 
         self.entries = list(entries)
         self.ids = np.array([e.article_id for e in self.entries], np.int64)
@@ -109,12 +113,12 @@ class RelatedIndex:
             keep &= (df >= MIN_DF) & (df <= MAX_DF * n)
         # Smoothed IDF as in scikit-learn's TfidfVectorizer, so the baseline and ours weigh terms alike.
         self.idf = (np.log((n + 1) / (df + 1)) + 1).astype(np.float32) * keep
-        self._idf_diag = sp.diags(self.idf)
         self.body = self.weigh(counts)
         self.title = self.weigh(_csr([e.title for e in self.entries], self.columns))
         bigrams = _csr([e.title for e in self.entries], self.columns, bigrams_only=True)
-        bigrams.data[:] = 1.0
-        self.title_bigrams = _normalise_rows(sp.csr_matrix(bigrams @ self._idf_diag), l1=True)
+        bigrams.data = self.idf[bigrams.indices].copy()
+        bigrams.eliminate_zeros()
+        self.title_bigrams = _normalise_rows(bigrams, l1=True)
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -122,11 +126,11 @@ class RelatedIndex:
     def weigh(self, counts: sp.csr_matrix) -> sp.csr_matrix:
         """Sublinear TF (1 + ln tf) x this index's IDF, rows L2-normalised."""
         import numpy as np
-        import scipy.sparse as sp
 
         m = counts.astype(np.float32, copy=True)
-        m.data = 1 + np.log(m.data)
-        return _normalise_rows(sp.csr_matrix(m @ self._idf_diag))
+        m.data = (1 + np.log(m.data)) * self.idf[m.indices]
+        m.eliminate_zeros()  # terms cut by document frequency
+        return _normalise_rows(m)
 
     def nbytes(self) -> int:
         """Bytes held by the matrices (the figure `bench/related_scale.py` reports)."""
