@@ -66,12 +66,9 @@ def add(vectors: list[TermVector]) -> TermVector:
     """The term vector of the concatenated texts (counts added)."""
     ids = np.concatenate([v.ids for v in vectors])
     counts = np.concatenate([v.counts for v in vectors]).astype(np.int64)
-    bigram = np.concatenate([v.bigram for v in vectors])
     unique, where = np.unique(ids, return_inverse=True)
     summed = np.bincount(where, weights=counts).astype(np.uint16)
-    flags = np.zeros(len(unique), bool)
-    flags[where] = bigram
-    return TermVector(unique.astype(np.uint32), summed, flags)
+    return TermVector(unique.astype(np.uint32), summed)
 
 
 def synthesise(n: int, paragraphs: list[str], vectors: list[TermVector], rng: random.Random) -> tuple[list[Entry], list[str]]:

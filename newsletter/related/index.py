@@ -46,12 +46,12 @@ def make_entry(article_id: int, group: str, title: str, body: str, published_at:
     )
 
 
-def _csr(vectors: Sequence[TermVector], columns: np.ndarray, *, bigrams_only: bool = False) -> sp.csr_matrix:
+def _csr(vectors: Sequence[TermVector], columns: np.ndarray) -> sp.csr_matrix:
     """Rows of term counts over ``columns`` (the sorted hashed ids the index knows); other ids are dropped."""
     import numpy as np
     import scipy.sparse as sp
 
-    parts = [(v.ids[v.bigram], v.counts[v.bigram]) if bigrams_only else (v.ids, v.counts) for v in vectors]
+    parts = [(v.ids, v.counts) for v in vectors]
     lengths = np.fromiter((len(i) for i, _ in parts), np.int64, len(parts))
     ids = np.concatenate([i for i, _ in parts]) if parts else np.zeros(0, np.uint32)
     counts = np.concatenate([c for _, c in parts]).astype(np.float32) if parts else np.zeros(0, np.float32)
@@ -84,7 +84,6 @@ class RelatedIndex:
     Attributes (N entries, float32; one column per hashed term id found in the index, ``columns``):
         body: title + body, sublinear TF x IDF, L2-normalised rows.
         title: title alone, same weighting, L2-normalised rows.
-        title_bigrams: the title's bigrams, binary x IDF, L1-normalised rows (a coverage share).
         present: title + body, binary (which terms a text contains), all terms (no document-frequency cut);
         sizes: its number of distinct terms per row.
         days: publication time in days since the epoch (NaN when unknown).
@@ -115,10 +114,6 @@ class RelatedIndex:
         self.idf = (np.log((n + 1) / (df + 1)) + 1).astype(np.float32) * keep
         self.body = self.weigh(counts)
         self.title = self.weigh(_csr([e.title for e in self.entries], self.columns))
-        bigrams = _csr([e.title for e in self.entries], self.columns, bigrams_only=True)
-        bigrams.data = self.idf[bigrams.indices].copy()
-        bigrams.eliminate_zeros()
-        self.title_bigrams = _normalise_rows(bigrams, l1=True)
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -135,6 +130,6 @@ class RelatedIndex:
     def nbytes(self) -> int:
         """Bytes held by the matrices (the figure `bench/related_scale.py` reports)."""
         total = 0
-        for m in (self.body, self.title, self.title_bigrams, self.present):
+        for m in (self.body, self.title, self.present):
             total += m.data.nbytes + m.indices.nbytes + m.indptr.nbytes
         return total + self.idf.nbytes + self.columns.nbytes

@@ -108,11 +108,6 @@ def tokens(text: str, group: str) -> list[str]:
     return words + [f"{a} {b}" for a, b in itertools.pairwise(words)]
 
 
-def is_bigram(term: str) -> bool:
-    """Whether ``term`` (from `tokens`) is a bigram: two words, or two CJK characters."""
-    return " " in term or (len(term) == 2 and _CJK.fullmatch(term) is not None)
-
-
 def term_id(term: str) -> int:
     """The hashed id of a term in ``[0, FEATURES)`` (CRC-32: stable across processes and versions)."""
     return zlib.crc32(term.encode()) % FEATURES
@@ -120,17 +115,16 @@ def term_id(term: str) -> int:
 
 @dataclass(frozen=True)
 class TermVector:
-    """Term counts of one text: ``ids`` ascending, ``counts`` > 0, and which ids are bigrams."""
+    """Term counts of one text: hashed term ``ids`` ascending, their ``counts`` (> 0)."""
 
     ids: np.ndarray  # uint32
     counts: np.ndarray  # uint16
-    bigram: np.ndarray  # bool
 
     def to_bytes(self) -> bytes:
-        """Serialised: n (uint32), ids (n × uint32), counts (n × uint16), bigram flags (n × uint8)."""
+        """Serialised: n (uint32), ids (n × uint32), counts (n × uint16); 4 + 6n bytes."""
         import numpy as np
 
-        return np.uint32(len(self.ids)).tobytes() + self.ids.tobytes() + self.counts.tobytes() + self.bigram.astype(np.uint8).tobytes()
+        return np.uint32(len(self.ids)).tobytes() + self.ids.tobytes() + self.counts.tobytes()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> TermVector:
@@ -138,24 +132,20 @@ class TermVector:
         import numpy as np
 
         n = int(np.frombuffer(data, np.uint32, 1)[0]) if data else 0
-        if len(data) != 4 + 7 * n:
+        if len(data) != 4 + 6 * n:
             raise ValueError(f"term vector of {len(data)} bytes does not hold {n} terms")
         ids = np.frombuffer(data, np.uint32, n, 4)
         counts = np.frombuffer(data, np.uint16, n, 4 + 4 * n)
-        bigram = np.frombuffer(data, np.uint8, n, 4 + 6 * n).astype(bool)
-        return cls(ids, counts, bigram)
+        return cls(ids, counts)
 
 
 def vectorise(terms: list[str]) -> TermVector:
     """Count ``terms`` into a `TermVector` (colliding ids are merged; counts saturate at 65535)."""
     import numpy as np
 
-    merged: dict[int, list[int]] = {}
+    merged: Counter[int] = Counter()
     for term, count in Counter(terms).items():
-        slot = merged.setdefault(term_id(term), [0, 1])
-        slot[0] += count
-        slot[1] &= int(is_bigram(term))
+        merged[term_id(term)] += count
     ids = np.fromiter(sorted(merged), np.uint32, len(merged))
-    counts = np.fromiter((min(merged[i][0], 65535) for i in ids.tolist()), np.uint16, len(ids))
-    bigram = np.fromiter((bool(merged[i][1]) for i in ids.tolist()), bool, len(ids))
-    return TermVector(ids, counts, bigram)
+    counts = np.fromiter((min(merged[i], 65535) for i in ids.tolist()), np.uint16, len(ids))
+    return TermVector(ids, counts)
