@@ -39,6 +39,13 @@ COMMANDS = {
 }
 
 
+def _shorten(text: str, limit: int) -> str:
+    """``text`` cut at a word to at most ``limit`` characters, "..." marking the cut."""
+    if len(text) <= limit:
+        return text
+    return text[: limit - 3].rsplit(" ", 1)[0].rstrip(" ,;:") + "..."
+
+
 class LazyGroup(click.Group):
     """A group whose subcommands are imported on first use (click's "lazily loading subcommands" pattern)."""
 
@@ -56,7 +63,7 @@ class LazyGroup(click.Group):
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         # As click's own: one line per command, the help cut to the room left.
         limit = formatter.width - 6 - max(map(len, COMMANDS))
-        rows = [(name, click.utils.make_default_short_help(COMMANDS[name][2], limit)) for name in sorted(COMMANDS)]
+        rows = [(name, _shorten(COMMANDS[name][2], limit)) for name in sorted(COMMANDS)]
         with formatter.section("Commands"):
             formatter.write_dl(rows)
 
