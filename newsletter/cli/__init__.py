@@ -1,6 +1,6 @@
 """The ``newsletter`` command line (click): one module per command group.
 
-Heavy modules (scikit-learn, premailer, Celery) are imported inside the commands that use them, so
+Heavy modules (numpy and scipy, premailer, Celery) are imported inside the commands that use them, so
 ``newsletter --help`` starts fast.
 """
 
