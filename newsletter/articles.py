@@ -119,7 +119,8 @@ def read_jsonl(lines: Iterable[str], rules: Sequence[SourceRules] = BUILTIN_RULE
 
 
 def import_articles(session: Session, path: Path, *, batch: int = 500, rules: Sequence[SourceRules] = BUILTIN_RULES) -> ImportReport:
-    """Import a JSON Lines file, idempotent on ``id`` (re-importing updates changed records).
+    """Import a JSON Lines file, idempotent on ``id`` (re-importing updates changed records), and add the
+    new or changed articles to the related-articles index (`newsletter.related.store.index_articles`).
 
     A malformed line is reported with its line number and the rest is still imported. Commits every
     ``batch`` records, so an interrupted import keeps what it did.
@@ -134,6 +135,8 @@ def import_lines(session: Session, lines: Iterable[str], *, batch: int = 500, ru
     pending: list[dict[str, Any]] = []
 
     def flush() -> None:
+        from newsletter.related.store import index_articles
+
         ids = [f["external_id"] for f in pending]
         existing = {a.external_id: a for a in session.scalars(select(Article).where(Article.external_id.in_(ids)))}
         for fields in pending:
@@ -149,6 +152,9 @@ def import_lines(session: Session, lines: Iterable[str], *, batch: int = 500, ru
                 report.updated += 1
             else:
                 report.unchanged += 1
+        session.flush()
+        # The related-articles index follows in the same transaction: only new or changed texts are tokenised.
+        index_articles(session, existing.values())
         session.commit()
         pending.clear()
 

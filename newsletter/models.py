@@ -14,6 +14,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -184,7 +185,11 @@ class IssueArticle(Base):
 
 
 class RelatedArticle(Base):
-    """One entry of an edition's "You might also like" block, ranked by content similarity."""
+    """One pick of the "You might also like" block under one article of an issue (``source_article_id``).
+
+    ``lang`` is the language the issue's articles are written in: a zh-Hant edition converted from zh-Hans
+    shows the zh-Hans rows, converted. A pick appears once per issue and language (diversified).
+    """
 
     __tablename__ = "related_articles"
     __table_args__ = (UniqueConstraint("issue_id", "lang", "article_id"),)
@@ -192,11 +197,33 @@ class RelatedArticle(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     issue_id: Mapped[int] = mapped_column(ForeignKey("issues.id", ondelete="CASCADE"))
     lang: Mapped[str] = mapped_column(String(16))
+    # NULL only for rows written before per-article blocks (one block per edition); they are not shown.
+    source_article_id: Mapped[int | None] = mapped_column(ForeignKey("articles.id"))
     article_id: Mapped[int] = mapped_column(ForeignKey("articles.id"))
     rank: Mapped[int]
     score: Mapped[float] = mapped_column(Float)
 
-    article: Mapped[Article] = relationship()
+    article: Mapped[Article] = relationship(foreign_keys=[article_id])
+
+
+class RelatedIndexEntry(Base):
+    """An article in the related-articles index: its term counts (see `newsletter.related.text`).
+
+    Written on import for new or changed articles only; ``text_hash`` says which text the terms were made
+    from, so an unchanged article is never tokenised again. ``group`` is ``en`` or ``zh`` (both scripts).
+    """
+
+    __tablename__ = "related_index"
+    __table_args__ = (Index("ix_related_index_group_published", "group", "published_at"),)
+
+    article_id: Mapped[int] = mapped_column(ForeignKey("articles.id", ondelete="CASCADE"), primary_key=True)
+    group: Mapped[str] = mapped_column(String(16))
+    published_at: Mapped[datetime | None]
+    category: Mapped[str | None] = mapped_column(String(128))
+    title_terms: Mapped[bytes] = mapped_column(LargeBinary)
+    body_terms: Mapped[bytes] = mapped_column(LargeBinary)
+    text_hash: Mapped[str] = mapped_column(String(64))
+    indexed_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Subscriber(Base):

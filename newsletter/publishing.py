@@ -32,16 +32,15 @@ from newsletter.models import (
     Subscriber,
     utcnow,
 )
-from newsletter.related import Doc, recommend
 from newsletter.rendering import ArticleView, EditionContent, check_edition, render_edition
 from newsletter.segments import SegmentError, audience, count_audience, edition_for, stream_audience
+from newsletter.summaries import summarise
 from newsletter.tokens import message_id
 
 log = logging.getLogger(__name__)
 
 Enqueue = Callable[[int, list[int]], None]
-RELATED_PER_EDITION = 5
-ARCHIVE_LIMIT = 20000  # the newest articles of a language the recommender considers
+RELATED_PER_ARTICLE = 3
 
 # Babel locales of the edition languages (CLDR data: month names, order, the 年月日 pattern).
 LOCALES = {"en": "en", "zh-Hans": "zh_Hans_CN", "zh-Hant": "zh_Hant_TW"}
@@ -91,7 +90,7 @@ def edition_articles(session: Session, issue: Issue, edition: Edition) -> list[A
     )
 
 
-def _view(article: Article, convert: Callable[[str], str] | None, fallback_url: str) -> ArticleView:
+def _view(article: Article, convert: Callable[[str], str] | None, fallback_url: str, related: tuple[ArticleView, ...] = ()) -> ArticleView:
     conv = convert or (lambda s: s)
     image = first_image(article.body_html) if article.body_html else None
     if image is not None and convert is not None and image.alt:
@@ -102,6 +101,16 @@ def _view(article: Article, convert: Callable[[str], str] | None, fallback_url: 
         url=article.url or fallback_url,
         category=conv(category_label(article.category)) if article.category else None,
         image=image,
+        related=related,
+    )
+
+
+def _related_view(article: Article, convert: Callable[[str], str] | None, fallback_url: str) -> ArticleView:
+    # One line under the title: the summary's first sentence or so.
+    conv = convert or (lambda s: s)
+    limit = 60 if article.lang.startswith("zh") else 140
+    return ArticleView(
+        title=conv(article.title), summary=conv(summarise(article.summary, article.lang, limit)), url=article.url or fallback_url
     )
 
 
@@ -115,17 +124,23 @@ def edition_content(session: Session, settings: Settings, issue: Issue, edition:
     convert = converter(settings) if edition.converted_from == "zh-Hans" and edition.lang == "zh-Hant" else None
     url = web_url(settings, issue, edition.lang)
     articles = edition_articles(session, issue, edition)
-    related = session.scalars(
-        select(RelatedArticle).where(RelatedArticle.issue_id == issue.id, RelatedArticle.lang == edition.lang).order_by(RelatedArticle.rank)
-    )
+    related: dict[int, list[ArticleView]] = {}
+    # A converted edition shows the rows of the edition it was converted from.
+    for row in session.scalars(
+        select(RelatedArticle)
+        .where(
+            RelatedArticle.issue_id == issue.id, RelatedArticle.lang == source_lang(edition), RelatedArticle.source_article_id.is_not(None)
+        )
+        .order_by(RelatedArticle.source_article_id, RelatedArticle.rank)
+    ):
+        related.setdefault(row.source_article_id or 0, []).append(_related_view(row.article, convert, url))
     return EditionContent(
         number=issue.number,
         lang=edition.lang,
         title=edition.title,
         date=format_date(issue.published_at or issue.created_at, edition.lang, issue_timezone(settings, issue)),
         web_url=url,
-        articles=tuple(_view(a, convert, f"{url}#article-{i}") for i, a in enumerate(articles, 1)),
-        related=tuple(_view(r.article, convert, url) for r in related),
+        articles=tuple(_view(a, convert, f"{url}#article-{i}", tuple(related.get(a.id, ()))) for i, a in enumerate(articles, 1)),
         editors_note=edition.editors_note,
         converted_from=edition.converted_from,
         site_url=settings.base_url + "/",
@@ -187,32 +202,47 @@ def request_publish(session: Session, settings: Settings, issue: Issue) -> None:
     session.commit()
 
 
-def attach_related(session: Session, settings: Settings, issue_id: int, k: int = RELATED_PER_EDITION) -> dict[str, int]:
-    """Compute each edition's "You might also like" block from the archive in its language; commits.
+def attach_related(session: Session, settings: Settings, issue_id: int, k: int = RELATED_PER_ARTICLE) -> dict[str, int]:
+    """Compute the "You might also like" block of each article of the issue from the related index; commits.
 
-    The archive is the articles published no later than the issue's newest article (a reader is not
-    pointed at the future). Re-running replaces the block. Returns ``{lang: entries}``.
+    Per language the issue's articles are written in (a converted zh-Hant edition shares the zh-Hans
+    rows): candidates are the indexed articles of that language group published no later than the issue's
+    newest article (or now), other than the issue's own articles and their translations; each article
+    gets up to ``k`` picks, spread across the issue (`newsletter.related.rank.for_issue`). Re-running
+    replaces the blocks; safe to run more than once. Returns ``{edition lang: picks}``.
     """
+    from newsletter.related.rank import candidates_mask, for_issue, source_of
+    from newsletter.related.store import ensure_indexed, load_index
+    from newsletter.related.text import group_of
+
     issue = session.get_one(Issue, issue_id)
-    result: dict[str, int] = {}
-    for edition in issue.editions:
-        queries = edition_articles(session, issue, edition)
+    in_issue = list(
+        session.scalars(select(Article).join(IssueArticle, IssueArticle.article_id == Article.id).where(IssueArticle.issue_id == issue_id))
+    )
+    keys = {a.translation_key for a in in_issue if a.translation_key}
+    exclude = {a.id for a in in_issue}
+    if keys:
+        exclude.update(session.scalars(select(Article.id).where(Article.translation_key.in_(keys))))
+    langs = {a.lang for a in in_issue}
+    ensure_indexed(session, in_issue, langs | ({"zh-Hans", "zh-Hant"} if any(lang.startswith("zh") for lang in langs) else set()))
+    picks_by_lang: dict[str, int] = {}
+    for lang in sorted({source_lang(e) for e in issue.editions}):
+        queries = [a for a in in_issue if a.lang == lang]
+        queries.sort(key=lambda a: next(i.position for i in issue.items if i.article_id == a.id))
+        index = load_index(session, group_of(lang))
         newest = max((a.published_at for a in queries if a.published_at), default=None)
-        archive_q = select(Article.id, Article.title, Article.body_text).where(Article.lang == source_lang(edition))
-        if newest is not None:
-            archive_q = archive_q.where(Article.published_at <= newest)
-        archive_q = archive_q.order_by(Article.published_at.desc()).limit(ARCHIVE_LIMIT)
-        archive = [Doc(i, t, b) for i, t, b in session.execute(archive_q)]
-        ranked = recommend(source_lang(edition), [Doc(a.id, a.title, a.body_text) for a in queries], archive, k=k)
-        session.execute(delete(RelatedArticle).where(RelatedArticle.issue_id == issue_id, RelatedArticle.lang == edition.lang))
+        mask = candidates_mask(index, newest or utcnow(), exclude)
+        blocks = for_issue(index, [source_of(index, a.id) for a in queries], mask, per_article=k)
+        session.execute(delete(RelatedArticle).where(RelatedArticle.issue_id == issue_id, RelatedArticle.lang == lang))
         session.add_all(
-            RelatedArticle(issue_id=issue_id, lang=edition.lang, article_id=aid, rank=rank, score=score)
-            for rank, (aid, score) in enumerate(ranked, 1)
+            RelatedArticle(issue_id=issue_id, lang=lang, source_article_id=source.id, article_id=aid, rank=rank, score=score)
+            for source, block in zip(queries, blocks, strict=True)
+            for rank, (aid, score) in enumerate(block, 1)
         )
-        result[edition.lang] = len(ranked)
+        picks_by_lang[lang] = sum(map(len, blocks))
     session.commit()
     heartbeat(session, issue_id)
-    return result
+    return {e.lang: picks_by_lang.get(source_lang(e), 0) for e in issue.editions}
 
 
 def render_editions(session: Session, settings: Settings, issue_id: int) -> dict[str, int]:

@@ -18,7 +18,6 @@ from typing import Any
 
 import jinja2
 from markupsafe import Markup
-from premailer import Premailer
 
 from newsletter.content import Image, absolute_url, html_to_text, markdown_to_html
 from newsletter.i18n import LIST_NAME, gettext_for
@@ -65,13 +64,15 @@ COLUMN_WIDTH = 536
 
 @dataclass(frozen=True)
 class ArticleView:
-    """What a template shows of an article; all plain text except ``url`` and ``image`` (its lead image)."""
+    """What a template shows of an article; all plain text except ``url`` and ``image`` (its lead image).
+    ``related`` is the article's "You might also like" block (title, one-line summary, url each)."""
 
     title: str
     summary: str
     url: str
     category: str | None = None
     image: Image | None = None
+    related: tuple[ArticleView, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,6 @@ class EditionContent:
     date: str
     web_url: str
     articles: tuple[ArticleView, ...]
-    related: tuple[ArticleView, ...] = ()
     editors_note: str = ""
     converted_from: str | None = None
     site_url: str = ""  # relative links of the note and articles are made absolute against it
@@ -123,6 +123,8 @@ def inline_css(document: str) -> str:
     Links are made absolute before rendering (`EditionContent.site_url`), not here, so the personal
     markers in ``href`` stay intact.
     """
+    from premailer import Premailer  # imported here: it pulls in cssutils and lxml, slow for the CLI to start
+
     return Premailer(
         document,
         allow_network=False,
@@ -143,7 +145,8 @@ def _absolute(view: ArticleView, base: str) -> ArticleView:
         # Outlook on Windows sizes by the attributes, not CSS: never wider than the column, height to scale.
         height = round(image.height * width / image.width) if image.height and width and image.width else None
         image = Image(src=src, alt=image.alt or view.title, width=width, height=height) if src.startswith("https://") else None
-    return ArticleView(view.title, view.summary, absolute_url(view.url, base), view.category, image)
+    related = tuple(_absolute(r, base) for r in view.related)
+    return ArticleView(view.title, view.summary, absolute_url(view.url, base), view.category, image, related)
 
 
 def text_direction(lang: str) -> str:
@@ -164,7 +167,6 @@ def _context(content: EditionContent, *, autoescape: bool, web: bool) -> dict[st
         "list_name": LIST_NAME.get(content.lang, LIST_NAME["en"]),
         "web_url": content.web_url,
         "articles": tuple(_absolute(a, base) for a in content.articles),
-        "related": tuple(_absolute(a, base) for a in content.related),
         "converted_from": content.converted_from,
         "editors_note_html": Markup(note_html),
         "editors_note_text": html_to_text(note_html) if note_html else "",

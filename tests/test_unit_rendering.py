@@ -32,10 +32,15 @@ def _content(lang: str = "en", **kw) -> EditionContent:  # type: ignore[no-untyp
         "date": "1 June 2026",
         "web_url": f"https://news.example.org/issues/7/{lang}",
         "articles": (
-            ArticleView(title=EVIL, summary="Rates & more", url="https://news.example.org/a/1", category="Policy"),
+            ArticleView(
+                title=EVIL,
+                summary="Rates & more",
+                url="https://news.example.org/a/1",
+                category="Policy",
+                related=(ArticleView(title="Related <one>", summary="One line & more", url="https://news.example.org/r/1"),),
+            ),
             ArticleView(title="Second story", summary="", url="https://news.example.org/a/2"),
         ),
-        "related": (ArticleView(title="Related <one>", summary="s", url="https://news.example.org/r/1"),),
     }
     values.update(kw)
     return EditionContent(**values)
@@ -49,7 +54,10 @@ def rendered() -> RenderedEdition:
 def test_title_escaped_in_html(rendered: RenderedEdition) -> None:
     assert "<script>" not in rendered.html
     assert "Bad &lt;script&gt;alert(1)&lt;/script&gt; title" in rendered.html
-    assert "Related &lt;one&gt;" in rendered.html
+    assert "Related &lt;one&gt;" in rendered.html and "One line &amp; more" in rendered.html
+    # One block, under the first article and before the second.
+    assert rendered.html.count("You might also like") == 1
+    assert rendered.html.index("Related &lt;one&gt;") < rendered.html.index("Second story")
     assert "Rates &amp; more" in rendered.html
     assert "<script>" not in rendered.web_html
 
@@ -58,7 +66,10 @@ def test_title_verbatim_in_text(rendered: RenderedEdition) -> None:
     assert f"1. {EVIL} [Policy]\n" in rendered.text
     assert "\nRates & more\n" in rendered.text
     assert "2. Second story\n" in rendered.text
-    assert "- Related <one>\n  https://news.example.org/r/1\n" in rendered.text
+    # The block sits under its own article, before the next one.
+    block = "   You might also like:\n   - Related <one>\n     One line & more\n     https://news.example.org/r/1\n"
+    assert block in rendered.text
+    assert rendered.text.index(block) < rendered.text.index("2. Second story")
     assert "&lt;" not in rendered.text and "&amp;" not in rendered.text
     assert rendered.text.endswith("\n") and not rendered.text.endswith("\n\n")
 

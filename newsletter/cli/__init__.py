@@ -1,11 +1,12 @@
 """The ``newsletter`` command line (click): one module per command group.
 
-Heavy modules (scikit-learn, premailer, Celery) are imported inside the commands that use them, so
+Heavy modules (numpy and scipy, premailer, Celery) are imported inside the commands that use them, so
 ``newsletter --help`` starts fast.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 
@@ -13,8 +14,64 @@ import click
 
 from newsletter import logs
 
+# name -> (module, attribute, its short help as `newsletter --help` shows it). A command's module is imported only
+# when that command runs (or its own --help is asked for), so `newsletter --help` imports click and nothing
+# of the domain; tests/test_cli_startup.py checks each short help against the command's own.
+COMMANDS = {
+    "db": ("db", "db", "Database schema commands."),
+    "articles": ("articles", "articles", "Article archive commands."),
+    "subscribers": ("subscribers", "subscribers", "Subscriber commands."),
+    # cli.drafts adds edit, delete and test-send to the group that cli.issues defines.
+    "issue": ("drafts", "issue", "Create, preview, publish and follow issues."),
+    "segment": ("segments", "segment", "Segments: rules that choose which subscribers an issue goes to."),
+    "bounces": ("bounces", "bounces", "Bounce handling: VERP return paths come back as delivery status notifications."),
+    "users": ("users", "users", "Editors who sign in to the admin pages (/admin)."),
+    "tokens": ("users", "tokens", "Bearer tokens for the editor API (/api, see /docs)."),
+    "related": ("related", "related", 'Related-articles ("You might also like") index commands.'),
+    "worker": ("processes", "worker", "Run a Celery worker on the render, plan and send queues (needs REDIS_URL)."),
+    "sweep": ("processes", "sweep", "Run one sweep now: re-enqueue due retries and expired claims, finish done issues."),
+    "web": (
+        "processes",
+        "web",
+        (
+            "Serve the web app with uvicorn: view-in-browser editions (/issues/N/LANG), one-click unsubscribe, preferences, "
+            "Prometheus metrics (/metrics), a health check (/healthz) and the OpenAPI docs (/docs)."
+        ),
+    ),
+    "demo": ("processes", "demo", "Run the main job end to end on real articles: import, subscribe, create and publish an issue."),
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+def _shorten(text: str, limit: int) -> str:
+    """``text`` cut at a word to at most ``limit`` characters, "..." marking the cut."""
+    if len(text) <= limit:
+        return text
+    return text[: limit - 3].rsplit(" ", 1)[0].rstrip(" ,;:") + "..."
+
+
+class LazyGroup(click.Group):
+    """A group whose subcommands are imported on first use (click's "lazily loading subcommands" pattern)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*COMMANDS, *self.commands})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.commands or cmd_name not in COMMANDS:
+            return self.commands.get(cmd_name)
+        module, attribute, _ = COMMANDS[cmd_name]
+        command = getattr(importlib.import_module(f"newsletter.cli.{module}"), attribute)
+        self.add_command(command, cmd_name)
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # As click's own: one line per command, the help cut to the room left.
+        limit = formatter.width - 6 - max(map(len, COMMANDS))
+        rows = [(name, _shorten(COMMANDS[name][2], limit)) for name in sorted(COMMANDS)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", is_flag=True, help="Log progress at INFO level.")
 def main(verbose: bool) -> None:
     """Publish a weekly newsletter issue in several languages to its subscribers.
@@ -25,28 +82,3 @@ def main(verbose: bool) -> None:
     # The format is read here directly: settings are loaded (and their warnings logged) once logging is set up.
     fmt = "json" if os.environ.get("NEWSLETTER_LOG_FORMAT", "").lower() == "json" else "text"
     logs.configure(logging.INFO if verbose else logging.WARNING, fmt)
-
-
-def _register() -> None:
-    from newsletter.cli import articles, bounces, db, drafts, issues, processes, segments, subscribers, users
-
-    _ = drafts  # adds edit, delete and test-send to the issue group
-
-    for command in (
-        db.db,
-        articles.articles,
-        subscribers.subscribers,
-        issues.issue,
-        segments.segment,
-        bounces.bounces,
-        users.users,
-        users.tokens,
-        processes.worker,
-        processes.sweep,
-        processes.web,
-        processes.demo,
-    ):
-        main.add_command(command)
-
-
-_register()

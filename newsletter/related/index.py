@@ -1,0 +1,135 @@
+"""The in-memory related-articles index: sparse TF-IDF matrices built from stored term vectors.
+
+The persisted index (`newsletter.related.store`) keeps raw term counts per article; weights that depend on
+the whole archive (IDF) are computed here, when the index is loaded, so adding an article never rewrites
+the others. Rows are L2-normalised, so a dot product is a cosine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from newsletter.related.text import TermVector, tokens, vectorise
+
+if TYPE_CHECKING:
+    import numpy as np
+    import scipy.sparse as sp
+
+MIN_DF = 2  # a term in one document only says nothing about what it shares with others...
+MAX_DF = 0.5  # ...and terms in over half the documents are boilerplate ("president", "administration"),
+DF_LIMITS_FROM = 50  # but only in an archive big enough: in a handful of texts both cuts remove the topic words
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One indexed article: its id, date (None if unknown), category, and term vectors of its title and of
+    title + body."""
+
+    article_id: int
+    published_at: datetime | None
+    category: str | None
+    title: TermVector
+    body: TermVector
+
+
+def make_entry(article_id: int, group: str, title: str, body: str, published_at: datetime | None, category: str | None) -> Entry:
+    """Tokenise an article into an `Entry` for index ``group`` (see `newsletter.related.text.group_of`)."""
+    return Entry(
+        article_id,
+        published_at,
+        category,
+        vectorise(tokens(title, group)),
+        vectorise(tokens(f"{title}\n{body}", group)),
+    )
+
+
+def _csr(vectors: Sequence[TermVector], columns: np.ndarray) -> sp.csr_matrix:
+    """Rows of term counts over ``columns`` (the sorted hashed ids the index knows); other ids are dropped."""
+    import numpy as np
+    import scipy.sparse as sp
+
+    parts = [(v.ids, v.counts) for v in vectors]
+    lengths = np.fromiter((len(i) for i, _ in parts), np.int64, len(parts))
+    ids = np.concatenate([i for i, _ in parts]) if parts else np.zeros(0, np.uint32)
+    counts = np.concatenate([c for _, c in parts]).astype(np.float32) if parts else np.zeros(0, np.float32)
+    rows = np.repeat(np.arange(len(parts)), lengths)
+    local = np.searchsorted(columns, ids)
+    known = local < len(columns)
+    known[known] = columns[local[known]] == ids[known]
+    indptr = np.zeros(len(parts) + 1, np.int64)
+    np.cumsum(np.bincount(rows[known], minlength=len(parts)), out=indptr[1:])
+    return sp.csr_matrix((counts[known], local[known].astype(np.int32), indptr), shape=(len(parts), len(columns)))
+
+
+def _normalise_rows(m: sp.csr_matrix, *, l1: bool = False) -> sp.csr_matrix:
+    """Scale the rows of ``m`` in place to unit L2 (or L1) norm; empty rows stay empty."""
+    import numpy as np
+
+    values = np.abs(m.data) if l1 else m.data * m.data
+    rows = np.repeat(np.arange(m.shape[0]), np.diff(m.indptr))
+    norms = np.bincount(rows, weights=values, minlength=m.shape[0])
+    if not l1:
+        norms = np.sqrt(norms)
+    norms[norms == 0] = 1.0
+    m.data /= norms[rows].astype(m.data.dtype)
+    return m
+
+
+class RelatedIndex:
+    """TF-IDF matrices over the entries of one index group (one language, or all Chinese).
+
+    Attributes (N entries, float32; one column per hashed term id found in the index, ``columns``):
+        body: title + body, sublinear TF x IDF, L2-normalised rows.
+        title: title alone, same weighting, L2-normalised rows.
+        present: title + body, binary (which terms a text contains), all terms (no document-frequency cut);
+        sizes: its number of distinct terms per row.
+        days: publication time in days since the epoch (NaN when unknown).
+    """
+
+    def __init__(self, entries: Sequence[Entry]) -> None:
+        import numpy as np
+
+        self.entries = list(entries)
+        self.ids = np.array([e.article_id for e in self.entries], np.int64)
+        self.row = {int(a): i for i, a in enumerate(self.ids)}
+        self.days = np.array([e.published_at.timestamp() / 86400 if e.published_at else np.nan for e in self.entries], np.float64)
+        self.categories = [e.category for e in self.entries]
+        n = len(self.entries)
+        # Columns: the hashed ids that occur in the index (title terms are among the body's).
+        all_ids = np.concatenate([e.body.ids for e in self.entries]) if self.entries else np.zeros(0, np.uint32)
+        all_ids.sort()
+        self.columns = all_ids[np.concatenate(([True], all_ids[1:] != all_ids[:-1]))] if len(all_ids) else all_ids
+        counts = _csr([e.body for e in self.entries], self.columns)
+        self.present = counts.copy()
+        self.present.data[:] = 1.0
+        self.sizes = np.diff(self.present.indptr).astype(np.float32)
+        df = np.bincount(self.present.indices, minlength=len(self.columns))
+        keep = df > 0
+        if n >= DF_LIMITS_FROM:
+            keep &= (df >= MIN_DF) & (df <= MAX_DF * n)
+        # Smoothed IDF as in scikit-learn's TfidfVectorizer, so the baseline and ours weigh terms alike.
+        self.idf = (np.log((n + 1) / (df + 1)) + 1).astype(np.float32) * keep
+        self.body = self.weigh(counts)
+        self.title = self.weigh(_csr([e.title for e in self.entries], self.columns))
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def weigh(self, counts: sp.csr_matrix) -> sp.csr_matrix:
+        """Sublinear TF (1 + ln tf) x this index's IDF, rows L2-normalised."""
+        import numpy as np
+
+        m = counts.astype(np.float32, copy=True)
+        m.data = (1 + np.log(m.data)) * self.idf[m.indices]
+        m.eliminate_zeros()  # terms cut by document frequency
+        return _normalise_rows(m)
+
+    def nbytes(self) -> int:
+        """Bytes held by the matrices (the figure `bench/related_scale.py` reports)."""
+        total = 0
+        for m in (self.body, self.title, self.present):
+            total += m.data.nbytes + m.indices.nbytes + m.indptr.nbytes
+        return total + self.idf.nbytes + self.columns.nbytes

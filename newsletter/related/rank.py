@@ -1,0 +1,212 @@
+"""Ranking: which archived articles to show under an article, and the per-issue selection.
+
+A candidate's score is a linear combination of signals (weights `WEIGHTS`, tuned by 5-fold
+cross-validation on the White House editors' development links with ``bench/related_eval.py --fit``):
+
+- ``body``: cosine of the two texts (title + body), TF-IDF on words and word bigrams (characters and
+  character bigrams in Chinese);
+- ``title``: cosine of the candidate's *title* against the source's full text — an editor's link text
+  usually names the linked piece, and that anchor text stays in the body after the link is stripped;
+- ``recency``: ``-ln(1 + days between them)``, and ``week``: 1 when at most 7 days apart — editors point to
+  what is current.
+
+A candidate is shown only if its text is related at all (``body >= MIN_SIMILARITY``), and
+never if it is a near-duplicate of the source: the same story filed twice, judged by text *and* date
+together (`is_near_duplicate`), never by title alone. Candidates are scored with the source's own
+weighting only; the TF-IDF cosine is not used for duplicates, since a term found in one document only is
+dropped from it (min_df 2) and two short texts can then look identical.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from newsletter.related.index import Entry, RelatedIndex
+
+if TYPE_CHECKING:
+    import numpy as np
+    import scipy.sparse as sp
+
+# Fitted on all dev sources by `bench/related_eval.py --fit` (5-fold cross-validated nDCG@10 0.737). A share of
+# the candidate title's bigrams found in the source was measured too and got weight 0, so it was dropped.
+WEIGHTS = {"body": 1.0, "title": 3.0, "recency": 0.05, "week": 0.75}
+MIN_SIMILARITY = 0.08  # body cosine below which nothing is shown, whatever the date says (fitted with WEIGHTS)
+DUPLICATE_RESEMBLANCE = 0.6  # share of distinct terms in common at or above which two texts are one story...
+DUPLICATE_DAYS = 3.0  # ...if filed this close together (or a date is unknown)
+PER_ARTICLE = 3
+POOL = 30  # candidates per article considered when spreading picks across the issue
+
+
+@dataclass(frozen=True)
+class Source:
+    """What is known of the article recommendations are made for: its weighted and binary vectors (one row
+    over the index's columns, in the index's weighting) and its date in days since the epoch (NaN if unknown)."""
+
+    body: sp.csr_matrix
+    present: sp.csr_matrix
+    days: float
+    size: int  # distinct terms of its text (those unknown to the index included)
+
+
+def source_of(index: RelatedIndex, article_id: int | None = None, entry: Entry | None = None) -> Source:
+    """The `Source` for an indexed article (by id) or for an `Entry` not in the index (weighted with the
+    index's IDF). Raises KeyError for an id that is not indexed."""
+    import scipy.sparse as sp
+
+    if entry is None:
+        if article_id is None:
+            raise ValueError("source_of needs an article id or an entry")
+        row = index.row[article_id]
+        return Source(index.body[row], index.present[row], float(index.days[row]), int(index.sizes[row]))
+    from newsletter.related.index import _csr
+
+    counts = _csr([entry.body], index.columns)
+    present = sp.csr_matrix(counts, copy=True)
+    present.data[:] = 1.0
+    days = entry.published_at.timestamp() / 86400 if entry.published_at else math.nan
+    return Source(index.weigh(counts), present, days, len(entry.body.ids))
+
+
+def signals(index: RelatedIndex, source: Source) -> dict[str, np.ndarray]:
+    """Each signal of `WEIGHTS` for every entry of the index against ``source``: ``{name: (N,) float}``."""
+    import numpy as np
+
+    gap = np.abs(source.days - index.days)
+    gap = np.where(np.isnan(gap), np.inf, gap)
+    # Sparse matrix x dense vector: one pass over the index, no sparse product to allocate.
+    body = source.body.toarray().ravel()
+    return {
+        "body": index.body @ body,
+        "title": index.title @ body,
+        "recency": np.where(np.isinf(gap), -10.0, -np.log1p(np.minimum(gap, 1e6))),
+        "week": (gap <= 7).astype(np.float64),
+    }
+
+
+def combine(sig: dict[str, np.ndarray], weights: dict[str, float] = WEIGHTS) -> np.ndarray:
+    """The score: ``sum(weights[name] * sig[name])``."""
+    return sum(w * sig[name] for name, w in weights.items())  # type: ignore[return-value]
+
+
+def resemblance(index: RelatedIndex, rows: Sequence[int] | np.ndarray, present: sp.csr_matrix, size: int) -> np.ndarray:
+    """Resemblance (Broder, "On the resemblance and containment of documents", 1997) of the texts in
+    ``rows`` with the text whose binary term vector is ``present`` (``size`` distinct terms): |A ∩ B| / |A ∪ B|
+    over their distinct words and word bigrams (characters and character bigrams in Chinese), every term
+    counted, however rare."""
+    import numpy as np
+
+    rows = np.asarray(rows, dtype=np.int64)
+    common = index.present[rows] @ present.toarray().ravel()
+    return common / np.maximum(index.sizes[rows] + size - common, 1.0)
+
+
+def is_near_duplicate(similarity: float, days_a: float, days_b: float) -> bool:
+    """The same story filed twice: texts nearly equal (`resemblance` >= `DUPLICATE_RESEMBLANCE`) *and*
+    filed within `DUPLICATE_DAYS` of each other (an unknown date cannot prove two events apart). Two events
+    with the same title months apart (a ceremony held every July and December) are not duplicates."""
+    if similarity < DUPLICATE_RESEMBLANCE:
+        return False
+    if math.isnan(days_a) or math.isnan(days_b):
+        return True
+    return abs(days_a - days_b) <= DUPLICATE_DAYS
+
+
+def candidates_mask(index: RelatedIndex, cutoff: datetime | None, exclude: Iterable[int] = ()) -> np.ndarray:
+    """Which entries may be recommended: published no later than ``cutoff`` (an unknown date is excluded
+    then; with no cutoff every entry qualifies), and not in ``exclude`` (article ids)."""
+    import numpy as np
+
+    if cutoff is None:
+        mask = np.ones(len(index), bool)
+    else:
+        with np.errstate(invalid="ignore"):
+            mask = index.days <= cutoff.timestamp() / 86400
+    for article_id in exclude:
+        row = index.row.get(article_id)
+        if row is not None:
+            mask[row] = False
+    return mask
+
+
+def rank(
+    index: RelatedIndex,
+    source: Source,
+    mask: np.ndarray,
+    *,
+    k: int = 10,
+    min_similarity: float = MIN_SIMILARITY,
+    weights: dict[str, float] = WEIGHTS,
+) -> list[tuple[int, float]]:
+    """The top ``k`` entries allowed by ``mask`` for ``source``, near-duplicates of the source and entries
+    below ``min_similarity`` left out. The function the publish step and ``bench/related_eval.py`` share.
+
+    Returns:
+        ``[(article_id, score), ...]``, best first (ties: the index's order, i.e. stable).
+    """
+    import numpy as np
+
+    if k <= 0 or not len(index):
+        return []
+    sig = signals(index, source)
+    related = sig["body"] >= min_similarity
+    score = np.where(mask & related, combine(sig, weights), -np.inf)
+    ranked: list[tuple[int, float]] = []
+    order = np.argsort(-score, kind="stable")[: k + 32]  # a few spare for near-duplicates
+    order = order[np.isfinite(score[order])]
+    similar = resemblance(index, order, source.present, source.size)
+    for row, alike in zip(order.tolist(), similar.tolist(), strict=True):
+        if len(ranked) == k:
+            break
+        if is_near_duplicate(alike, source.days, float(index.days[row])):
+            continue
+        ranked.append((int(index.ids[row]), float(score[row])))
+    return ranked
+
+
+def for_issue(
+    index: RelatedIndex,
+    sources: Sequence[Source],
+    mask: np.ndarray,
+    *,
+    per_article: int = PER_ARTICLE,
+    pool: int = POOL,
+) -> list[list[tuple[int, float]]]:
+    """Up to ``per_article`` picks for each of an issue's articles, spread across the issue.
+
+    Each source gets its own ranked pool (`rank`); picks are then dealt round by round, in issue order, each
+    article taking its best candidate not already shown under another article and not a near-duplicate of
+    a pick already made (nor of any of the issue's own articles, which `rank` checks per source).
+
+    Returns:
+        One ``[(article_id, score), ...]`` per source, best first.
+    """
+    pools = [rank(index, s, mask, k=pool) for s in sources]
+    picks: list[list[tuple[int, float]]] = [[] for _ in sources]
+    taken: list[int] = []
+    cursor = [0] * len(sources)
+    for _ in range(per_article):
+        for i, candidates in enumerate(pools):
+            while cursor[i] < len(candidates):
+                article_id, score = candidates[cursor[i]]
+                cursor[i] += 1
+                row = index.row[article_id]
+                if article_id in taken:
+                    continue
+                day = float(index.days[row])
+                # Not the twin of a pick already made, nor of any of the issue's articles.
+                if taken:
+                    rows = [index.row[t] for t in taken]
+                    alike = resemblance(index, rows, index.present[row], int(index.sizes[row]))
+                    if any(is_near_duplicate(a, float(d), day) for a, d in zip(alike.tolist(), index.days[rows].tolist(), strict=True)):
+                        continue
+                alike = [float(resemblance(index, [row], src.present, src.size)[0]) for src in sources]
+                if any(is_near_duplicate(a, src.days, day) for a, src in zip(alike, sources, strict=True)):
+                    continue
+                picks[i].append((article_id, score))
+                taken.append(article_id)
+                break
+    return picks
