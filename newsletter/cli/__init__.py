@@ -34,8 +34,9 @@ COMMANDS = {
         "processes",
         "web",
         (
-            "Serve the web app with uvicorn: view-in-browser editions (/issues/N/LANG), one-click unsubscribe, preferences, "
-            "Prometheus metrics (/metrics), a health check (/healthz) and the OpenAPI docs (/docs)."
+            "Serve the web app with uvicorn: the admin pages (/admin), the editor API (/api, docs at /docs), "
+            "view-in-browser editions (/issues/N/LANG), one-click unsubscribe, preferences, Prometheus metrics "
+            "(/metrics) and a health check (/healthz)."
         ),
     ),
     "demo": ("processes", "demo", "Run the main job end to end on real articles: import, subscribe, create and publish an issue."),
