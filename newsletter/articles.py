@@ -10,10 +10,16 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from newsletter.content import html_to_text, markdown_to_html, sanitise_html, strip_links, summarise
+from newsletter.db import first_line
 from newsletter.models import LANGUAGES, Article
+from newsletter.textfiles import control_character, open_text
+
+# Column sizes (newsletter.models.Article): a longer value is refused per record, not by the database.
+LENGTH_LIMITS = {"id": 512, "category": 128, "translation_key": 512}
 
 
 class ArticleError(ValueError):
@@ -57,9 +63,15 @@ def record_to_fields(record: dict[str, Any]) -> dict[str, Any]:
     Raises:
         ValueError: a required field is missing or malformed.
     """
+    for key, value in record.items():
+        if isinstance(value, str) and (where := control_character(value)):
+            raise ValueError(f"{key!r} contains a control character ({where})")
     ext_id = record.get("id")
     if not isinstance(ext_id, str | int) or str(ext_id).strip() == "":
         raise ValueError("missing 'id'")
+    for key, limit in LENGTH_LIMITS.items():
+        if len(str(record.get(key) or "")) > limit:
+            raise ValueError(f"{key!r} is longer than {limit} characters")
     title = record.get("title")
     if not isinstance(title, str) or not title.strip():
         raise ValueError("missing 'title'")
@@ -95,6 +107,8 @@ def record_to_fields(record: dict[str, Any]) -> dict[str, Any]:
 def read_jsonl(lines: Iterable[str]) -> Iterator[tuple[int, dict[str, Any] | ArticleError]]:
     """Yield ``(line_number, fields)`` per non-blank line, or an `ArticleError` for a bad one."""
     for number, line in enumerate(lines, start=1):
+        if number == 1:
+            line = line.removeprefix("\ufeff")  # a byte order mark (RFC 7159 §8.1 lets parsers ignore it)
         if not line.strip():
             continue
         record_id = None
@@ -108,19 +122,24 @@ def read_jsonl(lines: Iterable[str]) -> Iterator[tuple[int, dict[str, Any] | Art
             yield number, ArticleError(number, record_id, str(exc))
 
 
-def import_articles(session: Session, path: Path, *, batch: int = 500) -> ImportReport:
-    """Import a JSON Lines file, idempotent on ``id`` (re-importing updates changed records).
+def import_articles(session: Session, path: Path, *, batch: int = 500, encoding: str = "utf-8") -> ImportReport:
+    """Import a JSON Lines file in ``encoding``, idempotent on ``id`` (re-importing updates changed records).
 
-    A malformed line is reported with its line number and the rest is still imported. Commits every
-    ``batch`` records, so an interrupted import keeps what it did.
+    A malformed line (bad JSON, a missing field, a control character such as NUL, a value too long
+    for its column) is reported with its line number and the rest is still imported. Commits every
+    ``batch`` records, so an interrupted import keeps what it did; if the database refuses a batch,
+    its records are stored one by one, so one bad record never costs the good ones.
+
+    Raises:
+        FileEncodingError: the file is not in ``encoding`` (nothing was imported).
     """
     report = ImportReport()
-    pending: list[dict[str, Any]] = []
+    pending: list[tuple[int, dict[str, Any]]] = []
 
-    def flush() -> None:
-        ids = [f["external_id"] for f in pending]
+    def store(items: list[tuple[int, dict[str, Any]]]) -> None:
+        ids = [f["external_id"] for _, f in items]
         existing = {a.external_id: a for a in session.scalars(select(Article).where(Article.external_id.in_(ids)))}
-        for fields in pending:
+        for _line, fields in items:
             article = existing.get(fields["external_id"])
             if article is None:
                 article = Article(**fields)
@@ -134,14 +153,28 @@ def import_articles(session: Session, path: Path, *, batch: int = 500) -> Import
             else:
                 report.unchanged += 1
         session.commit()
+
+    def flush() -> None:
+        counts = (report.created, report.updated, report.unchanged)
+        try:
+            store(pending)
+        except DBAPIError:
+            session.rollback()
+            report.created, report.updated, report.unchanged = counts
+            for line, fields in pending:  # find the record the database refused; keep the others
+                try:
+                    store([(line, fields)])
+                except DBAPIError as exc:
+                    session.rollback()
+                    report.errors.append(ArticleError(line, fields["external_id"], f"refused by the database: {first_line(exc)}"))
         pending.clear()
 
-    with path.open(encoding="utf-8") as handle:
-        for _number, result in read_jsonl(handle):
+    with open_text(path, encoding) as handle:
+        for number, result in read_jsonl(handle):
             if isinstance(result, ArticleError):
                 report.errors.append(result)
                 continue
-            pending.append(result)
+            pending.append((number, result))
             if len(pending) >= batch:
                 flush()
     if pending:

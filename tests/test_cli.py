@@ -65,7 +65,7 @@ def test_main_job_from_the_command_line(cli_env: dict[str, str], tmp_path: Path)
     lines.insert(2, "{not json")
     corpus.write_text("\n".join(lines) + "\n", encoding="utf-8")
     result = CliRunner().invoke(main, ["articles", "import", str(corpus)])
-    assert result.exit_code == 0
+    assert result.exit_code == 1  # a record was rejected: the exit status says so
     assert "7 created" in result.output
     assert "line 3" in result.output and "1 rejected" in result.output  # the malformed line is named; the rest imported
 
@@ -80,8 +80,9 @@ def test_main_job_from_the_command_line(cli_env: dict[str, str], tmp_path: Path)
         "broken-address,X,en,\n",
         encoding="utf-8",
     )
-    out = run("subscribers", "import", str(csv_path))
-    assert "4 created, 0 updated, 0 unchanged, 1 merged, 1 rejected" in out
+    result = CliRunner().invoke(main, ["subscribers", "import", str(csv_path)])
+    assert result.exit_code == 1  # the broken address was rejected; the others imported
+    assert "4 created, 0 updated, 0 unchanged, 1 merged, 1 rejected" in result.output
 
     out = run("issue", "create", "--latest", "5", "--since", "2026-11-09", "--until", "2026-11-18", "--title", "en=Week 47")
     assert "issue 1 created with 5 articles; editions: en, zh-Hans, zh-Hant (converted)" in out
@@ -193,7 +194,8 @@ def test_ctrl_c_in_process_pauses_and_resume_finishes_once(tmp_path: Path) -> No
         session.commit()
     with SMTPServer() as smtp:
         env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "NEWSLETTER_OUTBOX")}
-        env.update(DATABASE_URL=url, SMTP_URL=smtp.url + "?rate=60", NEWSLETTER_HOME=str(tmp_path), NEWSLETTER_LEASE_SECONDS="300")
+        env.update(DATABASE_URL=url, SMTP_URL=smtp.url + "?rate=60", NEWSLETTER_HOME=str(tmp_path), NEWSLETTER_LEASE_SECONDS="300",
+                   NEWSLETTER_SECRET_KEY="ctrl-c-secret-key", NEWSLETTER_BASE_URL="https://news.example.org")  # fmt: skip
         cmd = [sys.executable, "-m", "newsletter.cli", "issue", "publish", "1"]
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 30

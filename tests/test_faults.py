@@ -249,7 +249,8 @@ def test_no_delivery_lost_or_doubled_under_faults(pg_url: str, redis_server: Red
 def test_pause_then_crash_then_resume_sends_each_message_once(
     pg_url: str, redis_server: RedisServer, make_settings, tmp_path: Path
 ) -> None:
-    from tasks.publish import enqueue_send, use_settings
+    from tasks.app import use_settings
+    from tasks.publish import enqueue_send
 
     total = 600
     with SMTPServer() as smtp:

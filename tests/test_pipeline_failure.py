@@ -11,7 +11,8 @@ from newsletter.models import Article, Delivery, Edition, Issue, IssueStatus, Su
 
 
 def test_render_failure_marks_the_issue_failed_and_nothing_is_planned(sqlite_url: str, make_settings) -> None:  # type: ignore[no-untyped-def]
-    from tasks.publish import publish_pipeline, use_settings
+    from tasks.app import use_settings
+    from tasks.publish import publish_pipeline
 
     settings = make_settings(sqlite_url)
     use_settings(settings)  # no broker: the canvas runs eagerly, as in the embedded default
