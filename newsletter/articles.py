@@ -137,6 +137,8 @@ def import_articles(session: Session, path: Path, *, batch: int = 500, encoding:
     pending: list[tuple[int, dict[str, Any]]] = []
 
     def store(items: list[tuple[int, dict[str, Any]]]) -> None:
+        """Create or update ``items`` and commit; the report counts them only once committed."""
+        counts = {"created": 0, "updated": 0, "unchanged": 0}
         ids = [f["external_id"] for _, f in items]
         existing = {a.external_id: a for a in session.scalars(select(Article).where(Article.external_id.in_(ids)))}
         for _line, fields in items:
@@ -145,22 +147,23 @@ def import_articles(session: Session, path: Path, *, batch: int = 500, encoding:
                 article = Article(**fields)
                 session.add(article)
                 existing[fields["external_id"]] = article
-                report.created += 1
+                counts["created"] += 1
             elif any(getattr(article, k) != v for k, v in fields.items()):
                 for key, value in fields.items():
                     setattr(article, key, value)
-                report.updated += 1
+                counts["updated"] += 1
             else:
-                report.unchanged += 1
+                counts["unchanged"] += 1
         session.commit()
+        report.created += counts["created"]
+        report.updated += counts["updated"]
+        report.unchanged += counts["unchanged"]
 
     def flush() -> None:
-        counts = (report.created, report.updated, report.unchanged)
         try:
             store(pending)
         except DBAPIError:
             session.rollback()
-            report.created, report.updated, report.unchanged = counts
             for line, fields in pending:  # find the record the database refused; keep the others
                 try:
                     store([(line, fields)])

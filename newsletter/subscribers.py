@@ -145,12 +145,10 @@ def import_subscribers(
     emails = list(rows)
     for start in range(0, len(emails), 1000):
         chunk = emails[start : start + 1000]
-        counts = (report.created, report.updated, report.unchanged)
         try:
             _store(session, chunk, rows, status, report)
         except DBAPIError:
             session.rollback()
-            report.created, report.updated, report.unchanged = counts
             for email in chunk:  # find the row the database refused; keep the others
                 try:
                     _store(session, [email], rows, status, report)
@@ -176,6 +174,8 @@ def _cells(raw: dict[str | None, str | None]) -> dict[str, str]:
 def _store(
     session: Session, chunk: list[str], rows: dict[str, dict[str, object]], status: SubscriberStatus, report: SubscriberImportReport
 ) -> None:
+    """Create or update the subscribers of ``chunk`` and commit; ``report`` counts them once committed."""
+    created = updated = unchanged = 0
     existing = {s.email: s for s in session.scalars(select(Subscriber).where(Subscriber.email.in_(chunk)))}
     for email in chunk:
         values = rows[email]
@@ -183,16 +183,17 @@ def _store(
         if subscriber is None:
             now = utcnow()
             session.add(Subscriber(email=email, status=status, confirmed_at=now if status == SubscriberStatus.ACTIVE else None, **values))
-            report.created += 1
+            created += 1
             continue
         values = {**values, "attributes": {**(subscriber.attributes or {}), **values["attributes"]}}  # type: ignore[dict-item]
         if all(getattr(subscriber, key) == value for key, value in values.items()):
-            report.unchanged += 1
+            unchanged += 1
             continue
         for key, value in values.items():
             setattr(subscriber, key, value)
-        report.updated += 1
+        updated += 1
     session.commit()
+    report.created, report.updated, report.unchanged = report.created + created, report.updated + updated, report.unchanged + unchanged
 
 
 def _signup(value: str | None) -> datetime | None:

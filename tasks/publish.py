@@ -37,6 +37,7 @@ class IssueTask(Task):  # type: ignore[misc]
         """Run ``step(session, settings, issue_id, *args)`` with the issue and task bound to the logs."""
         with logs.bound(issue_id=issue_id, task_id=self.request.id), _session() as session:
             try:
+                publishing.heartbeat(session, issue_id)  # a worker took it: not stalled, whatever the step's length
                 return step(session, settings(), issue_id, *args)
             except Exception as exc:
                 if is_outage(exc):

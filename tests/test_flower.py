@@ -26,6 +26,8 @@ def test_flower_lists_the_worker_and_its_tasks(redis_available: str, tmp_path: P
         **os.environ,
         "REDIS_URL": redis_available,
         "DATABASE_URL": f"sqlite:///{tmp_path / 'f.db'}",
+        "NEWSLETTER_SECRET_KEY": "flower-secret-key",
+        "NEWSLETTER_BASE_URL": "https://news.example.org",
         "FLOWER_UNAUTHENTICATED_API": "true",
     }
     port = free_port()
