@@ -4,7 +4,12 @@
 module only wires them: importing it gives ``celery -A tasks`` the app with every task registered.
 """
 
-from tasks import publish
+# tasks.app must be imported first: it sets up Prometheus's multiprocess storage before tasks.publish
+# imports newsletter.metrics, whose unlabelled counters take their storage when they are created.
+# isort: off
 from tasks.app import app
+from tasks import publish
+
+# isort: on
 
 __all__ = ["app", "publish"]

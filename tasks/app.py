@@ -24,7 +24,7 @@ from celery.signals import (
     worker_process_init,
     worker_process_shutdown,
 )
-from kombu import Exchange, Queue
+from kombu import Exchange, Queue, pools
 
 from newsletter import logs
 from newsletter.config import Settings, SettingsError, load_settings
@@ -129,10 +129,11 @@ def configure(app: Celery, settings: Settings | None) -> None:
         return
     broker = settings.redis_url or "memory://localhost/"
     if app.conf.broker_url != broker:
-        # Drop the connection and producer pools bound to the old broker (Celery caches both).
-        if app._pool is not None:
-            app._pool.force_close_all()
-            app._pool = None
+        # Drop the connection and producer pools bound to the old broker. Celery caches both, and they
+        # live in kombu's global registry keyed by broker URL: closing one in place would leave a closed
+        # pool there for the next switch back to that URL ("Acquire on closed pool"), so forget them all.
+        pools.reset()
+        app._pool = None
         app.amqp._producer_pool = None
     app.conf.update(
         broker_url=broker,

@@ -148,6 +148,30 @@ def test_every_process_refuses_a_bad_setting_with_one_line_and_status_2(command:
     assert "Traceback" not in result.stderr
 
 
+def test_a_worker_refuses_a_database_without_the_schema(tmp_path: Path) -> None:
+    env = _env(NEWSLETTER_HOME=str(tmp_path), DATABASE_URL=f"sqlite:///{tmp_path / 'empty.db'}", REDIS_URL="redis://127.0.0.1:1/0",
+               NEWSLETTER_SECRET_KEY=KEY, NEWSLETTER_BASE_URL="https://news.example.org")  # fmt: skip
+    result = subprocess.run([sys.executable, "-m", "celery", "-A", "tasks", "worker"], cwd=tmp_path, env={**env, "PYTHONPATH": str(ROOT)},
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "error: the database has no schema yet; this version needs" in result.stderr and "newsletter db upgrade" in result.stderr
+
+
+def test_help_works_whatever_the_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from newsletter.cli import main
+
+    monkeypatch.setenv("NEWSLETTER_HOME", str(tmp_path))
+    monkeypatch.setenv("NEWSLETTER_FROM", "not an address")
+    for args in (["--help"], ["issue", "--help"], ["issue", "publish", "--help"]):
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 0 and "Usage:" in result.output, args
+    refused = CliRunner().invoke(main, ["issue", "list"])
+    assert refused.exit_code == 2 and refused.output.startswith("error: NEWSLETTER_FROM=")
+    assert not (tmp_path / "secret_key").exists()  # a refused configuration leaves nothing behind
+
+
 def test_the_web_app_refuses_a_bad_setting_with_one_line_and_status_2(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

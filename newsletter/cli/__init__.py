@@ -35,6 +35,11 @@ class Main(click.Group):
     """The top-level group: a setting that cannot be used ends the command with one line and exit
     status 2; an unreachable broker or database with one line and status 1 (never a traceback)."""
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        # Help is shown whatever the settings: remember whether any command asked for it.
+        ctx.meta["newsletter.help"] = bool({"-h", "--help"} & set(args))
+        return super().parse_args(ctx, args)
+
     def invoke(self, ctx: click.Context) -> object:
         from newsletter.config import SettingsError
 
@@ -64,7 +69,8 @@ def main(verbose: bool) -> None:
     # The format is read here directly: settings are loaded (and their warnings logged) once logging is set up.
     fmt = "json" if os.environ.get("NEWSLETTER_LOG_FORMAT", "").lower() == "json" else "text"
     logs.configure(logging.INFO if verbose else logging.WARNING, fmt)
-    load_settings()  # raises SettingsError, which `Main` turns into one line and exit status 2
+    if not click.get_current_context().meta.get("newsletter.help"):
+        load_settings()  # raises SettingsError, which `Main` turns into one line and exit status 2
 
 
 def _register() -> None:

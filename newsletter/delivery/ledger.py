@@ -191,8 +191,9 @@ class LeaseKeeper:
         self._stop = threading.Event()
         self._confirmed = clock()  # the claims were just taken
         self._thread: threading.Thread | None = None
-        database = sessions.kw["bind"].url.database if "bind" in sessions.kw else None
-        self.threaded = database not in (None, "", ":memory:") or sessions.kw["bind"].dialect.name != "sqlite"
+        engine = getattr(sessions.kw.get("bind"), "engine", None)  # an Engine's .engine is itself
+        # An in-memory SQLite database exists once per connection: a second one would see another database.
+        self.threaded = engine is not None and not (engine.dialect.name == "sqlite" and engine.url.database in (None, "", ":memory:"))
         self.renewals = 0
 
     @property
