@@ -8,6 +8,7 @@ the app with its tasks registered.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -130,10 +131,15 @@ def configure(app: Celery, settings: Settings | None) -> None:
     broker = settings.redis_url or "memory://localhost/"
     if app.conf.broker_url != broker:
         # Drop the connection and producer pools bound to the old broker. Celery caches both, and they
-        # live in kombu's global registry keyed by broker URL: closing one in place would leave a closed
-        # pool there for the next switch back to that URL ("Acquire on closed pool"), so forget them all.
-        pools.reset()
-        app._pool = None
+        # live in kombu's global registry keyed by broker URL: closed in place and left there, they would
+        # fail the next switch back to that URL ("Acquire on closed pool"), so they leave the registry too.
+        if app._pool is not None:
+            old = app.connection_for_write()
+            app._pool.force_close_all()
+            for group in (pools.connections, pools.producers):
+                with contextlib.suppress(KeyError):
+                    del group[old]
+            app._pool = None
         app.amqp._producer_pool = None
     app.conf.update(
         broker_url=broker,

@@ -58,3 +58,20 @@ def test_the_app_module_and_the_task_modules_depend_one_way() -> None:
     assert not {n for n in imported("tasks/app.py") if n.startswith("tasks")}
     publish = imported("tasks/publish.py")
     assert "tasks.app" in publish and "tasks" not in publish and "tasks.app.app" in publish
+
+
+def test_switching_brokers_back_and_forth_keeps_a_usable_pool(make_settings, redis_available: str) -> None:
+    """Regression: the pool of the broker switched away from was closed but left in kombu's registry,
+    so switching back to that broker (the CLI, tests: embedded -> Redis -> embedded) failed with
+    'Acquire on closed pool' in the next publish."""
+    from tasks.app import app, use_settings
+
+    embedded, real = make_settings("sqlite://", REDIS_URL=""), make_settings("sqlite://", REDIS_URL=redis_available)
+    try:
+        for settings in (embedded, real, embedded, real, embedded):
+            use_settings(settings)
+            make_app(settings)  # another app on the same brokers, as tests make them
+            with app.producer_or_acquire(None) as producer:
+                assert producer.connection.as_uri().split("://")[0] == ("redis" if settings.redis_url else "memory")
+    finally:
+        use_settings(embedded)

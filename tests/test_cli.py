@@ -223,3 +223,31 @@ def test_an_old_or_empty_schema_asks_for_db_upgrade(cli_env: dict[str, str]) -> 
     assert "Error: the database has" in result.output and "run 'newsletter db upgrade'" in result.output
     run("db", "upgrade")
     assert CliRunner().invoke(main, ["issue", "list"]).exit_code == 0
+
+
+def test_the_demo_refuses_configured_services_and_never_mails_anyone_else(
+    cli_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Against a configured DATABASE_URL the demo refuses without --use-configured-services (and says
+    why); with it, its issue reaches only the subscribers it generated, not the people already there."""
+    from newsletter.db import session_factory, upgrade
+    from newsletter.models import Subscriber
+
+    url = f"sqlite:///{tmp_path / 'production.db'}"
+    upgrade(url)
+    with session_factory(url)() as session:
+        session.add(Subscriber(email="real.person@gmail.com", name="A real person", lang="en"))
+        session.commit()
+    monkeypatch.setenv("DATABASE_URL", url)
+    monkeypatch.setenv("NEWSLETTER_DATA_DIR", str(tmp_path / "no-corpora"))  # the bundled sample: quick
+    refused = CliRunner().invoke(main, ["demo", "--subscribers", "2"])
+    assert refused.exit_code == 1
+    assert "DATABASE_URL is set: the demo would add generated subscribers to that database" in refused.output
+    assert "--use-configured-services" in refused.output
+    with session_factory(url)() as session:
+        assert session.query(Subscriber).count() == 1  # nothing was done
+    out = run("demo", "--subscribers", "2", "--use-configured-services")
+    assert "issue 1: sent" in out
+    recipients = {str(m["To"].addresses[0].addr_spec) for m in read_outbox(tmp_path / "home" / "outbox")}
+    assert "real.person@gmail.com" not in recipients
+    assert recipients and all(r.rsplit("@", 1)[1] in ("example.com", "example.net", "example.org") for r in recipients)

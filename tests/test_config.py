@@ -129,11 +129,10 @@ def _env(**extra: str) -> dict[str, str]:
 @pytest.mark.parametrize(
     "command",
     [
-        [sys.executable, "-m", "newsletter.cli", "issue", "list"],
         [sys.executable, "-m", "celery", "-A", "tasks", "worker", "--loglevel=WARNING"],
         [sys.executable, "-m", "celery", "-A", "tasks", "beat", "--loglevel=WARNING"],
     ],
-    ids=["cli", "worker", "beat"],
+    ids=["worker", "beat"],  # the newsletter command: test_help_works_whatever_the_settings, in process
 )
 def test_every_process_refuses_a_bad_setting_with_one_line_and_status_2(command: list[str], tmp_path: Path) -> None:
     env = _env(
