@@ -342,7 +342,12 @@ def fail_exhausted_claims(session: Session, now: datetime, max_attempts: int) ->
     """
     result = session.execute(
         update(Delivery)
-        .where(Delivery.status == DeliveryStatus.SENDING, Delivery.claimed_until < now, Delivery.attempts >= max_attempts)
+        .where(
+            Delivery.status == DeliveryStatus.SENDING,
+            Delivery.claimed_until < now,
+            Delivery.attempts >= max_attempts,
+            Delivery.issue_id.not_in(select(Issue.id).where(Issue.status == IssueStatus.CANCELLED)),  # skipped instead
+        )
         .values(
             status=DeliveryStatus.FAILED,
             claimed_until=None,
