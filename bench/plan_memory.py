@@ -66,7 +66,9 @@ def measure(fn) -> tuple[float, float]:  # type: ignore[no-untyped-def]
 
 def run(url: str, sizes: list[int]) -> None:
     upgrade(url)
-    settings = load_settings({"DATABASE_URL": url, "NEWSLETTER_SECRET_KEY": "bench"})
+    settings = load_settings(
+        {"DATABASE_URL": url, "NEWSLETTER_SECRET_KEY": "bench-secret-key", "NEWSLETTER_BASE_URL": "https://news.example.org"}
+    )
     factory = session_factory(url)
     print(f"{'subscribers':>12} {'streamed MiB':>13} {'naive MiB':>10} {'naive/streamed':>15} {'plan s*':>8} {'rows/s*':>9}")
     for n in sizes:

@@ -68,17 +68,18 @@ def parse_verp(settings: Settings, address: str) -> int:
     """The delivery id a VERP address made by `verp_address` stands for.
 
     The domain is not checked (a bounce may arrive through an alias domain); the signature is, and it
-    is compared case-insensitively for the reason given in `verp_address`.
+    is compared case-insensitively for the reason given in `verp_address`. Every key of
+    ``settings.secret_keys`` is tried, so a bounce to a message sent before a key rotation still matches.
 
     Raises:
-        BadToken: not a VERP address, or its signature was not made with ``settings.secret_key``.
+        BadToken: not a VERP address, or its signature was made with none of ``settings.secret_keys``.
     """
     local = address.strip().strip("<>").rpartition("@")[0]
     match = _VERP_RE.fullmatch(local)
     if match is None:
         raise BadToken(f"not a VERP address: {address!r}")
     delivery_id = int(match.group(1))
-    if not hmac.compare_digest(match.group(2).lower(), _verp_mac(settings.secret_key, delivery_id)):
+    if not any(hmac.compare_digest(match.group(2).lower(), _verp_mac(key, delivery_id)) for key in settings.secret_keys):
         raise BadToken(f"bad VERP signature: {address!r}")
     return delivery_id
 

@@ -1,14 +1,19 @@
-"""Typed settings, read once from the environment."""
+"""Typed settings, read once from the environment and checked there: a bad value is refused at start
+(`SettingsError`, one line naming the variable and the form it needs), never found at send time."""
 
 from __future__ import annotations
 
 import logging
+import math
 import os
+import re
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from email.utils import getaddresses
 from pathlib import Path
 from typing import TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from newsletter.dkim import DkimKey, load_key
 from newsletter.summaries import BUILTIN_RULES, RulesError, SourceRules, load_rules
@@ -16,22 +21,55 @@ from newsletter.summaries import BUILTIN_RULES, RulesError, SourceRules, load_ru
 log = logging.getLogger(__name__)
 N = TypeVar("N", int, float)
 
-DEV_SECRET = "dev-insecure-secret-change-me"
+SECRET_FILE = "secret_key"  # in NEWSLETTER_HOME: the embedded default's own random key
+MIN_SECRET_LENGTH = 8
+# Values that were public once (in this source, compose files, tutorials): refused as keys.
+PUBLIC_SECRETS = frozenset({"dev-insecure-secret-change-me", "change-me", "changeme", "change_me", "secret-key", "development"})
+SMTP_SCHEMES = ("smtp", "smtp+starttls", "smtps")
+SMTP_QUERY_KEYS = ("rate", "burst")  # see newsletter.delivery.ratelimit.relay_rate
+REDIS_SCHEMES = ("redis", "rediss", "redis+socket", "unix", "sentinel")
+TRUE = ("1", "true", "yes", "on")
+# RFC 2919 §2: list-id = list-label "." list-id-namespace, both dot-atom-text (RFC 5322 §3.2.3).
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_LIST_ID = re.compile(rf"{_ATEXT}(\.{_ATEXT})+")
+
+
+class SettingsError(ValueError):
+    """A setting that cannot be used. ``str()`` is one line naming the variable, what was found and
+    the form it needs; every process prints it and exits with status 2 (see `newsletter.cli`, `tasks.app`)."""
+
+    def __init__(self, name: str, problem: str, expected: str) -> None:
+        super().__init__(f"{name}{'' if problem.startswith('=') else ' '}{problem}; expected {expected}")
+        self.name, self.problem, self.expected = name, problem, expected
+
+
+def _shown(url: str) -> str:
+    """A URL for an error message, its password masked."""
+    try:
+        parts = urlsplit(url)
+        if parts.password:
+            return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")).geturl()
+    except ValueError:
+        pass
+    return url
 
 
 def _number(env: dict[str, str], name: str, default: N, lo: N, hi: N, kind: Callable[[str], N]) -> N:
     """Read a number of type ``kind``, clamping nonsense values into [lo, hi] and saying so.
 
     Raises:
-        ValueError: the value does not parse.
+        SettingsError: the value does not parse (or is not finite).
     """
     raw = env.get(name)
-    if raw is None or raw == "":
+    if raw is None or raw.strip() == "":
         return default
+    expected = f"{'an integer' if kind is int else 'a number'} between {lo} and {hi}"
     try:
-        value = kind(raw)
+        value = kind(raw.strip())
     except ValueError as exc:
-        raise ValueError(f"{name}={raw!r} is not a valid {kind.__name__}") from exc
+        raise SettingsError(name, f"={raw!r} is not {'an integer' if kind is int else 'a number'}", expected) from exc
+    if isinstance(value, float) and not math.isfinite(value):
+        raise SettingsError(name, f"={raw!r} is not a finite number", expected)
     clamped = min(max(value, lo), hi)
     if clamped != value:
         log.warning("%s=%s is out of range [%s, %s]; using %s", name, value, lo, hi, clamped)
@@ -71,7 +109,7 @@ class Settings:
     smtp_urls: tuple[str, ...]
     outbox_dir: Path
     data_dir: Path
-    secret_key: str
+    secret_keys: tuple[str, ...]  # the first signs, every one verifies (key rotation)
     base_url: str
     from_address: str
     list_id: str
@@ -89,6 +127,13 @@ class Settings:
     summary_rules: tuple[SourceRules, ...] = BUILTIN_RULES  # lead-in patterns per source (NEWSLETTER_SUMMARY_RULES first)
     timezone: str = "UTC"  # IANA zone of issue dates unless the issue was scheduled in another
     dkim: DkimKey | None = None  # DKIM signing key (NEWSLETTER_DKIM_SELECTOR + NEWSLETTER_DKIM_KEY_FILE)
+    configured: bool = False  # DATABASE_URL, REDIS_URL or SMTP_URL is set: not the embedded default
+    allow_http: bool = False  # NEWSLETTER_ALLOW_HTTP: an http base URL outside the embedded default (local tests)
+
+    @property
+    def secret_key(self) -> str:
+        """The key that signs new tokens, VERP addresses and Message-IDs (the first of `secret_keys`)."""
+        return self.secret_keys[0]
 
     @property
     def embedded(self) -> bool:
@@ -102,34 +147,22 @@ class Settings:
 
     def describe(self) -> dict[str, str]:
         """Settings for display, with secrets and URL passwords masked."""
-
-        def mask(url: str) -> str:
-            parts = urlsplit(url)
-            if parts.password:
-                netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-                return parts._replace(netloc=netloc).geturl()
-            return url
-
+        keys = len(self.secret_keys)
         return {
-            "DATABASE_URL": mask(self.database_url),
-            "REDIS_URL": mask(self.redis_url) if self.redis_url else "(unset: in-process worker)",
-            "SMTP_URL": ", ".join(mask(u) for u in self.smtp_urls) or f"(unset: outbox {self.outbox_dir})",
+            "DATABASE_URL": _shown(self.database_url),
+            "REDIS_URL": _shown(self.redis_url) if self.redis_url else "(unset: in-process worker)",
+            "SMTP_URL": ", ".join(_shown(u) for u in self.smtp_urls) or f"(unset: outbox {self.outbox_dir})",
             "NEWSLETTER_DATA_DIR": str(self.data_dir),
             "NEWSLETTER_BASE_URL": self.base_url,
-            "NEWSLETTER_SECRET_KEY": "***" if self.secret_key != DEV_SECRET else "(development default)",
+            "NEWSLETTER_SECRET_KEY": f"*** ({keys} key{'s' if keys > 1 else ''})",
         }
 
 
 def _log_format(env: dict[str, str]) -> str:
-    value = (env.get("NEWSLETTER_LOG_FORMAT") or "text").lower()
+    value = (env.get("NEWSLETTER_LOG_FORMAT") or "text").strip().lower()
     if value not in ("text", "json"):
-        log.warning("NEWSLETTER_LOG_FORMAT=%s is not text or json; using text", value)
-        return "text"
+        raise SettingsError("NEWSLETTER_LOG_FORMAT", f"={value!r} is not a log format", "text or json")
     return value
-
-
-class ConfigError(ValueError):
-    """A setting that cannot be used; the message is one line naming the variable."""
 
 
 def _timezone(env: dict[str, str]) -> str:
@@ -139,7 +172,7 @@ def _timezone(env: dict[str, str]) -> str:
     try:
         ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise ConfigError(f"NEWSLETTER_TIMEZONE={name!r} is not an IANA time zone (e.g. Asia/Taipei)") from exc
+        raise SettingsError("NEWSLETTER_TIMEZONE", f"={name!r} is not an IANA time zone", "a zone name such as Asia/Taipei or UTC") from exc
     return name
 
 
@@ -148,13 +181,17 @@ def _zh_hant(env: dict[str, str]) -> tuple[str, tuple[str, ...]]:
 
     conversion = env.get("NEWSLETTER_ZH_HANT_CONVERSION") or zh_hant.DEFAULT_CONVERSION
     if conversion not in zh_hant.CONVERSIONS:
-        raise ConfigError(f"NEWSLETTER_ZH_HANT_CONVERSION={conversion!r} is not one of {', '.join(zh_hant.CONVERSIONS)}")
+        raise SettingsError(
+            "NEWSLETTER_ZH_HANT_CONVERSION",
+            f"={conversion!r} is not one of {', '.join(zh_hant.CONVERSIONS)}",
+            "s2twp (Taiwan standard with phrases), s2hk or s2t",
+        )
     phrases = tuple(p for p in (env.get("NEWSLETTER_ZH_HANT_PHRASES") or "").split(os.pathsep) if p)
     for path in phrases:
         try:
             zh_hant.read_phrases(Path(path))
         except zh_hant.ConversionError as exc:
-            raise ConfigError(f"NEWSLETTER_ZH_HANT_PHRASES: {exc}") from exc
+            raise SettingsError("NEWSLETTER_ZH_HANT_PHRASES", f"cannot be used: {exc}", "OpenCC phrase files, separated by ':'") from exc
     return conversion, phrases
 
 
@@ -165,7 +202,7 @@ def _summary_rules(env: dict[str, str]) -> tuple[SourceRules, ...]:
     try:
         return load_rules(Path(path)) + BUILTIN_RULES
     except RulesError as exc:
-        raise ConfigError(f"NEWSLETTER_SUMMARY_RULES: {exc}") from exc
+        raise SettingsError("NEWSLETTER_SUMMARY_RULES", f"cannot be used: {exc}", "a JSON rules file as the README shows") from exc
 
 
 def _dkim(env: dict[str, str], from_address: str) -> DkimKey | None:
@@ -174,55 +211,243 @@ def _dkim(env: dict[str, str], from_address: str) -> DkimKey | None:
         return None
     if not selector or not key_file:
         missing = "NEWSLETTER_DKIM_SELECTOR" if not selector else "NEWSLETTER_DKIM_KEY_FILE"
-        raise ConfigError(f"{missing} is not set: DKIM signing needs both NEWSLETTER_DKIM_SELECTOR and NEWSLETTER_DKIM_KEY_FILE")
+        raise SettingsError(missing, "is not set", "both NEWSLETTER_DKIM_SELECTOR and NEWSLETTER_DKIM_KEY_FILE for DKIM signing")
     try:
         return load_key(selector, Path(key_file).expanduser(), from_address)
     except ValueError as exc:
-        raise ConfigError(f"NEWSLETTER_DKIM_KEY_FILE={key_file}: {exc}") from exc
+        raise SettingsError("NEWSLETTER_DKIM_KEY_FILE", f"={key_file}: {exc}", "a PEM RSA private key file") from exc
+
+
+def _database_url(env: dict[str, str], home: Path) -> str:
+    raw = (env.get("DATABASE_URL") or "").strip()
+    if not raw:
+        return f"sqlite:///{home / 'newsletter.db'}"
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    expected = "postgresql://user:password@host:5432/dbname or sqlite:///path/to/file.db"
+    try:
+        backend = make_url(raw).get_backend_name()
+    except (ArgumentError, ValueError) as exc:
+        raise SettingsError("DATABASE_URL", f"={_shown(raw)!r} is not a database URL", expected) from exc
+    if backend not in ("postgresql", "postgres", "sqlite"):
+        raise SettingsError("DATABASE_URL", f"={_shown(raw)!r} names an unsupported database {backend!r}", expected)
+    return raw
+
+
+def _redis_url(env: dict[str, str]) -> str | None:
+    raw = (env.get("REDIS_URL") or "").strip()
+    if not raw:
+        return None
+    expected = "redis://[:password@]host:6379/0 (or rediss:// for TLS)"
+    try:
+        parts = urlsplit(raw)
+        parts.port  # noqa: B018  (raises ValueError for a port that is not a number in range)
+    except ValueError as exc:
+        raise SettingsError("REDIS_URL", f"={_shown(raw)!r} is not a URL", expected) from exc
+    if parts.scheme not in REDIS_SCHEMES:
+        raise SettingsError("REDIS_URL", f"={_shown(raw)!r} has scheme {parts.scheme!r}", expected)
+    if parts.scheme in ("redis", "rediss") and not parts.hostname:
+        raise SettingsError("REDIS_URL", f"={_shown(raw)!r} names no host", expected)
+    if parts.scheme in ("redis", "rediss") and parts.path.strip("/") and not parts.path.strip("/").isdigit():
+        raise SettingsError("REDIS_URL", f"={_shown(raw)!r} names database {parts.path.strip('/')!r}", expected)
+    return raw
+
+
+def _smtp_urls(env: dict[str, str]) -> tuple[str, ...]:
+    urls = tuple(u.strip() for u in (env.get("SMTP_URL") or "").split(",") if u.strip())
+    expected = (
+        "smtp://host:25, smtp+starttls://user:password@host:587 or smtps://user:password@host:465, "
+        "comma-separated, each optionally with ?rate=N&burst=M"
+    )
+    for url in urls:
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018  (raises ValueError for a bad port)
+            query = parse_qs(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
+        except ValueError as exc:
+            raise SettingsError("SMTP_URL", f"entry {_shown(url)!r} is not a URL", expected) from exc
+        if parts.scheme not in SMTP_SCHEMES:
+            raise SettingsError("SMTP_URL", f"entry {_shown(url)!r} has scheme {parts.scheme!r}", expected)
+        if not parts.hostname:
+            raise SettingsError("SMTP_URL", f"entry {_shown(url)!r} names no host", expected)
+        for key, values in query.items():
+            if key not in SMTP_QUERY_KEYS:
+                raise SettingsError("SMTP_URL", f"entry {_shown(url)!r} has an unknown parameter {key!r}", expected)
+            try:
+                ok = float(values[-1]) > 0 if key == "rate" else int(values[-1]) >= 1
+            except ValueError:
+                ok = False
+            if not ok or (key == "rate" and not math.isfinite(float(values[-1]))):
+                raise SettingsError(
+                    "SMTP_URL", f"entry {_shown(url)!r} has {key}={values[-1]!r}", "rate > 0 (messages/s) and burst >= 1 (messages)"
+                )
+    return urls
+
+
+def _from_address(env: dict[str, str]) -> str:
+    raw = env.get("NEWSLETTER_FROM") or "The Weekly Review <weekly@newsletter.example.org>"
+    expected = "one address, e.g. 'The Weekly Review <weekly@news.example.org>'"
+    if any(ch in raw for ch in "\r\n\x00"):
+        raise SettingsError("NEWSLETTER_FROM", "contains a line break", expected)
+    pairs = getaddresses([raw])
+    if len(pairs) != 1 or not pairs[0][1]:
+        raise SettingsError("NEWSLETTER_FROM", f"={raw!r} is not one address", expected)
+    from email_validator import EmailNotValidError, validate_email
+
+    try:
+        validate_email(pairs[0][1], check_deliverability=False)
+    except EmailNotValidError as exc:
+        raise SettingsError("NEWSLETTER_FROM", f"={raw!r} is not a valid address ({exc})", expected) from exc
+    return raw
+
+
+def _base_url(env: dict[str, str], configured: bool, allow_http: bool) -> str:
+    raw = (env.get("NEWSLETTER_BASE_URL") or "http://localhost:8000").strip().rstrip("/")
+    expected = "the public https URL of 'newsletter web', e.g. https://news.example.org"
+    try:
+        parts = urlsplit(raw)
+        parts.port  # noqa: B018
+    except ValueError as exc:
+        raise SettingsError("NEWSLETTER_BASE_URL", f"={raw!r} is not a URL", expected) from exc
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment or " " in raw:
+        raise SettingsError("NEWSLETTER_BASE_URL", f"={raw!r} is not an http(s) URL without query", expected)
+    if parts.scheme == "http" and configured and not allow_http:
+        # RFC 8058 §3.1: one-click unsubscription needs an https URI in List-Unsubscribe.
+        raise SettingsError(
+            "NEWSLETTER_BASE_URL",
+            f"={raw!r} is http: List-Unsubscribe needs https (RFC 8058 §3.1)",
+            f"{expected} (NEWSLETTER_ALLOW_HTTP=1 allows http for local testing only)",
+        )
+    return raw
+
+
+def _list_id(env: dict[str, str]) -> str:
+    raw = (env.get("NEWSLETTER_LIST_ID") or "weekly.newsletter.example.org").strip()
+    if len(raw) > 255 or not _LIST_ID.fullmatch(raw):
+        raise SettingsError("NEWSLETTER_LIST_ID", f"={raw!r} is not a list id", "label.namespace, e.g. weekly.news.example.org (RFC 2919)")
+    return raw
+
+
+def parse_secret_keys(raw: str) -> tuple[str, ...]:
+    """Split ``NEWSLETTER_SECRET_KEY`` into keys: separated by commas and/or white space, newest first.
+
+    Raises:
+        SettingsError: no key, a key shorter than `MIN_SECRET_LENGTH`, or one that was ever public.
+    """
+    keys = tuple(k for k in re.split(r"[,\s]+", raw.strip()) if k)
+    expected = (
+        f"one or more random keys of at least {MIN_SECRET_LENGTH} characters, comma-separated, the newest first "
+        "(make one with: python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+    )
+    if not keys:
+        raise SettingsError("NEWSLETTER_SECRET_KEY", "is empty", expected)
+    for n, key in enumerate(keys, 1):
+        if len(key) < MIN_SECRET_LENGTH:
+            raise SettingsError("NEWSLETTER_SECRET_KEY", f"key {n} is {len(key)} characters long", expected)
+        if key.lower() in PUBLIC_SECRETS:
+            raise SettingsError("NEWSLETTER_SECRET_KEY", f"key {n} is a value published as an example", expected)
+    return keys
+
+
+def embedded_secret(home: Path) -> str:
+    """The embedded default's own key: ``$NEWSLETTER_HOME/secret_key``, created (32 random bytes, mode
+    0600) on first use and kept, so links in messages already sent stay valid.
+
+    Raises:
+        SettingsError: the file cannot be read or created.
+    """
+    path = home / SECRET_FILE
+    expected = f"a writable NEWSLETTER_HOME for {path}, or NEWSLETTER_SECRET_KEY set"
+    try:
+        if path.is_file():
+            return parse_secret_keys(path.read_text(encoding="ascii"))[0]
+        home.mkdir(parents=True, exist_ok=True)
+        tmp = home / f".{SECRET_FILE}.{os.getpid()}.{secrets.token_hex(4)}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as handle:
+            handle.write(secrets.token_urlsafe(32) + "\n")
+        try:
+            os.link(tmp, path)  # atomic: of two processes starting at once, one key wins and both use it
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+        return parse_secret_keys(path.read_text(encoding="ascii"))[0]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SettingsError("NEWSLETTER_SECRET_KEY", f"is unset and {path} cannot be used ({exc})", expected) from exc
+    except SettingsError as exc:
+        raise SettingsError("NEWSLETTER_SECRET_KEY", f"is unset and {path} holds no usable key ({exc.problem})", expected) from exc
+
+
+def _secret_keys(env: dict[str, str], home: Path, configured: bool) -> tuple[str, ...]:
+    raw = env.get("NEWSLETTER_SECRET_KEY") or ""
+    if raw.strip():
+        return parse_secret_keys(raw)
+    if configured:
+        raise SettingsError(
+            "NEWSLETTER_SECRET_KEY",
+            "is not set, and DATABASE_URL, REDIS_URL or SMTP_URL is: links in messages would be forgeable",
+            "one or more random keys, comma-separated, the newest first "
+            "(make one with: python -c 'import secrets; print(secrets.token_urlsafe(32))')",
+        )
+    return (embedded_secret(home),)
 
 
 def load_settings(env: dict[str, str] | None = None) -> Settings:
-    """Build `Settings` from ``env`` (default: ``os.environ``).
+    """Build `Settings` from ``env`` (default: ``os.environ``), checking every value.
+
+    Numbers outside their sane range are clamped with a warning (listmonk does the same); anything
+    that cannot be used is refused. Outside the embedded default (any of DATABASE_URL, REDIS_URL,
+    SMTP_URL set) NEWSLETTER_SECRET_KEY is required and NEWSLETTER_BASE_URL must be https.
 
     Raises:
-        ValueError: a numeric variable does not parse.
-        ConfigError: a time zone, conversion, rules file or DKIM key that cannot be used (one line naming it).
+        SettingsError: a value that cannot be used; the message names the variable and the form it needs.
     """
     env = dict(os.environ if env is None else env)
     home = Path(env.get("NEWSLETTER_HOME") or "var").expanduser()
-    database_url = env.get("DATABASE_URL") or f"sqlite:///{home / 'newsletter.db'}"
-    smtp_raw = env.get("SMTP_URL") or ""
+    configured = any((env.get(name) or "").strip() for name in ("DATABASE_URL", "REDIS_URL", "SMTP_URL"))
+    allow_http = (env.get("NEWSLETTER_ALLOW_HTTP") or "").strip().lower() in TRUE
     retry = RetryPolicy(
         base=_float(env, "NEWSLETTER_BACKOFF_BASE", 60.0, 0.01, 86400.0),
         cap=_float(env, "NEWSLETTER_BACKOFF_CAP", 3600.0, 0.01, 7 * 86400.0),
         max_attempts=_int(env, "NEWSLETTER_MAX_ATTEMPTS", 8, 1, 100),
         window=_float(env, "NEWSLETTER_RETRY_WINDOW", 86400.0, 1.0, 30 * 86400.0),
     )
-    from_address = env.get("NEWSLETTER_FROM") or "The Weekly Review <weekly@newsletter.example.org>"
+    if retry.base > retry.cap:
+        raise SettingsError(
+            "NEWSLETTER_BACKOFF_BASE",
+            f"={retry.base:g} is larger than NEWSLETTER_BACKOFF_CAP={retry.cap:g}",
+            "a first backoff (seconds) no larger than the cap",
+        )
+    from_address = _from_address(env)
     conversion, phrases = _zh_hant(env)
-    return Settings(
-        home=home,
-        database_url=database_url,
-        redis_url=env.get("REDIS_URL") or None,
-        smtp_urls=tuple(u.strip() for u in smtp_raw.split(",") if u.strip()),
-        outbox_dir=Path(env.get("NEWSLETTER_OUTBOX") or home / "outbox").expanduser(),
-        data_dir=Path(env.get("NEWSLETTER_DATA_DIR") or "../shared/data").expanduser(),
-        secret_key=env.get("NEWSLETTER_SECRET_KEY") or DEV_SECRET,
-        base_url=(env.get("NEWSLETTER_BASE_URL") or "http://localhost:8000").rstrip("/"),
-        from_address=from_address,
-        list_id=env.get("NEWSLETTER_LIST_ID") or "weekly.newsletter.example.org",
-        batch_size=_int(env, "NEWSLETTER_BATCH_SIZE", 100, 1, 10000),
-        plan_chunk_size=_int(env, "NEWSLETTER_PLAN_CHUNK", 1000, 10, 100000),
-        lease_seconds=_float(env, "NEWSLETTER_LEASE_SECONDS", 300.0, 1.0, 86400.0),
-        sweep_interval=_float(env, "NEWSLETTER_SWEEP_INTERVAL", 30.0, 0.1, 3600.0),
-        smtp_timeout=_float(env, "SMTP_TIMEOUT", 30.0, 0.5, 600.0),
-        retry=retry,
-        pause_after_failures=_int(env, "NEWSLETTER_PAUSE_AFTER_FAILURES", 50, 0, 10**9),
-        log_format=_log_format(env),
-        metrics_port=_int(env, "NEWSLETTER_METRICS_PORT", 0, 0, 65535) or None,
-        zh_hant_conversion=conversion,
-        zh_hant_phrases=phrases,
-        summary_rules=_summary_rules(env),
-        timezone=_timezone(env),
-        dkim=_dkim(env, from_address),
-    )
+    values = {
+        "home": home,
+        "database_url": _database_url(env, home),
+        "redis_url": _redis_url(env),
+        "smtp_urls": _smtp_urls(env),
+        "outbox_dir": Path(env.get("NEWSLETTER_OUTBOX") or home / "outbox").expanduser(),
+        "data_dir": Path(env.get("NEWSLETTER_DATA_DIR") or "../shared/data").expanduser(),
+        "base_url": _base_url(env, configured, allow_http),
+        "from_address": from_address,
+        "list_id": _list_id(env),
+        "batch_size": _int(env, "NEWSLETTER_BATCH_SIZE", 100, 1, 10000),
+        "plan_chunk_size": _int(env, "NEWSLETTER_PLAN_CHUNK", 1000, 10, 100000),
+        "lease_seconds": _float(env, "NEWSLETTER_LEASE_SECONDS", 300.0, 1.0, 86400.0),
+        "sweep_interval": _float(env, "NEWSLETTER_SWEEP_INTERVAL", 30.0, 0.1, 3600.0),
+        "smtp_timeout": _float(env, "SMTP_TIMEOUT", 30.0, 0.5, 600.0),
+        "retry": retry,
+        "pause_after_failures": _int(env, "NEWSLETTER_PAUSE_AFTER_FAILURES", 50, 0, 10**9),
+        "log_format": _log_format(env),
+        "metrics_port": _int(env, "NEWSLETTER_METRICS_PORT", 0, 0, 65535) or None,
+        "configured": configured,
+        "allow_http": allow_http,
+        "zh_hant_conversion": conversion,
+        "zh_hant_phrases": phrases,
+        "summary_rules": _summary_rules(env),
+        "timezone": _timezone(env),
+        "dkim": _dkim(env, from_address),
+    }
+    # Last: the embedded default writes its key file, which it should do only for settings that work.
+    return Settings(secret_keys=_secret_keys(env, home, configured), **values)

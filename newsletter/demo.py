@@ -26,6 +26,8 @@ XINWENLIANBO = "corpus-xinwenlianbo/xwlb_2024H2_items.jsonl"
 EN_WEEK = date(2025, 3, 3)  # ISO week 2025-W10: 17 White House documents
 ZH_WEEK = date(2024, 12, 23)  # Mon 23 – Sun 29 December 2024 of 新闻联播
 ZH_PER_DAY = 2  # the two lead stories of each day's bulletin
+DEMO_ATTRIBUTE = "demo"
+DEMO_SEGMENT = {"attributes": {DEMO_ATTRIBUTE: "yes"}}  # the demo issue goes to the demo's own subscribers only
 
 DEMO_TITLES = {True: {"en": "The week in the Briefing Room", "zh-Hans": "新闻联播一周要闻"},
                False: {"en": "The week in review", "zh-Hans": "一周要闻回顾"}}  # fmt: skip
@@ -49,9 +51,30 @@ def corpus_paths(settings: Settings) -> tuple[Path, Path, bool]:
     return SAMPLE_DIR / "articles-en.jsonl", SAMPLE_DIR / "articles-zh-Hans.jsonl", False
 
 
+class DemoRefused(RuntimeError):
+    """The demo would write into a configured database or mail through a configured relay."""
+
+
+def check_demo_allowed(env: dict[str, str], use_configured: bool) -> None:
+    """Refuse to run the demo against a configured ``DATABASE_URL`` or ``SMTP_URL`` unless asked to.
+
+    Raises:
+        DemoRefused: with one line saying why and how to go ahead.
+    """
+    configured = [name for name in ("DATABASE_URL", "SMTP_URL") if (env.get(name) or "").strip()]
+    if configured and not use_configured:
+        raise DemoRefused(
+            f"{' and '.join(configured)} {'is' if len(configured) == 1 else 'are'} set: the demo would add generated subscribers "
+            "to that database and send its issue through that relay; it mails only the subscribers it generates "
+            "(reserved example.* domains), but run it against real services only on purpose, with --use-configured-services "
+            "(e.g. with a mail catcher such as Mailpit)"
+        )
+
+
 def write_subscribers(path: Path, per_lang: int) -> int:
-    """A CSV of generated subscribers: ``per_lang`` per language, plus a few rows an import must
-    reject or merge (an invalid address, a domain-case duplicate). Returns the rows written."""
+    """A CSV of generated subscribers at the reserved example.com/.net/.org domains (RFC 2606):
+    ``per_lang`` per language, plus a few rows an import must reject or merge (an invalid address, a
+    domain-case duplicate), each with the attribute ``demo=yes``. Returns the rows written."""
     rows: list[dict[str, Any]] = []
     for i in range(per_lang):
         rows.append(
@@ -62,12 +85,14 @@ def write_subscribers(path: Path, per_lang: int) -> int:
                 "topics": "policy;economy",
             }
         )
-        rows.append({"email": f"duzhe{i:04d}@example.cn", "name": ZH_NAMES[i % 10], "lang": "zh-Hans", "topics": "国内"})
-        rows.append({"email": f"duzhe{i:04d}@example.tw", "name": ZH_HANT_NAMES[i % 10], "lang": "zh-Hant", "topics": "國際"})
+        rows.append({"email": f"duzhe{i:04d}@example.net", "name": ZH_NAMES[i % 10], "lang": "zh-Hans", "topics": "国内"})
+        rows.append({"email": f"duzhe{i:04d}@example.org", "name": ZH_HANT_NAMES[i % 10], "lang": "zh-Hant", "topics": "國際"})
     rows.append({"email": "not-an-address", "name": "Broken", "lang": "en", "topics": ""})
     rows.append({"email": "reader0000@EXAMPLE.COM", "name": "Ada Lovelace", "lang": "en", "topics": "policy"})
+    for row in rows:
+        row[DEMO_ATTRIBUTE] = "yes"  # the demo issue's segment: only these rows, never anyone already in a database
     with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["email", "name", "lang", "topics"])
+        writer = csv.DictWriter(handle, fieldnames=["email", "name", "lang", "topics", DEMO_ATTRIBUTE])
         writer.writeheader()
         writer.writerows(rows)
     return len(rows)
@@ -104,14 +129,21 @@ def pick_articles(session: Any, real: bool) -> list[Article]:
     return en + zh
 
 
-def run_demo(*, per_lang: int, fresh: bool, echo: Callable[[str], None], follow: Callable[[Settings, int], Any]) -> None:
-    """Import, subscribe, create an issue, publish it and print a summary.
+def run_demo(
+    *, per_lang: int, fresh: bool, echo: Callable[[str], None], follow: Callable[[Settings, int], Any], use_configured: bool = False
+) -> Any:
+    """Import, subscribe, create an issue, publish it and print a summary. Returns the follow outcome.
 
     Without ``DATABASE_URL`` the demo lives in ``$NEWSLETTER_HOME/demo`` (default ``var/demo``),
-    started afresh unless ``fresh`` is False.
+    started afresh unless ``fresh`` is False. The issue's segment selects only the subscribers the
+    demo generated (`DEMO_SEGMENT`), so even on a real database it never mails anyone else.
+
+    Raises:
+        DemoRefused: DATABASE_URL or SMTP_URL is set and ``use_configured`` is False (nothing was done).
     """
     from newsletter.runner import start_publish
 
+    check_demo_allowed(dict(os.environ), use_configured)
     base = load_settings()
     env = dict(os.environ)
     if not env.get("DATABASE_URL"):
@@ -144,6 +176,7 @@ def run_demo(*, per_lang: int, fresh: bool, echo: Callable[[str], None], follow:
             session, chosen, titles=DEMO_TITLES[real], notes=DEMO_NOTES[real],
             conversion=settings.zh_hant_conversion, phrases=settings.zh_hant_phrases,
         )  # fmt: skip
+        issue.segment = DEMO_SEGMENT
         session.commit()
         number = issue.number
         echo(
@@ -164,3 +197,4 @@ def run_demo(*, per_lang: int, fresh: bool, echo: Callable[[str], None], follow:
     else:
         count = len(list((settings.outbox_dir / "new").glob("*.eml")))
         echo(f"outbox: {settings.outbox_dir / 'new'} ({count} .eml files)")
+    return outcome

@@ -269,6 +269,9 @@ class Delivery(Base):
     message_id: Mapped[str] = mapped_column(String(255), index=True)  # indexed: bounces are matched by it
     next_attempt_at: Mapped[datetime | None]
     claimed_until: Mapped[datetime | None]
+    # Set by each claim: the fencing token that lets only the current holder renew the lease or record
+    # the outcome (the lease time alone cannot be one, since renewing it must not fence out the holder).
+    claim_token: Mapped[str | None] = mapped_column(String(32))
     enqueued_at: Mapped[datetime | None]
     first_attempt_at: Mapped[datetime | None]
     last_error: Mapped[str | None] = mapped_column(Text)

@@ -21,6 +21,7 @@ from newsletter.content import category_label, first_image, to_traditional
 from newsletter.delivery import ledger
 from newsletter.issues import IssueError, IssueStateError
 from newsletter.models import (
+    FINAL_DELIVERY_STATES,
     Article,
     Delivery,
     DeliveryStatus,
@@ -184,22 +185,39 @@ def freeze_audience(session: Session, issue: Issue) -> None:
         issue.audience_max_subscriber_id = session.scalar(select(func.max(Subscriber.id))) or 0
 
 
+PUBLISHABLE_STATES = (IssueStatus.DRAFT, IssueStatus.SCHEDULED, IssueStatus.FAILED)
+
+
 def request_publish(session: Session, settings: Settings, issue: Issue) -> None:
     """Validate an issue (`check_publishable`) and move it to ``publishing``, freezing its audience; commits.
 
     A failed (or scheduled) issue may be published now: the ledger makes a re-run send only what was not sent.
+    The move is one conditional UPDATE (``WHERE status IN ('draft', 'scheduled', 'failed')``), so of two
+    publishes of the same issue at the same instant exactly one wins; the other gets `IssueError`.
 
     Raises:
-        IssueError, RenderError: see `check_publishable`; nothing was changed.
+        IssueError, RenderError: see `check_publishable`, or another publish won the race; nothing was changed.
     """
     check_publishable(session, settings, issue)
-    freeze_audience(session, issue)
-    issue.status = IssueStatus.PUBLISHING
-    issue.error = None
-    issue.scheduled_at = None
-    issue.published_at = issue.published_at or utcnow()
-    issue.pipeline_heartbeat_at = utcnow()
+    now = utcnow()
+    highest = session.scalar(select(func.max(Subscriber.id))) or 0
+    won = session.execute(
+        update(Issue)
+        .where(Issue.id == issue.id, Issue.status.in_(PUBLISHABLE_STATES))
+        .values(
+            status=IssueStatus.PUBLISHING,
+            error=None,
+            scheduled_at=None,
+            published_at=func.coalesce(Issue.published_at, now),
+            pipeline_heartbeat_at=now,
+            audience_max_subscriber_id=func.coalesce(Issue.audience_max_subscriber_id, highest),  # see freeze_audience
+        )
+        .execution_options(synchronize_session=False)
+    ).rowcount  # type: ignore[attr-defined]
     session.commit()
+    session.refresh(issue)
+    if not won:
+        raise IssueError(f"issue {issue.number} is already being published ({issue.status})")
 
 
 def attach_related(session: Session, settings: Settings, issue_id: int, k: int = RELATED_PER_ARTICLE) -> dict[str, int]:
@@ -305,7 +323,20 @@ def plan_deliveries(session: Session, settings: Settings, issue_id: int, enqueue
         session.execute(update(Issue).where(Issue.id == issue_id).values(pipeline_heartbeat_at=now))  # progress
         session.commit()
         for start in range(0, len(ids), settings.batch_size):
-            enqueue(issue_id, ids[start : start + settings.batch_size])
+            try:
+                enqueue(issue_id, ids[start : start + settings.batch_size])
+            except Exception:
+                # The broker is away: these rows were never handed over. Say so in the ledger, so that
+                # planning run again (the sweeper restarts it) enqueues them, then let the caller decide.
+                session.rollback()
+                session.execute(
+                    update(Delivery)
+                    .where(Delivery.id.in_(ids[start:]))
+                    .values(enqueued_at=None)
+                    .execution_options(synchronize_session=False)
+                )
+                session.commit()
+                raise
     issue = session.get_one(Issue, issue_id)
     if issue.status == IssueStatus.PUBLISHING:
         issue.status = IssueStatus.SENDING
@@ -324,15 +355,41 @@ def heartbeat(session: Session, issue_id: int) -> None:
 
 
 def finish_if_done(session: Session, issue_id: int) -> bool:
-    """Mark a ``sending`` issue ``sent`` once every delivery is final; commits. Returns True if it did."""
+    """End a ``sending`` issue once every delivery is final; commits. Returns True if this call ended it.
+
+    It ends ``sent`` when at least one message went out or nothing failed, and ``failed`` (with the
+    count and the last error in ``Issue.error``) when deliveries failed and none was sent: an issue
+    nobody received is not reported as sent. One conditional UPDATE, so two finishers end it once.
+    """
     issue = session.get(Issue, issue_id)
-    if issue is None or issue.status != IssueStatus.SENDING or ledger.count_open(session, issue_id):
+    if issue is None or issue.status != IssueStatus.SENDING:
         return False
-    issue.status = IssueStatus.SENT
-    issue.finished_at = utcnow()
+    rows = session.execute(select(Delivery.status, func.count()).where(Delivery.issue_id == issue_id).group_by(Delivery.status))
+    by_state = {state: n for state, n in rows}
+    if any(n for state, n in by_state.items() if state not in FINAL_DELIVERY_STATES):
+        return False
+    failed = by_state.get(DeliveryStatus.FAILED, 0)
+    delivered = by_state.get(DeliveryStatus.SENT, 0) + by_state.get(DeliveryStatus.BOUNCED, 0)
+    values: dict[str, object] = {"status": IssueStatus.SENT, "finished_at": utcnow()}
+    if failed and not delivered:
+        last = session.scalar(
+            select(Delivery.last_error)
+            .where(Delivery.issue_id == issue_id, Delivery.status == DeliveryStatus.FAILED)
+            .order_by(Delivery.updated_at.desc())
+            .limit(1)
+        )
+        values.update(status=IssueStatus.FAILED, error=f"every delivery failed ({failed}); last error: {last}"[:4000])
+    won = session.execute(
+        update(Issue)
+        .where(Issue.id == issue_id, Issue.status == IssueStatus.SENDING)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    ).rowcount  # type: ignore[attr-defined]
     session.commit()
-    log.info("issue %s sent", issue.number)
-    return True
+    if won:
+        session.refresh(issue)
+        log.info("issue %s %s", issue.number, issue.status)
+    return bool(won)
 
 
 def fail_issue(session: Session, issue_id: int, reason: str) -> None:

@@ -7,7 +7,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from newsletter import control, publishing, sweeper
 from newsletter.config import Settings
@@ -19,13 +19,32 @@ from newsletter.models import FINAL_DELIVERY_STATES, Issue, IssueStatus
 Progress = Callable[[int, int], None]  # (final deliveries, total deliveries)
 
 
+STALL_WARNING_SECONDS = 15.0  # a followed publish that shows no progress this long asks whether a worker is there
+
+
+class BrokerUnavailable(RuntimeError):
+    """The broker (``REDIS_URL``) cannot be reached; ``str()`` is one line for the editor."""
+
+
 @dataclass
 class PublishOutcome:
-    """How a followed publish ended."""
+    """How a followed publish ended: the issue's status, and its deliveries per state."""
 
     number: int
     status: str
     error: str | None
+    by_state: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> int:
+        """Deliveries that failed permanently."""
+        return self.by_state.get("failed", 0)
+
+    def summary(self) -> str:
+        """``sent 57, failed 3, skipped 2`` (every state with deliveries, in lifecycle order)."""
+        order = ("sent", "failed", "skipped", "bounced", "deferred", "sending", "pending")
+        parts = [f"{state} {self.by_state[state]}" for state in order if self.by_state.get(state)]
+        return ", ".join(parts) or "no deliveries"
 
 
 def start_publish(settings: Settings, number: int) -> tuple[int, threading.Thread | None]:
@@ -37,16 +56,31 @@ def start_publish(settings: Settings, number: int) -> tuple[int, threading.Threa
 
     Raises:
         IssueError, RenderError: the issue cannot be published (nothing was changed).
+        BrokerUnavailable: the broker cannot be reached. Checked first, so normally nothing changed;
+            if it went away between the check and the enqueue, the issue stays ``publishing`` and the
+            sweeper starts its pipeline once the broker is back (the message says so).
     """
-    from tasks.publish import publish_pipeline, use_settings  # Celery lives at the edge
+    from tasks.app import broker_problem, is_broker_error, use_settings  # Celery lives at the edge
+    from tasks.publish import publish_pipeline
 
     use_settings(settings)
+    if not settings.embedded and (problem := broker_problem()):
+        where = settings.describe()["REDIS_URL"]
+        raise BrokerUnavailable(f"cannot reach the broker at {where} ({problem}); issue {number} was not changed")
     with session_factory(settings.database_url)() as session:
         issue = get_issue(session, number)
         publishing.request_publish(session, settings, issue)
         issue_id = issue.id
     if not settings.embedded:
-        publish_pipeline(issue_id).apply_async()
+        try:
+            publish_pipeline(issue_id).apply_async()
+        except Exception as exc:
+            if not is_broker_error(exc):
+                raise
+            raise BrokerUnavailable(
+                f"the broker at {settings.describe()['REDIS_URL']} went away ({str(exc).splitlines()[0]}); issue {number} "
+                "is publishing and the sweeper (celery beat) starts it by itself once the broker is back"
+            ) from exc
         return issue_id, None
 
     def run() -> None:
@@ -60,28 +94,50 @@ def start_publish(settings: Settings, number: int) -> tuple[int, threading.Threa
 
 
 def follow(
-    settings: Settings, issue_id: int, progress: Progress | None = None, poll: float = 0.5, timeout: float | None = None
+    settings: Settings,
+    issue_id: int,
+    progress: Progress | None = None,
+    poll: float = 0.5,
+    timeout: float | None = None,
+    on_stall: Callable[[float], None] | None = None,
+    stall_after: float = STALL_WARNING_SECONDS,
 ) -> PublishOutcome:
-    """Poll the ledger until the issue is ``sent`` or ``failed`` (or ``timeout`` seconds pass).
+    """Poll the ledger until the issue is ``sent``, ``failed``, ``paused`` or ``cancelled`` (or
+    ``timeout`` seconds pass).
 
+    ``on_stall(seconds)`` is called once when nothing has moved (issue status, pipeline heartbeat,
+    deliveries per state) for ``stall_after`` seconds, e.g. to ask whether any worker is listening.
     In the embedded mode this process is also the sweeper: deferred deliveries are re-sent here when
     due, since no beat process runs.
     """
-    from tasks.publish import enqueue_send, use_settings
+    from tasks.app import use_settings
+    from tasks.publish import enqueue_send
 
     use_settings(settings)
     factory = session_factory(settings.database_url)
     deadline = None if timeout is None else time.monotonic() + timeout
     last_sweep = 0.0
+    seen: object = None
+    moved_at = time.monotonic()
+    warned = False
     while True:
         with factory() as session:
             issue = session.get_one(Issue, issue_id)
             counts = ledger.counts(session, issue_id)
             done = sum(n for (state, _), n in counts.items() if state in FINAL_DELIVERY_STATES)
+            by_state: dict[str, int] = {}
+            for (state, _lang), n in counts.items():
+                by_state[state] = by_state.get(state, 0) + n
             if progress:
                 progress(done, sum(counts.values()))
             if issue.status in (IssueStatus.SENT, IssueStatus.FAILED, IssueStatus.PAUSED, IssueStatus.CANCELLED):
-                return PublishOutcome(issue.number, str(issue.status), issue.error)
+                return PublishOutcome(issue.number, str(issue.status), issue.error, by_state)
+            state = (issue.status, issue.pipeline_heartbeat_at, sorted(by_state.items()))
+            if state != seen:
+                seen, moved_at = state, time.monotonic()
+            elif on_stall is not None and not warned and time.monotonic() - moved_at >= stall_after:
+                warned = True
+                on_stall(time.monotonic() - moved_at)
             if (
                 settings.embedded
                 and issue.status == IssueStatus.SENDING
@@ -90,7 +146,7 @@ def follow(
                 sweeper.sweep(session, settings, enqueue_send)
                 last_sweep = time.monotonic()
         if deadline is not None and time.monotonic() > deadline:
-            return PublishOutcome(issue.number, str(issue.status), "still running: gave up following")
+            return PublishOutcome(issue.number, str(issue.status), "still running: gave up following", by_state)
         time.sleep(poll)
 
 
@@ -104,7 +160,8 @@ def resume_publish(settings: Settings, number: int, *, background: bool = False)
     Raises:
         IssueError: the issue is not paused (checked before anything is sent).
     """
-    from tasks.publish import enqueue_send, plan_deliveries, use_settings
+    from tasks.app import use_settings
+    from tasks.publish import enqueue_send, plan_deliveries
 
     use_settings(settings)
     later: list[tuple[int, list[int]]] = []
@@ -134,7 +191,8 @@ def requeue_publish(settings: Settings, number: int, *, background: bool = False
     Raises:
         IssueError: the issue is not planned (checked before anything is sent).
     """
-    from tasks.publish import enqueue_send, use_settings
+    from tasks.app import use_settings
+    from tasks.publish import enqueue_send
 
     use_settings(settings)
     later: list[tuple[int, list[int]]] = []

@@ -9,9 +9,12 @@ from pathlib import Path
 
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
+from newsletter.db import first_line
 from newsletter.models import LANGUAGES, Subscriber, SubscriberStatus, utcnow
+from newsletter.textfiles import control_character, open_text
 
 
 class InvalidAddress(ValueError):
@@ -70,33 +73,67 @@ class SubscriberImportReport:
 CORE_COLUMNS = ("email", "name", "lang", "topics", "signed_up", "status")  # status (as exported) is never imported
 
 
-def import_subscribers(session: Session, path: Path, *, status: SubscriberStatus = SubscriberStatus.ACTIVE) -> SubscriberImportReport:
-    """Import a CSV with columns ``email, name, lang, topics`` (topics separated by ``;`` or ``|``), an
-    optional ``signed_up`` (ISO 8601 date or time: the signup date segments can select on), and any other
-    columns, which become string attributes (``plan``, ``country`` ...; empty cells are left out).
+NAME_LENGTH = 256  # newsletter.models.Subscriber.name
+
+
+def clean_name(value: str) -> str:
+    """A display name fit for a ``To`` header: line breaks and tabs become single spaces (a CR LF would
+    otherwise fail every message to this person, as header injection, RFC 5322 §2.2).
+
+    Raises:
+        ValueError: another control character (NUL ...), or longer than `NAME_LENGTH`.
+    """
+    if where := control_character(value):
+        raise ValueError(f"the name contains a control character ({where})")
+    name = " ".join(value.split())
+    if len(name) > NAME_LENGTH:
+        raise ValueError(f"the name is longer than {NAME_LENGTH} characters")
+    return name
+
+
+def import_subscribers(
+    session: Session, path: Path, *, status: SubscriberStatus = SubscriberStatus.ACTIVE, encoding: str = "utf-8"
+) -> SubscriberImportReport:
+    """Import a CSV in ``encoding`` with columns ``email, name, lang, topics`` (topics separated by ``;``
+    or ``|``), an optional ``signed_up`` (ISO 8601 date or time: the signup date segments can select on),
+    and any other columns, which become string attributes (``plan``, ``country`` ...; empty cells are
+    left out).
 
     Addresses that differ only in the case of their domain are one subscriber: later rows update the
     name, language, topics and attributes of the earlier one. Invalid rows are reported with their line
-    number. Existing unsubscribed or bounced subscribers keep their status (an import never re-subscribes).
-    An address erased on request after it had opted out is refused (see `newsletter.erasure`).
+    number and the others imported: a bad address or language, more cells than the header names, a
+    control character (NUL ...) in any cell; line breaks in a name are turned into spaces. Existing
+    unsubscribed or bounced subscribers keep their status (an import never re-subscribes). An address
+    erased on request after it had opted out is refused (see `newsletter.erasure`). If the database
+    refuses a chunk, its rows are stored one by one, so one bad row never costs the good ones.
+
+    Raises:
+        FileEncodingError: the file is not in ``encoding`` (nothing was imported).
+        ValueError: the header names no ``email`` column.
     """
     from newsletter.erasure import is_erased_suppressed
 
     report = SubscriberImportReport()
     rows: dict[str, dict[str, object]] = {}
-    with path.open(encoding="utf-8-sig", newline="") as handle:
+    lines: dict[str, int] = {}
+    with open_text(path, encoding, newline="") as handle:
         reader = csv.DictReader(handle)
         if not reader.fieldnames or "email" not in [f.strip().lower() for f in reader.fieldnames]:
             raise ValueError(f"{path}: the header must name an 'email' column")
-        for row in reader:
-            row = {(k or "").strip().lower(): (v or "").strip() for k, v in row.items()}
+        width = len(reader.fieldnames)
+        for raw in reader:
             line = reader.line_num
+            if None in raw:  # csv.DictReader's restkey: cells beyond the header
+                report.errors.append(f"line {line}: {width + len(raw[None])} cells, but the header names {width} columns")  # type: ignore[index, arg-type]
+                continue
             try:
+                row = _cells(raw)
                 email = normalise_address(row.get("email", ""))
                 if is_erased_suppressed(session, email):
                     raise ValueError(f"{email} was erased on its owner's request after opting out; it is not imported again")
                 lang = normalise_lang(row.get("lang") or None)
                 signed_up = _signup(row.get("signed_up"))
+                name = clean_name(row.get("name", ""))
             except ValueError as exc:
                 report.errors.append(f"line {line}: {exc}")
                 continue
@@ -105,33 +142,63 @@ def import_subscribers(session: Session, path: Path, *, status: SubscriberStatus
             if email in rows:
                 report.merged += 1
                 attributes = {**rows[email]["attributes"], **attributes}  # type: ignore[dict-item]
-            rows[email] = {"name": row.get("name", ""), "lang": lang, "topics": topics, "attributes": attributes}
+            rows[email] = {"name": name, "lang": lang, "topics": topics, "attributes": attributes}
+            lines[email] = line
             if signed_up is not None:
                 rows[email]["created_at"] = signed_up
 
     emails = list(rows)
     for start in range(0, len(emails), 1000):
         chunk = emails[start : start + 1000]
-        existing = {s.email: s for s in session.scalars(select(Subscriber).where(Subscriber.email.in_(chunk)))}
-        for email in chunk:
-            values = rows[email]
-            subscriber = existing.get(email)
-            if subscriber is None:
-                now = utcnow()
-                session.add(
-                    Subscriber(email=email, status=status, confirmed_at=now if status == SubscriberStatus.ACTIVE else None, **values)
-                )
-                report.created += 1
-                continue
-            values = {**values, "attributes": {**(subscriber.attributes or {}), **values["attributes"]}}  # type: ignore[dict-item]
-            if all(getattr(subscriber, key) == value for key, value in values.items()):
-                report.unchanged += 1
-                continue
-            for key, value in values.items():
-                setattr(subscriber, key, value)
-            report.updated += 1
-        session.commit()
+        try:
+            _store(session, chunk, rows, status, report)
+        except DBAPIError:
+            session.rollback()
+            for email in chunk:  # find the row the database refused; keep the others
+                try:
+                    _store(session, [email], rows, status, report)
+                except DBAPIError as exc:
+                    session.rollback()
+                    report.errors.append(f"line {lines[email]}: refused by the database: {first_line(exc)}")
     return report
+
+
+def _cells(raw: dict[str | None, str | None]) -> dict[str, str]:
+    """Header names lower-cased and cells stripped; a control character in any cell is refused.
+
+    Raises:
+        ValueError: naming the column.
+    """
+    row = {(k or "").strip().lower(): (v or "").strip() for k, v in raw.items() if isinstance(v, str | None)}
+    for key, value in row.items():
+        if key != "name" and (where := control_character(value)):
+            raise ValueError(f"column {key!r} contains a control character ({where})")
+    return row
+
+
+def _store(
+    session: Session, chunk: list[str], rows: dict[str, dict[str, object]], status: SubscriberStatus, report: SubscriberImportReport
+) -> None:
+    """Create or update the subscribers of ``chunk`` and commit; ``report`` counts them once committed."""
+    created = updated = unchanged = 0
+    existing = {s.email: s for s in session.scalars(select(Subscriber).where(Subscriber.email.in_(chunk)))}
+    for email in chunk:
+        values = rows[email]
+        subscriber = existing.get(email)
+        if subscriber is None:
+            now = utcnow()
+            session.add(Subscriber(email=email, status=status, confirmed_at=now if status == SubscriberStatus.ACTIVE else None, **values))
+            created += 1
+            continue
+        values = {**values, "attributes": {**(subscriber.attributes or {}), **values["attributes"]}}  # type: ignore[dict-item]
+        if all(getattr(subscriber, key) == value for key, value in values.items()):
+            unchanged += 1
+            continue
+        for key, value in values.items():
+            setattr(subscriber, key, value)
+        updated += 1
+    session.commit()
+    report.created, report.updated, report.unchanged = report.created + created, report.updated + updated, report.unchanged + unchanged
 
 
 def _signup(value: str | None) -> datetime | None:

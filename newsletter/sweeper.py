@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from newsletter.config import Settings
 from newsletter.delivery import ledger
-from newsletter.models import Delivery, DeliveryStatus, Issue, IssueStatus, utcnow
+from newsletter.models import FINAL_DELIVERY_STATES, Delivery, DeliveryStatus, Issue, IssueStatus, utcnow
 from newsletter.publishing import Enqueue, finish_if_done
 from newsletter.scheduling import fire_due_schedules
 
@@ -33,6 +33,7 @@ class SweepResult:
     cancelled_leftovers: int = 0
     auto_paused: list[int] = field(default_factory=list)
     restarted: list[int] = field(default_factory=list)
+    exhausted: int = 0  # expired claims failed because their last allowed attempt was used
 
 
 def sweep(
@@ -62,6 +63,7 @@ def sweep(
     if start is not None:
         result.restarted = restart_stalled_pipelines(session, now, requeue_after, start)
     result.auto_paused = auto_pause_failing(session, settings)
+    result.exhausted = ledger.fail_exhausted_claims(session, now, settings.retry.max_attempts)
     sending = set(session.scalars(select(Issue.id).where(Issue.status == IssueStatus.SENDING)))
     due: dict[int, list[int]] = defaultdict(list)
     for issue_id, delivery_id in ledger.due_for_enqueue(session, now, requeue_after):
@@ -112,7 +114,7 @@ def auto_pause_failing(session: Session, settings: Settings) -> list[int]:
     """Pause every issue under way whose permanent failures reach ``settings.pause_after_failures`` and
     outnumber its sent messages — a relay refusing everything, not a few dead addresses — instead of
     burning the whole list against it. The reason goes into ``Issue.error``; `resume` continues. Commits.
-    Returns the ids paused.
+    Returns the ids paused. (The sender applies the same rule during a batch: `pause_if_failing`.)
     """
     if settings.pause_after_failures <= 0:
         return []
@@ -124,26 +126,50 @@ def auto_pause_failing(session: Session, settings: Settings) -> list[int]:
         .where(Issue.status.in_([IssueStatus.PUBLISHING, IssueStatus.SENDING]))
         .group_by(Delivery.issue_id)
     ).all()
-    paused = []
-    for issue_id, n_failed, n_sent in rows:
-        if n_failed >= settings.pause_after_failures and n_failed > n_sent:
-            last = session.scalar(
-                select(Delivery.last_error)
-                .where(Delivery.issue_id == issue_id, Delivery.status == DeliveryStatus.FAILED)
-                .order_by(Delivery.updated_at.desc())
-                .limit(1)
-            )
-            won = session.execute(
-                update(Issue)
-                .where(Issue.id == issue_id, Issue.status.in_([IssueStatus.PUBLISHING, IssueStatus.SENDING]))
-                .values(status=IssueStatus.PAUSED, error=f"auto-paused: {n_failed} failed vs {n_sent} sent; last error: {last}")
-                .execution_options(synchronize_session=False)
-            ).rowcount  # type: ignore[attr-defined]
-            session.commit()
-            if won:
-                log.warning("issue id %s auto-paused: %s failed vs %s sent", issue_id, n_failed, n_sent)
-                paused.append(issue_id)
-    return paused
+    return [
+        issue_id
+        for issue_id, n_failed, n_sent in rows
+        if n_failed >= settings.pause_after_failures and n_failed > n_sent and _pause(session, issue_id, n_failed, n_sent)
+    ]
+
+
+def pause_if_failing(session: Session, settings: Settings, issue_id: int) -> bool:
+    """`auto_pause_failing` for one issue, as the sender checks it during a batch that sees more
+    failures than messages sent: the pause then holds back what is not yet sent even when the whole
+    issue would otherwise finish between two sweeps. Pauses only while deliveries are still open (a
+    finished issue is reported as it ended, see `publishing.finish_if_done`). Commits; True if paused.
+    """
+    if settings.pause_after_failures <= 0:
+        return False
+    n_failed, n_sent, n_open = session.execute(
+        select(
+            func.count().filter(Delivery.status == DeliveryStatus.FAILED),
+            func.count().filter(Delivery.status == DeliveryStatus.SENT),
+            func.count().filter(Delivery.status.not_in(FINAL_DELIVERY_STATES)),
+        ).where(Delivery.issue_id == issue_id)
+    ).one()
+    if n_failed >= settings.pause_after_failures and n_failed > n_sent and n_open:
+        return _pause(session, issue_id, n_failed, n_sent)
+    return False
+
+
+def _pause(session: Session, issue_id: int, n_failed: int, n_sent: int) -> bool:
+    last = session.scalar(
+        select(Delivery.last_error)
+        .where(Delivery.issue_id == issue_id, Delivery.status == DeliveryStatus.FAILED)
+        .order_by(Delivery.updated_at.desc())
+        .limit(1)
+    )
+    won = session.execute(
+        update(Issue)
+        .where(Issue.id == issue_id, Issue.status.in_([IssueStatus.PUBLISHING, IssueStatus.SENDING]))
+        .values(status=IssueStatus.PAUSED, error=f"auto-paused: {n_failed} failed vs {n_sent} sent; last error: {last}")
+        .execution_options(synchronize_session=False)
+    ).rowcount  # type: ignore[attr-defined]
+    session.commit()
+    if won:
+        log.warning("issue id %s auto-paused: %s failed vs %s sent", issue_id, n_failed, n_sent)
+    return bool(won)
 
 
 def restart_stalled_pipelines(session: Session, now: datetime, stale_after: float, start: Callable[[int], None]) -> list[int]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+from collections.abc import Sequence
 
 
 class BadToken(ValueError):
@@ -26,12 +27,16 @@ def sign(secret: str, purpose: str, subscriber_id: int, issue_id: int = 0) -> st
     return f"{payload}.{_b64(mac)}"
 
 
-def verify(secret: str, purpose: str, token: str) -> tuple[int, int]:
+def verify(secret: str | Sequence[str], purpose: str, token: str) -> tuple[int, int]:
     """Check a token made by `sign` and return ``(subscriber_id, issue_id)``.
 
+    ``secret`` may be several keys (``Settings.secret_keys``, newest first): a token signed with any of
+    them is good, so rotating the key does not break the links already in subscribers' mailboxes.
+
     Raises:
-        BadToken: malformed, or signed for another purpose or with another secret.
+        BadToken: malformed, or signed for another purpose or with none of the secrets.
     """
+    secrets = (secret,) if isinstance(secret, str) else tuple(secret)
     try:
         sub, issue, mac = token.split(".")
         subscriber_id, issue_id = int(sub), int(issue)
@@ -39,19 +44,22 @@ def verify(secret: str, purpose: str, token: str) -> tuple[int, int]:
         raise BadToken("malformed token") from exc
     if f"{subscriber_id}.{issue_id}" != f"{sub}.{issue}":
         raise BadToken("malformed token")  # "+7" or "007": not the text that was signed
-    expected = hmac.new(secret.encode(), f"{purpose}:{sub}.{issue}".encode(), hashlib.sha256).digest()[:16]
-    # Compare the text, not decoded bytes: base64 decoders ignore spare bits and padding, which would
-    # let several spellings of one signature pass.
-    if not hmac.compare_digest(mac.encode("ascii", "replace"), _b64(expected).encode()):
-        raise BadToken("bad signature")
-    return subscriber_id, issue_id
+    for key in secrets:
+        expected = hmac.new(key.encode(), f"{purpose}:{sub}.{issue}".encode(), hashlib.sha256).digest()[:16]
+        # Compare the text, not decoded bytes: base64 decoders ignore spare bits and padding, which would
+        # let several spellings of one signature pass.
+        if hmac.compare_digest(mac.encode("ascii", "replace"), _b64(expected).encode()):
+            return subscriber_id, issue_id
+    raise BadToken("bad signature")
 
 
 def message_id(secret: str, issue_id: int, subscriber_id: int, domain: str) -> str:
     """The deterministic Message-ID (RFC 5322 §3.6.4) of one delivery.
 
     The same (issue, subscriber) always yields the same id, so a re-sent message is recognisable as
-    the same message; the keyed hash keeps subscriber ids from being guessable in it.
+    the same message; the keyed hash keeps subscriber ids from being guessable in it. The id is stored
+    on the delivery row when it is planned and read from there at send time, so a key rotation while
+    an issue is under way does not change the id of a message already planned.
     """
     mac = hmac.new(secret.encode(), f"msgid:{issue_id}:{subscriber_id}".encode(), hashlib.sha256).hexdigest()[:16]
     return f"<issue{issue_id}.{subscriber_id}.{mac}@{domain}>"

@@ -1,9 +1,15 @@
-"""Celery tasks (thin wrappers over `newsletter`). Run a worker with ``celery -A tasks worker``."""
+"""Celery tasks (thin wrappers over `newsletter`). Run a worker with ``celery -A tasks worker``.
 
-from tasks.app import make_app
+`tasks.app` defines the app and the process's settings; `tasks.publish` defines the tasks on it. This
+module only wires them: importing it gives ``celery -A tasks`` the app with every task registered.
+"""
 
-app = make_app()
+# tasks.app must be imported first: it sets up Prometheus's multiprocess storage before tasks.publish
+# imports newsletter.metrics, whose unlabelled counters take their storage when they are created.
+# isort: off
+from tasks.app import app
+from tasks import publish
 
-from tasks import publish  # noqa: E402  (registers the tasks on `app`)
+# isort: on
 
 __all__ = ["app", "publish"]

@@ -1,18 +1,34 @@
-"""The Celery application: broker, queues, routes, delivery-safety settings and the beat schedule."""
+"""The Celery application: broker, queues, routes, delivery-safety settings, the beat schedule, and the
+settings this process's tasks use.
+
+Dependencies go one way: task modules (`tasks.publish`) import `app` and `settings` from here, this
+module imports no task module, and ``tasks/__init__`` imports both so that ``celery -A tasks`` finds
+the app with its tasks registered.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
 import tempfile
-from typing import Any
+from functools import cache
+from typing import Any, NoReturn
 
 from celery import Celery
-from celery.signals import after_setup_logger, after_setup_task_logger, worker_init, worker_process_init, worker_process_shutdown
-from kombu import Exchange, Queue
+from celery.signals import (
+    after_setup_logger,
+    after_setup_task_logger,
+    beat_init,
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+)
+from kombu import Exchange, Queue, pools
 
 from newsletter import logs
-from newsletter.config import Settings, load_settings
+from newsletter.config import Settings, SettingsError, load_settings
 
 
 def _prepare_multiprocess_metrics() -> None:
@@ -30,18 +46,47 @@ def _prepare_multiprocess_metrics() -> None:
 _prepare_multiprocess_metrics()
 
 # Longest time a message may sit unacknowledged before Redis hands it to another worker. Our tasks
-# use no countdowns (retry times live in the delivery row), so it only needs to exceed the longest
-# task run: a send batch of NEWSLETTER_BATCH_SIZE messages.
+# use no long countdowns (retry times live in the delivery row; a send batch that found the database
+# away retries after 2 s), so it only needs to exceed the longest task run: a send batch of
+# NEWSLETTER_BATCH_SIZE messages.
 VISIBILITY_TIMEOUT = 2 * 3600
 QUEUES = ("render", "plan", "send")
+
+_startup_errors: list[SettingsError] = []  # why the environment's settings could not be loaded at import
+_override: list[Settings] = []
+
+
+@cache
+def settings() -> Settings:
+    """Settings, read once per process from the environment (or as set by `use_settings`).
+
+    Raises:
+        SettingsError: the environment's settings are not usable.
+    """
+    return _override[-1] if _override else load_settings()
+
+
+def use_settings(new: Settings) -> None:
+    """Run this process's task layer with ``new`` (the CLI, the demo, tests): the database the tasks
+    use, and the broker, or eager in-process execution when ``new`` has no broker."""
+    _override[:] = [new]
+    _startup_errors.clear()
+    settings.cache_clear()
+    configure(app, new)
 
 
 def make_app(settings: Settings | None = None) -> Celery:
     """Build the Celery app for ``settings`` (default: the environment).
 
-    Without ``REDIS_URL`` tasks run eagerly in the calling process (the embedded default).
+    Without ``REDIS_URL`` tasks run eagerly in the calling process (the embedded default). When the
+    environment's settings are not usable the app is still built (so that ``celery -A tasks`` can
+    import it) and `check_at_start` refuses to run a worker or beat with it.
     """
-    settings = settings or load_settings()
+    if settings is None:
+        try:
+            settings = load_settings()
+        except SettingsError as exc:
+            _startup_errors[:] = [exc]
     app = Celery("newsletter")
     app.conf.update(
         task_eager_propagates=True,
@@ -78,13 +123,22 @@ def make_app(settings: Settings | None = None) -> Celery:
     return app
 
 
-def configure(app: Celery, settings: Settings) -> None:
+def configure(app: Celery, settings: Settings | None) -> None:
     """Apply the settings-dependent parts: broker (or eager mode) and the sweep schedule."""
+    if settings is None:  # unusable settings: a worker or beat started with them stops in check_at_start
+        app.conf.update(broker_url=os.environ.get("REDIS_URL") or "memory://localhost/", task_always_eager=False)
+        return
     broker = settings.redis_url or "memory://localhost/"
     if app.conf.broker_url != broker:
-        # Drop the connection and producer pools bound to the old broker (Celery caches both).
+        # Drop the connection and producer pools bound to the old broker. Celery caches both, and they
+        # live in kombu's global registry keyed by broker URL: closed in place and left there, they would
+        # fail the next switch back to that URL ("Acquire on closed pool"), so they leave the registry too.
         if app._pool is not None:
+            old = app.connection_for_write()
             app._pool.force_close_all()
+            for group in (pools.connections, pools.producers):
+                with contextlib.suppress(KeyError):
+                    del group[old]
             app._pool = None
         app.amqp._producer_pool = None
     app.conf.update(
@@ -96,11 +150,42 @@ def configure(app: Celery, settings: Settings) -> None:
     )
 
 
+def is_broker_error(exc: BaseException) -> bool:
+    """True when ``exc`` says the broker cannot be reached (refused, reset, timed out), as opposed to a
+    bug or a bad message: the work is still in the database and can be enqueued again later."""
+    import redis.exceptions
+    from kombu.exceptions import OperationalError
+
+    return isinstance(exc, OperationalError | redis.exceptions.ConnectionError | redis.exceptions.TimeoutError | ConnectionError)
+
+
+def broker_problem(timeout: float = 3.0) -> str | None:
+    """None when this process's broker answers within ``timeout`` seconds, else why not (one line)."""
+    try:
+        with app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0.2, timeout=timeout)
+    except Exception as exc:
+        if not is_broker_error(exc):
+            raise
+        return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return None
+
+
+def workers_listening(timeout: float = 1.0) -> bool:
+    """True when at least one worker answers a remote-control ping within ``timeout`` seconds."""
+    try:
+        return bool(app.control.ping(timeout=timeout))
+    except Exception as exc:
+        if not is_broker_error(exc):
+            raise
+        return False
+
+
 def longest_unacked_seconds(settings: Settings) -> float:
     """The longest a task message may stay unacknowledged in normal operation (seconds).
 
-    No task uses a countdown or ETA (retry times live in the delivery row), so this is the longest
-    task run: a send batch whose every message waits the full SMTP timeout, or a claim's lease.
+    No task uses a long countdown or ETA (retry times live in the delivery row), so this is the
+    longest task run: a send batch whose every message waits the full SMTP timeout, or a claim's lease.
     """
     return max(settings.lease_seconds, settings.batch_size * settings.smtp_timeout)
 
@@ -122,45 +207,61 @@ def check_visibility_timeout(app: Celery, settings: Settings) -> None:
         )
 
 
-def check_lease(settings: Settings) -> str | None:
-    """A warning when one message's send (connect, MAIL, RCPT, DATA: up to 4 x SMTP_TIMEOUT) could outlast
-    the half lease a claim is renewed at, so a slow relay could let another worker take it over."""
-    if settings.lease_seconds / 2 < 4 * settings.smtp_timeout:
-        return (
-            f"NEWSLETTER_LEASE_SECONDS={settings.lease_seconds:g} is short for SMTP_TIMEOUT={settings.smtp_timeout:g}: "
-            f"use at least {8 * settings.smtp_timeout:g} so a slow send cannot outlive its claim"
-        )
-    return None
+def _refuse(message: str) -> NoReturn:
+    """Stop a starting worker or beat with one line on stderr and exit status 2 (as the CLI does)."""
+    # The real stderr: beat redirects sys.stderr into its log by the time its signal fires.
+    print(f"error: {message}", file=sys.__stderr__ or sys.stderr, flush=True)
+    raise SystemExit(2)  # a BaseException: Celery's signal dispatch lets it through and the process exits
+
+
+def check_at_start(app: Celery) -> None:
+    """What every worker and beat checks before it runs anything: settings usable, the schema current,
+    and the broker's visibility timeout longer than any task. Exits with status 2 and one line if not."""
+    from newsletter.db import SchemaOutOfDate, check_schema
+
+    if _startup_errors:
+        _refuse(str(_startup_errors[0]))
+    try:
+        current = settings()
+    except SettingsError as exc:
+        _refuse(str(exc))
+    try:
+        check_schema(current.database_url)  # refuse to run tasks against a schema this code does not know
+    except SchemaOutOfDate as exc:
+        _refuse(str(exc))
+    except Exception as exc:  # the database is down or the URL points nowhere: say so in one line
+        _refuse(f"cannot reach the database at {current.describe()['DATABASE_URL']}: {str(exc).splitlines()[0]}")
+    try:
+        check_visibility_timeout(app, current)
+    except RuntimeError as exc:
+        _refuse(str(exc))
 
 
 @after_setup_logger.connect
 @after_setup_task_logger.connect
 def _structured_logs(logger: logging.Logger, **_: Any) -> None:
     """Give Celery's log handlers the issue/delivery/task context (and JSON with NEWSLETTER_LOG_FORMAT=json)."""
-    from tasks.publish import settings
-
+    fmt = "json" if os.environ.get("NEWSLETTER_LOG_FORMAT", "").strip().lower() == "json" else "text"
     for handler in logger.handlers:
-        logs.install(handler, settings().log_format)
+        logs.install(handler, fmt)
 
 
 @worker_init.connect
 def _check_at_worker_start(sender: Any = None, **_: Any) -> None:
-    from newsletter.db import check_schema, get_engine
-    from tasks.publish import settings
+    from newsletter.db import get_engine
 
-    check_schema(settings().database_url)  # refuse to run tasks against a schema this code does not know
+    check_at_start(sender.app if sender is not None else app)
     get_engine(settings().database_url).dispose()  # no pooled connection may be inherited by the forked pool
-    check_visibility_timeout(sender.app if sender is not None else Celery(), settings())
-    warning = check_lease(settings())
-    if warning:
-        logging.getLogger(__name__).warning(warning)
+
+
+@beat_init.connect
+def _check_at_beat_start(sender: Any = None, **_: Any) -> None:
+    check_at_start(sender.app if sender is not None else app)
 
 
 @worker_init.connect
 def _serve_metrics(sender: Any = None, **_: Any) -> None:
     """Serve this worker's process metrics (all pool processes summed) on NEWSLETTER_METRICS_PORT."""
-    from tasks.publish import settings
-
     port = settings().metrics_port
     if not port or not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         return
@@ -175,7 +276,6 @@ def _serve_metrics(sender: Any = None, **_: Any) -> None:
 def _fresh_connections_after_fork(**_: Any) -> None:
     """A forked pool process must not use sockets opened by its parent (SQLAlchemy "pooling with multiprocessing")."""
     from newsletter.db import get_engine
-    from tasks.publish import settings
 
     get_engine(settings().database_url).dispose(close=False)
 
@@ -186,3 +286,6 @@ def _forget_dead_process(pid: int | None = None, **_: Any) -> None:
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(pid or os.getpid())
+
+
+app = make_app()

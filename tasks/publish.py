@@ -3,52 +3,51 @@
 from __future__ import annotations
 
 import logging
-from functools import cache
 
 from celery import Task, chain
 
 from newsletter import logs, publishing, sweeper
-from newsletter.config import Settings, load_settings
-from newsletter.db import session_factory
+from newsletter.config import Settings
+from newsletter.db import first_line, is_transient_db_error, session_factory
 from newsletter.delivery.mailers import Mailer, open_mailer
 from newsletter.delivery.ratelimit import with_rate_limit
 from newsletter.delivery.send import send_batch as send_batch_fn
-from tasks import app
-from tasks.app import configure
+from tasks.app import app, is_broker_error, settings
 
 log = logging.getLogger(__name__)
-
-
-_override: list[Settings] = []
-
-
-@cache
-def settings() -> Settings:
-    """Settings, read once per process from the environment (or as set by `use_settings`)."""
-    return _override[-1] if _override else load_settings()
-
-
-def use_settings(new: Settings) -> None:
-    """Run this process's task layer with ``new`` (the CLI's demo, tests): the database the tasks use,
-    and the broker, or eager in-process execution when ``new`` has no broker."""
-    _override[:] = [new]
-    settings.cache_clear()
-    configure(app, new)
 
 
 def _session():  # type: ignore[no-untyped-def]
     return session_factory(settings().database_url)()
 
 
+def is_outage(exc: BaseException) -> bool:
+    """True for an error that says a service is away (broker, database), not that the work is wrong."""
+    return is_broker_error(exc) or is_transient_db_error(exc)
+
+
 class IssueTask(Task):  # type: ignore[misc]
-    """A publish step: on any error the issue is marked failed with the reason, never left 'sending'."""
+    """A publish step: on an error in the work itself (a template, a segment) the issue is marked
+    failed with the reason, never left 'publishing'. When a service is away instead (the broker or the
+    database blinked) the issue is left ``publishing``: its heartbeat goes stale and the sweeper starts
+    the pipeline again once the service is back (every step is idempotent), so nothing is lost and no
+    editor has to publish again."""
 
     def run_step(self, issue_id: int, step, *args):  # type: ignore[no-untyped-def]
         """Run ``step(session, settings, issue_id, *args)`` with the issue and task bound to the logs."""
         with logs.bound(issue_id=issue_id, task_id=self.request.id), _session() as session:
             try:
+                publishing.heartbeat(session, issue_id)  # a worker took it: not stalled, whatever the step's length
                 return step(session, settings(), issue_id, *args)
             except Exception as exc:
+                if is_outage(exc):
+                    log.warning(
+                        "issue id %s: %s stopped: a service is unreachable (%s); the sweeper restarts the publish when it is back",
+                        issue_id,
+                        self.name,
+                        first_line(exc),
+                    )
+                    raise
                 log.exception("issue id %s: %s failed", issue_id, self.name)
                 publishing.fail_issue(session, issue_id, f"{self.name}: {type(exc).__name__}: {exc}")
                 raise
@@ -84,13 +83,28 @@ def _mailer(s: Settings, index: int) -> Mailer:
     return with_rate_limit(mailer, relay_url, s.redis_url)
 
 
+DB_RETRY_COUNTDOWN = 2.0  # seconds before a send batch that found the database away runs again
+DB_RETRIES = 60
+
+
 @app.task(bind=True, name="newsletter.send_batch")
 def send_batch(self: Task, issue_id: int, delivery_ids: list[int]) -> dict[str, int]:
-    """May run more than once for the same ids: see `newsletter.delivery.send.send_batch`."""
+    """May run more than once for the same ids: see `newsletter.delivery.send.send_batch`.
+
+    When the database is away before anything was claimed (or at the end, finishing the issue), the
+    task runs again a little later: re-running it is harmless, and the batch does not wait for the
+    sweeper. Outcomes of messages already sent are recorded inside `send_batch` itself.
+    """
     s = settings()
     with logs.bound(issue_id=issue_id, task_id=self.request.id), _session() as session:
-        result = send_batch_fn(session, s, issue_id, delivery_ids, lambda: _mailer(s, delivery_ids[0] if delivery_ids else 0))
-        publishing.finish_if_done(session, issue_id)
+        try:
+            result = send_batch_fn(session, s, issue_id, delivery_ids, lambda: _mailer(s, delivery_ids[0] if delivery_ids else 0))
+            publishing.finish_if_done(session, issue_id)
+        except Exception as exc:
+            if not is_transient_db_error(exc):
+                raise
+            log.warning("issue id %s: database unreachable (%s); running this batch again shortly", issue_id, first_line(exc))
+            raise self.retry(exc=exc, countdown=DB_RETRY_COUNTDOWN, max_retries=DB_RETRIES) from exc
     return dict(result.outcomes)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import email
 import socket
 import threading
@@ -46,10 +47,14 @@ class Recorder:
 
 
 class Handler:
-    """aiosmtpd handler: RCPT faults come from ``rcpt_fault``, DATA faults from ``data_fault``."""
+    """aiosmtpd handler: RCPT faults come from ``rcpt_fault``, DATA faults from ``data_fault``; the reply
+    to DATA comes ``data_delay`` seconds after the message arrived (a slow relay), each connection on
+    its own (the delay does not hold up the others)."""
 
-    def __init__(self, recorder: Recorder, rcpt_fault: Fault | None = None, data_fault: Fault | None = None) -> None:
-        self.recorder, self.rcpt_fault, self.data_fault = recorder, rcpt_fault, data_fault
+    def __init__(
+        self, recorder: Recorder, rcpt_fault: Fault | None = None, data_fault: Fault | None = None, data_delay: float = 0.0
+    ) -> None:
+        self.recorder, self.rcpt_fault, self.data_fault, self.data_delay = recorder, rcpt_fault, data_fault, data_delay
 
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: Any) -> str:
         with self.recorder.lock:
@@ -64,6 +69,8 @@ class Handler:
         return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if self.data_delay:
+            await asyncio.sleep(self.data_delay)
         address = envelope.rcpt_tos[0]
         reply = self.data_fault(address, self.recorder.attempts[address]) if self.data_fault else None
         if reply:
@@ -81,11 +88,11 @@ class Handler:
 class SMTPServer:
     """Context manager running the server on 127.0.0.1 on a free port."""
 
-    def __init__(self, rcpt_fault: Fault | None = None, data_fault: Fault | None = None) -> None:
+    def __init__(self, rcpt_fault: Fault | None = None, data_fault: Fault | None = None, data_delay: float = 0.0) -> None:
         self.recorder = Recorder()
         self.port = free_port()
         self.controller = Controller(
-            Handler(self.recorder, rcpt_fault, data_fault), hostname="127.0.0.1", port=self.port, decode_data=False
+            Handler(self.recorder, rcpt_fault, data_fault, data_delay), hostname="127.0.0.1", port=self.port, decode_data=False
         )
 
     @property

@@ -48,7 +48,7 @@ def site(tmp_path: Path, make_settings) -> Iterator[dict[str, Any]]:  # type: ig
     url = f"sqlite:///{tmp_path / 'web.db'}"
     upgrade(url)
     port = free_port()
-    settings = make_settings(url, NEWSLETTER_BASE_URL=f"http://127.0.0.1:{port}")
+    settings = make_settings(url, NEWSLETTER_BASE_URL=f"http://127.0.0.1:{port}", NEWSLETTER_ALLOW_HTTP="1")  # a local test server
     with session_factory(url)() as session:
         now = utcnow()
         article = Article(external_id="w1", title="Grid security rules tightened", summary="Utilities must patch in 30 days.",
@@ -61,7 +61,8 @@ def site(tmp_path: Path, make_settings) -> Iterator[dict[str, Any]]:  # type: ig
         sid = ann.id
     issue_id, _ = start_publish(settings, number)
     assert follow(settings, issue_id, timeout=60).status == "sent"
-    env = {**os.environ, "DATABASE_URL": url, "NEWSLETTER_SECRET_KEY": settings.secret_key, "NEWSLETTER_BASE_URL": settings.base_url}
+    env = {**os.environ, "DATABASE_URL": url, "NEWSLETTER_SECRET_KEY": settings.secret_key, "NEWSLETTER_BASE_URL": settings.base_url,
+           "NEWSLETTER_ALLOW_HTTP": "1"}  # fmt: skip
     env.pop("REDIS_URL", None)
     proc = subprocess.Popen([sys.executable, "-m", "newsletter.cli", "web", "--port", str(port)], cwd=ROOT, env=env,
                             stdout=(tmp_path / "web.log").open("wb"), stderr=subprocess.STDOUT)  # fmt: skip

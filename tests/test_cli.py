@@ -65,7 +65,7 @@ def test_main_job_from_the_command_line(cli_env: dict[str, str], tmp_path: Path)
     lines.insert(2, "{not json")
     corpus.write_text("\n".join(lines) + "\n", encoding="utf-8")
     result = CliRunner().invoke(main, ["articles", "import", str(corpus)])
-    assert result.exit_code == 0
+    assert result.exit_code == 1  # a record was rejected: the exit status says so
     assert "7 created" in result.output
     assert "line 3" in result.output and "1 rejected" in result.output  # the malformed line is named; the rest imported
 
@@ -80,8 +80,9 @@ def test_main_job_from_the_command_line(cli_env: dict[str, str], tmp_path: Path)
         "broken-address,X,en,\n",
         encoding="utf-8",
     )
-    out = run("subscribers", "import", str(csv_path))
-    assert "4 created, 0 updated, 0 unchanged, 1 merged, 1 rejected" in out
+    result = CliRunner().invoke(main, ["subscribers", "import", str(csv_path)])
+    assert result.exit_code == 1  # the broken address was rejected; the others imported
+    assert "4 created, 0 updated, 0 unchanged, 1 merged, 1 rejected" in result.output
 
     out = run("issue", "create", "--latest", "5", "--since", "2026-11-09", "--until", "2026-11-18", "--title", "en=Week 47")
     assert "issue 1 created with 5 articles; editions: en, zh-Hans, zh-Hant (converted)" in out
@@ -193,7 +194,8 @@ def test_ctrl_c_in_process_pauses_and_resume_finishes_once(tmp_path: Path) -> No
         session.commit()
     with SMTPServer() as smtp:
         env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "NEWSLETTER_OUTBOX")}
-        env.update(DATABASE_URL=url, SMTP_URL=smtp.url + "?rate=60", NEWSLETTER_HOME=str(tmp_path), NEWSLETTER_LEASE_SECONDS="300")
+        env.update(DATABASE_URL=url, SMTP_URL=smtp.url + "?rate=60", NEWSLETTER_HOME=str(tmp_path), NEWSLETTER_LEASE_SECONDS="300",
+                   NEWSLETTER_SECRET_KEY="ctrl-c-secret-key", NEWSLETTER_BASE_URL="https://news.example.org")  # fmt: skip
         cmd = [sys.executable, "-m", "newsletter.cli", "issue", "publish", "1"]
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 30
@@ -221,3 +223,31 @@ def test_an_old_or_empty_schema_asks_for_db_upgrade(cli_env: dict[str, str]) -> 
     assert "Error: the database has" in result.output and "run 'newsletter db upgrade'" in result.output
     run("db", "upgrade")
     assert CliRunner().invoke(main, ["issue", "list"]).exit_code == 0
+
+
+def test_the_demo_refuses_configured_services_and_never_mails_anyone_else(
+    cli_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Against a configured DATABASE_URL the demo refuses without --use-configured-services (and says
+    why); with it, its issue reaches only the subscribers it generated, not the people already there."""
+    from newsletter.db import session_factory, upgrade
+    from newsletter.models import Subscriber
+
+    url = f"sqlite:///{tmp_path / 'production.db'}"
+    upgrade(url)
+    with session_factory(url)() as session:
+        session.add(Subscriber(email="real.person@gmail.com", name="A real person", lang="en"))
+        session.commit()
+    monkeypatch.setenv("DATABASE_URL", url)
+    monkeypatch.setenv("NEWSLETTER_DATA_DIR", str(tmp_path / "no-corpora"))  # the bundled sample: quick
+    refused = CliRunner().invoke(main, ["demo", "--subscribers", "2"])
+    assert refused.exit_code == 1
+    assert "DATABASE_URL is set: the demo would add generated subscribers to that database" in refused.output
+    assert "--use-configured-services" in refused.output
+    with session_factory(url)() as session:
+        assert session.query(Subscriber).count() == 1  # nothing was done
+    out = run("demo", "--subscribers", "2", "--use-configured-services")
+    assert "issue 1: sent" in out
+    recipients = {str(m["To"].addresses[0].addr_spec) for m in read_outbox(tmp_path / "home" / "outbox")}
+    assert "real.person@gmail.com" not in recipients
+    assert recipients and all(r.rsplit("@", 1)[1] in ("example.com", "example.net", "example.org") for r in recipients)

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import select
 
-from newsletter.config import ConfigError, load_settings
+from newsletter.config import SettingsError, load_settings
 from newsletter.db import session_factory
 from newsletter.issues import create_issue
 from newsletter.models import Article
@@ -30,7 +30,7 @@ def test_format_date_per_locale_and_zone() -> None:
 def test_timezone_setting_is_checked_at_start() -> None:
     assert load_settings({}).timezone == "UTC"
     assert load_settings({"NEWSLETTER_TIMEZONE": "Asia/Shanghai"}).timezone == "Asia/Shanghai"
-    with pytest.raises(ConfigError, match=r"^NEWSLETTER_TIMEZONE='Mars/Olympus' is not an IANA time zone"):
+    with pytest.raises(SettingsError, match=r"^NEWSLETTER_TIMEZONE='Mars/Olympus' is not an IANA time zone"):
         load_settings({"NEWSLETTER_TIMEZONE": "Mars/Olympus"})
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from newsletter.config import ConfigError, load_settings
+from newsletter.config import SettingsError, load_settings
 from newsletter.delivery.mailers import OutboxMailer
 from newsletter.delivery.send import send_batch
 from newsletter.dkim import SIGNED_HEADERS, load_key, sign
@@ -91,11 +91,11 @@ def test_no_signature_without_the_settings(sqlite_url: str, make_settings) -> No
 def test_bad_key_settings_fail_at_start_with_one_line(tmp_path: Path) -> None:
     bad = tmp_path / "not-a-key.pem"
     bad.write_text("hello\n")
-    with pytest.raises(ConfigError, match=r"^NEWSLETTER_DKIM_KEY_FILE=.*not-a-key.pem: not a PEM RSA private key"):
+    with pytest.raises(SettingsError, match=r"^NEWSLETTER_DKIM_KEY_FILE=.*not-a-key.pem: not a PEM RSA private key"):
         load_settings({"NEWSLETTER_DKIM_SELECTOR": "s1", "NEWSLETTER_DKIM_KEY_FILE": str(bad)})
-    with pytest.raises(ConfigError, match=r"^NEWSLETTER_DKIM_KEY_FILE=.*missing.pem: cannot read the key: No such file"):
+    with pytest.raises(SettingsError, match=r"^NEWSLETTER_DKIM_KEY_FILE=.*missing.pem: cannot read the key: No such file"):
         load_settings({"NEWSLETTER_DKIM_SELECTOR": "s1", "NEWSLETTER_DKIM_KEY_FILE": str(tmp_path / "missing.pem")})
-    with pytest.raises(ConfigError, match=r"^NEWSLETTER_DKIM_SELECTOR is not set"):
+    with pytest.raises(SettingsError, match=r"^NEWSLETTER_DKIM_SELECTOR is not set"):
         load_settings({"NEWSLETTER_DKIM_KEY_FILE": str(bad)})
     from click.testing import CliRunner
 

@@ -179,6 +179,7 @@ def test_no_delivery_lost_or_doubled_under_faults(pg_url: str, redis_server: Red
         env = {
             "DATABASE_URL": pg_url, "REDIS_URL": redis_server.url, "SMTP_URL": smtp.url,
             "NEWSLETTER_HOME": str(tmp_path / "home"), "NEWSLETTER_SECRET_KEY": "fault-secret",
+            "NEWSLETTER_BASE_URL": "https://news.example.org",
             "NEWSLETTER_BACKOFF_BASE": "0.3", "NEWSLETTER_BACKOFF_CAP": "2", "NEWSLETTER_MAX_ATTEMPTS": "12",
             "NEWSLETTER_SWEEP_INTERVAL": "0.5", "NEWSLETTER_LEASE_SECONDS": "4", "NEWSLETTER_BATCH_SIZE": "40",
             "NEWSLETTER_PLAN_CHUNK": "500",
@@ -249,13 +250,15 @@ def test_no_delivery_lost_or_doubled_under_faults(pg_url: str, redis_server: Red
 def test_pause_then_crash_then_resume_sends_each_message_once(
     pg_url: str, redis_server: RedisServer, make_settings, tmp_path: Path
 ) -> None:
-    from tasks.publish import enqueue_send, use_settings
+    from tasks.app import use_settings
+    from tasks.publish import enqueue_send
 
     total = 600
     with SMTPServer() as smtp:
         env = {
             "DATABASE_URL": pg_url, "REDIS_URL": redis_server.url, "SMTP_URL": smtp.url + "?rate=150",
             "NEWSLETTER_HOME": str(tmp_path / "home"), "NEWSLETTER_SECRET_KEY": "pause-secret",
+            "NEWSLETTER_BASE_URL": "https://news.example.org",
             "NEWSLETTER_SWEEP_INTERVAL": "0.5", "NEWSLETTER_LEASE_SECONDS": "4", "NEWSLETTER_BATCH_SIZE": "30",
         }  # fmt: skip
         settings = make_settings(pg_url, **env)

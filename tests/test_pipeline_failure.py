@@ -11,7 +11,8 @@ from newsletter.models import Article, Delivery, Edition, Issue, IssueStatus, Su
 
 
 def test_render_failure_marks_the_issue_failed_and_nothing_is_planned(sqlite_url: str, make_settings) -> None:  # type: ignore[no-untyped-def]
-    from tasks.publish import publish_pipeline, use_settings
+    from tasks.app import use_settings
+    from tasks.publish import publish_pipeline
 
     settings = make_settings(sqlite_url)
     use_settings(settings)  # no broker: the canvas runs eagerly, as in the embedded default
@@ -37,3 +38,51 @@ def test_render_failure_marks_the_issue_failed_and_nothing_is_planned(sqlite_url
         assert issue.error.startswith("newsletter.render_editions: RenderError: issue 1 edition fr:")
         assert "missing fr translation" in issue.error
         assert session.query(Delivery).count() == 0  # the plan step never ran
+
+
+def test_a_broker_outage_while_planning_leaves_the_issue_publishing_and_loses_nothing(sqlite_url: str, make_settings) -> None:  # type: ignore[no-untyped-def]
+    """The broker goes away after the first send batch was handed over: the plan step stops, the issue
+    stays ``publishing`` (the sweeper restarts its pipeline, issue 6 point 3), not ``failed``, and the
+    rows never handed over are marked so: planning again enqueues exactly those."""
+    import pytest
+    from kombu.exceptions import OperationalError as BrokerError
+    from sqlalchemy import insert, select
+
+    from tasks.app import use_settings
+    from tasks.publish import plan_deliveries as plan_task
+
+    settings = make_settings(sqlite_url, NEWSLETTER_BATCH_SIZE="2")
+    use_settings(settings)
+    with session_factory(sqlite_url)() as session:
+        session.execute(insert(Subscriber), [{"email": f"s{i}@example.org", "name": "", "lang": "en", "topics": [], "attributes": {},
+                                              "status": "active", "created_at": utcnow()} for i in range(5)])  # fmt: skip
+        article = Article(external_id="b1", title="Grid security rules", summary="S.", body_text="Grid security.", lang="en",
+                          published_at=utcnow())  # fmt: skip
+        session.add(article)
+        session.flush()
+        issue = create_issue(session, [article])
+        session.commit()
+        issue_id = issue.id
+        publishing.request_publish(session, settings, issue)
+        publishing.attach_related(session, settings, issue_id)
+        publishing.render_editions(session, settings, issue_id)
+
+    handed: list[int] = []
+
+    def enqueue(_issue_id: int, ids: list[int]) -> None:
+        if handed:
+            raise BrokerError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+        handed.extend(ids)
+
+    with pytest.raises(BrokerError):
+        plan_task.run_step(issue_id, publishing.plan_deliveries, enqueue)
+
+    with session_factory(sqlite_url)() as session:
+        issue = session.get_one(Issue, issue_id)
+        assert (issue.status, issue.error) == (IssueStatus.PUBLISHING, None)
+        rows = list(session.scalars(select(Delivery).where(Delivery.issue_id == issue_id).order_by(Delivery.id)))
+        assert [d.enqueued_at is not None for d in rows] == [True, True, False, False, False]
+        again: list[int] = []
+        publishing.plan_deliveries(session, settings, issue_id, lambda _i, ids: again.extend(ids))
+        assert again == [d.id for d in rows[2:]] and handed == [d.id for d in rows[:2]]
+        assert session.get_one(Issue, issue_id).status == IssueStatus.SENDING

@@ -92,6 +92,8 @@ def test_schedule_command(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  #
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("DATABASE_URL", url)
     monkeypatch.setenv("NEWSLETTER_HOME", str(tmp_path))
+    monkeypatch.setenv("NEWSLETTER_SECRET_KEY", "schedule-secret-key")
+    monkeypatch.setenv("NEWSLETTER_BASE_URL", "https://news.example.org")
     with session_factory(url)() as session:
         _draft(session)
     runner = CliRunner()

@@ -290,6 +290,8 @@ def cli_db(sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("NEWSLETTER_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("DATABASE_URL", sqlite_url)
+    monkeypatch.setenv("NEWSLETTER_SECRET_KEY", "segment-test-secret")
+    monkeypatch.setenv("NEWSLETTER_BASE_URL", "https://news.example.org")
     monkeypatch.chdir(tmp_path)
     with session_factory(sqlite_url)() as session:
         yield session  # type: ignore[misc]
@@ -351,6 +353,8 @@ def test_preview_rejects_bad_rules(cli_db: Session, rule: str, message: str) -> 
 def test_preview_on_an_unmigrated_database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NEWSLETTER_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'empty.db'}")
+    monkeypatch.setenv("NEWSLETTER_SECRET_KEY", "segment-test-secret")
+    monkeypatch.setenv("NEWSLETTER_BASE_URL", "https://news.example.org")
     code, out = preview("{}")
     assert code == 1
     assert "cannot query the database (no such table: subscribers); has 'newsletter db upgrade' been run?" in out

@@ -368,45 +368,206 @@ def test_sweeper_skips_what_a_cancel_could_not_reach(session, settings: Settings
     assert Counter((d.status, d.skip_reason) for d in _deliveries(session, issue_id)) == Counter({(DeliveryStatus.SKIPPED, "cancelled"): 4})
 
 
-def test_a_claim_taken_over_mid_batch_is_not_sent_twice(session, db_url: str, make_settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_a_relay_slower_than_the_lease_keeps_the_claims_and_sends_each_once(session, db_url: str, make_settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Each message takes 1.5 leases on the wire. The claims stay ours throughout (renewed by the
+    batch's LeaseKeeper), so another worker trying to take them, as the sweeper's re-enqueue would,
+    gets nothing, and no delivery is claimed (attempted) twice."""
     import time
 
     from newsletter.db import session_factory
+    from newsletter.models import utcnow
 
-    settings = make_settings(db_url, NEWSLETTER_LEASE_SECONDS="2")
+    settings = make_settings(db_url, NEWSLETTER_LEASE_SECONDS="1")
     issue_id, rec = _publish(session, settings)
     outbox = tmp_path / "slow"
     other = session_factory(db_url)()
     taken: list[int] = []
+    leases_seen: list[bool] = []
 
     class SlowRelay(OutboxMailer):
-        """1.2 s per message: the batch's last claims expire while the second message is on the wire,
-        and another worker (the sweeper's re-enqueue) takes them over."""
-
         def send(self, sender: str, recipient: str, message: bytes) -> None:
-            time.sleep(1.2)
+            for _ in range(6):  # 1.5 s, trying to take the claims over every 0.25 s
+                time.sleep(0.25)
+                taken.extend(c.id for c in ledger.claim(other, issue_id, rec.ids[:2], 60))
+                other.expire_all()
+                row = other.scalar(select(Delivery).where(Delivery.email == recipient))
+                leases_seen.append(row.status == DeliveryStatus.SENDING and row.claimed_until > utcnow())
             super().send(sender, recipient, message)
-            if len(_outbox_files(outbox)) == 2:
-                taken.extend(c.id for c in ledger.claim(other, issue_id, rec.ids, 60))
+
+    result = send_batch(session, settings, issue_id, rec.ids[:2], lambda: SlowRelay(outbox))
+    other.close()
+    assert taken == [] and all(leases_seen) and len(leases_seen) == 12
+    assert +result.outcomes == Counter({"sent": 2})
+    assert len(_outbox_files(outbox)) == 2
+    sent = [d for d in _deliveries(session, issue_id) if d.id in rec.ids[:2]]
+    assert [(d.status, d.attempts) for d in sent] == [(DeliveryStatus.SENT, 1)] * 2
+
+
+def test_a_claim_taken_over_is_not_sent_by_its_old_holder(session, db_url: str, make_settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A takeover needs an expired lease; here a worker whose clock runs a minute ahead sees the
+    claims as expired and takes them while the first message is on the wire. The old holder's
+    keeper finds out at its next renewal, and the batch sends none of the taken deliveries."""
+    import time
+
+    from newsletter.db import session_factory
+    from newsletter.models import utcnow
+
+    settings = make_settings(db_url, NEWSLETTER_LEASE_SECONDS="2")
+    issue_id, rec = _publish(session, settings)
+    outbox = tmp_path / "taken"
+    other = session_factory(db_url)()
+    taken: list[int] = []
+
+    class SlowRelay(OutboxMailer):
+        def send(self, sender: str, recipient: str, message: bytes) -> None:
+            if not taken:
+                taken.extend(c.id for c in ledger.claim(other, issue_id, rec.ids[1:], 60, now=utcnow() + timedelta(minutes=1)))
+                time.sleep(1.2)  # longer than two renewal intervals
+            super().send(sender, recipient, message)
 
     result = send_batch(session, settings, issue_id, rec.ids, lambda: SlowRelay(outbox))
     other.close()
-    # The first message was recorded; the second's claim was renewed before it went out; the last two
-    # had expired and belong to the other worker now, so this one must not send them.
-    assert len(taken) == 2
-    assert +result.outcomes == Counter({"sent": 2, "lost": 2})
-    assert len(_outbox_files(outbox)) == 2
+    assert sorted(taken) == sorted(rec.ids[1:])
+    assert +result.outcomes == Counter({"sent": 1, "lost": 3})
+    assert len(_outbox_files(outbox)) == 1
+    # The new holder's token fences the old one out of recording anything for them.
+    stale = ledger.Claim(id=rec.ids[1], token="0" * 32, lease=datetime.now(UTC))
+    assert ledger.mark_sent(session, stale, "relay:25") is False
 
 
-def test_renew_keeps_a_young_claim_without_a_query_and_refreshes_an_old_one(session, settings: Settings) -> None:  # type: ignore[no-untyped-def]
+def test_the_lease_keeper_renews_and_says_when_a_claim_is_no_longer_safe(session, settings: Settings) -> None:  # type: ignore[no-untyped-def]
+    from sqlalchemy.orm import sessionmaker
+
     issue_id, rec = _publish(session, settings)
-    now = datetime.now(UTC)
-    (claim_,) = ledger.claim(session, issue_id, rec.ids[:1], 300, now=now)
-    assert ledger.renew(session, claim_, 300, now=now + timedelta(seconds=100)) is claim_  # 200 s left: fine
-    renewed = ledger.renew(session, claim_, 300, now=now + timedelta(seconds=200))  # 100 s left: renew
-    assert renewed is not None and renewed.lease == now + timedelta(seconds=500)
-    assert ledger.renew(session, claim_, 300, now=now + timedelta(seconds=200)) is None  # the old token is dead
-    assert ledger.mark_sent(session, renewed, "relay:25")
+    claims = ledger.claim(session, issue_id, rec.ids, 10)
+    now = [0.0]
+    keeper = ledger.LeaseKeeper(sessionmaker(bind=session.get_bind()), claims, 10, clock=lambda: now[0])
+    assert keeper.interval == 2.5 and all(keeper.holds(c.id) for c in claims)
+    now[0] = 5.1  # no renewal for half a lease: not safe to start a send any more
+    assert not keeper.holds(claims[0].id) and not keeper.lost(claims[0].id)
+    before = _deliveries(session, issue_id)[0].claimed_until
+    keeper.renew_now()
+    assert keeper.holds(claims[0].id) and _deliveries(session, issue_id)[0].claimed_until > before
+    keeper.done(claims[0].id)
+    assert keeper.lost(claims[0].id)  # finished ids are not renewed any more
+    ledger.claim(session, issue_id, [claims[1].id], 10, now=datetime.now(UTC) + timedelta(seconds=60))  # taken over
+    keeper.renew_now()
+    assert keeper.lost(claims[1].id) and keeper.holds(claims[2].id)
+
+
+def test_a_delivery_is_never_claimed_more_than_max_attempts_times(session, db_url: str, make_settings) -> None:  # type: ignore[no-untyped-def]
+    from newsletter import sweeper
+
+    settings = make_settings(db_url, NEWSLETTER_MAX_ATTEMPTS="3", NEWSLETTER_LEASE_SECONDS="10")
+    issue_id, rec = _publish(session, settings)
+    did = rec.ids[0]
+    t = datetime.now(UTC)
+    for attempt in range(3):  # each claim's worker dies; the lease runs out; it is claimed again
+        assert [c.id for c in ledger.claim(session, issue_id, [did], 10, now=t + timedelta(seconds=20 * attempt), max_attempts=3)] == [did]
+    later = t + timedelta(seconds=100)
+    assert ledger.claim(session, issue_id, [did], 10, now=later, max_attempts=3) == []
+    recorder = Recorder()
+    result = sweeper.sweep(session, settings, recorder, now=later)
+    assert result.exhausted == 1 and did not in recorder.ids
+    row = next(d for d in _deliveries(session, issue_id) if d.id == did)
+    assert (row.status, row.attempts) == (DeliveryStatus.FAILED, 3)
+    assert row.last_error.startswith("gave up after 3 attempts: the last claim ran out")
+
+
+def test_an_accepted_message_is_recorded_after_the_database_dropped_the_connection(pg_url: str, make_settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The relay says 250; then PostgreSQL kills every connection of the database (as a restart does).
+    The outcome is written again on a fresh connection: recorded once, sent once."""
+    from sqlalchemy import create_engine, text
+
+    from newsletter.db import session_factory
+    from tests.conftest import PG_ADMIN_URL
+
+    settings = make_settings(pg_url)
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    name = pg_url.rsplit("/", 1)[1]
+    outbox = tmp_path / "drop"
+    with session_factory(pg_url)() as session:
+        issue_id, rec = _publish(session, settings)
+
+        class DroppingRelay(OutboxMailer):
+            def send(self, sender: str, recipient: str, message: bytes) -> None:
+                super().send(sender, recipient, message)
+                with admin.connect() as conn:  # after the relay accepted: every connection of the database dies
+                    conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"), {"n": name})
+
+        result = send_batch(session, settings, issue_id, rec.ids, lambda: DroppingRelay(outbox))
+        assert +result.outcomes == Counter({"sent": 4})
+        assert len(_outbox_files(outbox)) == 4
+        assert all(d.status == DeliveryStatus.SENT and d.attempts == 1 for d in _deliveries(session, issue_id))
+    admin.dispose()
+
+
+def test_the_sweeper_leaves_a_rate_limited_backlog_in_the_queue_while_the_issue_moves(session, settings: Settings) -> None:  # type: ignore[no-untyped-def]
+    """Pending rows enqueued longer than a lease ago are re-enqueued only when their issue stopped
+    moving (the broker lost them), not while a slow relay works through the queue (issue 6, point 12)."""
+    from sqlalchemy import update
+
+    from newsletter import sweeper
+
+    issue_id, rec = _publish(session, settings)
+    lease = settings.lease_seconds
+    long_ago = datetime.now(UTC) - timedelta(seconds=lease * 2)  # planned and enqueued two leases ago
+    session.execute(update(Delivery).where(Delivery.issue_id == issue_id).values(enqueued_at=long_ago, updated_at=long_ago))
+    session.commit()
+    (first,) = ledger.claim(session, issue_id, rec.ids[:1], lease)
+    assert ledger.mark_sent(session, first, "relay:25")  # the relay works through the queue, slowly...
+    moving = Recorder()
+    result = sweeper.sweep(session, settings, moving)
+    assert result.enqueued == {} and moving.calls == []  # ... so the backlog stays where it is
+    stalled = Recorder()
+    result = sweeper.sweep(session, settings, stalled, now=datetime.now(UTC) + timedelta(seconds=lease * 1.5))
+    assert sorted(stalled.ids) == sorted(rec.ids[1:])  # nothing moved for a lease: the messages were lost
+
+
+def test_auto_pause_holds_back_the_rest_even_when_the_issue_would_finish_between_sweeps(
+    session, db_url: str, make_settings, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """A relay refusing everything: the batch applies the auto-pause rule itself, so the issue stops
+    after a few failures although no sweep runs before the batch ends; and an issue whose every
+    delivery failed ends ``failed``, not ``sent``."""
+    from sqlalchemy import insert
+
+    from newsletter.models import utcnow
+
+    settings = make_settings(db_url, NEWSLETTER_PAUSE_AFTER_FAILURES="5", NEWSLETTER_BATCH_SIZE="100")
+    _seed(session)
+    session.execute(insert(Subscriber), [{"email": f"more{i}@example.org", "name": "", "lang": "en", "topics": [], "attributes": {},
+                                          "status": "active", "created_at": utcnow()} for i in range(20)])  # fmt: skip
+    session.commit()
+    issue = create_issue(session, list(session.scalars(select(Article).where(Article.external_id == "e1"))))
+    session.commit()
+    publishing.request_publish(session, settings, issue)
+    publishing.attach_related(session, settings, issue.id)
+    publishing.render_editions(session, settings, issue.id)
+    rec = Recorder()
+    publishing.plan_deliveries(session, settings, issue.id, rec)
+
+    class RefuseAll(RefusingMailer):
+        def send(self, sender: str, recipient: str, message: bytes) -> None:
+            from newsletter.delivery.errors import classify_reply
+
+            raise classify_reply(554, "5.7.1 Relay access denied", self.name)
+
+    issue = session.get_one(Issue, issue.id)  # planning streams the audience and expunges what it read
+    result = send_batch(session, settings, issue.id, rec.ids, lambda: RefuseAll({}, tmp_path / "ob"))
+    assert publishing.finish_if_done(session, issue.id) is False
+    session.refresh(issue)
+    assert issue.status == IssueStatus.PAUSED and issue.error.startswith("auto-paused: 10 failed vs 0 sent")
+    assert result.outcomes["failed"] == 10 and result.outcomes["released"] == len(rec.ids) - 10
+
+    # Below the threshold the issue runs to its end, and an issue nobody received ends failed.
+    quiet = make_settings(db_url, NEWSLETTER_PAUSE_AFTER_FAILURES="0")
+    control.resume_issue(session, quiet, issue, Recorder())
+    send_batch(session, quiet, issue.id, rec.ids, lambda: RefuseAll({}, tmp_path / "ob"))
+    assert publishing.finish_if_done(session, issue.id) is True
+    session.refresh(issue)
+    assert issue.status == IssueStatus.FAILED
+    assert issue.error == f"every delivery failed ({len(rec.ids)}); last error: 554 5.7.1 Relay access denied"
 
 
 def test_sweeper_auto_pauses_an_issue_its_relay_refuses(session, db_url: str, make_settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from newsletter.articles import record_to_fields
-from newsletter.config import ConfigError, load_settings
+from newsletter.config import SettingsError, load_settings
 from newsletter.summaries import BUILTIN_RULES, RulesError, load_rules, sentences, summarise
 
 CCTV = "https://tv.cctv.com/2024/07/01/VIDE1234.shtml"
@@ -85,7 +85,7 @@ def test_deployment_rules_file(tmp_path: Path) -> None:
     path.write_text(json.dumps({"sources": [{"name": "bad", "drop_lines": ["("]}]}))
     with pytest.raises(RulesError, match="source 'bad': bad pattern"):
         load_rules(path)
-    with pytest.raises(ConfigError, match=r"^NEWSLETTER_SUMMARY_RULES: .*source 'bad': bad pattern"):
+    with pytest.raises(SettingsError, match=r"^NEWSLETTER_SUMMARY_RULES cannot be used: .*source 'bad': bad pattern"):
         load_settings({"NEWSLETTER_SUMMARY_RULES": str(path)})
 
 

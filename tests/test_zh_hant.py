@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from newsletter import zh_hant
-from newsletter.config import ConfigError, load_settings
+from newsletter.config import SettingsError, load_settings
 from newsletter.zh_hant import ConversionError, Converter, to_traditional
 
 # Characters Taiwan's Ministry of Education standard writes as CC-CEDICT lists them only among simplified forms
@@ -61,7 +61,7 @@ def test_conversion_is_configurable_per_deployment() -> None:
     assert to_traditional("软件群众", "s2t") == "軟件羣衆"
     assert load_settings({"NEWSLETTER_ZH_HANT_CONVERSION": "s2hk"}).zh_hant_conversion == "s2hk"
     assert load_settings({}).zh_hant_conversion == "s2twp"
-    with pytest.raises(ConfigError, match="NEWSLETTER_ZH_HANT_CONVERSION='s2x' is not one of s2twp, s2hk, s2t"):
+    with pytest.raises(SettingsError, match="NEWSLETTER_ZH_HANT_CONVERSION='s2x' is not one of s2twp, s2hk, s2t"):
         load_settings({"NEWSLETTER_ZH_HANT_CONVERSION": "s2x"})
     with pytest.raises(ConversionError):
         Converter("t2s")
@@ -76,7 +76,7 @@ def test_a_deployment_phrase_file_adds_corrections(tmp_path: Path) -> None:
     assert settings.zh_hant_phrases == (str(extra),)
     bad = tmp_path / "bad.txt"
     bad.write_text("只有一列\n", encoding="utf-8")
-    with pytest.raises(ConfigError, match=r"NEWSLETTER_ZH_HANT_PHRASES: .*bad.txt:1: expected"):
+    with pytest.raises(SettingsError, match=r"NEWSLETTER_ZH_HANT_PHRASES cannot be used: .*bad.txt:1: expected"):
         load_settings({"NEWSLETTER_ZH_HANT_PHRASES": str(bad)})
 
 

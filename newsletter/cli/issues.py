@@ -152,10 +152,12 @@ def issue_publish(ctx: Context, number: int, no_wait: bool, yes: bool) -> None:
     """Publish issue NUMBER: related articles, rendering, planning and sending, as Celery tasks.
 
     Shows the recipient count first and, at a terminal, asks to confirm it (--yes does not ask; a
-    script's command line is its confirmation). Then a progress bar until every delivery is final.
+    script's command line is its confirmation). Then a progress bar until every delivery is final, and
+    the counts. Exits non-zero when the issue did not end sent, or when deliveries failed permanently
+    (see 'issue requeue').
     """
     from newsletter import publishing
-    from newsletter.runner import start_publish
+    from newsletter.runner import BrokerUnavailable, start_publish
 
     try:
         with ctx.session() as session:
@@ -173,21 +175,41 @@ def issue_publish(ctx: Context, number: int, no_wait: bool, yes: bool) -> None:
         raise click.ClickException(str(exc)) from exc
     try:
         issue_id, thread = start_publish(ctx.settings, number)
-    except (IssueError, RenderError) as exc:
+    except (IssueError, RenderError, BrokerUnavailable) as exc:
         raise click.ClickException(str(exc)) from exc
     if no_wait:
         if ctx.settings.embedded:
             click.echo("note: without REDIS_URL the tasks run in this process, so --no-wait waits anyway", err=True)
         else:
             click.echo(f"issue {number} queued; follow it with: newsletter issue status {number}")
+            if not _workers_listening():
+                click.echo(f"warning: {NO_WORKER}", err=True)
             return
     try:
         outcome = follow_with_bar(ctx.settings, issue_id)
     except KeyboardInterrupt:
         _interrupted(ctx, number, thread)
     print_status(ctx, number)
+    click.echo(f"issue {number} {outcome.status}: {outcome.summary()}")
     if outcome.status != "sent":
         raise click.ClickException(f"issue {number} ended {outcome.status}: {outcome.error}")
+    if outcome.failed:
+        raise click.ClickException(
+            f"issue {number}: {plural(outcome.failed, 'delivery')} failed permanently "
+            f"(see 'newsletter issue status {number}'; 'newsletter issue requeue {number}' sends them again)"
+        )
+
+
+NO_WORKER = (
+    "no worker answers on the broker: the work waits in the queue until one runs; start one with "
+    "'celery -A tasks worker -Q render,plan,send' and one 'celery -A tasks beat' (or 'newsletter worker --beat')"
+)
+
+
+def _workers_listening() -> bool:
+    from tasks.app import workers_listening
+
+    return workers_listening()
 
 
 def _interrupted(ctx: Context, number: int, thread: threading.Thread | None) -> NoReturn:
@@ -204,8 +226,16 @@ def _interrupted(ctx: Context, number: int, thread: threading.Thread | None) -> 
 
 
 def follow_with_bar(settings: Settings, issue_id: int):  # type: ignore[no-untyped-def]
-    """Follow a publish with a progress bar on stderr; returns the `PublishOutcome`."""
+    """Follow a publish with a progress bar on stderr; returns the `PublishOutcome`.
+
+    With a broker, when nothing moves for `runner.STALL_WARNING_SECONDS` and no worker answers a
+    ping, says so on stderr with how to start one (and keeps following: the work waits in the queue).
+    """
     from newsletter.runner import follow
+
+    def on_stall(seconds: float) -> None:
+        if not settings.embedded and not _workers_listening():
+            click.echo(f"\nwarning: nothing moved for {seconds:.0f} s and {NO_WORKER}", err=True)
 
     with click.progressbar(length=1, label="delivering", show_pos=True, file=sys.stderr) as bar:
 
@@ -213,7 +243,7 @@ def follow_with_bar(settings: Settings, issue_id: int):  # type: ignore[no-untyp
             bar.length = max(total, 1)
             bar.update(done - bar.pos)
 
-        return follow(settings, issue_id, progress)
+        return follow(settings, issue_id, progress, on_stall=on_stall)
 
 
 def print_status(ctx: Context, number: int) -> None:

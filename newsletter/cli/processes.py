@@ -34,7 +34,8 @@ def worker(click_ctx: click.Context, beat: bool, concurrency: int) -> None:
 def sweep(ctx: Context) -> None:
     """Run one sweep now: re-enqueue due retries and expired claims, finish done issues."""
     from newsletter import sweeper
-    from tasks.publish import enqueue_send, start_pipeline, use_settings
+    from tasks.app import use_settings
+    from tasks.publish import enqueue_send, start_pipeline
 
     use_settings(ctx.settings)
     with ctx.session() as session:
@@ -66,12 +67,27 @@ def web(host: str, port: int, workers: int, reload: bool) -> None:
 @click.command()
 @click.option("--subscribers", "per_lang", default=40, show_default=True, type=int, help="Subscribers per language.")
 @click.option("--keep", is_flag=True, help="Keep the previous demo database and outbox instead of starting fresh.")
-def demo(per_lang: int, keep: bool) -> None:
+@click.option(
+    "--use-configured-services",
+    is_flag=True,
+    help="Run against the configured DATABASE_URL / SMTP_URL (refused without this flag).",
+)
+def demo(per_lang: int, keep: bool, use_configured_services: bool) -> None:
     """Run the main job end to end on real articles: import, subscribe, create and publish an issue.
 
     Without DATABASE_URL/REDIS_URL/SMTP_URL it uses var/demo/ (SQLite, in-process worker, outbox).
+    With DATABASE_URL or SMTP_URL set it refuses unless given --use-configured-services, and even
+    then its issue goes only to the subscribers it generated (addresses at example.com/.net/.org).
     """
     from newsletter.cli.issues import follow_with_bar
-    from newsletter.demo import run_demo
+    from newsletter.demo import DemoRefused, run_demo
+    from newsletter.runner import BrokerUnavailable
 
-    run_demo(per_lang=per_lang, fresh=not keep, echo=click.echo, follow=follow_with_bar)
+    try:
+        outcome = run_demo(
+            per_lang=per_lang, fresh=not keep, echo=click.echo, follow=follow_with_bar, use_configured=use_configured_services
+        )
+    except (DemoRefused, BrokerUnavailable) as exc:
+        raise click.ClickException(str(exc)) from exc
+    if outcome.status != "sent":
+        raise click.ClickException(f"the demo issue ended {outcome.status}: {outcome.error}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -16,17 +17,23 @@ def subscribers() -> None:
 
 @subscribers.command("import")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--encoding", default="utf-8", show_default=True, help="The file's text encoding (e.g. latin-1, gb18030).")
 @pass_ctx
-def subscribers_import(ctx: Context, file: Path) -> None:
+def subscribers_import(ctx: Context, file: Path, encoding: str) -> None:
     """Import subscribers from a CSV FILE with columns email, name, lang, topics (';'-separated), an
-    optional signed_up date, and any other columns as attributes. Invalid addresses are reported;
-    duplicates are merged (domain compared case-insensitively)."""
+    optional signed_up date, and any other columns as attributes. Invalid rows (address, language,
+    extra cells, control characters) are reported on stderr and skipped, the others imported;
+    duplicates are merged (domain compared case-insensitively); line breaks in names become spaces.
+
+    Exit status: 0 when every row was imported, 1 when any was rejected (or the file could not be
+    read in ENCODING, in which case nothing was imported).
+    """
     from newsletter.subscribers import import_subscribers
 
     with ctx.session() as session:
         try:
-            report = import_subscribers(session, file)
-        except ValueError as exc:
+            report = import_subscribers(session, file, encoding=encoding)
+        except ValueError as exc:  # FileEncodingError, or a header without 'email'
             raise click.ClickException(str(exc)) from exc
     for error in report.errors:
         click.echo(f"{file}: {error}", err=True)
@@ -34,6 +41,8 @@ def subscribers_import(ctx: Context, file: Path) -> None:
         f"{report.created} created, {report.updated} updated, {report.unchanged} unchanged, "
         f"{report.merged} merged, {len(report.errors)} rejected"
     )
+    if report.errors:
+        sys.exit(1)
 
 
 @subscribers.command("show")

@@ -8,22 +8,70 @@ the same step twice (a redelivered task, two workers, a sweeper) changes nothing
     sending -> failed                    (permanent, attempts exhausted, or retry window passed)
     pending|sending -> skipped           (unsubscribed or suppressed after planning)
 
-A claim sets ``claimed_until`` (a lease). The lease value doubles as a fencing token: only the worker
-whose claim is current may record the outcome; an expired lease may be claimed again.
+A claim sets a lease (``claimed_until``) and a fencing token (``claim_token``). While its worker is
+alive the lease is kept renewed by a `LeaseKeeper`, also in the middle of a slow SMTP transaction; only
+a claim whose lease ran out (its worker died) may be taken again, and taking it changes the token, so
+the old holder can neither renew nor record anything afterwards. An outcome the relay gave is recorded
+even across a database restart (`RECORD_RETRY_SECONDS`, on a fresh connection) while the claim is held.
+A delivery is claimed at most ``max_attempts`` times.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from types import TracebackType
+from typing import Any, TypeVar
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, exists, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session, sessionmaker
 
-from newsletter.models import FINAL_DELIVERY_STATES, Delivery, DeliveryStatus, utcnow
+from newsletter.db import first_line, is_transient_db_error
+from newsletter.models import FINAL_DELIVERY_STATES, Delivery, DeliveryStatus, Issue, IssueStatus, utcnow
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# How long an outcome the relay already gave (or a renewal) is retried while the database is away
+# (a restart, a fail-over): seconds. Longer than any restart we expect; the claim stays ours meanwhile.
+RECORD_RETRY_SECONDS = 300.0
+
+
+def retrying(session: Session, action: Callable[[], T], what: str, give_up_after: float = RECORD_RETRY_SECONDS) -> T:
+    """Run ``action`` (which commits); when the database connection is lost or refused, roll back and
+    run it again on a fresh connection (the pool's pre-ping replaces dead ones), with a growing pause,
+    for up to ``give_up_after`` seconds.
+
+    Raises:
+        the last error, once ``give_up_after`` seconds passed; any error that is not transient at once.
+    """
+    deadline = time.monotonic() + give_up_after
+    pause = 0.05
+    while True:
+        try:
+            return action()
+        except DBAPIError as exc:
+            if not is_transient_db_error(exc):
+                raise
+            _rollback(session)
+            if time.monotonic() + pause > deadline:
+                raise
+            log.warning("%s: database unreachable (%s); trying again on a fresh connection", what, first_line(exc))
+            time.sleep(pause)
+            pause = min(pause * 2, 1.0)
+
+
+def _rollback(session: Session) -> None:
+    with contextlib.suppress(DBAPIError):  # the connection is gone; the session is usable again all the same
+        session.rollback()
 
 
 def insert_ignore(session: Session, rows: Sequence[dict[str, Any]]) -> int:
@@ -52,29 +100,44 @@ def _claimable(now: datetime) -> Any:
 
 @dataclass(frozen=True)
 class Claim:
-    """A delivery this worker now holds until ``lease``."""
+    """A delivery this worker holds. ``token`` fences every later change (shared by one claim call's
+    rows); ``lease`` is when the claim runs out unless renewed (see `LeaseKeeper`)."""
 
     id: int
+    token: str
     lease: datetime
 
 
-def claim(session: Session, issue_id: int, ids: Sequence[int], lease_seconds: float, now: datetime | None = None) -> list[Claim]:
+def claim(
+    session: Session,
+    issue_id: int,
+    ids: Sequence[int],
+    lease_seconds: float,
+    now: datetime | None = None,
+    max_attempts: int | None = None,
+) -> list[Claim]:
     """Atomically take the deliveries among ``ids`` that are due, and commit.
 
     One ``UPDATE … WHERE status IN (…) RETURNING id``: on PostgreSQL a concurrent claimer blocks on
     the row lock and then re-checks the WHERE clause, so two workers never hold the same delivery.
-    Each claim counts as an attempt.
+    Each claim counts as an attempt; a delivery already claimed ``max_attempts`` times is not taken
+    (the sweeper fails an expired one, see `fail_exhausted_claims`).
     """
     if not ids:
         return []
     now = now or utcnow()
     lease = now + timedelta(seconds=lease_seconds)
+    token = secrets.token_hex(16)
+    where = [Delivery.issue_id == issue_id, Delivery.id.in_(list(ids)), _claimable(now)]
+    if max_attempts is not None:
+        where.append(Delivery.attempts < max_attempts)
     stmt = (
         update(Delivery)
-        .where(Delivery.issue_id == issue_id, Delivery.id.in_(list(ids)), _claimable(now))
+        .where(*where)
         .values(
             status=DeliveryStatus.SENDING,
             claimed_until=lease,
+            claim_token=token,
             attempts=Delivery.attempts + 1,
             first_attempt_at=func.coalesce(Delivery.first_attempt_at, now),
             updated_at=now,
@@ -84,43 +147,160 @@ def claim(session: Session, issue_id: int, ids: Sequence[int], lease_seconds: fl
     )
     claimed = sorted(session.scalars(stmt))
     session.commit()
-    return [Claim(id=i, lease=lease) for i in claimed]
+    return [Claim(id=i, token=token, lease=lease) for i in claimed]
 
 
-def renew(session: Session, claim_: Claim, lease_seconds: float, now: datetime | None = None) -> Claim | None:
-    """Make sure we still hold ``claim_`` with at least half a lease left before acting on it; commits
-    when it renews. Returns the claim to use from now on, or None if another worker took it over.
-
-    A batch is claimed at once, but its last message may be sent long after (a slow relay): without
-    this, a lease could expire mid-batch, the sweeper could hand the rest to another worker, and both
-    would send them. While more than half the lease is left nobody can have taken it, so fast batches
-    cost no extra query.
-    """
+def renew(session: Session, claims: Sequence[Claim], lease_seconds: float, now: datetime | None = None) -> set[int]:
+    """Extend the lease of every claim in ``claims`` that is still ours to ``now + lease_seconds``;
+    commits. Returns the ids renewed: an id missing was taken over (its lease had run out) or is final."""
+    if not claims:
+        return set()
     now = now or utcnow()
-    if claim_.lease - now > timedelta(seconds=lease_seconds / 2):
-        return claim_
-    lease = now + timedelta(seconds=lease_seconds)
-    result = session.execute(
+    tokens = {c.token for c in claims}
+    renewed = session.scalars(
         update(Delivery)
-        .where(Delivery.id == claim_.id, Delivery.status == DeliveryStatus.SENDING, Delivery.claimed_until == claim_.lease)
-        .values(claimed_until=lease, updated_at=now)
+        .where(Delivery.id.in_([c.id for c in claims]), Delivery.claim_token.in_(tokens), Delivery.status == DeliveryStatus.SENDING)
+        .values(claimed_until=now + timedelta(seconds=lease_seconds))
+        .returning(Delivery.id)
         .execution_options(synchronize_session=False)
     )
+    ids = set(renewed)
     session.commit()
-    return Claim(id=claim_.id, lease=lease) if result.rowcount else None  # type: ignore[attr-defined]
+    return ids
 
 
-def _finish(session: Session, claim_: Claim, values: dict[str, Any]) -> bool:
-    """Apply an outcome only if our claim is still the current one; commit at once."""
-    now = utcnow()
-    result = session.execute(
-        update(Delivery)
-        .where(Delivery.id == claim_.id, Delivery.status == DeliveryStatus.SENDING, Delivery.claimed_until == claim_.lease)
-        .values(updated_at=now, claimed_until=None, **values)
-        .execution_options(synchronize_session=False)
-    )
-    session.commit()
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+class LeaseKeeper:
+    """Keeps one batch's claims alive while its worker works through them.
+
+    A thread renews the leases every ``lease_seconds / 4`` on its own database connection, so a send
+    that outlasts the whole lease (a relay answering DATA after minutes) does not let the sweeper hand
+    the delivery to a second worker. When the database is away the thread keeps trying every half
+    second; it stops with the batch (use as a context manager).
+
+    The sending thread asks `holds` before each message: True while the delivery is still ours and the
+    last confirmed renewal is younger than half a lease, so at least half a lease is left when a send
+    starts. On an in-memory SQLite database (one process, one connection) no thread is needed.
+    """
+
+    def __init__(
+        self, sessions: sessionmaker[Session], claims: Sequence[Claim], lease_seconds: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._sessions, self._lease, self._clock = sessions, lease_seconds, clock
+        self._claims = {c.id: c for c in claims}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._confirmed = clock()  # the claims were just taken
+        self._thread: threading.Thread | None = None
+        engine = getattr(sessions.kw.get("bind"), "engine", None)  # an Engine's .engine is itself
+        # An in-memory SQLite database exists once per connection: a second one would see another database.
+        self.threaded = engine is not None and not (engine.dialect.name == "sqlite" and engine.url.database in (None, "", ":memory:"))
+        self.renewals = 0
+
+    @property
+    def interval(self) -> float:
+        """Seconds between renewals: a quarter lease, so two may fail before half the lease is gone."""
+        return self._lease / 4
+
+    def __enter__(self) -> LeaseKeeper:
+        if self.threaded and self._claims:
+            self._thread = threading.Thread(target=self._run, name="lease-keeper", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=max(5.0, self._lease))
+
+    def done(self, delivery_id: int) -> None:
+        """The sender finished with ``delivery_id`` (recorded, or lost): stop renewing it."""
+        with self._lock:
+            self._claims.pop(delivery_id, None)
+
+    def lost(self, delivery_id: int) -> bool:
+        """True when a renewal found ``delivery_id`` taken over by another worker (or final)."""
+        with self._lock:
+            return delivery_id not in self._claims
+
+    def holds(self, delivery_id: int) -> bool:
+        """True while ``delivery_id`` is ours with at least half a lease left (no query)."""
+        with self._lock:
+            if delivery_id not in self._claims:
+                return False
+            return not self.threaded or self._clock() - self._confirmed < self._lease / 2
+
+    def wait_until_held(self, delivery_id: int, timeout: float) -> bool:
+        """`holds`, waiting up to ``timeout`` seconds for a renewal that is late (the database is away)."""
+        deadline = self._clock() + timeout
+        while not self.holds(delivery_id):
+            if self.lost(delivery_id) or self._clock() >= deadline:
+                return False
+            time.sleep(min(0.05, self.interval))
+        return True
+
+    def renew_now(self) -> None:
+        """Renew every claim still held, once (the thread calls this; so can a test).
+
+        Raises:
+            DBAPIError: the database could not be reached.
+        """
+        with self._lock:
+            claims = list(self._claims.values())
+        if not claims:
+            return
+        started = self._clock()
+        with self._sessions() as session:
+            renewed = renew(session, claims, self._lease)
+        with self._lock:
+            for c in claims:
+                if c.id not in renewed and c.id in self._claims:
+                    log.warning("delivery %s: claim taken over by another worker; left to it", c.id)
+                    del self._claims[c.id]
+            self._confirmed = started  # the lease runs from before the UPDATE, to be safe
+            self.renewals += 1
+
+    def _run(self) -> None:
+        wait = self.interval
+        while not self._stop.wait(wait):
+            try:
+                self.renew_now()
+                wait = self.interval
+            except DBAPIError as exc:
+                log.warning("lease renewal failed (%s); trying again", first_line(exc))
+                wait = min(0.5, self.interval)
+            except Exception:  # never let the keeper die silently: the sender then stops at `holds`
+                log.exception("lease renewal failed")
+                wait = min(0.5, self.interval)
+
+
+def _finish(session: Session, claim_: Claim, values: dict[str, Any], retry_for: float = RECORD_RETRY_SECONDS) -> bool:
+    """Apply an outcome only if our claim is still the current one; commit at once.
+
+    When the database connection drops (a restart) the outcome is written again on a fresh connection
+    for up to ``retry_for`` seconds: a message the relay accepted must be recorded, or it would be sent
+    again once its claim ran out. If the first commit did reach the database before the connection
+    died, the retry finds the row already in the new state under our token and reports success.
+    """
+    first = [True]
+
+    def attempt() -> bool:
+        again = not first[0]
+        first[0] = False
+        result = session.execute(
+            update(Delivery)
+            .where(Delivery.id == claim_.id, Delivery.status == DeliveryStatus.SENDING, Delivery.claim_token == claim_.token)
+            .values(updated_at=utcnow(), claimed_until=None, **values)
+            .execution_options(synchronize_session=False)
+        )
+        session.commit()
+        if result.rowcount:  # type: ignore[attr-defined]
+            return True
+        if again:
+            row = session.execute(select(Delivery.status, Delivery.claim_token).where(Delivery.id == claim_.id)).one_or_none()
+            return row is not None and row.claim_token == claim_.token and row.status == values.get("status")
+        return False
+
+    return retrying(session, attempt, f"delivery {claim_.id}: recording {values.get('status')}", retry_for)
 
 
 def mark_sent(session: Session, claim_: Claim, relay: str) -> bool:
@@ -153,6 +333,33 @@ def release(session: Session, claims: Sequence[Claim]) -> None:
         _finish(session, c, {"status": DeliveryStatus.PENDING, "attempts": Delivery.attempts - 1})
 
 
+def fail_exhausted_claims(session: Session, now: datetime, max_attempts: int) -> int:
+    """Fail the deliveries whose claim ran out (their worker died) after their last allowed attempt,
+    instead of trying them a ``max_attempts + 1``-th time; commits. Returns the count.
+
+    Whether that last attempt reached the relay is unknown; the reason says so, and `issue requeue`
+    can send them again after a look.
+    """
+    result = session.execute(
+        update(Delivery)
+        .where(
+            Delivery.status == DeliveryStatus.SENDING,
+            Delivery.claimed_until < now,
+            Delivery.attempts >= max_attempts,
+            Delivery.issue_id.not_in(select(Issue.id).where(Issue.status == IssueStatus.CANCELLED)),  # skipped instead
+        )
+        .values(
+            status=DeliveryStatus.FAILED,
+            claimed_until=None,
+            updated_at=now,
+            last_error=f"gave up after {max_attempts} attempts: the last claim ran out (its worker stopped); outcome unknown",
+        )
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
 def mark_enqueued(session: Session, ids: Sequence[int], now: datetime | None = None) -> None:
     """Record that a send task for ``ids`` was handed to the broker (for the sweeper's bookkeeping)."""
     if ids:
@@ -168,11 +375,18 @@ def due_for_enqueue(session: Session, now: datetime, requeue_after: float, limit
     """``(issue_id, delivery_id)`` pairs whose send task must be (re-)enqueued, in id order.
 
     Due: a deferred row whose retry time has come and that was not enqueued since it was deferred;
-    an expired claim (its worker died); and any non-final row enqueued longer than ``requeue_after``
-    seconds ago without progress (its broker message was lost, e.g. Redis restarted).
+    an expired claim (its worker died); a pending row never enqueued; and a pending row enqueued
+    longer than ``requeue_after`` seconds ago when its whole issue made no progress in that time (its
+    broker message was lost, e.g. Redis restarted). A pending row waiting its turn behind a
+    rate-limited relay is not due while the issue moves: re-enqueueing it would only add empty claims.
     """
     stale = now - timedelta(seconds=requeue_after)
     never_or_stale = or_(Delivery.enqueued_at.is_(None), Delivery.enqueued_at < stale)
+    other = Delivery.__table__.alias("progress")
+    stalled_issues = select(Issue.id).where(
+        Issue.status == IssueStatus.SENDING,
+        ~exists().where(other.c.issue_id == Issue.id, other.c.updated_at >= stale),
+    )
     query = (
         select(Delivery.issue_id, Delivery.id)
         .where(
@@ -183,7 +397,8 @@ def due_for_enqueue(session: Session, now: datetime, requeue_after: float, limit
                     or_(never_or_stale, Delivery.enqueued_at < Delivery.next_attempt_at),
                 ),
                 and_(Delivery.status == DeliveryStatus.SENDING, Delivery.claimed_until < now, never_or_stale),
-                and_(Delivery.status == DeliveryStatus.PENDING, never_or_stale),
+                and_(Delivery.status == DeliveryStatus.PENDING, Delivery.enqueued_at.is_(None)),
+                and_(Delivery.status == DeliveryStatus.PENDING, Delivery.enqueued_at < stale, Delivery.issue_id.in_(stalled_issues)),
             )
         )
         .order_by(Delivery.id)

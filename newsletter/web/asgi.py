@@ -1,6 +1,16 @@
-"""The ASGI entry point for uvicorn (``newsletter.web.asgi:app``): the app for the environment's settings."""
+"""The ASGI entry point for uvicorn (``newsletter.web.asgi:app``): the app for the environment's settings.
 
-from newsletter.config import load_settings
+A setting that cannot be used stops the server at import with one line and exit status 2, as every
+other process does (see `newsletter.config.SettingsError`).
+"""
+
+import sys
+
+from newsletter.config import SettingsError, load_settings
 from newsletter.web.app import create_app
 
-app = create_app(load_settings())
+try:
+    app = create_app(load_settings())
+except SettingsError as exc:
+    print(f"error: {exc}", file=sys.stderr, flush=True)
+    raise SystemExit(2) from None

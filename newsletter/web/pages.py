@@ -25,7 +25,7 @@ INVALID_LINK = {"unsubscribe": "This unsubscribe link is not valid.", "preferenc
 def _verified(web: WebState, token: str, purpose: str) -> int | None:
     """The subscriber id a signed link names, or None when the signature does not hold."""
     try:
-        return verify(web.settings.secret_key, purpose, token)[0]
+        return verify(web.settings.secret_keys, purpose, token)[0]  # every key verifies: rotation keeps old links
     except BadToken:
         return None
 
