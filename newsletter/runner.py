@@ -47,6 +47,17 @@ class PublishOutcome:
         return ", ".join(parts) or "no deliveries"
 
 
+def require_broker(settings: Settings, number: int) -> None:
+    """Raise `BrokerUnavailable` (one line, naming the broker) unless the embedded default runs the tasks
+    or the broker answers; callers check before asking an editor to confirm a publish."""
+    from tasks.app import broker_problem, use_settings  # Celery lives at the edge
+
+    use_settings(settings)
+    if not settings.embedded and (problem := broker_problem()):
+        where = settings.describe()["REDIS_URL"]
+        raise BrokerUnavailable(f"cannot reach the broker at {where} ({problem}); issue {number} was not changed")
+
+
 def start_publish(settings: Settings, number: int) -> tuple[int, threading.Thread | None]:
     """Validate issue ``number`` and start its pipeline.
 
@@ -60,13 +71,10 @@ def start_publish(settings: Settings, number: int) -> tuple[int, threading.Threa
             if it went away between the check and the enqueue, the issue stays ``publishing`` and the
             sweeper starts its pipeline once the broker is back (the message says so).
     """
-    from tasks.app import broker_problem, is_broker_error, use_settings  # Celery lives at the edge
+    from tasks.app import is_broker_error
     from tasks.publish import publish_pipeline
 
-    use_settings(settings)
-    if not settings.embedded and (problem := broker_problem()):
-        where = settings.describe()["REDIS_URL"]
-        raise BrokerUnavailable(f"cannot reach the broker at {where} ({problem}); issue {number} was not changed")
+    require_broker(settings, number)
     with session_factory(settings.database_url)() as session:
         issue = get_issue(session, number)
         publishing.request_publish(session, settings, issue)

@@ -37,10 +37,10 @@ def server(tmp_path: Path, make_settings) -> Iterator[dict[str, Any]]:  # type: 
     port = free_port()
     with SMTPServer() as smtp:
         # Plain http on 127.0.0.1, as on an editor's laptop: the cookies are then not marked Secure.
-        settings = make_settings(url, NEWSLETTER_BASE_URL=f"http://127.0.0.1:{port}", SMTP_URL=smtp.url)
+        settings = make_settings(url, NEWSLETTER_BASE_URL=f"http://127.0.0.1:{port}", SMTP_URL=smtp.url, NEWSLETTER_ALLOW_HTTP="1")
         seed(settings)
         env = {**os.environ, "DATABASE_URL": url, "NEWSLETTER_SECRET_KEY": settings.secret_key, "NEWSLETTER_BASE_URL": settings.base_url,
-               "SMTP_URL": smtp.url, "NEWSLETTER_HOME": str(tmp_path / "home")}  # fmt: skip
+               "SMTP_URL": smtp.url, "NEWSLETTER_HOME": str(tmp_path / "home"), "NEWSLETTER_ALLOW_HTTP": "1"}  # fmt: skip
         env.pop("REDIS_URL", None)
         log = tmp_path / "web.log"
         proc = subprocess.Popen([sys.executable, "-m", "newsletter.cli", "web", "--port", str(port)], cwd=ROOT, env=env,

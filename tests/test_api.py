@@ -217,3 +217,15 @@ def test_subscribers_segments_and_erasure(db_url: str, make_settings) -> None:  
     assert c.delete(f"/api/subscribers/{bo}", headers=h).status_code == 204
     assert c.post("/api/subscribers", json={"email": "bo@example.com"}, headers=h).status_code == 201
     assert "Dee" not in c.get("/api/subscribers/export", headers=h).text
+
+
+def test_publish_with_the_broker_down_is_a_503_and_changes_nothing(sqlite_url: str, make_settings) -> None:  # type: ignore[no-untyped-def]
+    from tests.smtp_server import free_port
+
+    site = make_site(make_settings(sqlite_url, REDIS_URL=f"redis://127.0.0.1:{free_port()}/0"))
+    c, h = site.client, site.auth
+    n = c.post("/api/issues", json={"articles": ["sample-en-01"]}, headers=h).json()["number"]
+    down = c.post(f"/api/issues/{n}/publish", json={"confirm": True}, headers=h)
+    assert down.status_code == 503 and down.headers["content-type"] == PROBLEM and down.headers["retry-after"] == "30"
+    assert "cannot reach the broker" in down.json()["detail"]
+    assert c.get(f"/api/issues/{n}", headers=h).json()["status"] == "draft"

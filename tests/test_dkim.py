@@ -103,7 +103,8 @@ def test_bad_key_settings_fail_at_start_with_one_line(tmp_path: Path) -> None:
 
     env = {"NEWSLETTER_HOME": str(tmp_path / "home"), "NEWSLETTER_DKIM_SELECTOR": "s1", "NEWSLETTER_DKIM_KEY_FILE": str(bad)}
     result = CliRunner().invoke(main, ["issue", "list"], env=env)
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # a setting that cannot be used: exit status 2
     assert result.output.strip().splitlines() == [
-        f"Error: NEWSLETTER_DKIM_KEY_FILE={bad}: not a PEM RSA private key (make one with: openssl genrsa -out dkim.pem 2048)"
+        f"error: NEWSLETTER_DKIM_KEY_FILE={bad}: not a PEM RSA private key (make one with: openssl genrsa -out dkim.pem 2048);"
+        " expected a PEM RSA private key file"
     ]

@@ -87,7 +87,9 @@ def editions(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
     records = _longest_issue_records(shared_data)
     corpus = folder / "issue.jsonl"
     corpus.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-    settings = load_settings({"DATABASE_URL": url, "NEWSLETTER_BASE_URL": "https://news.example.org", "NEWSLETTER_SECRET_KEY": "k"})
+    settings = load_settings(
+        {"DATABASE_URL": url, "NEWSLETTER_BASE_URL": "https://news.example.org", "NEWSLETTER_SECRET_KEY": "email-clients-test-key"}
+    )
     with session_factory(url)() as session:
         assert not import_articles(session, corpus).errors
         by_id = {a.external_id: a for a in session.query(Article)}

@@ -137,6 +137,8 @@ def test_reindex_command_rebuilds_the_index(sqlite_url: str, tmp_path: Path, mon
         session.commit()
     monkeypatch.setenv("DATABASE_URL", sqlite_url)
     monkeypatch.setenv("NEWSLETTER_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("NEWSLETTER_SECRET_KEY", "related-store-test-key")
+    monkeypatch.setenv("NEWSLETTER_BASE_URL", "https://news.example.org")
     result = CliRunner().invoke(main, ["related", "reindex"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert result.output.startswith("4 articles indexed, 0 unchanged")

@@ -102,7 +102,7 @@ def test_sign_in_session_cookie_and_csrf(site) -> None:  # type: ignore[no-untyp
 
 
 def test_password_change_ends_sessions_and_http_base_url_drops_secure(sqlite_url: str, make_settings) -> None:  # type: ignore[no-untyped-def]
-    settings = make_settings(sqlite_url, NEWSLETTER_BASE_URL="http://localhost:8000")
+    settings = make_settings(sqlite_url, NEWSLETTER_BASE_URL="http://localhost:8000", NEWSLETTER_ALLOW_HTTP="1")
     make_site(settings)
     c = TestClient(create_app(settings))  # plain http, as on a laptop
     page = c.get("/admin/sign-in")

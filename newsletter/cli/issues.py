@@ -157,9 +157,10 @@ def issue_publish(ctx: Context, number: int, no_wait: bool, yes: bool) -> None:
     (see 'issue requeue').
     """
     from newsletter import publishing
-    from newsletter.runner import BrokerUnavailable, start_publish
+    from newsletter.runner import BrokerUnavailable, require_broker, start_publish
 
     try:
+        require_broker(ctx.settings, number)  # before the count and the question: one line if it is down
         with ctx.session() as session:
             the_issue = get_issue(session, number)
             counted = publishing.publish_preview(session, ctx.settings, the_issue)
@@ -171,7 +172,7 @@ def issue_publish(ctx: Context, number: int, no_wait: bool, yes: bool) -> None:
             publishing.confirm_publish(session, ctx.settings, the_issue, confirmed, counted.recipients)
     except publishing.ConfirmationRequired as exc:
         raise click.ClickException(f"not published: {exc}") from exc
-    except (IssueError, RenderError) as exc:
+    except (IssueError, RenderError, BrokerUnavailable) as exc:
         raise click.ClickException(str(exc)) from exc
     try:
         issue_id, thread = start_publish(ctx.settings, number)

@@ -21,6 +21,7 @@ from newsletter.editors import EditorError
 from newsletter.issues import IssueError, IssueNotFound, IssueStateError
 from newsletter.publishing import ConfirmationRequired
 from newsletter.rendering import RenderError
+from newsletter.runner import BrokerUnavailable
 from newsletter.segments import SegmentError
 from newsletter.subscriber_admin import SubscriberError, SubscriberExists
 from newsletter.testsend import TestSendLimited
@@ -60,7 +61,7 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 TITLES = {400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found", 405: "Method not allowed",
           409: "Conflict", 413: "Content too large", 415: "Unsupported media type", 422: "Invalid input",
-          429: "Too many requests", 500: "Internal server error"}  # fmt: skip
+          429: "Too many requests", 500: "Internal server error", 503: "Service unavailable"}  # fmt: skip
 
 
 def wants_html(request: Request) -> bool:
@@ -119,6 +120,8 @@ def domain_problem(request: Request, exc: Exception) -> Response:
         return problem_response(
             request, 429, str(exc), slug="test-send-limit", errors=errors, headers={"Retry-After": str(exc.retry_after)}
         )
+    if isinstance(exc, BrokerUnavailable):
+        return problem_response(request, 503, str(exc), slug="broker-unavailable", headers={"Retry-After": "30"})
     if isinstance(exc, IssueNotFound):
         return problem_response(request, 404, str(exc), slug="not-found", errors=errors)
     if isinstance(exc, IssueStateError | SubscriberExists):
@@ -151,6 +154,6 @@ def install(app: FastAPI) -> None:
 
     app.add_exception_handler(HTTPException, http_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, validation_error)  # type: ignore[arg-type]
-    for cls in (IssueError, SubscriberError, EditorError, SegmentError, RenderError):
+    for cls in (IssueError, SubscriberError, EditorError, SegmentError, RenderError, BrokerUnavailable):
         app.add_exception_handler(cls, domain_error)
     app.add_exception_handler(Exception, server_error)

@@ -99,7 +99,7 @@ def publish(
     session.close()
     try:
         issue_id, _ = runner.start_publish(web.settings, number)
-    except (IssueError, RenderError) as exc:
+    except (IssueError, RenderError, runner.BrokerUnavailable) as exc:
         flash(request, f"Not published: {exc}", "error")
         return back(f"/admin/issues/{number}/publish")
     runner.watch(web.settings, issue_id)

@@ -152,6 +152,7 @@ def publish(number: Number, body: PublishIn, web: State, session: DB) -> Publish
     """Publish: without ``"confirm": true`` nothing happens and the answer (409) carries the recipient
     count to confirm; with ``recipients`` the count must still hold. Follow with GET …/status."""
     issue = get_issue(session, number)
+    runner.require_broker(web.settings, number)  # 503 before anything is confirmed or changed
     counted = publishing.confirm_publish(session, web.settings, issue, body.confirm, body.recipients)
     session.close()
     issue_id, _ = runner.start_publish(web.settings, number)
