@@ -323,10 +323,12 @@ def ledger_figures(url: str, issue_id: int) -> tuple[Counter[str], float, float 
 def stage_times(events: list[dict[str, Any]], since: float) -> tuple[dict[str, float], int]:
     tasks = [e for e in events if e["ev"] == "task" and e["start"] >= since]
     stages = {}
+    sends = [e for e in tasks if e["name"] == "newsletter.send_batch"]
     for label, name in STAGES.items():
         runs = [e for e in tasks if e["name"] == name]
-        stages[label] = sum(e["end"] - e["start"] for e in runs)
-    sends = [e for e in tasks if e["name"] == "newsletter.send_batch"]
+        # Embedded (eager) mode runs the send batches inside plan_deliveries: count them as sending only.
+        nested = sum(s["end"] - s["start"] for e in runs for s in sends if s["pid"] == e["pid"] and e["start"] <= s["start"] <= e["end"])
+        stages[label] = sum(e["end"] - e["start"] for e in runs) - nested
     if sends:
         stages["send"] = max(e["end"] for e in sends) - min(e["start"] for e in sends)
         stages["send tasks"] = len(sends)
@@ -643,7 +645,7 @@ def embedded_mode(args: argparse.Namespace, tmp: Path) -> None:
             raw = args.profile / "embedded.raw.txt"
             cmd = ["py-spy", "record", "--nonblocking", "--rate", "250", "--format", "raw", "-o", str(raw), "--", *cmd]
         out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
-        child = json.loads(out.strip().splitlines()[-1])
+        child = json.loads([line for line in out.splitlines() if line.startswith("{")][-1])  # py-spy prints its own lines too
         if args.profile:
             summarise_profile(args.profile / "embedded.raw.txt", args.profile / "embedded.top.txt")
             print(f"profile: {args.profile / 'embedded.top.txt'}")
