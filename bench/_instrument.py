@@ -1,7 +1,7 @@
 """Measurement hooks for bench/publish.py, loaded into the processes it starts (never by the product).
 
 `install(path)` appends one JSON line per event to ``path``: each premailer call (``{"ev": "premailer"}``)
-and each Celery task run (``{"ev": "task", "name", "start", "end"}``, wall-clock seconds, from the
+and each Celery task run (``{"ev": "task", "name", "start", "end", "sent"}``, wall-clock seconds, from the
 task_prerun/task_postrun signals, which fire for worker and eager tasks alike). Lines are written with
 one ``write`` on an O_APPEND descriptor, so processes writing to the same file do not interleave.
 """
@@ -45,10 +45,11 @@ def install(path: str) -> None:
         _started[task_id or ""] = time.time()
 
     @task_postrun.connect(weak=False)
-    def _postrun(task_id: str | None = None, task: Any = None, **_: Any) -> None:
+    def _postrun(task_id: str | None = None, task: Any = None, retval: Any = None, **_: Any) -> None:
         start = _started.pop(task_id or "", None)
         if start is not None:
-            _emit({"ev": "task", "name": getattr(task, "name", "?"), "start": start, "end": time.time()})
+            sent = retval.get("sent", 0) if isinstance(retval, dict) else 0  # send_batch returns its outcome counts
+            _emit({"ev": "task", "name": getattr(task, "name", "?"), "start": start, "end": time.time(), "sent": sent})
 
 
 def read(path: str) -> list[dict[str, Any]]:

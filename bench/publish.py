@@ -479,8 +479,15 @@ def product_run(
     if profiler:
         print(f"profile: {profiler.finish()}")
     states, phase, finished = ledger_figures(settings.database_url, issue_id)
-    stages, premailer = stage_times(_instrument.read(str(events)), t0)
+    run_events = _instrument.read(str(events))
+    stages, premailer = stage_times(run_events, t0)
     sent = states.get("sent", 0)
+    by_pid = Counter()
+    for e in run_events:
+        if e["ev"] == "task" and e["start"] >= t0:
+            by_pid[e["pid"]] += e.get("sent", 0)
+    sent_by = {k: by_pid[p] for k, p in procs.items() if by_pid.get(p)}
+    own = {k: 1000 * cpu[k] / n for k, n in sent_by.items()}
     postgres = sum(v for k, v in cpu.items() if k.startswith("postgres"))
     cpu = {k: v for k, v in cpu.items() if not k.startswith("postgres")} | {"postgres (bench db)": postgres}
     time.sleep(0.3)  # the sink's counter is written when the connection quits
@@ -488,7 +495,8 @@ def product_run(
     return RunResult(
         n=n, sent=sent, end_to_end=(finished or time.time()) - t0, send_phase=phase, stages=stages, premailer=premailer,
         cpu_ms={k: 1000 * v / max(sent, 1) for k, v in cpu.items()}, rss_mib=rss, sink_count=sink.count() - sink_before,
-        load_start=load_start, load_end=load_end, status=status, extra={"states": dict(states), "issue_id": issue_id},
+        load_start=load_start, load_end=load_end, status=status,
+        extra={"states": dict(states), "issue_id": issue_id, "own": own, "sent_by": sent_by},
     )  # fmt: skip
 
 
@@ -503,7 +511,11 @@ def print_run(i: int, r: RunResult) -> None:
               f" end to end, {r.send_rate / r.source_rate:.3f} send phase")  # fmt: skip
     print("  stages (task run time, s): " + ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in r.stages.items()))
     print(f"  premailer calls: {r.premailer}")
-    print("  CPU ms per message: " + ", ".join(f"{k} {v:.2f}" for k, v in r.cpu_ms.items()))
+    print("  CPU ms per message (its CPU / all messages): " + ", ".join(f"{k} {v:.2f}" for k, v in r.cpu_ms.items()))
+    if r.extra.get("own"):
+        print(
+            "  CPU ms per message it sent: " + ", ".join(f"{k} {v:.2f} ({r.extra['sent_by'][k]:,} sent)" for k, v in r.extra["own"].items())
+        )
     print("  peak RSS MiB: " + ", ".join(f"{k} {v:.0f}" for k, v in r.rss_mib.items()))
 
 
