@@ -197,6 +197,10 @@ class MessageTemplate:
                 else:
                     static(encoded + b"\r\n")
         static(lines[-1])
+        found = sum(isinstance(c, str) for p in pieces if isinstance(p, tuple) for c in p[0])
+        expected = len(PLACEHOLDER.findall(text)) + len(PLACEHOLDER.findall(html_doc))
+        if found != expected:  # e.g. a body no longer quoted-printable: never send markers unfilled
+            raise ValueError(f"message template: {expected - found} of {expected} personal markers not found in the encoded message")
         return cls(pieces)
 
     def render(self, *, to_address: str, to_name: str, message_id: str, unsubscribe_url: str, values: Mapping[str, str]) -> bytes:

@@ -134,6 +134,23 @@ def test_only_marker_lines_change() -> None:
     assert 0 < len(changed) < 20
 
 
+def test_every_marker_is_found_or_the_build_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    text, html = edition("zh-Hans")
+    template = MessageTemplate.build(FROM, "s", LIST_ID, "zh-Hans", text, html)
+    raw = template.render(to_address="a@example.com", to_name="Ann", message_id="<a@b>", unsubscribe_url="https://n.example/u",
+                          values={"GREETING": "Hi", "EMAIL": "a@example.com", "UNSUBSCRIBE_URL": "u", "PREFERENCES_URL": "p"})  # fmt: skip
+    assert b"@@NL_" not in raw
+    # A body the template cannot read (here: base64 instead of quoted-printable) must not go out with markers in it.
+    original = EmailMessage.set_content
+
+    def base64_content(self: EmailMessage, *args: object, **kwargs: object) -> None:
+        original(self, *args, **{**kwargs, "cte": "base64"})  # type: ignore[arg-type]
+
+    monkeypatch.setattr(EmailMessage, "set_content", base64_content)
+    with pytest.raises(ValueError, match="markers not found"):
+        MessageTemplate.build(FROM, "s", LIST_ID, "zh-Hans", text, html)
+
+
 def test_unknown_or_missing_marker_raises_like_personalise() -> None:
     template = MessageTemplate.build(FROM, "s", LIST_ID, "en", "@@NL_GREETING@@\n", "<p>@@NL_NOPE@@</p>")
     with pytest.raises(KeyError):
