@@ -10,6 +10,13 @@ from email.utils import format_datetime, getaddresses
 
 from newsletter.models import utcnow
 
+# Serialising: header objects fold themselves at 78; a raw value (only List-Unsubscribe, see below) is kept whole.
+WIRE_POLICY = SMTP.clone(refold_source="none")
+# Building: quoted-printable lines of at most 76 characters (RFC 2045 §6.7 rule 5; the SMTP policy's 78 is
+# RFC 5322's header limit, which the email package also applies to bodies).
+BODY_POLICY = SMTP.clone(max_line_length=76)
+MAX_LINE = 998  # octets, RFC 5322 §2.1.1
+
 
 class HeaderInjection(ValueError):
     """A header value carried a line break: refused rather than folded into a new header."""
@@ -33,6 +40,35 @@ def _clean(name: str, value: str) -> str:
     if "\r" in value or "\n" in value or "\x00" in value:
         raise HeaderInjection(f"{name} contains a line break: {value!r}")
     return value
+
+
+def unsubscribe_value(url: str) -> str:
+    """``<url>`` for ``List-Unsubscribe`` (RFC 2369 §2), checked to fit one header line.
+
+    Raises:
+        HeaderInjection: a line break in the URL.
+        ValueError: the URL is not printable ASCII without spaces (RFC 3986), or longer than a line may be.
+    """
+    value = f"<{_clean('List-Unsubscribe', url)}>"
+    if not (value.isascii() and value.isprintable()) or " " in value:
+        raise ValueError(f"List-Unsubscribe URL must be printable ASCII without spaces: {url!r}")
+    if len(value) + len("List-Unsubscribe: ") > MAX_LINE:
+        raise ValueError(f"List-Unsubscribe URL is longer than a header line may be ({MAX_LINE} octets)")
+    return value
+
+
+def list_unsubscribe_line(url: str) -> bytes:
+    """The ``List-Unsubscribe`` field with CRLF, as `build_message` + `to_bytes` write it: on one line
+    when it fits 78 characters, else folded after the colon, else (a URL longer than a folded line)
+    unfolded on one line, since a URL may not be broken or RFC 2047-encoded (RFC 2369 §2, RFC 2047 §5).
+
+    Raises:
+        HeaderInjection, ValueError: see `unsubscribe_value`.
+    """
+    value = unsubscribe_value(url)
+    if len(value) + len("List-Unsubscribe: ") <= SMTP.max_line_length or len(value) + 1 > SMTP.max_line_length:
+        return f"List-Unsubscribe: {value}\r\n".encode("ascii")
+    return f"List-Unsubscribe:\r\n {value}\r\n".encode("ascii")
 
 
 def ascii_address(address: str) -> str:
@@ -68,12 +104,15 @@ def build_message(env: Envelope, text: str, html: str) -> EmailMessage:
     Headers: display names and subject are RFC 2047 encoded when not ASCII (the policy does it);
     ``List-Unsubscribe`` carries the signed https URL and ``List-Unsubscribe-Post`` asks for one-click
     unsubscription (RFC 8058 §3.1); ``List-Id`` follows RFC 2919. Bodies are quoted-printable UTF-8,
-    so no line exceeds 76 octets (RFC 5322's 998-octet limit is never near).
+    so no body line exceeds 76 octets (RFC 5322's 998-octet limit is never near).
+
+    This is the reference for the per-recipient hot path, `newsletter.message_template`.
 
     Raises:
         HeaderInjection: a header value carries a line break.
+        ValueError: see `parse_from` and `unsubscribe_value`.
     """
-    msg = EmailMessage(policy=SMTP)  # SMTP policy: CRLF line ends when serialised
+    msg = EmailMessage(policy=BODY_POLICY)  # CRLF line ends when serialised
     msg["From"] = parse_from(env.from_header)
     local, _, domain = ascii_address(_clean("To", env.to_address)).rpartition("@")
     msg["To"] = Address(display_name=_clean("To name", env.to_name), username=local, domain=domain)
@@ -81,7 +120,13 @@ def build_message(env: Envelope, text: str, html: str) -> EmailMessage:
     msg["Date"] = format_datetime(utcnow())
     msg["Message-ID"] = _clean("Message-ID", env.message_id)
     msg["List-Id"] = f"<{_clean('List-Id', env.list_id)}>"
-    msg["List-Unsubscribe"] = f"<{_clean('List-Unsubscribe', env.unsubscribe_url)}>"
+    unsubscribe = unsubscribe_value(env.unsubscribe_url)
+    if len(unsubscribe) + 1 <= SMTP.max_line_length:
+        msg["List-Unsubscribe"] = unsubscribe
+    else:
+        # Too long for a folded line: the email package would turn it into RFC 2047 encoded-words,
+        # which RFC 2369 clients do not decode (one-click unsubscribe would break). Keep it whole.
+        msg.set_raw("List-Unsubscribe", unsubscribe)
     msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
     msg.set_content(text, subtype="plain", charset="utf-8", cte="quoted-printable")
     msg.add_alternative(html, subtype="html", charset="utf-8", cte="quoted-printable")
@@ -91,4 +136,4 @@ def build_message(env: Envelope, text: str, html: str) -> EmailMessage:
 
 def to_bytes(msg: EmailMessage) -> bytes:
     """Serialise with CRLF line ends, as sent over SMTP and stored in the outbox."""
-    return msg.as_bytes(policy=SMTP)
+    return msg.as_bytes(policy=WIRE_POLICY)

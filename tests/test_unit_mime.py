@@ -57,13 +57,38 @@ def test_crlf_only_no_bare_lf_or_cr() -> None:
 
 
 def test_every_line_at_most_998_octets() -> None:
-    env = dataclasses.replace(ENV, subject="A" * 1500, unsubscribe_url="https://news.example.org/u/" + "b" * 1200)
+    env = dataclasses.replace(ENV, subject="A" * 1500, unsubscribe_url="https://news.example.org/u/" + "b" * 900)
     raw = _raw(env, text="x" * 5000 + "\n", html="<p>" + "y" * 5000 + "</p>")
     lines = raw.split(b"\r\n")
     assert max(len(line) for line in lines) <= 998
     parsed = _parse(raw)
     assert parsed["Subject"] == "A" * 1500
-    assert str(parsed["List-Unsubscribe"]).strip() == "<https://news.example.org/u/" + "b" * 1200 + ">"
+    assert str(parsed["List-Unsubscribe"]).strip() == "<https://news.example.org/u/" + "b" * 900 + ">"
+
+
+def test_quoted_printable_lines_at_most_76() -> None:
+    # RFC 2045 §6.7 rule 5; the SMTP policy alone would allow 78.
+    raw = _raw(text="x" * 500 + "\n" + "好" * 200 + "\n" + "a " * 200 + "\n", html="<p>" + "y" * 500 + "</p>")
+    body = raw.split(b"\r\n\r\n", 1)[1]
+    assert max(len(line) for line in body.split(b"\r\n")) <= 76
+
+
+@pytest.mark.parametrize("length", [40, 60, 76, 77, 78, 120, 400])
+def test_list_unsubscribe_is_never_rfc2047_encoded(length: int) -> None:
+    # RFC 2369 clients (one-click unsubscribe, RFC 8058) read the URL as it stands: the email package would
+    # fold a URL longer than a folded line into =?utf-8?q?...?= words, which they would not decode.
+    url = "https://news.example.org/unsubscribe/" + "t" * (length - 37)
+    head = _headers(_raw(dataclasses.replace(ENV, unsubscribe_url=url)))
+    field = re.search(rb"\r\nList-Unsubscribe:(.*?)\r\n(?! )", head, re.S).group(1)  # type: ignore[union-attr]
+    assert b"=?" not in field
+    assert field.replace(b"\r\n", b"").strip() == f"<{url}>".encode()
+
+
+def test_list_unsubscribe_too_long_or_not_ascii_is_refused() -> None:
+    with pytest.raises(ValueError, match="longer than a header line"):
+        build_message(dataclasses.replace(ENV, unsubscribe_url="https://news.example.org/u/" + "b" * 1200), "t\n", "<p>h</p>")
+    with pytest.raises(ValueError, match="printable ASCII"):
+        build_message(dataclasses.replace(ENV, unsubscribe_url="https://news.example.org/ü"), "t\n", "<p>h</p>")
 
 
 def test_headers_are_ascii_and_rfc2047_encoded() -> None:

@@ -17,9 +17,10 @@ from newsletter.delivery import ledger
 from newsletter.delivery.backoff import next_attempt
 from newsletter.delivery.errors import DeliveryError, PermanentDeliveryError
 from newsletter.delivery.mailers import Mailer
-from newsletter.mime import Envelope, HeaderInjection, ascii_address, build_message, to_bytes
+from newsletter.message_template import edition_template
+from newsletter.mime import HeaderInjection, ascii_address
 from newsletter.models import Delivery, Edition, Issue, IssueStatus, Subscriber, SubscriberStatus, Suppression, utcnow
-from newsletter.rendering import greeting, personalise
+from newsletter.rendering import greeting
 from newsletter.suppressions import is_dead_address, mark_bounced, suppress
 from newsletter.sweeper import pause_if_failing
 from newsletter.tokens import sign
@@ -159,23 +160,12 @@ def _send_one(
             "UNSUBSCRIBE_URL": unsub,
             "PREFERENCES_URL": preferences_url(settings, subscriber.id),
         }
-        envelope = Envelope(
-            from_header=settings.from_address,
-            to_address=delivery.email,
-            to_name=subscriber.name,
-            subject=edition.subject,
-            message_id=delivery.message_id,
-            list_id=settings.list_id,
-            unsubscribe_url=unsub,
-            lang=edition.lang,
-        )
         try:
-            raw = to_bytes(
-                build_message(
-                    envelope,
-                    personalise(edition.text, values, escape=False),
-                    personalise(edition.html, values, escape=True),
-                )
+            # The edition's message is encoded once per process; only the personal bytes are written here
+            # (the same message as mime.build_message would build: tests/test_message_template.py).
+            template = edition_template(settings.from_address, edition.subject, settings.list_id, edition.lang, edition.text, edition.html)
+            raw = template.render(
+                to_address=delivery.email, to_name=subscriber.name, message_id=delivery.message_id, unsubscribe_url=unsub, values=values
             )
             if settings.dkim is not None:  # the one place a message is signed: final bytes, after personalisation
                 raw = dkim.sign(raw, settings.dkim)
