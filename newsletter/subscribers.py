@@ -235,8 +235,11 @@ def unsubscribe(session: Session, subscriber_id: int, source: str = "link") -> S
     return subscriber
 
 
-def update_preferences(session: Session, subscriber_id: int, lang: str, topics: list[str]) -> Subscriber | None:
-    """Set a subscriber's language and topics; commits. Returns None for an unknown id.
+def update_preferences(
+    session: Session, subscriber_id: int, lang: str, topics: list[str], *, paused: bool | None = None
+) -> Subscriber | None:
+    """Set a subscriber's language and topics (and pause or resume deliveries unless ``paused`` is None);
+    commits. Returns None for an unknown id.
 
     Raises:
         ValueError: unsupported language.
@@ -246,5 +249,7 @@ def update_preferences(session: Session, subscriber_id: int, lang: str, topics: 
         return None
     subscriber.lang = normalise_lang(lang)
     subscriber.topics = sorted({t.strip() for t in topics if t.strip()})
+    if paused is not None:
+        subscriber.paused = paused
     session.commit()
     return subscriber
