@@ -52,8 +52,10 @@ def _public(lang: str):  # type: ignore[no-untyped-def]
     )
 
 
-def archive_entries(session: Session, web: WebState, lang: str, page: int = 1, size: int = PAGE_SIZE) -> tuple[list[ArchiveEntry], int]:
-    """Page ``page`` (1-based) of the ``lang`` editions that went out, newest first, and the page count."""
+def archive_entries(session: Session, web: WebState, lang: str, page: int = 1, size: int | None = None) -> tuple[list[ArchiveEntry], int]:
+    """Page ``page`` (1-based, ``size`` per page, default `PAGE_SIZE`) of the ``lang`` editions that went
+    out, newest first, and the page count."""
+    size = size or PAGE_SIZE
     total = session.scalar(select(func.count()).select_from(_public(lang).subquery())) or 0
     rows = session.execute(
         _public(lang).order_by(Issue.published_at.desc().nulls_last(), Issue.number.desc()).offset((page - 1) * size).limit(size)
