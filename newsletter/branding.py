@@ -68,7 +68,9 @@ def _list_names(raw: str) -> dict[str, str]:
             raise BrandingError("NEWSLETTER_LIST_NAME", f"is not valid JSON ({exc.msg})", expected) from exc
         if not isinstance(given, dict) or not all(k in LANGS and isinstance(v, str) and v.strip() for k, v in given.items()):
             raise BrandingError("NEWSLETTER_LIST_NAME", f"={raw!r} must map {', '.join(LANGS)} to names", expected)
-        return {**names, **{k: " ".join(v.split()) for k, v in given.items()}}
+        given = {k: " ".join(v.split()) for k, v in given.items()}
+        fallback = given.get("en") or next(iter(given.values()), "")  # a rebranded list never shows the default name
+        return {lang: given.get(lang) or fallback or names[lang] for lang in LANGS}
     return dict.fromkeys(LANGS, " ".join(raw.split()))
 
 
