@@ -209,3 +209,27 @@ def leave(
         send_notice(settings, "goodbye", subscriber.email, subscriber.name, subscriber.lang, mailer=mailer,
                     resubscribe_url=f"{settings.base_url}/subscribe?lang={subscriber.lang}")  # fmt: skip
     return LeaveResult(subscriber, left, unsubscribed=True)
+
+
+def send_confirmations(session: Session, settings: Settings, emails: Iterable[str], *, mailer: Mailer | None = None) -> int:
+    """Ask each ``pending`` subscriber among ``emails`` to confirm (an import that does not assume
+    consent, ``newsletter subscribers import --confirm``). Returns how many requests the mailer took;
+    other statuses are skipped. One mailer connection serves them all.
+    """
+    from newsletter.notices import default_mailer
+
+    own = mailer is None
+    mailer = mailer or default_mailer(settings)
+    sent = 0
+    try:
+        wanted = list(emails)
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            query = select(Subscriber).where(Subscriber.email.in_(chunk), Subscriber.status == SubscriberStatus.PENDING)
+            for s in session.scalars(query.order_by(Subscriber.id)):
+                sent += send_notice(settings, "confirm", s.email, s.name, s.lang, mailer=mailer, confirm_url=confirm_url(settings, s.id),
+                                    hours=int(settings.confirm_hours))  # fmt: skip
+    finally:
+        if own:
+            mailer.close()
+    return sent

@@ -272,3 +272,29 @@ def test_paused_subscribers_are_not_in_the_audience(app: dict[str, Any]) -> None
         session.add(Subscriber(email="fi@example.com", lang="en", topics=[], attributes={}))
         session.commit()
         assert count_audience(session, None) == 1
+
+
+def test_import_with_confirm_asks_new_subscribers_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from newsletter.cli import main
+
+    env = {"NEWSLETTER_HOME": str(tmp_path / "home"), "NEWSLETTER_SECRET_KEY": "cli-secret", "NEWSLETTER_BASE_URL": "https://news.example.org",
+           "NEWSLETTER_OUTBOX": str(tmp_path / "outbox")}  # fmt: skip
+    for key in ("DATABASE_URL", "REDIS_URL", "SMTP_URL"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.chdir(tmp_path)
+    assert CliRunner().invoke(main, ["db", "upgrade"]).exit_code == 0
+    csv_path = tmp_path / "people.csv"
+    csv_path.write_text("email,name,lang,topics\nold@example.com,Old,en,\n", encoding="utf-8")
+    assert CliRunner().invoke(main, ["subscribers", "import", str(csv_path)]).exit_code == 0  # consent assumed: active
+    csv_path.write_text("email,name,lang,topics\nold@example.com,Old,en,\nlin@example.tw,林,zh-TW,economy\n", encoding="utf-8")
+    result = CliRunner().invoke(main, ["subscribers", "import", "--confirm", str(csv_path)], catch_exceptions=False)
+    assert result.exit_code == 0 and "1 confirmation requests sent" in result.output
+    [request] = outbox(tmp_path)
+    assert header(request, "To") == "林 <lin@example.tw>" and "請確認訂閱" in header(request, "Subject")
+    url = f"sqlite:///{tmp_path / 'home' / 'newsletter.db'}"
+    assert _get("lin@example.tw", url).status == SubscriberStatus.PENDING and _get("lin@example.tw", url).source == "import"
+    assert _get("old@example.com", url).status == SubscriberStatus.ACTIVE  # an existing subscriber is never downgraded
