@@ -412,3 +412,13 @@ def stream_audience(session: Session, segment: Segment, *, max_subscriber_id: in
         yield rows
         after = rows[-1].id
         session.expunge_all()
+
+
+def issue_topics(segment: Mapping[str, Any] | None) -> tuple[str, ...]:
+    """The topics an issue's segment selects at its top level (``{"topics": {"any"|"all": [...]}}``):
+    the "separate newsletters" a reader of that issue can leave. Empty for an issue to everyone."""
+    raw = (segment or {}).get("topics")
+    if not isinstance(raw, Mapping):
+        return ()
+    found = [t for mode in ("any", "all") for t in raw.get(mode) or () if isinstance(t, str)]
+    return tuple(dict.fromkeys(found))

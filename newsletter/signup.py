@@ -18,9 +18,8 @@ others (`leave`), and leaving the last one leaves the list (CAN-SPAM, RFC 8058 Â
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
@@ -30,6 +29,7 @@ from newsletter.delivery.mailers import Mailer
 from newsletter.links import confirm_url, preferences_url, unsubscribe_url
 from newsletter.models import Issue, Subscriber, SubscriberStatus, Suppression, utcnow
 from newsletter.notices import send_notice
+from newsletter.segments import issue_topics
 from newsletter.subscribers import clean_name, normalise_address, normalise_lang, unsubscribe
 
 
@@ -148,16 +148,6 @@ def confirm_subscription(session: Session, settings: Settings, subscriber_id: in
                 unsubscribe=unsubscribe_url(settings, subscriber.id), preferences_url=preferences_url(settings, subscriber.id),
                 archive_url=f"{settings.base_url}/?lang={subscriber.lang}")  # fmt: skip
     return subscriber
-
-
-def issue_topics(segment: Mapping[str, Any] | None) -> tuple[str, ...]:
-    """The topics an issue's segment selects at its top level (``{"topics": {"any"|"all": [...]}}``):
-    the "separate newsletters" a reader of that issue can leave. Empty for an issue to everyone."""
-    raw = (segment or {}).get("topics")
-    if not isinstance(raw, Mapping):
-        return ()
-    found = [t for mode in ("any", "all") for t in raw.get(mode) or () if isinstance(t, str)]
-    return tuple(dict.fromkeys(found))
 
 
 def topics_of_issue(session: Session, issue_id: int) -> tuple[str, ...]:

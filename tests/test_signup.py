@@ -157,6 +157,10 @@ def test_csrf_is_required_on_every_reader_form(app: dict[str, Any]) -> None:
         session.commit()
         sid = session.scalar(select(Subscriber.id))
     assert client.post("/subscribe", data={"email": "eve@example.com"}).status_code == 403
+    # A browser is told in its reader's language, with no hint of the admin pages.
+    page = client.post("/subscribe", data={"email": "eve@example.com"}, headers={"Accept": "text/html", "Accept-Language": "zh-TW"})
+    assert page.status_code == 403 and _h1(page.text) == "此表單已過期" and "/admin" not in page.text
+    assert _h1(client.get("/no-such-page", headers={"Accept": "text/html", "Accept-Language": "zh-CN"}).text) == "找不到页面"
     assert client.post("/subscribe", data={"email": "eve@example.com", "csrf_token": "forged"}).status_code == 403
     prefs = f"/preferences/{sign(settings.secret_key, 'preferences', sid)}"
     assert client.post(prefs, data={"lang": "zh-Hans", "paused": "1"}).status_code == 403

@@ -22,6 +22,7 @@ from newsletter.message_template import edition_template
 from newsletter.mime import HeaderInjection, ascii_address
 from newsletter.models import Delivery, Edition, Issue, IssueStatus, Subscriber, SubscriberStatus, Suppression, utcnow
 from newsletter.rendering import greeting
+from newsletter.segments import issue_topics
 from newsletter.suppressions import is_dead_address, mark_bounced, suppress
 from newsletter.sweeper import pause_if_failing
 
@@ -137,6 +138,11 @@ def _send_one(
     if subscriber.status != SubscriberStatus.ACTIVE:
         reason = str(subscriber.status)
         return f"skipped:{reason}" if ledger.mark_skipped(session, claim_, reason) else "lost"
+    if subscriber.paused:
+        return "skipped:paused" if ledger.mark_skipped(session, claim_, "paused") else "lost"
+    if (topics := issue_topics(issue.segment)) and not set(topics) & set(subscriber.topics or ()):
+        # The reader left this issue's topic after planning: a topic is a newsletter of its own.
+        return "skipped:left-topic" if ledger.mark_skipped(session, claim_, "left-topic") else "lost"
     if delivery.email in suppressed:
         return "skipped:suppressed" if ledger.mark_skipped(session, claim_, "suppressed") else "lost"
     edition = editions.get(delivery.lang)

@@ -41,7 +41,7 @@ from newsletter.tokens import BadToken, ExpiredToken, verify, verify_until
 from newsletter.web.csrf import csrf_protect
 from newsletter.web.deps import DB, State, WebState
 from newsletter.web.problems import problem_response
-from newsletter.web.readerpage import message_page, page_lang, reader_page, topic_choices
+from newsletter.web.readerpage import message_page, page_lang, reader_page, shown_lang, topic_choices
 
 router = APIRouter(tags=["reader pages"])
 CSRF = [Depends(csrf_protect)]
@@ -196,8 +196,9 @@ def confirm_post(token: str, request: Request, web: State, session: DB) -> HTMLR
     return message_page(web, request, subscriber.lang, N_("Subscribed"), N_("Your subscription is confirmed."), status_role=True, link=link)
 
 
-def _unsubscribed_page(web: WebState, request: Request, subscriber: Subscriber, message: str, token: str) -> HTMLResponse:
-    _ = translator(subscriber.lang, True)
+def _unsubscribed_page(web: WebState, request: Request, subscriber: Subscriber, token: str) -> HTMLResponse:
+    _ = translator(shown_lang(request, subscriber.lang), True)
+    message = _("You will not receive further issues.")
     resubscribe = f"/resubscribe/{token}" if subscriber.status == SubscriberStatus.UNSUBSCRIBED else ""
     return reader_page(
         web, request, "unsubscribed.html", subscriber.lang, title=_("Unsubscribed"), message=message, resubscribe_url=resubscribe
@@ -255,7 +256,7 @@ def unsubscribe_post(
         )
         return reader_page(web, request, "message.html", subscriber.lang, title=_("Topic left"), message=text, status_role=True,
                            link=(preferences_url(web.settings, subscriber.id), _("Manage preferences")))  # fmt: skip
-    return _unsubscribed_page(web, request, subscriber, _("You will not receive further issues."), token)
+    return _unsubscribed_page(web, request, subscriber, token)
 
 
 @router.post("/resubscribe/{token}", response_class=HTMLResponse, dependencies=CSRF)
@@ -288,8 +289,7 @@ def preferences_form(token: str, request: Request, web: State, session: DB) -> H
     if subscriber is None:
         return _invalid(web, request)
     if subscriber.status == SubscriberStatus.UNSUBSCRIBED:
-        return _unsubscribed_page(web, request, subscriber, translator(subscriber.lang, True)("You will not receive further issues."),
-                                  token=_unsubscribe_token(web, subscriber))  # fmt: skip
+        return _unsubscribed_page(web, request, subscriber, token=_unsubscribe_token(web, subscriber))  # fmt: skip
     return _preferences(web, request, session, subscriber)
 
 

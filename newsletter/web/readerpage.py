@@ -13,6 +13,7 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse
 from sqlalchemy.orm import Session
 
+from newsletter.i18n import N_
 from newsletter.models import LANGUAGES
 from newsletter.rendering import LANGUAGE_NAMES, translator
 from newsletter.signup import known_topics
@@ -54,9 +55,17 @@ def page_lang(request: Request, given: str | None = None) -> str:
     return _POSIX.get(match or "", "en")
 
 
+def shown_lang(request: Request, lang: str) -> str:
+    """``lang``, unless the reader picked another on the page's language switcher (``?lang=`` of a GET)."""
+    if request.method in ("GET", "HEAD") and request.query_params.get("lang"):
+        return page_lang(request)
+    return lang
+
+
 def reader_page(web: WebState, request: Request, template: str, lang: str, status_code: int = 200, **context: Any) -> HTMLResponse:
-    """Render ``templates/web/<template>`` in ``lang`` with ``_``, branding, the language switcher and the
-    CSRF token its forms carry. ``Content-Language`` tells caches and crawlers which language it is."""
+    """Render ``templates/web/<template>`` in ``lang`` (see `shown_lang`) with ``_``, branding, the language
+    switcher and the CSRF token its forms carry. ``Content-Language`` tells caches which language it is."""
+    lang = shown_lang(request, lang)
     branding = web.settings.branding
     html = web.pages.get_template(template).render(
         _=translator(lang, True),
@@ -75,6 +84,7 @@ def message_page(
     web: WebState, request: Request, lang: str, title: str, message: str, status_code: int = 200, **context: Any
 ) -> HTMLResponse:
     """A short page (``message.html``): ``title`` and ``message`` are English msgids, translated here."""
+    lang = shown_lang(request, lang)
     _ = translator(lang, True)
     return reader_page(web, request, "message.html", lang, status_code, title=_(title), message=_(message), **context)
 
@@ -82,3 +92,20 @@ def message_page(
 def topic_choices(session: Session, web: WebState, lang: str) -> list[tuple[str, str]]:
     """The topics a form offers as checkboxes: ``(slug, readable label in lang)``."""
     return [(slug, labels.get(lang) or labels.get("en") or slug) for slug, labels in known_topics(session, web.settings)]
+
+
+ERRORS = {
+    403: (N_("This form has expired"), N_("Please reload the page and try again.")),
+    404: (N_("Page not found"), N_("There is nothing at this address.")),
+    429: (N_("Too many requests"), N_("Please try again later.")),
+}
+BAD_REQUEST = (N_("Something is wrong with this request"), N_("Please go back and try again."))
+SERVER_ERROR = (N_("Something went wrong"), N_("Please try again later."))
+
+
+def error_page(web: WebState, request: Request, status: int, headers: dict[str, str] | None = None) -> HTMLResponse:
+    """An error of a reader page (CSRF failure, unknown page, server error) in the reader's language."""
+    title, message = ERRORS.get(status) or (SERVER_ERROR if status >= 500 else BAD_REQUEST)
+    response = message_page(web, request, page_lang(request), title, message, status)
+    response.headers.update(headers or {})
+    return response
