@@ -47,17 +47,12 @@ def catalog(lang: str) -> dict[str, str]:
     if lang not in CATALOG_LOCALES or not catalog_path(lang).exists():
         raise MissingTranslation(lang, "*")
     po, mo = catalog_path(lang), catalog_path(lang, ".mo")
-    if mo.exists() and mo.stat().st_mtime >= po.stat().st_mtime:
-        import gettext
-
-        with mo.open("rb") as handle:
-            translations = gettext.GNUTranslations(handle)
-        # msgfmt and Babel leave fuzzy entries out of a .mo; the header entry has the empty id.
-        return {k: v for k, v in translations._catalog.items() if isinstance(k, str) and k and v}  # type: ignore[attr-defined]
+    from babel.messages.mofile import read_mo
     from babel.messages.pofile import read_po
 
-    with po.open("rb") as handle:
-        parsed = read_po(handle, locale=CATALOG_LOCALES[lang])
+    # A .mo leaves fuzzy entries out (msgfmt and Babel alike); the header entry has the empty id.
+    with (mo if mo.exists() and mo.stat().st_mtime >= po.stat().st_mtime else po).open("rb") as handle:
+        parsed = read_mo(handle) if handle.name.endswith(".mo") else read_po(handle, locale=CATALOG_LOCALES[lang])
     return {m.id: m.string for m in parsed if m.id and isinstance(m.id, str) and isinstance(m.string, str) and m.string and not m.fuzzy}
 
 
