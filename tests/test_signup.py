@@ -241,6 +241,9 @@ def test_unsubscribe_from_everything_and_subscribe_again(app: dict[str, Any]) ->
     assert "You will not receive further issues." in gone.text
     assert _get("cy@example.com", url).status == SubscriberStatus.UNSUBSCRIBED
     assert outbox(app["tmp"]) == []  # no acknowledgement unless asked
+    for path in (f"/unsubscribe/{token}", f"/preferences/{sign(settings.secret_key, 'preferences', sid)}"):
+        later = client.get(path)  # the links of old messages now offer to subscribe again
+        assert later.status_code == 200 and "Subscribe again" in later.text and 'action="/resubscribe/' in later.text
     # The re-subscribe path asks for a confirmation again; nothing changes until then.
     again = client.post(f"/resubscribe/{token}", data={"csrf_token": _csrf(gone.text)})
     assert _h1(again.text) == "Check your inbox"

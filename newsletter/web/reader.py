@@ -212,9 +212,7 @@ def unsubscribe_form(token: str, request: Request, web: State, session: DB) -> H
     if subscriber is None:
         return _invalid(web, request)
     if subscriber.status == SubscriberStatus.UNSUBSCRIBED:
-        return _unsubscribed_page(
-            web, request, subscriber, translator(subscriber.lang, True)("You will not receive further issues."), token
-        )
+        return _unsubscribed_page(web, request, subscriber, token)
     issue_id = verify(web.settings.secret_keys, "unsubscribe", token)[1]
     mine = [t for t in topics_of_issue(session, issue_id) if t in (subscriber.topics or ())]
     labels = "、".join if subscriber.lang.startswith("zh") else ", ".join
@@ -289,7 +287,7 @@ def preferences_form(token: str, request: Request, web: State, session: DB) -> H
     if subscriber is None:
         return _invalid(web, request)
     if subscriber.status == SubscriberStatus.UNSUBSCRIBED:
-        return _unsubscribed_page(web, request, subscriber, token=_unsubscribe_token(web, subscriber))  # fmt: skip
+        return _unsubscribed_page(web, request, subscriber, _unsubscribe_token(web, subscriber))
     return _preferences(web, request, session, subscriber)
 
 
