@@ -18,6 +18,7 @@ others (`leave`), and leaving the last one leaves the list (CAN-SPAM, RFC 8058 Â
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -32,16 +33,23 @@ from newsletter.notices import send_notice
 from newsletter.segments import issue_topics
 from newsletter.subscribers import clean_name, normalise_address, normalise_lang, unsubscribe
 
+_TOPICS_SEEN: dict[str, tuple[float, list[str]]] = {}  # database URL -> (monotonic time, topics)
+TOPICS_SEEN_SECONDS = 300.0
+
 
 def known_topics(session: Session, settings: Settings) -> list[tuple[str, dict[str, str]]]:
     """The topics readers choose from, as ``(slug, labels by language)``: ``NEWSLETTER_TOPICS`` when set,
-    else the topics active subscribers already have (labelled by their slug), sorted."""
+    else the topics active subscribers already have (labelled by their slug), sorted. The fallback reads
+    every active subscriber, so its answer is kept for `TOPICS_SEEN_SECONDS` per process."""
     if settings.branding.topics:
         return [(t.slug, t.labels) for t in settings.branding.topics]
-    seen: set[str] = set()
-    for topics in session.scalars(select(Subscriber.topics).where(Subscriber.status == SubscriberStatus.ACTIVE)):
-        seen.update(t for t in topics or () if isinstance(t, str))
-    return [(slug, {}) for slug in sorted(seen)]
+    cached = _TOPICS_SEEN.get(settings.database_url)
+    if cached is None or time.monotonic() - cached[0] > TOPICS_SEEN_SECONDS:
+        seen: set[str] = set()
+        for topics in session.scalars(select(Subscriber.topics).where(Subscriber.status == SubscriberStatus.ACTIVE)):
+            seen.update(t for t in topics or () if isinstance(t, str))
+        cached = _TOPICS_SEEN[settings.database_url] = (time.monotonic(), sorted(seen))
+    return [(slug, {}) for slug in cached[1]]
 
 
 def topic_label(settings: Settings, slug: str, lang: str) -> str:
