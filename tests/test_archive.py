@@ -109,6 +109,7 @@ def test_web_version_links_its_other_languages_and_the_archive(site: dict[str, A
     assert re.search(rf'<a href="https://news.example.org/issues/{number}/zh-Hans"[^>]*>简体</a>', page)
     assert '<strong lang="zh-Hant">繁體</strong>' in page
     assert 'href="https://news.example.org/?lang=zh-Hant"' in page and "/feed/zh-Hant.atom" in page
+    assert re.search(r'<a href="#top"[^>]*>回到頂端', page)
 
 
 def _state(db_url: str) -> list[tuple[Any, ...]]:
