@@ -1,8 +1,8 @@
 """Joining and leaving: double opt-in sign-up, confirmation, topics as separate lists, re-subscribing.
 
-A sign-up never reveals whether an address is known (no list probing): `request_subscription` returns
-nothing, and whatever the address's state it either mails its owner or does nothing. Only the owner of
-the mailbox can act on what arrives there:
+A sign-up never reveals whether an address is known (no list probing): whatever the address's state,
+`plan_subscription` either plans a message to its owner or nothing, and the caller answers alike (the web
+sends the message after the response). Only the owner of the mailbox can act on what arrives there:
 
 - unknown address: a ``pending`` subscriber is stored (source and requested language and topics) and
   asked to confirm by a signed link that expires (``NEWSLETTER_CONFIRM_HOURS``);
@@ -96,11 +96,28 @@ def check_form(form: SignupForm) -> dict[str, str]:
     return problems
 
 
-def request_subscription(session: Session, settings: Settings, form: SignupForm, *, mailer: Mailer | None = None) -> None:
-    """Act on a sign-up as the module docstring says; commits. Returns nothing on purpose (no probing).
+@dataclass(frozen=True)
+class Notice:
+    """A message to send (`newsletter.notices.send_notice` arguments): decided now, sent later, so a
+    web request can answer before the relay is involved (the response time tells nothing either)."""
+
+    kind: str
+    email: str
+    name: str
+    lang: str
+    context: dict[str, object]
+
+    def send(self, settings: Settings, mailer: Mailer | None = None) -> bool:
+        """Send it; see `send_notice`."""
+        return send_notice(settings, self.kind, self.email, self.name, self.lang, mailer=mailer, **self.context)
+
+
+def plan_subscription(session: Session, settings: Settings, form: SignupForm) -> Notice | None:
+    """Store what a sign-up changes (see the module docstring) and commit; return the message it calls
+    for, or None. Callers show the same answer whatever this returns (no probing).
 
     Raises:
-        ValueError: the form has problems (`check_form`); nothing was stored or sent.
+        ValueError: the form has problems (`check_form`); nothing was stored.
     """
     if problems := check_form(form):
         raise ValueError(", ".join(sorted(problems)))
@@ -110,7 +127,7 @@ def request_subscription(session: Session, settings: Settings, form: SignupForm,
     suppression = session.scalar(select(Suppression.reason).where(Suppression.email == email))
     if subscriber is None:
         if suppression is not None:
-            return  # a bounce or complaint without a subscriber row: never mailed again
+            return None  # a bounce or complaint without a subscriber row: never mailed again
         subscriber = Subscriber(
             email=email, name=name, lang=lang, topics=topics, attributes={}, status=SubscriberStatus.PENDING, source=form.source
         )
@@ -120,15 +137,12 @@ def request_subscription(session: Session, settings: Settings, form: SignupForm,
         subscriber.name, subscriber.lang, subscriber.topics, subscriber.source = name, lang, topics, form.source
         session.commit()
     elif subscriber.status == SubscriberStatus.ACTIVE:
-        send_notice(settings, "already", email, subscriber.name, subscriber.lang, mailer=mailer,
-                    preferences_url=preferences_url(settings, subscriber.id))  # fmt: skip
-        return
+        return Notice("already", email, subscriber.name, subscriber.lang, {"preferences_url": preferences_url(settings, subscriber.id)})
     elif subscriber.status != SubscriberStatus.UNSUBSCRIBED or suppression not in (None, "unsubscribe"):
-        return  # bounced, complained or erased: the address is not mailed, whoever asks
-    link = confirm_url(settings, subscriber.id)
+        return None  # bounced, complained or erased: the address is not mailed, whoever asks
     # An unsubscribed reader re-subscribing gets the request in the language just chosen.
-    send_notice(settings, "confirm", email, name or subscriber.name, lang, mailer=mailer, confirm_url=link,
-                hours=int(settings.confirm_hours))  # fmt: skip
+    context: dict[str, object] = {"confirm_url": confirm_url(settings, subscriber.id), "hours": int(settings.confirm_hours)}
+    return Notice("confirm", email, name or subscriber.name, lang, context)
 
 
 def confirm_subscription(session: Session, settings: Settings, subscriber_id: int, *, mailer: Mailer | None = None) -> Subscriber | None:

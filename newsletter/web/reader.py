@@ -18,7 +18,7 @@ import hashlib
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Form, Request
+from fastapi import APIRouter, BackgroundTasks, Depends, Form, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
 
@@ -32,7 +32,7 @@ from newsletter.signup import (
     clean_topics,
     confirm_subscription,
     leave,
-    request_subscription,
+    plan_subscription,
     topic_label,
     topics_of_issue,
 )
@@ -63,8 +63,10 @@ def _address_key(email: str) -> str:
     return hashlib.sha256(email.lower().encode()).hexdigest()[:32]
 
 
-def _signup(session: DB, web: WebState, request: Request, form: SignupForm) -> int:
-    """Rate-limit, then act on a valid sign-up. Returns seconds to wait when the client is limited (0: done)."""
+def _signup(session: DB, web: WebState, request: Request, form: SignupForm, later: BackgroundTasks) -> int:
+    """Rate-limit, then act on a valid sign-up; its message is sent after the response (``later``), so
+    neither the answer nor its timing depends on the address. Returns seconds to wait when the client is
+    limited (0: done)."""
     client = f"ip:{_client(request)}"
     wait = web.signup_client_limiter.blocked(client)
     if wait:
@@ -74,7 +76,9 @@ def _signup(session: DB, web: WebState, request: Request, form: SignupForm) -> i
     if web.signup_address_limiter.blocked(key):
         return 0  # the same answer as any sign-up: a limit per address must not tell that the address is known
     web.signup_address_limiter.hit(key)
-    request_subscription(session, web.settings, form)
+    notice = plan_subscription(session, web.settings, form)
+    if notice is not None:
+        later.add_task(notice.send, web.settings)
     return 0
 
 
@@ -99,6 +103,7 @@ def subscribe_post(
     request: Request,
     web: State,
     session: DB,
+    later: BackgroundTasks,
     email: Annotated[str, Form()] = "",
     name: Annotated[str, Form()] = "",
     lang: Annotated[str, Form()] = "",
@@ -112,7 +117,7 @@ def subscribe_post(
         return reader_page(
             web, request, "subscribe.html", shown, 400, form=values, errors=errors, topics=topic_choices(session, web, shown)
         )
-    if wait := _signup(session, web, request, form):
+    if wait := _signup(session, web, request, form, later):
         return _too_many(web, request, shown, wait)
     return message_page(web, request, shown, N_("Check your inbox"), CHECK_INBOX, status_role=True)
 
@@ -127,7 +132,7 @@ class SubscriptionRequest(BaseModel):
 
 
 @router.post("/subscriptions", status_code=202, response_model=None, responses={202: {"description": "Sign-up accepted"}})
-def subscribe_json(body: SubscriptionRequest, request: Request, web: State, session: DB) -> Response:
+def subscribe_json(body: SubscriptionRequest, request: Request, web: State, session: DB, later: BackgroundTasks) -> Response:
     """Sign up by JSON: ``202 {"status": "confirmation-sent"}`` for every valid address, known or not.
 
     Errors are problem details: 415 unless the body is ``application/json`` (a cross-site form cannot
@@ -141,7 +146,7 @@ def subscribe_json(body: SubscriptionRequest, request: Request, web: State, sess
         return problem_response(
             request, 422, "the sign-up is not valid", slug="invalid", errors=[(f, f"{f} is {p}") for f, p in errors.items()]
         )
-    if wait := _signup(session, web, request, form):
+    if wait := _signup(session, web, request, form, later):
         return problem_response(request, 429, "too many sign-ups from this client", slug="rate-limited", headers={"Retry-After": str(wait)})
     return JSONResponse({"status": "confirmation-sent", "detail": "if the address can receive mail, a confirmation link is on its way"},
                         status_code=202)  # fmt: skip
@@ -258,7 +263,7 @@ def unsubscribe_post(
 
 
 @router.post("/resubscribe/{token}", response_class=HTMLResponse, dependencies=CSRF)
-def resubscribe_post(token: str, request: Request, web: State, session: DB) -> HTMLResponse:
+def resubscribe_post(token: str, request: Request, web: State, session: DB, later: BackgroundTasks) -> HTMLResponse:
     """After unsubscribing: send a new confirmation (the reader confirms again before any issue)."""
     subscriber = _subscriber(session, web, token, "unsubscribe")
     if subscriber is None:
@@ -266,7 +271,7 @@ def resubscribe_post(token: str, request: Request, web: State, session: DB) -> H
     form = SignupForm(
         email=subscriber.email, name=subscriber.name, lang=subscriber.lang, topics=tuple(subscriber.topics or ()), source="resubscribe"
     )
-    if wait := _signup(session, web, request, form):
+    if wait := _signup(session, web, request, form, later):
         return _too_many(web, request, subscriber.lang, wait)
     return message_page(web, request, subscriber.lang, N_("Check your inbox"), CHECK_INBOX, status_role=True)
 
