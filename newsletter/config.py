@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import parse_qs, urlsplit
 
+from newsletter.branding import Branding, BrandingError, load_branding
 from newsletter.dkim import DkimKey, load_key
 from newsletter.summaries import BUILTIN_RULES, RulesError, SourceRules, load_rules
 
@@ -129,6 +130,8 @@ class Settings:
     dkim: DkimKey | None = None  # DKIM signing key (NEWSLETTER_DKIM_SELECTOR + NEWSLETTER_DKIM_KEY_FILE)
     configured: bool = False  # DATABASE_URL, REDIS_URL or SMTP_URL is set: not the embedded default
     allow_http: bool = False  # NEWSLETTER_ALLOW_HTTP: an http base URL outside the embedded default (local tests)
+    branding: Branding = field(default_factory=Branding)  # list name, logo, colours, topics, template overrides
+    confirm_hours: float = 72.0  # NEWSLETTER_CONFIRM_HOURS: how long a confirmation link of a sign-up works
 
     @property
     def secret_key(self) -> str:
@@ -156,6 +159,13 @@ class Settings:
             "NEWSLETTER_BASE_URL": self.base_url,
             "NEWSLETTER_SECRET_KEY": f"*** ({keys} key{'s' if keys > 1 else ''})",
         }
+
+
+def _branding(env: dict[str, str]) -> Branding:
+    try:
+        return load_branding(env)
+    except BrandingError as exc:
+        raise SettingsError(exc.variable, exc.problem, exc.expected) from exc
 
 
 def _log_format(env: dict[str, str]) -> str:
@@ -448,6 +458,8 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         "summary_rules": _summary_rules(env),
         "timezone": _timezone(env),
         "dkim": _dkim(env, from_address),
+        "branding": _branding(env),
+        "confirm_hours": _float(env, "NEWSLETTER_CONFIRM_HOURS", 72.0, 0.25, 24 * 30.0),
     }
     # Last: the embedded default writes its key file, which it should do only for settings that work.
     return Settings(secret_keys=_secret_keys(env, home, configured), **values)

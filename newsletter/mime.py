@@ -102,7 +102,8 @@ def build_message(env: Envelope, text: str, html: str) -> EmailMessage:
     """A multipart/alternative message (text first, then HTML: RFC 2046 §5.1.4, last is preferred).
 
     Headers: display names and subject are RFC 2047 encoded when not ASCII (the policy does it);
-    ``List-Unsubscribe`` carries the signed https URL and ``List-Unsubscribe-Post`` asks for one-click
+    ``List-Unsubscribe`` carries the signed https URL (left out when ``unsubscribe_url`` is empty) and
+    ``List-Unsubscribe-Post`` asks for one-click
     unsubscription (RFC 8058 §3.1); ``List-Id`` follows RFC 2919. Bodies are quoted-printable UTF-8,
     so no body line exceeds 76 octets (RFC 5322's 998-octet limit is never near).
 
@@ -120,14 +121,15 @@ def build_message(env: Envelope, text: str, html: str) -> EmailMessage:
     msg["Date"] = format_datetime(utcnow())
     msg["Message-ID"] = _clean("Message-ID", env.message_id)
     msg["List-Id"] = f"<{_clean('List-Id', env.list_id)}>"
-    unsubscribe = unsubscribe_value(env.unsubscribe_url)
-    if len(unsubscribe) + 1 <= SMTP.max_line_length:
-        msg["List-Unsubscribe"] = unsubscribe
-    else:
-        # Too long for a folded line: the email package would turn it into RFC 2047 encoded-words,
-        # which RFC 2369 clients do not decode (one-click unsubscribe would break). Keep it whole.
-        msg.set_raw("List-Unsubscribe", unsubscribe)
-    msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+    if env.unsubscribe_url:  # empty: a message that is not list mail (a sign-up's confirmation request)
+        unsubscribe = unsubscribe_value(env.unsubscribe_url)
+        if len(unsubscribe) + 1 <= SMTP.max_line_length:
+            msg["List-Unsubscribe"] = unsubscribe
+        else:
+            # Too long for a folded line: the email package would turn it into RFC 2047 encoded-words,
+            # which RFC 2369 clients do not decode (one-click unsubscribe would break). Keep it whole.
+            msg.set_raw("List-Unsubscribe", unsubscribe)
+        msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
     msg.set_content(text, subtype="plain", charset="utf-8", cte="quoted-printable")
     msg.add_alternative(html, subtype="html", charset="utf-8", cte="quoted-printable")
     msg["Content-Language"] = env.lang  # after set_content, which clears Content-* headers

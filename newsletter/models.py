@@ -243,6 +243,10 @@ class Subscriber(Base):
     unsubscribed_at: Mapped[datetime | None]
     # Deliveries that soft-bounced (RFC 3463 class 4 or Action: delayed), counted once each; see newsletter.bounces.
     soft_bounces: Mapped[int] = mapped_column(default=0, server_default="0")
+    # How the subscriber came: "form", "api" (public sign-up), "import"; with confirmed_at, the record of consent.
+    source: Mapped[str | None] = mapped_column(String(32))
+    # The subscriber paused deliveries (preference centre): still subscribed, not mailed until resumed.
+    paused: Mapped[bool] = mapped_column(default=False, server_default="0")
 
 
 class Delivery(Base):

@@ -22,6 +22,7 @@ from newsletter.delivery import ledger
 from newsletter.issues import IssueError, IssueStateError
 from newsletter.models import (
     FINAL_DELIVERY_STATES,
+    LANGUAGES,
     Article,
     Delivery,
     DeliveryStatus,
@@ -145,6 +146,8 @@ def edition_content(session: Session, settings: Settings, issue: Issue, edition:
         editors_note=edition.editors_note,
         converted_from=edition.converted_from,
         site_url=settings.base_url + "/",
+        languages=tuple(e.lang for e in sorted(issue.editions, key=lambda e: LANGUAGES.index(e.lang) if e.lang in LANGUAGES else 9)),
+        branding=settings.branding,
     )
 
 

@@ -19,8 +19,9 @@ from typing import Any
 import jinja2
 from markupsafe import Markup
 
+from newsletter.branding import Branding
 from newsletter.content import Image, absolute_url, html_to_text, markdown_to_html
-from newsletter.i18n import LIST_NAME, gettext_for
+from newsletter.i18n import gettext_for
 
 PLACEHOLDER = re.compile(r"@@NL_([A-Z_]+)@@")
 PERSONAL_FIELDS = ("GREETING", "EMAIL", "UNSUBSCRIBE_URL", "PREFERENCES_URL")
@@ -37,11 +38,21 @@ def templates_dir() -> Path:
     return packaged if packaged.is_dir() else Path(__file__).resolve().parent.parent / "templates"
 
 
+LANGUAGE_NAMES = {"en": "English", "zh-Hans": "简体", "zh-Hant": "繁體"}  # the switcher's labels, each in its own script
+
+
+def template_loader(override: Path | None = None) -> jinja2.BaseLoader:
+    """Templates from ``override`` (NEWSLETTER_TEMPLATES) first, then the packaged ones: a file at the
+    same relative path replaces the packaged file, and may still ``extend`` the packaged layouts."""
+    packaged = jinja2.FileSystemLoader(templates_dir())
+    return jinja2.ChoiceLoader([jinja2.FileSystemLoader(override), packaged]) if override else packaged
+
+
 @cache
-def environment(autoescape: bool) -> jinja2.Environment:
-    """The Jinja2 environment: StrictUndefined always; autoescape only for HTML."""
+def environment(autoescape: bool, override: Path | None = None) -> jinja2.Environment:
+    """The Jinja2 environment: StrictUndefined always; autoescape only for HTML; ``override`` see `template_loader`."""
     return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(templates_dir()),
+        loader=template_loader(override),
         undefined=jinja2.StrictUndefined,
         autoescape=autoescape,
         keep_trailing_newline=False,
@@ -88,6 +99,8 @@ class EditionContent:
     editors_note: str = ""
     converted_from: str | None = None
     site_url: str = ""  # relative links of the note and articles are made absolute against it
+    languages: tuple[str, ...] = ()  # every edition language of the issue: the web version's switcher
+    branding: Branding = field(default_factory=Branding)
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -101,7 +114,9 @@ class RenderedEdition:
     web_html: str
 
 
-def _translator(lang: str, autoescape: bool) -> Callable[..., str]:
+def translator(lang: str, autoescape: bool) -> Callable[..., str]:
+    """The ``_`` of templates: ``_("Issue %(number)s", number=3)`` translated (strictly, see
+    `newsletter.i18n`) and filled in; in HTML the parameters are escaped, the catalog string is not."""
     gettext = gettext_for(lang)
 
     def translate(message: str, **params: Any) -> str:
@@ -164,7 +179,10 @@ def _context(content: EditionContent, *, autoescape: bool, web: bool) -> dict[st
         "number": content.number,
         "title": content.title,
         "date": content.date,
-        "list_name": LIST_NAME.get(content.lang, LIST_NAME["en"]),
+        "list_name": content.branding.list_name(content.lang),
+        "brand": content.branding,
+        "site_url": base,
+        "languages": [(lang, LANGUAGE_NAMES.get(lang, lang)) for lang in content.languages],
         "web_url": content.web_url,
         "articles": tuple(_absolute(a, base) for a in content.articles),
         "converted_from": content.converted_from,
@@ -176,7 +194,7 @@ def _context(content: EditionContent, *, autoescape: bool, web: bool) -> dict[st
         "email": marker("EMAIL"),
         "unsubscribe_url": marker("UNSUBSCRIBE_URL"),
         "preferences_url": marker("PREFERENCES_URL"),
-        "_": _translator(content.lang, autoescape),
+        "_": translator(content.lang, autoescape),
         **content.extra,
     }
 
@@ -184,7 +202,7 @@ def _context(content: EditionContent, *, autoescape: bool, web: bool) -> dict[st
 def _render(content: EditionContent, name: str, *, web: bool = False) -> str:
     autoescape = name.endswith(".html")
     try:
-        template = environment(autoescape).get_template(name)
+        template = environment(autoescape, content.branding.templates).get_template(name)
         return template.render(_context(content, autoescape=autoescape, web=web))
     except Exception as exc:  # any template failure becomes one error naming the edition
         raise RenderError(content.number, content.lang, name, exc) from exc

@@ -16,7 +16,7 @@ Topics and attribute values match exactly (case included). Attribute names are 1
 ``[A-Za-z0-9_-]``. ``signed_up`` compares ``Subscriber.created_at``; a date is midnight UTC and a
 date-time without an offset is UTC.
 
-Whatever the rule says, only ``active`` subscribers whose address is not suppressed are selected: a
+Whatever the rule says, only ``active``, unpaused subscribers whose address is not suppressed are selected: a
 rule narrows the audience and never widens it, so asking for any other status is a `SegmentError`.
 Rules compile to SQL that runs in the database (JSON functions of PostgreSQL or SQLite).
 """
@@ -370,8 +370,8 @@ def audience(segment: Segment = None, *, max_subscriber_id: int | None = None) -
     """A query for the subscribers in ``segment`` (JSON as in the module docstring, or a parsed
     `Rule`), in id order. It runs on PostgreSQL and SQLite.
 
-    Only ``active`` subscribers whose address is not suppressed are ever selected, whatever the rule.
-    ``max_subscriber_id`` freezes the audience: subscribers who joined after the publish are not
+    Only ``active`` subscribers whose address is not suppressed and who did not pause deliveries are
+    ever selected, whatever the rule. ``max_subscriber_id`` freezes the audience: subscribers who joined after the publish are not
     added mid-send.
 
     Raises:
@@ -380,6 +380,7 @@ def audience(segment: Segment = None, *, max_subscriber_id: int | None = None) -
     rule = segment if isinstance(segment, Rule) else parse_segment(segment)
     conditions = [
         Subscriber.status == SubscriberStatus.ACTIVE,
+        Subscriber.paused.is_(False),
         ~exists().where(Suppression.email == Subscriber.email),
         _sql(rule),
     ]
@@ -411,3 +412,13 @@ def stream_audience(session: Session, segment: Segment, *, max_subscriber_id: in
         yield rows
         after = rows[-1].id
         session.expunge_all()
+
+
+def issue_topics(segment: Mapping[str, Any] | None) -> tuple[str, ...]:
+    """The topics an issue's segment selects at its top level (``{"topics": {"any"|"all": [...]}}``):
+    the "separate newsletters" a reader of that issue can leave. Empty for an issue to everyone."""
+    raw = (segment or {}).get("topics")
+    if not isinstance(raw, Mapping):
+        return ()
+    found = [t for mode in ("any", "all") for t in raw.get(mode) or () if isinstance(t, str)]
+    return tuple(dict.fromkeys(found))

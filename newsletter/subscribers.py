@@ -68,6 +68,7 @@ class SubscriberImportReport:
     updated: int = 0
     unchanged: int = 0
     errors: list[str] = field(default_factory=list)
+    pending: list[str] = field(default_factory=list)  # addresses created as ``pending`` (to be asked to confirm)
 
 
 CORE_COLUMNS = ("email", "name", "lang", "topics", "signed_up", "status")  # status (as exported) is never imported
@@ -103,7 +104,9 @@ def import_subscribers(
     name, language, topics and attributes of the earlier one. Invalid rows are reported with their line
     number and the others imported: a bad address or language, more cells than the header names, a
     control character (NUL ...) in any cell; line breaks in a name are turned into spaces. Existing
-    unsubscribed or bounced subscribers keep their status (an import never re-subscribes). An address
+    unsubscribed or bounced subscribers keep their status (an import never re-subscribes). New subscribers
+    get ``status`` (``pending`` to ask them to confirm, see `newsletter.signup.send_confirmations`) and
+    ``source="import"``. An address
     erased on request after it had opted out is refused (see `newsletter.erasure`). If the database
     refuses a chunk, its rows are stored one by one, so one bad row never costs the good ones.
 
@@ -181,14 +184,18 @@ def _store(
 ) -> None:
     """Create or update the subscribers of ``chunk`` and commit; ``report`` counts them once committed."""
     created = updated = unchanged = 0
+    pending: list[str] = []
     existing = {s.email: s for s in session.scalars(select(Subscriber).where(Subscriber.email.in_(chunk)))}
     for email in chunk:
         values = rows[email]
         subscriber = existing.get(email)
         if subscriber is None:
             now = utcnow()
-            session.add(Subscriber(email=email, status=status, confirmed_at=now if status == SubscriberStatus.ACTIVE else None, **values))
+            session.add(Subscriber(email=email, status=status, confirmed_at=now if status == SubscriberStatus.ACTIVE else None,
+                                   source="import", **values))  # fmt: skip
             created += 1
+            if status == SubscriberStatus.PENDING:
+                pending.append(email)
             continue
         values = {**values, "attributes": {**(subscriber.attributes or {}), **values["attributes"]}}  # type: ignore[dict-item]
         if all(getattr(subscriber, key) == value for key, value in values.items()):
@@ -198,6 +205,7 @@ def _store(
             setattr(subscriber, key, value)
         updated += 1
     session.commit()
+    report.pending.extend(pending)
     report.created, report.updated, report.unchanged = report.created + created, report.updated + updated, report.unchanged + unchanged
 
 
@@ -235,8 +243,11 @@ def unsubscribe(session: Session, subscriber_id: int, source: str = "link") -> S
     return subscriber
 
 
-def update_preferences(session: Session, subscriber_id: int, lang: str, topics: list[str]) -> Subscriber | None:
-    """Set a subscriber's language and topics; commits. Returns None for an unknown id.
+def update_preferences(
+    session: Session, subscriber_id: int, lang: str, topics: list[str], *, paused: bool | None = None
+) -> Subscriber | None:
+    """Set a subscriber's language and topics (and pause or resume deliveries unless ``paused`` is None);
+    commits. Returns None for an unknown id.
 
     Raises:
         ValueError: unsupported language.
@@ -246,5 +257,7 @@ def update_preferences(session: Session, subscriber_id: int, lang: str, topics: 
         return None
     subscriber.lang = normalise_lang(lang)
     subscriber.topics = sorted({t.strip() for t in topics if t.strip()})
+    if paused is not None:
+        subscriber.paused = paused
     session.commit()
     return subscriber

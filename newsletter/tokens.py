@@ -1,4 +1,8 @@
-"""Signed, URL-safe tokens for unsubscribe and preference links (HMAC-SHA256, RFC 2104)."""
+"""Signed, URL-safe tokens for unsubscribe, preference and confirmation links (HMAC-SHA256, RFC 2104).
+
+A token names a subscriber by id, never by address: a forwarded message's link acts on its subscriber
+whatever address it was delivered to, and the address never appears in a URL (or a server log).
+"""
 
 from __future__ import annotations
 
@@ -51,6 +55,33 @@ def verify(secret: str | Sequence[str], purpose: str, token: str) -> tuple[int, 
         if hmac.compare_digest(mac.encode("ascii", "replace"), _b64(expected).encode()):
             return subscriber_id, issue_id
     raise BadToken("bad signature")
+
+
+class ExpiredToken(BadToken):
+    """The token's signature holds but its time ran out (``expired_at``: Unix seconds)."""
+
+    def __init__(self, expired_at: int) -> None:
+        super().__init__("expired")
+        self.expired_at = expired_at
+
+
+def sign_until(secret: str, purpose: str, subscriber_id: int, expires_at: float) -> str:
+    """A token like `sign` that is good until ``expires_at`` (Unix seconds), which it carries in the
+    second field, so the expiry is signed with the rest (a confirmation link of a sign-up)."""
+    return sign(secret, purpose, subscriber_id, int(expires_at))
+
+
+def verify_until(secret: str | Sequence[str], purpose: str, token: str, now: float) -> int:
+    """Check a token made by `sign_until` at ``now`` (Unix seconds) and return the subscriber id.
+
+    Raises:
+        ExpiredToken: the signature holds, but ``now`` is past its expiry.
+        BadToken: see `verify`.
+    """
+    subscriber_id, expires_at = verify(secret, purpose, token)
+    if now > expires_at:
+        raise ExpiredToken(expires_at)
+    return subscriber_id
 
 
 def message_id(secret: str, issue_id: int, subscriber_id: int, domain: str) -> str:

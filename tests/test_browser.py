@@ -107,10 +107,11 @@ def test_preferences_by_clicking(browser: Any, site: dict[str, Any]) -> None:
     token = sign(site["settings"].secret_key, "preferences", site["sid"])
     page = browser.new_page()
     page.goto(f"{site['base']}/preferences/{token}")
-    page.get_by_label("Language").select_option("zh-Hans")
-    page.get_by_label("Topics (comma-separated)").fill("security, climate")
+    assert page.get_by_label("security").is_checked()  # the subscriber's topic, labelled by its slug without NEWSLETTER_TOPICS
+    page.get_by_label("Language", exact=True).select_option("zh-Hans")
+    page.get_by_label("Pause deliveries (you stay subscribed)").check()
     page.get_by_role("button", name="Save").click()
-    assert page.get_by_role("status").text_content() == "Saved."
+    assert page.get_by_role("status").text_content() == "已保存。"  # the page now speaks the language just chosen
     with session_factory(site["url"])() as session:
         subscriber = session.get_one(Subscriber, site["sid"])
-        assert (subscriber.lang, subscriber.topics) == ("zh-Hans", ["climate", "security"])
+        assert (subscriber.lang, subscriber.topics, subscriber.paused) == ("zh-Hans", ["security"], True)

@@ -234,6 +234,30 @@ def test_suppressed_after_planning_is_skipped(session, settings: Settings, tmp_p
     assert (rows["ann@example.com"].status, rows["ann@example.com"].skip_reason) == (DeliveryStatus.SKIPPED, "suppressed")
 
 
+def test_paused_or_left_topic_after_planning_is_skipped(session, settings: Settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    _seed(session)
+    for s in session.scalars(select(Subscriber)):
+        s.topics = ["economy"]
+    articles = list(session.scalars(select(Article).where(Article.external_id.in_(["e1", "z1"])).order_by(Article.external_id)))
+    issue = create_issue(session, articles)
+    issue.segment = {"topics": {"any": ["economy"]}}
+    session.commit()
+    issue_id = issue.id
+    publishing.request_publish(session, settings, issue)
+    publishing.attach_related(session, settings, issue_id)
+    publishing.render_editions(session, settings, issue_id)
+    rec = Recorder()
+    publishing.plan_deliveries(session, settings, issue_id, rec)
+    ann = session.scalar(select(Subscriber).where(Subscriber.email == "ann@example.com"))
+    dan = session.scalar(select(Subscriber).where(Subscriber.email == "dan@example.com"))
+    ann.paused, dan.topics = True, ["policy"]  # after planning: Ann pauses, Dan leaves the issue's topic
+    session.commit()
+    result = send_batch(session, settings, issue_id, rec.ids, lambda: OutboxMailer(tmp_path / "ob"))
+    assert +result.outcomes == Counter({"sent": 2, "skipped:paused": 1, "skipped:left-topic": 1})
+    rows = {d.email: d.skip_reason for d in _deliveries(session, issue_id)}
+    assert (rows["ann@example.com"], rows["dan@example.com"], rows["bob@example.com"]) == ("paused", "left-topic", None)
+
+
 def test_send_batch_refuses_issue_not_sending(session, settings: Settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     issue_id, rec = _publish(session, settings)
     issue = session.get(Issue, issue_id)

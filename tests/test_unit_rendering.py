@@ -126,7 +126,7 @@ def test_render_converted_zh_hant_notes_conversion() -> None:
 
 
 def test_missing_zh_hans_translation_is_a_render_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delitem(i18n.CATALOG["zh-Hans"], "Read more")
+    monkeypatch.delitem(i18n.catalog("zh-Hans"), "Read more")
     with pytest.raises(RenderError) as info:
         check_edition(_content("zh-Hans"))
     assert isinstance(info.value.cause, MissingTranslation)
@@ -156,7 +156,7 @@ def test_gettext_for() -> None:
 
 
 def test_catalogs_have_the_same_keys() -> None:
-    assert set(i18n.CATALOG["zh-Hans"]) == set(i18n.CATALOG["zh-Hant"])
+    assert set(i18n.catalog("zh-Hans")) == set(i18n.catalog("zh-Hant"))
 
 
 # --- personalise / greeting ------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
@@ -10,14 +12,20 @@ from newsletter.models import Subscriber, SubscriberStatus, Suppression
 from newsletter.tokens import sign
 from newsletter.web import create_app
 
+TOPICS = '{"economy": {"en": "Economy", "zh-Hant": "經濟"}, "security": {"en": "Security", "zh-Hant": "安全"}}'
+
+
+def _csrf(html: str) -> str:
+    return re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)  # type: ignore[union-attr]
+
 
 def _app(db_url: str, make_settings):  # type: ignore[no-untyped-def]
-    settings = make_settings(db_url)
+    settings = make_settings(db_url, NEWSLETTER_TOPICS=TOPICS)
     with session_factory(db_url)() as session:
         session.add(Subscriber(email="ann@example.com", name="Ann", lang="en", topics=["security"], attributes={}))
         session.commit()
         sid = session.scalar(select(Subscriber.id))
-    return TestClient(create_app(settings)), settings, sid
+    return TestClient(create_app(settings), base_url="https://testserver"), settings, sid  # https: the CSRF cookie is Secure
 
 
 def test_one_click_unsubscribe(db_url: str, make_settings) -> None:  # type: ignore[no-untyped-def]
@@ -42,13 +50,19 @@ def test_preferences_page_changes_language_and_topics(db_url: str, make_settings
     client, settings, sid = _app(db_url, make_settings)
     token = sign(settings.secret_key, "preferences", sid)
     page = client.get(f"/preferences/{token}")
-    assert page.status_code == 200 and b"ann@example.com" in page.content and b'value="security"' in page.content
-    saved = client.post(f"/preferences/{token}", data={"lang": "zh-Hant", "topics": "economy, security,"})
-    assert saved.status_code == 200 and b"Saved." in saved.content
+    assert page.status_code == 200 and "ann@example.com" in page.text
+    # Topics are checkboxes with readable labels; the subscriber's own is ticked.
+    assert '<input type="checkbox" name="topics" value="security" checked> Security' in page.text
+    assert '<input type="checkbox" name="topics" value="economy"> Economy' in page.text
+    form = {"csrf_token": _csrf(page.text), "lang": "zh-Hant", "topics": ["economy", "security", "made-up"], "paused": "1"}
+    saved = client.post(f"/preferences/{token}", data=form)
+    assert saved.status_code == 200 and "已儲存。" in saved.text  # answered in the language just chosen
+    assert '<html lang="zh-Hant">' in saved.text and "經濟" in saved.text
     with session_factory(db_url)() as session:
         subscriber = session.get_one(Subscriber, sid)
-        assert (subscriber.lang, subscriber.topics) == ("zh-Hant", ["economy", "security"])
-    assert client.post(f"/preferences/{token}", data={"lang": "fr", "topics": ""}).status_code == 400
+        assert (subscriber.lang, subscriber.topics, subscriber.paused) == ("zh-Hant", ["economy", "security"], True)
+    bad = client.post(f"/preferences/{token}", data={"csrf_token": _csrf(page.text), "lang": "fr"})
+    assert bad.status_code == 400
     assert client.get("/preferences/1.0.forged").status_code == 400
 
 

@@ -18,23 +18,33 @@ def subscribers() -> None:
 @subscribers.command("import")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--encoding", default="utf-8", show_default=True, help="The file's text encoding (e.g. latin-1, gb18030).")
+@click.option("--confirm", "ask_confirm", is_flag=True,
+              help="Do not assume consent: new subscribers are pending and are mailed a confirmation link (double opt-in).")
 @pass_ctx
-def subscribers_import(ctx: Context, file: Path, encoding: str) -> None:
+def subscribers_import(ctx: Context, file: Path, encoding: str, ask_confirm: bool) -> None:
     """Import subscribers from a CSV FILE with columns email, name, lang, topics (';'-separated), an
     optional signed_up date, and any other columns as attributes. Invalid rows (address, language,
     extra cells, control characters) are reported on stderr and skipped, the others imported;
     duplicates are merged (domain compared case-insensitively); line breaks in names become spaces.
+    New subscribers are active (consent assumed, source "import") unless --confirm asks them first.
 
     Exit status: 0 when every row was imported, 1 when any was rejected (or the file could not be
     read in ENCODING, in which case nothing was imported).
     """
+    from newsletter.models import SubscriberStatus
     from newsletter.subscribers import import_subscribers
 
+    status = SubscriberStatus.PENDING if ask_confirm else SubscriberStatus.ACTIVE
     with ctx.session() as session:
         try:
-            report = import_subscribers(session, file, encoding=encoding)
+            report = import_subscribers(session, file, encoding=encoding, status=status)
         except ValueError as exc:  # FileEncodingError, or a header without 'email'
             raise click.ClickException(str(exc)) from exc
+        if ask_confirm:
+            from newsletter.signup import send_confirmations
+
+            asked = send_confirmations(session, ctx.settings, report.pending)
+            click.echo(f"{asked} confirmation requests sent ({len(report.pending) - asked} failed, see the log)")
     for error in report.errors:
         click.echo(f"{file}: {error}", err=True)
     click.echo(

@@ -17,13 +17,14 @@ from newsletter.delivery import ledger
 from newsletter.delivery.backoff import next_attempt
 from newsletter.delivery.errors import DeliveryError, PermanentDeliveryError
 from newsletter.delivery.mailers import Mailer
+from newsletter.links import preferences_url, unsubscribe_url
 from newsletter.message_template import edition_template
 from newsletter.mime import HeaderInjection, ascii_address
 from newsletter.models import Delivery, Edition, Issue, IssueStatus, Subscriber, SubscriberStatus, Suppression, utcnow
 from newsletter.rendering import greeting
+from newsletter.segments import issue_topics
 from newsletter.suppressions import is_dead_address, mark_bounced, suppress
 from newsletter.sweeper import pause_if_failing
-from newsletter.tokens import sign
 
 log = logging.getLogger(__name__)
 
@@ -39,16 +40,6 @@ class BatchResult:
     claims left to expire because the database stayed away)."""
 
     outcomes: Counter[str]
-
-
-def unsubscribe_url(settings: Settings, subscriber_id: int, issue_id: int) -> str:
-    """The signed one-click unsubscribe URL (RFC 8058) for a subscriber and issue."""
-    return f"{settings.base_url}/unsubscribe/{sign(settings.secret_key, 'unsubscribe', subscriber_id, issue_id)}"
-
-
-def preferences_url(settings: Settings, subscriber_id: int) -> str:
-    """The signed preferences URL for a subscriber."""
-    return f"{settings.base_url}/preferences/{sign(settings.secret_key, 'preferences', subscriber_id)}"
 
 
 def send_batch(
@@ -147,6 +138,11 @@ def _send_one(
     if subscriber.status != SubscriberStatus.ACTIVE:
         reason = str(subscriber.status)
         return f"skipped:{reason}" if ledger.mark_skipped(session, claim_, reason) else "lost"
+    if subscriber.paused:
+        return "skipped:paused" if ledger.mark_skipped(session, claim_, "paused") else "lost"
+    if (topics := issue_topics(issue.segment)) and not set(topics) & set(subscriber.topics or ()):
+        # The reader left this issue's topic after planning: a topic is a newsletter of its own.
+        return "skipped:left-topic" if ledger.mark_skipped(session, claim_, "left-topic") else "lost"
     if delivery.email in suppressed:
         return "skipped:suppressed" if ledger.mark_skipped(session, claim_, "suppressed") else "lost"
     edition = editions.get(delivery.lang)

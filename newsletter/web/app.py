@@ -1,6 +1,7 @@
 """The app factory: settings, database and templates shared by every router, and the middleware.
 
-Routers: `ops` (health, metrics), `pages` (reader pages), `api` (editor API, bearer tokens) and `admin`
+Routers: `ops` (health, metrics), `reader` (sign-up, confirm, unsubscribe, preferences), `archive`
+(`/`, editions' web versions, Atom feeds), `api` (editor API, bearer tokens) and `admin`
 (editor pages, sign-in). Shared web infrastructure, reusable by any page: `security` (headers),
 `csrf` (form tokens), `problems` (RFC 9457 errors), `ratelimit`, `auth`.
 """
@@ -15,7 +16,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.middleware.sessions import SessionMiddleware
 
 from newsletter.config import Settings
-from newsletter.web import admin, api, ops, pages, problems
+from newsletter.web import admin, api, archive, ops, problems, reader
 from newsletter.web.auth import SESSION_COOKIE, SESSION_SECONDS, SignInRequired, sign_in_url
 from newsletter.web.csrf import CsrfCookie
 from newsletter.web.deps import WebState, page
@@ -42,7 +43,8 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.web = WebState.build(settings)
     app.include_router(ops.router)
-    app.include_router(pages.router)
+    app.include_router(reader.router)
+    app.include_router(archive.router)
     app.include_router(api.router)
     app.include_router(admin.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

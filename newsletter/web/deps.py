@@ -18,6 +18,9 @@ from newsletter.web.ratelimit import RateLimiter
 
 SIGN_IN_LIMIT = 10  # failed sign-ins per address, and per client address, in SIGN_IN_WINDOW
 SIGN_IN_WINDOW = 15 * 60  # seconds
+SIGNUP_CLIENT_LIMIT = 20  # sign-up requests per client address in SIGNUP_WINDOW (a shared office NAT stays fine)
+SIGNUP_ADDRESS_LIMIT = 3  # confirmation messages per subscriber address in SIGNUP_WINDOW (no mail-bombing anyone)
+SIGNUP_WINDOW = 60 * 60  # seconds
 
 
 @dataclass(frozen=True)
@@ -28,16 +31,25 @@ class WebState:
     sessions: sessionmaker[Session]
     pages: jinja2.Environment
     sign_in_limiter: RateLimiter
+    signup_client_limiter: RateLimiter
+    signup_address_limiter: RateLimiter
 
     @classmethod
     def build(cls, settings: Settings) -> WebState:
-        env = jinja2.Environment(
-            loader=jinja2.FileSystemLoader(templates_dir() / "web"),
-            autoescape=True,
-            undefined=jinja2.StrictUndefined,
+        packaged = jinja2.FileSystemLoader(templates_dir() / "web")
+        override = settings.branding.templates
+        # NEWSLETTER_TEMPLATES/web/<page> replaces the packaged page of the same name.
+        loader = jinja2.ChoiceLoader([jinja2.FileSystemLoader(override / "web"), packaged]) if override else packaged
+        env = jinja2.Environment(loader=loader, autoescape=True, undefined=jinja2.StrictUndefined)
+        redis_url = settings.redis_url
+        return cls(
+            settings=settings,
+            sessions=session_factory(settings.database_url),
+            pages=env,
+            sign_in_limiter=RateLimiter("sign-in", SIGN_IN_LIMIT, SIGN_IN_WINDOW, redis_url),
+            signup_client_limiter=RateLimiter("signup-client", SIGNUP_CLIENT_LIMIT, SIGNUP_WINDOW, redis_url),
+            signup_address_limiter=RateLimiter("signup-address", SIGNUP_ADDRESS_LIMIT, SIGNUP_WINDOW, redis_url),
         )
-        limiter = RateLimiter("sign-in", SIGN_IN_LIMIT, SIGN_IN_WINDOW, settings.redis_url)
-        return cls(settings=settings, sessions=session_factory(settings.database_url), pages=env, sign_in_limiter=limiter)
 
 
 def state(request: Request) -> WebState:

@@ -96,6 +96,10 @@ def problem_response(
     body.update(extensions)
     if wants_html(request):
         web = request.app.state.web
+        if not request.url.path.startswith("/admin"):
+            from newsletter.web.readerpage import error_page  # reader pages: the error in the reader's language
+
+            return error_page(web, request, status, headers)
         html = web.pages.get_template("problem.html").render(problem=body)
         return HTMLResponse(html, status_code=status, headers=headers)
     return JSONResponse(body, status_code=status, headers=headers, media_type=MEDIA_TYPE)

@@ -1,0 +1,88 @@
+"""Notices: the one-off messages of a subscription (confirm, welcome, already subscribed, goodbye).
+
+Each is a template folder ``templates/email/<kind>/{subject.txt, body.txt, body.html}`` over the shared
+layout, in the subscriber's language (Babel catalogs, `newsletter.i18n`), branded from settings, sent
+through the same mailer as deliveries (an SMTP relay, or the outbox in the embedded default). A notice
+is not a delivery: no ledger row, a random Message-ID, and no ``List-Unsubscribe`` on a confirmation
+request (the address is not on the list yet).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+from newsletter.config import Settings
+from newsletter.delivery.errors import DeliveryError
+from newsletter.delivery.mailers import Mailer, open_mailer
+from newsletter.delivery.ratelimit import with_rate_limit
+from newsletter.mime import Envelope, HeaderInjection, ascii_address, build_message, parse_from, to_bytes
+from newsletter.rendering import environment, inline_css, text_direction, translator
+
+log = logging.getLogger(__name__)
+
+KINDS = ("confirm", "welcome", "already", "goodbye")
+
+
+def default_mailer(settings: Settings) -> Mailer:
+    """The first relay (rate-limited as configured) or the outbox: where one-off messages go."""
+    mailer = open_mailer(settings.smtp_urls, settings.outbox_dir, settings.smtp_timeout)
+    return with_rate_limit(mailer, settings.smtp_urls[0] if settings.smtp_urls else None, settings.redis_url)
+
+
+def render_notice(settings: Settings, kind: str, lang: str, **context: Any) -> tuple[str, str, str]:
+    """``(subject, text, html)`` of notice ``kind`` in ``lang``; ``context`` fills the template (links, name).
+
+    Raises:
+        jinja2.TemplateError, MissingTranslation: a broken template or an untranslated string.
+    """
+    branding = settings.branding
+    values = {
+        "lang": lang,
+        "dir": text_direction(lang),
+        "list_name": branding.list_name(lang),
+        "brand": branding,
+        "site_url": settings.base_url + "/",
+        **context,
+    }
+    parts = []
+    for name in ("subject.txt", "body.txt", "body.html"):
+        autoescape = name.endswith(".html")
+        template = environment(autoescape, branding.templates).get_template(f"email/{kind}/{name}")
+        parts.append(template.render(values, _=translator(lang, autoescape)))
+    return " ".join(parts[0].split()), parts[1].strip() + "\n", inline_css(parts[2])
+
+
+def send_notice(
+    settings: Settings, kind: str, email: str, name: str, lang: str, *, unsubscribe: str = "", mailer: Mailer | None = None, **context: Any
+) -> bool:
+    """Render and send notice ``kind`` to ``email``; True when the relay (or outbox) took it.
+
+    A refused or failed send is logged and returns False rather than raising: a sign-up page answers
+    the same whatever happened to the message (no list probing), and a relay outage must not turn
+    into an error page. ``unsubscribe`` is the ``List-Unsubscribe`` URL (empty: none).
+    """
+    subject, text, html = render_notice(settings, kind, lang, name=name, email=email, unsubscribe_url=unsubscribe, **context)
+    envelope = Envelope(
+        from_header=settings.from_address,
+        to_address=email,
+        to_name=name,
+        subject=subject,
+        message_id=f"<{kind}.{uuid.uuid4().hex}@{settings.mail_domain}>",
+        list_id=settings.list_id,
+        unsubscribe_url=unsubscribe,
+        lang=lang,
+    )
+    own = mailer is None
+    mailer = mailer or default_mailer(settings)
+    try:
+        message = build_message(envelope, text, html)
+        mailer.send(parse_from(settings.from_address).addr_spec, ascii_address(email), to_bytes(message))
+        return True
+    except (DeliveryError, HeaderInjection, ValueError) as exc:
+        log.warning("%s notice not sent: %s", kind, exc)
+        return False
+    finally:
+        if own:
+            mailer.close()
