@@ -628,7 +628,7 @@ def embedded_child(args: argparse.Namespace) -> None:
     t0 = time.time()
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     issue_id, thread = start_publish(settings, args.embedded_child)
-    outcome = follow(settings, issue_id, poll=0.05)
+    outcome = follow(settings, issue_id)  # as `newsletter issue publish` follows it (poll 0.5 s)
     if thread is not None:
         thread.join()
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
