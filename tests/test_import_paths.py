@@ -101,3 +101,18 @@ def test_reimporting_unchanged_lines_skips_them_and_changed_ones_update(session:
     session.commit()
     assert import_lines(session, lines).unchanged == 137
     assert session.scalar(select(func.count()).where(Article.source_hash.is_(None))) == 0
+
+
+def test_rows_postgresql_refuses_in_a_copy_cost_only_themselves(pg_url: str, tmp_path: Path) -> None:
+    from sqlalchemy import text
+
+    from newsletter.db import session_factory
+
+    with session_factory(pg_url)() as session:
+        session.execute(text("ALTER TABLE subscribers ADD CONSTRAINT no_refused CHECK (name <> 'Refused')"))
+        session.commit()
+        rows = "email,name\n" + "".join(f"p{i}@example.org,{'Refused' if i == 3 else f'P {i}'}\n" for i in range(6))
+        report = import_subscribers(session, write(tmp_path, rows))
+        assert (report.created, len(report.errors)) == (5, 1)
+        assert report.errors[0].startswith("line 5: refused by the database") and "no_refused" in report.errors[0]
+        assert sorted(session.scalars(select(Subscriber.name))) == ["P 0", "P 1", "P 2", "P 4", "P 5"]
