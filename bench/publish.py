@@ -206,7 +206,9 @@ def seed(url: str, subscribers: int, issues: int, sample: bool) -> list[int]:
     from newsletter.models import Subscriber, utcnow
 
     upgrade(url)
-    settings = load_settings({"DATABASE_URL": url})
+    settings = load_settings(
+        {"DATABASE_URL": url, "NEWSLETTER_SECRET_KEY": "bench-secret-key", "NEWSLETTER_BASE_URL": "https://news.example.org"}
+    )
     en_path, zh_path, real = corpus_paths(settings)
     if sample or not real:
         en_path, zh_path, real = SAMPLE_DIR / "articles-en.jsonl", SAMPLE_DIR / "articles-zh-Hans.jsonl", False
@@ -626,7 +628,7 @@ def embedded_child(args: argparse.Namespace) -> None:
     t0 = time.time()
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     issue_id, thread = start_publish(settings, args.embedded_child)
-    outcome = follow(settings, issue_id, poll=0.05)
+    outcome = follow(settings, issue_id)  # as `newsletter issue publish` follows it (poll 0.5 s)
     if thread is not None:
         thread.join()
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)

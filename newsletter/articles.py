@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,12 +27,32 @@ from newsletter.textfiles import control_character, open_text
 LENGTH_LIMITS = {"id": 512, "category": 128, "translation_key": 512}
 
 
+# Part of every source hash: bump it when record_to_fields (or what it calls) converts differently, so the
+# next import converts every line again instead of skipping the ones it has seen.
+CONVERSION_VERSION = "1"
+
+
+def source_hasher(rules: Sequence[SourceRules]) -> Callable[[str], str]:
+    """``line -> SHA-256 hex`` of a corpus line together with `CONVERSION_VERSION` and the summary ``rules``
+    (patterns and flags): two lines with one hash convert to the same article fields."""
+    prefix = hashlib.sha256(f"{CONVERSION_VERSION}\x1f{rules!r}".encode()).digest()
+
+    def digest(line: str) -> str:
+        return hashlib.sha256(prefix + line.encode("utf-8", "surrogatepass")).hexdigest()
+
+    return digest
+
+
 class ArticleError(ValueError):
     """A corpus record that cannot become an article; ``line`` is 1-based."""
 
     def __init__(self, line: int, record_id: str | None, reason: str) -> None:
         super().__init__(f"line {line}" + (f" (id {record_id!r})" if record_id else "") + f": {reason}")
         self.line, self.record_id, self.reason = line, record_id, reason
+
+    def __reduce__(self) -> tuple[type[ArticleError], tuple[int, str | None, str]]:
+        # Rebuilt from its fields (pickled back from a worker process, see `read_jsonl`).
+        return type(self), (self.line, self.record_id, self.reason)
 
 
 @dataclass
@@ -112,29 +135,81 @@ def record_to_fields(record: dict[str, Any], rules: Sequence[SourceRules] = BUIL
     }
 
 
-def read_jsonl(lines: Iterable[str], rules: Sequence[SourceRules] = BUILTIN_RULES) -> Iterator[tuple[int, dict[str, Any] | ArticleError]]:
-    """Yield ``(line_number, fields)`` per non-blank line, or an `ArticleError` for a bad one."""
-    for number, line in enumerate(lines, start=1):
-        if number == 1:
-            line = line.removeprefix("\ufeff")  # a byte order mark (RFC 7159 §8.1 lets parsers ignore it)
-        if not line.strip():
-            continue
-        record_id = None
-        try:
-            record = json.loads(line)
-            if not isinstance(record, dict):
-                raise ValueError("not a JSON object")
-            record_id = str(record.get("id")) if record.get("id") is not None else None
-            fields = record_to_fields(record, rules)
-            if unstorable(record):  # nested values and unpaired surrogates: PostgreSQL refuses them
-                raise ValueError("contains a NUL or an unpaired surrogate character")
-            yield number, fields
-        except ValueError as exc:  # json.JSONDecodeError is a ValueError
-            yield number, ArticleError(number, record_id, str(exc))
+def parse_line(number: int, line: str, rules: Sequence[SourceRules] = BUILTIN_RULES) -> dict[str, Any] | ArticleError | None:
+    """One line of JSON Lines as `Article` fields, an `ArticleError` naming it, or None if it is blank."""
+    if number == 1:
+        line = line.removeprefix("\ufeff")  # a byte order mark (RFC 7159 §8.1 lets parsers ignore it)
+    if not line.strip():
+        return None
+    record_id = None
+    try:
+        record = json.loads(line)
+        if not isinstance(record, dict):
+            raise ValueError("not a JSON object")
+        record_id = str(record.get("id")) if record.get("id") is not None else None
+        fields = record_to_fields(record, rules)
+        if unstorable(record):  # nested values and unpaired surrogates: PostgreSQL refuses them
+            raise ValueError("contains a NUL or an unpaired surrogate character")
+        return fields
+    except ValueError as exc:  # json.JSONDecodeError is a ValueError
+        return ArticleError(number, record_id, str(exc))
+
+
+def _parse_block(block: list[tuple[int, str]], rules: Sequence[SourceRules]) -> list[tuple[int, dict[str, Any] | ArticleError]]:
+    return [(n, r) for n, line in block if (r := parse_line(n, line, rules)) is not None]
+
+
+HASH_WINDOW = 500  # lines whose source hashes are looked up in one query
+PARALLEL_MIN_LINES = 256  # below this, starting worker processes costs more than it saves
+BLOCK_LINES = 16  # lines per task handed to a worker process
+
+
+def read_jsonl(
+    lines: Iterable[str], rules: Sequence[SourceRules] = BUILTIN_RULES, *, workers: int = 1
+) -> Iterator[tuple[int, dict[str, Any] | ArticleError]]:
+    """Yield ``(line_number, fields)`` per non-blank line, or an `ArticleError` for a bad one, in line order.
+
+    With ``workers`` > 1 and at least `PARALLEL_MIN_LINES` lines, the records are converted (Markdown,
+    sanitising, summaries: the CPU-bound part of an import) in that many forked processes, a window of
+    few blocks of lines at a time so memory stays bounded. Fork only from a single-threaded process (the CLI).
+    """
+    return _read_numbered(enumerate(lines, start=1), rules, workers)
+
+
+def _read_numbered(
+    numbered: Iterator[tuple[int, str]], rules: Sequence[SourceRules], workers: int
+) -> Iterator[tuple[int, dict[str, Any] | ArticleError]]:
+    first = list(itertools.islice(numbered, PARALLEL_MIN_LINES))
+    if workers <= 1 or len(first) < PARALLEL_MIN_LINES:
+        for number, line in itertools.chain(first, numbered):
+            if (result := parse_line(number, line, rules)) is not None:
+                yield number, result
+        return
+    import multiprocessing
+    from concurrent.futures import Future, ProcessPoolExecutor
+
+    source = itertools.chain(first, numbered)
+    in_flight: deque[Future[list[tuple[int, dict[str, Any] | ArticleError]]]] = deque()
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        while True:
+            while len(in_flight) < workers * 8:  # keep the workers busy while this process stores
+                block = list(itertools.islice(source, BLOCK_LINES))
+                if not block:
+                    break
+                in_flight.append(pool.submit(_parse_block, block, rules))
+            if not in_flight:
+                return
+            yield from in_flight.popleft().result()
 
 
 def import_articles(
-    session: Session, path: Path, *, batch: int = 500, encoding: str = "utf-8", rules: Sequence[SourceRules] = BUILTIN_RULES
+    session: Session,
+    path: Path,
+    *,
+    batch: int = 500,
+    encoding: str = "utf-8",
+    rules: Sequence[SourceRules] = BUILTIN_RULES,
+    workers: int = 1,
 ) -> ImportReport:
     """Import a JSON Lines file in ``encoding``, idempotent on ``id`` (re-importing updates changed records),
     and add the new or changed articles to the related-articles index (`newsletter.related.store.index_articles`).
@@ -144,17 +219,40 @@ def import_articles(
     ``batch`` records, so an interrupted import keeps what it did; if the database refuses a batch,
     its records are stored one by one, so one bad record never costs the good ones.
 
+    ``workers`` > 1 converts the records in that many processes (see `read_jsonl`).
+
     Raises:
         FileEncodingError: the file is not in ``encoding`` (nothing was imported).
     """
     with open_text(path, encoding) as handle:
-        return import_lines(session, handle, batch=batch, rules=rules)
+        return import_lines(session, handle, batch=batch, rules=rules, workers=workers)
 
 
-def import_lines(session: Session, lines: Iterable[str], *, batch: int = 500, rules: Sequence[SourceRules] = BUILTIN_RULES) -> ImportReport:
-    """Import JSON Lines text given line by line (an upload, a file); see `import_articles`."""
+def import_lines(
+    session: Session, lines: Iterable[str], *, batch: int = 500, rules: Sequence[SourceRules] = BUILTIN_RULES, workers: int = 1
+) -> ImportReport:
+    """Import JSON Lines text given line by line (an upload, a file); see `import_articles`.
+
+    A line whose `source_hasher` hash an article already carries was imported before unchanged: it is
+    counted ``unchanged`` without being parsed or converted (one indexed lookup per `HASH_WINDOW` lines).
+    """
     report = ImportReport()
     pending: list[tuple[int, dict[str, Any]]] = []
+    hasher = source_hasher(rules)
+    hashes: dict[int, str] = {}  # line number -> source hash, for the lines on their way to `store`
+
+    def unseen(numbered: Iterator[tuple[int, str]]) -> Iterator[tuple[int, str]]:
+        while window := list(itertools.islice(numbered, HASH_WINDOW)):
+            digests = {n: hasher(line) for n, line in window if line.strip()}
+            known = set(session.scalars(select(Article.source_hash).where(Article.source_hash.in_(set(digests.values())))))
+            for number, line in window:
+                digest = digests.get(number)
+                if digest in known:
+                    report.unchanged += 1
+                    continue
+                if digest is not None:
+                    hashes[number] = digest
+                yield number, line
 
     def store(items: list[tuple[int, dict[str, Any]]]) -> None:
         """Create or update ``items`` and their related-articles index entries, and commit; the report
@@ -164,18 +262,21 @@ def import_lines(session: Session, lines: Iterable[str], *, batch: int = 500, ru
         counts = {"created": 0, "updated": 0, "unchanged": 0}
         ids = [f["external_id"] for _, f in items]
         existing = {a.external_id: a for a in session.scalars(select(Article).where(Article.external_id.in_(ids)))}
-        for _line, fields in items:
+        for line, fields in items:
             article = existing.get(fields["external_id"])
+            digest = hashes.get(line)
             if article is None:
-                article = Article(**fields)
+                article = Article(**fields, source_hash=digest)
                 session.add(article)
                 existing[fields["external_id"]] = article
                 counts["created"] += 1
             elif any(getattr(article, k) != v for k, v in fields.items()):
                 for key, value in fields.items():
                     setattr(article, key, value)
+                article.source_hash = digest
                 counts["updated"] += 1
             else:
+                article.source_hash = digest  # imported before hashes were kept: skipped from now on
                 counts["unchanged"] += 1
         session.flush()
         # The related-articles index follows in the same transaction: only new or changed texts are tokenised.
@@ -196,11 +297,14 @@ def import_lines(session: Session, lines: Iterable[str], *, batch: int = 500, ru
                 except DBAPIError as exc:
                     session.rollback()
                     report.errors.append(ArticleError(line, fields["external_id"], f"refused by the database: {first_line(exc)}"))
+        for line, _fields in pending:
+            hashes.pop(line, None)
         pending.clear()
 
-    for number, result in read_jsonl(lines, rules):
+    for number, result in _read_numbered(unseen(enumerate(lines, start=1)), rules, workers):
         if isinstance(result, ArticleError):
             report.errors.append(result)
+            hashes.pop(number, None)
             continue
         pending.append((number, result))
         if len(pending) >= batch:

@@ -190,11 +190,14 @@ def to_traditional(text: str, conversion: str = "s2twp", extra: tuple[str, ...] 
     return convert(text, conversion, extra)
 
 
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")  # NUL, or a surrogate (paired ones never reach a str)
+
+
 def unstorable(value: object) -> bool:
     """Whether ``value`` (a string, or lists and dicts of them, keys included) holds a NUL or an unpaired
     surrogate: text that PostgreSQL refuses and UTF-8 cannot encode, to be rejected at the door."""
     if isinstance(value, str):
-        return "\x00" in value or any(0xD800 <= ord(c) <= 0xDFFF for c in value)
+        return _UNSTORABLE.search(value) is not None
     if isinstance(value, dict):
         return any(unstorable(k) or unstorable(v) for k, v in value.items())
     if isinstance(value, list | tuple):

@@ -35,6 +35,13 @@ def is_erased_suppressed(session: Session, address: str) -> bool:
     return session.scalar(select(Suppression.id).where(Suppression.email == address_hash(address))) is not None
 
 
+def erased_suppressed_hashes(session: Session) -> frozenset[str]:
+    """Every `address_hash` the suppression list keeps (erased, suppressed addresses), for an import to
+    test each row against in memory (``address_hash(a) in hashes`` is `is_erased_suppressed`) instead of
+    querying once per row."""
+    return frozenset(session.scalars(select(Suppression.email).where(Suppression.email.startswith(HASH_PREFIX, autoescape=True))))
+
+
 def _scrub(text: str | None, address: str, replacement: str) -> str | None:
     return None if text is None else re.sub(re.escape(address), replacement, text, flags=re.IGNORECASE)
 

@@ -116,6 +116,8 @@ class Article(Base):
     url: Mapped[str | None] = mapped_column(Text)
     translation_key: Mapped[str | None] = mapped_column(String(512), index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # SHA-256 of the corpus line (and conversion rules) it was imported from: an unchanged line is skipped.
+    source_hash: Mapped[str | None] = mapped_column(String(64), index=True)
 
 
 class Issue(Base):

@@ -7,6 +7,7 @@ Each step takes a session and settings and is safe to run again; `tasks/` wraps 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, tzinfo
@@ -18,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from newsletter.config import Settings
 from newsletter.content import category_label, first_image, to_traditional
-from newsletter.delivery import ledger
+from newsletter.delivery.planning import id_ranges, plan_range
 from newsletter.issues import IssueError, IssueStateError
 from newsletter.models import (
     FINAL_DELIVERY_STATES,
@@ -35,9 +36,8 @@ from newsletter.models import (
     utcnow,
 )
 from newsletter.rendering import ArticleView, EditionContent, check_edition, render_edition
-from newsletter.segments import SegmentError, audience, count_audience, edition_for, stream_audience
+from newsletter.segments import SegmentError, audience, audience_conditions, count_audience, edition_for
 from newsletter.summaries import summarise
-from newsletter.tokens import message_id
 
 log = logging.getLogger(__name__)
 
@@ -286,45 +286,29 @@ def render_editions(session: Session, settings: Settings, issue_id: int) -> dict
 def plan_deliveries(session: Session, settings: Settings, issue_id: int, enqueue: Enqueue) -> int:
     """Freeze the audience into delivery rows and hand them to ``enqueue`` in batches; commits.
 
-    Streams subscribers in id order, ``settings.plan_chunk_size`` at a time, inserting rows with
-    INSERT … ON CONFLICT DO NOTHING on (issue, subscriber), so a re-run adds nothing twice. Rows are
-    marked enqueued and committed before ``enqueue`` is called; if the process dies in between, the
-    sweeper re-enqueues them. Returns the number of deliveries planned in this call.
+    The database selects and inserts the rows itself (`newsletter.delivery.planning.plan_range`: one
+    INSERT … SELECT … ON CONFLICT DO NOTHING on (issue, subscriber) per range of
+    ``settings.plan_chunk_size`` subscriber ids), so a re-run adds nothing twice and memory stays flat.
+    Each range's rows are marked enqueued and committed (with the issue's heartbeat: the progress)
+    before ``enqueue`` is called; if the process dies in between, the sweeper re-enqueues them.
+    Returns the number of deliveries planned in this call.
+
+    Raises:
+        SegmentError: the issue's segment is invalid (before anything is written).
+        Exception: whatever ``enqueue`` raises, after its rows were marked not handed over.
     """
     issue = session.get_one(Issue, issue_id)
     langs = [e.lang for e in issue.editions]
+    conditions = audience_conditions(issue.segment, max_subscriber_id=issue.audience_max_subscriber_id)
     planned = 0
-    for chunk in stream_audience(
-        session, issue.segment, max_subscriber_id=issue.audience_max_subscriber_id, chunk=settings.plan_chunk_size
-    ):
+    started = time.monotonic()
+    for lo, hi in id_ranges(session, issue.audience_max_subscriber_id, settings.plan_chunk_size):
         now = utcnow()
-        rows = []
-        for sub in chunk:
-            lang = edition_for(sub.lang, langs)
-            rows.append({
-                "issue_id": issue_id, "subscriber_id": sub.id, "email": sub.email,
-                "lang": lang or sub.lang,
-                "status": DeliveryStatus.PENDING if lang else DeliveryStatus.SKIPPED,
-                "skip_reason": None if lang else "no-edition",
-                "message_id": message_id(settings.secret_key, issue_id, sub.id, settings.mail_domain),
-                "attempts": 0, "created_at": now, "updated_at": now,
-            })  # fmt: skip
-        planned += ledger.insert_ignore(session, rows)
-        ids = list(
-            session.scalars(
-                select(Delivery.id)
-                .where(
-                    Delivery.issue_id == issue_id,
-                    Delivery.subscriber_id.in_([s.id for s in chunk]),
-                    Delivery.status == DeliveryStatus.PENDING,
-                    Delivery.enqueued_at.is_(None),
-                )
-                .order_by(Delivery.id)
-            )
-        )
-        ledger.mark_enqueued(session, ids, now)
+        inserted, ids = plan_range(session, issue_id, conditions, langs, lo, hi, now, settings.secret_key, settings.mail_domain)
+        planned += inserted
         session.execute(update(Issue).where(Issue.id == issue_id).values(pipeline_heartbeat_at=now))  # progress
         session.commit()
+        log.debug("issue %s: planned %s deliveries up to subscriber %s", issue_id, planned, hi)
         for start in range(0, len(ids), settings.batch_size):
             try:
                 enqueue(issue_id, ids[start : start + settings.batch_size])
@@ -340,11 +324,17 @@ def plan_deliveries(session: Session, settings: Settings, issue_id: int, enqueue
                 )
                 session.commit()
                 raise
-    issue = session.get_one(Issue, issue_id)
-    if issue.status == IssueStatus.PUBLISHING:
-        issue.status = IssueStatus.SENDING
-        issue.planned_at = utcnow()
+    log.info("issue %s: planned %s deliveries in %.1f s", issue_id, planned, time.monotonic() - started)
+    # Conditional: an editor may have paused or cancelled the issue while it was being planned (the
+    # session's copy of the issue is not refreshed, so it must not be written back).
+    session.execute(
+        update(Issue)
+        .where(Issue.id == issue_id, Issue.status == IssueStatus.PUBLISHING)
+        .values(status=IssueStatus.SENDING, planned_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
     session.commit()
+    session.expire_all()
     finish_if_done(session, issue_id)
     return planned
 

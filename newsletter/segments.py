@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal
 
-from sqlalchemy import Boolean, ColumnElement, Select, and_, cast, exists, false, func, literal, not_, or_, select, true
+from sqlalchemy import Boolean, ColumnElement, Select, String, and_, case, cast, exists, false, func, literal, not_, or_, select, true
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.exc import CompileError
 from sqlalchemy.ext.compiler import compiles
@@ -366,13 +366,22 @@ def edition_for(lang: str, available: Sequence[str]) -> str | None:
     return next((alt for alt in EDITION_FALLBACK.get(lang, ("en",)) if alt in available), None)
 
 
-def audience(segment: Segment = None, *, max_subscriber_id: int | None = None) -> Select[tuple[Subscriber]]:
-    """A query for the subscribers in ``segment`` (JSON as in the module docstring, or a parsed
-    `Rule`), in id order. It runs on PostgreSQL and SQLite.
+def edition_sql(available: Sequence[str]) -> ColumnElement[str | None]:
+    """`edition_for` of ``Subscriber.lang`` as one SQL CASE expression (NULL where no edition fits),
+    so planning can assign editions inside the database. Same answers as `edition_for` for every
+    language, known or not (tests/test_plan_sql.py compares them)."""
+    whens: list[tuple[ColumnElement[bool], Any]] = []
+    if available:
+        whens.append((Subscriber.lang.in_(list(available)), Subscriber.lang))
+    for lang in EDITION_FALLBACK:
+        if lang not in available:
+            whens.append((Subscriber.lang == lang, literal(edition_for(lang, available), String(16))))
+    other = edition_for("\0unknown", available)  # any language without fallbacks of its own
+    return case(*whens, else_=literal(other, String(16)))
 
-    Only ``active`` subscribers whose address is not suppressed and who did not pause deliveries are
-    ever selected, whatever the rule. ``max_subscriber_id`` freezes the audience: subscribers who joined after the publish are not
-    added mid-send.
+
+def audience_conditions(segment: Segment = None, *, max_subscriber_id: int | None = None) -> list[ColumnElement[bool]]:
+    """The WHERE conditions of `audience` (see there), for queries that select other columns.
 
     Raises:
         SegmentError: ``segment`` is not a valid rule.
@@ -386,7 +395,21 @@ def audience(segment: Segment = None, *, max_subscriber_id: int | None = None) -
     ]
     if max_subscriber_id is not None:
         conditions.append(Subscriber.id <= max_subscriber_id)
-    return select(Subscriber).where(and_(*conditions)).order_by(Subscriber.id)
+    return conditions
+
+
+def audience(segment: Segment = None, *, max_subscriber_id: int | None = None) -> Select[tuple[Subscriber]]:
+    """A query for the subscribers in ``segment`` (JSON as in the module docstring, or a parsed
+    `Rule`), in id order. It runs on PostgreSQL and SQLite.
+
+    Only ``active`` subscribers whose address is not suppressed and who did not pause deliveries are
+    ever selected, whatever the rule. ``max_subscriber_id`` freezes the audience: subscribers who joined after the publish are not
+    added mid-send.
+
+    Raises:
+        SegmentError: ``segment`` is not a valid rule.
+    """
+    return select(Subscriber).where(and_(*audience_conditions(segment, max_subscriber_id=max_subscriber_id))).order_by(Subscriber.id)
 
 
 def count_audience(session: Session, segment: Segment = None, *, max_subscriber_id: int | None = None) -> int:

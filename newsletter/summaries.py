@@ -109,10 +109,17 @@ def load_rules(path: Path) -> tuple[SourceRules, ...]:
         raise RulesError(f"{path}: {exc}") from exc
 
 
+RE_CACHE = 8192  # compiled patterns kept by the re module once pysbd is in use (see _segmenter)
+
+
 @cache
 def _segmenter(lang: str):  # type: ignore[no-untyped-def]
     import pysbd
 
+    # pysbd builds one regular expression per abbreviation and text (hundreds), more than the 512 the re
+    # module caches, so without a larger cache every article compiles them all again (~15% of an import).
+    if getattr(re, "_MAXCACHE", 0) < RE_CACHE:
+        re._MAXCACHE = RE_CACHE  # type: ignore[attr-defined]
     return pysbd.Segmenter(language="zh" if lang.startswith("zh") else "en", clean=False, char_span=False)
 
 

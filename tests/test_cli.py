@@ -206,7 +206,7 @@ def test_ctrl_c_in_process_pauses_and_resume_finishes_once(tmp_path: Path) -> No
         assert proc.returncode == 130, (out, err)
         assert "issue 1 paused; continue with: newsletter issue resume 1" in err
         with session_factory(url)() as session:
-            assert session.scalar(select(Issue.status)) == IssueStatus.PAUSED
+            assert session.scalar(select(Issue.status)) == IssueStatus.PAUSED, err
         sent_before = len(smtp.recorder.messages)
         assert 40 <= sent_before < 200
         resumed = subprocess.run([sys.executable, "-m", "newsletter.cli", "issue", "resume", "1"], cwd=ROOT, env=env,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -31,7 +32,9 @@ def articles_import(ctx: Context, file: Path, encoding: str) -> None:
 
     with ctx.session() as session:
         try:
-            report = import_articles(session, file, encoding=encoding, rules=ctx.settings.summary_rules)
+            # The CLI is single-threaded: it may fork processes to convert the records (Markdown, summaries).
+            workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+            report = import_articles(session, file, encoding=encoding, rules=ctx.settings.summary_rules, workers=workers)
         except FileEncodingError as exc:
             raise click.ClickException(str(exc)) from exc
     for error in report.errors:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-import mailbox
+import os
 import smtplib
+import socket
 import ssl
+import time
 from pathlib import Path
 from types import TracebackType
 from typing import Protocol
@@ -25,25 +27,65 @@ class Mailer(Protocol):
 
 
 class OutboxMailer:
-    """Writes each message as an ``.eml`` file into a Maildir folder (``new/``) a person can open."""
+    """Writes each message as an ``.eml`` file into a Maildir folder (``new/``) a person can open.
+
+    Each file is written in ``tmp/`` and renamed into ``new/`` (so it appears whole), as Maildir requires
+    (https://cr.yp.to/proto/maildir.html). The files of a batch are flushed to disk together when the
+    mailer is closed (one fsync each plus one of ``new/``, after the batch's writes) rather than one
+    fsync per message, which cost most of the embedded default's time (the first fsync writes the
+    others' data too). A file is durable against the process dying as soon as ``send`` returns, like
+    the ledger's commit on SQLite (WAL, ``synchronous=NORMAL``); against a power cut, at ``close``.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.name = f"outbox:{path}"
-        self._box = mailbox.Maildir(path, create=True)
+        for sub in ("tmp", "new", "cur"):
+            (path / sub).mkdir(parents=True, exist_ok=True)
+        self._host = socket.gethostname().replace("/", "\\057").replace(":", "\\072")
+        self._written: list[Path] = []
 
     def send(self, sender: str, recipient: str, message: bytes) -> None:
-        """See `Mailer.send`. The file appears atomically (Maildir writes to ``tmp/`` then renames).
-
-        The envelope sender is recorded as ``Return-Path`` (RFC 5321 §4.4), as a final delivery would.
-        """
-        key = self._box.add(b"Return-Path: <" + sender.encode("ascii") + b">\r\n" + message)
-        # Rename to a readable name with the .eml ending mail programs open.
-        src = self.path / "new" / key
-        src.rename(src.with_name(f"{key}.eml"))
+        """See `Mailer.send`. The envelope sender is recorded as ``Return-Path`` (RFC 5321 §4.4), as a
+        final delivery would."""
+        global _sequence
+        _sequence += 1
+        now = time.time()
+        # A unique Maildir name: seconds, microseconds, process id and a per-process counter, host.
+        name = f"{int(now)}.M{int(now % 1 * 1e6)}P{os.getpid()}Q{_sequence}.{self._host}"
+        tmp = self.path / "tmp" / name
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(b"Return-Path: <" + sender.encode("ascii") + b">\r\n")
+                handle.write(message)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        final = self.path / "new" / f"{name}.eml"
+        tmp.rename(final)
+        self._written.append(final)
 
     def close(self) -> None:
-        self._box.close()
+        """Flush this batch's files (and their names in ``new/``) to disk."""
+        written, self._written = self._written, []
+        if not written:
+            return
+        for path in written:
+            with contextlib.suppress(FileNotFoundError):  # already picked up and moved by a reader
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        fd = os.open(self.path / "new", os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+_sequence = 0  # Maildir name counter of this process (see OutboxMailer.send)
 
 
 class SmtpMailer:

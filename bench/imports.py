@@ -1,0 +1,163 @@
+"""Benchmark: `articles import` and `subscribers import` speed, with same-run baselines.
+
+Articles: the White House corpus (NEWSLETTER_DATA_DIR or ../shared/data) into a fresh database, converted in
+one process (the baseline: what the web upload and library calls do) and in worker processes (what the CLI
+does, one per CPU), then imported again unchanged (lines skipped by their source hash).
+Subscribers: a generated CSV (100,000 rows by default, in a temporary folder, never kept) with names,
+languages, topics, signup dates and attributes; the baseline is a plain executemany of the same rows
+already validated (the floor the database sets), then the same CSV imported again (every row unchanged).
+
+    python bench/imports.py                  # SQLite and PostgreSQL at 127.0.0.1 (a temporary database)
+    python bench/imports.py --sqlite         # SQLite only
+    python bench/imports.py --subscribers 20000
+
+Prints rows/s, wall and CPU seconds (this process and its worker processes) and the load average: the
+machine is usually shared, so read the same-run ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import random
+import resource
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, delete, insert, text
+
+from newsletter.articles import import_articles
+from newsletter.db import get_engine, session_factory, upgrade
+from newsletter.models import Article, RelatedIndexEntry, Subscriber, SubscriberStatus, utcnow
+from newsletter.subscribers import import_subscribers, normalise_address
+
+PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+ROOT = Path(__file__).resolve().parent.parent
+DATA = Path(os.environ.get("NEWSLETTER_DATA_DIR") or ROOT.parent / "shared" / "data")
+CORPUS = DATA / "corpus-whitehouse" / "whitehouse_briefing_room.jsonl"
+
+
+def cpu() -> float:
+    """CPU seconds of this process and its finished children."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:
+    """(result, wall seconds, CPU seconds) of ``fn()``."""
+    wall, used = time.perf_counter(), cpu()
+    result = fn()
+    return result, time.perf_counter() - wall, cpu() - used
+
+
+def line(what: str, n: int, wall: float, used: float, baseline: float | None = None) -> None:
+    ratio = f"{baseline / wall:>8.1f}x" if baseline else f"{'':>9}"
+    print(f"  {what:<52} {n:>8,} {wall:>8.2f} {n / wall:>10,.0f} {used:>7.1f} {ratio}  load {os.getloadavg()[0]:.1f}")
+
+
+def header() -> None:
+    print(f"  {'':<52} {'rows':>8} {'wall s':>8} {'rows/s':>10} {'CPU s':>7} {'vs base':>9}")
+
+
+def bench_articles(url: str) -> None:
+    if not CORPUS.is_file():
+        print(f"  (no corpus at {CORPUS}: articles skipped)")
+        return
+    factory = session_factory(url)
+    workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    results: dict[str, float] = {}
+    for name, count in (("one process (baseline)", 1), (f"{workers} worker processes (the CLI)", workers)):
+        with factory() as session:
+            session.execute(delete(RelatedIndexEntry))
+            session.execute(delete(Article))
+            session.commit()
+            report, wall, used = timed(lambda s=session, c=count: import_articles(s, CORPUS, workers=c))
+        assert report.created == 1257 and not report.errors, report
+        results[name] = wall
+        line(f"articles, first import, {name}", report.created, wall, used, None if count == 1 else results["one process (baseline)"])
+    with factory() as session:
+        report, wall, used = timed(lambda s=session: import_articles(s, CORPUS, workers=workers))
+    assert report.unchanged == 1257, report
+    line("articles, the same file again (unchanged)", report.unchanged, wall, used, results["one process (baseline)"])
+
+
+def write_csv(path: Path, n: int) -> None:
+    rnd = random.Random(1)
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        out = csv.writer(handle)
+        out.writerow(["email", "name", "lang", "topics", "signed_up", "plan", "country"])
+        for i in range(n):
+            out.writerow([
+                f"user{i}@Example{i % 50}.org", f"User {i} Zoë", rnd.choice(["en", "zh-CN", "zh-TW", "zh-Hans"]),
+                rnd.choice(["security;economy", "sport", "", "安全|economy"]), rnd.choice(["", f"2026-01-0{rnd.randint(1, 9)}"]),
+                rnd.choice(["pro", "free", ""]), rnd.choice(["US", "CA", "CN"]),
+            ])  # fmt: skip
+
+
+def bench_subscribers(url: str, csv_path: Path, n: int) -> None:
+    factory = session_factory(url)
+    # Baseline: the same rows, already validated, inserted with a plain executemany in chunks of 1,000.
+    with open(csv_path, encoding="utf-8", newline="") as handle:
+        rows = [
+            {"email": normalise_address(r["email"]), "name": r["name"], "lang": "en", "topics": [], "attributes": {"plan": r["plan"]},
+             "status": SubscriberStatus.ACTIVE, "created_at": utcnow()}
+            for r in csv.DictReader(handle)
+        ]  # fmt: skip
+
+    def plain() -> int:
+        with factory() as session:
+            for start in range(0, len(rows), 1000):
+                session.execute(insert(Subscriber), rows[start : start + 1000])
+                session.commit()
+        return len(rows)
+
+    _, base, used = timed(plain)
+    line("subscribers, plain executemany (baseline)", n, base, used)
+    with factory() as session:
+        session.execute(delete(Subscriber))
+        session.commit()
+    for what in ("subscribers import, new", "subscribers import, again (unchanged)"):
+        with factory() as session:
+            report, wall, used = timed(lambda s=session: import_subscribers(s, csv_path))
+        assert not report.errors and report.created + report.unchanged == n, report
+        line(what, n, wall, used, base)
+
+
+def run(url: str, n: int, csv_path: Path) -> None:
+    upgrade(url)
+    print(f"{url.split(':', 1)[0]}: load average at start {os.getloadavg()[0]:.2f}")
+    header()
+    bench_articles(url)
+    bench_subscribers(url, csv_path, n)
+    get_engine(url).dispose()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--subscribers", type=int, default=100000)
+    parser.add_argument("--sqlite", action="store_true", help="SQLite only")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        csv_path = Path(tmp) / "subscribers.csv"
+        write_csv(csv_path, args.subscribers)
+        run(f"sqlite:///{Path(tmp) / 'bench.db'}", args.subscribers, csv_path)
+        if args.sqlite:
+            return
+        name = f"nl_bench_{uuid.uuid4().hex[:8]}"
+        admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        try:
+            run(PG_ADMIN.rsplit("/", 1)[0] + f"/{name}", args.subscribers, csv_path)
+        finally:
+            with admin.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+if __name__ == "__main__":
+    main()
