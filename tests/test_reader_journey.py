@@ -125,6 +125,13 @@ def test_a_reader_joins_chooses_reads_and_leaves_in_traditional_chinese(browser:
     [confirm] = _wait_for(smtp, 1)
     assert confirm["Subject"] == "請確認訂閱《每週評論》" and "林小姐，您好：" in _text(confirm)
     link = re.search(r"(http://127\.0\.0\.1:\d+/confirm/\S+)", _text(confirm)).group(1)  # type: ignore[union-attr]
+    html = confirm.get_body(preferencelist=("html",))
+    assert html is not None and f'href="{link}"' in html.get_content()  # the button carries the same link
+    mail_view = context.new_page()
+    mail_view.set_content(html.get_content())
+    assert mail_view.get_by_role("link", name="確認訂閱").is_visible()
+    mail_view.screenshot(path=str(ARTIFACTS / "journey-2-confirm-email.png"), full_page=True)
+    mail_view.close()
     page.goto(link)
     assert _subscriber(db_url).status == SubscriberStatus.PENDING  # opening the link changed nothing
     page.get_by_role("button", name="確認訂閱").click()

@@ -1,8 +1,8 @@
 """The app factory: settings, database and templates shared by every router, and the middleware.
 
-Routers: `ops` (health, metrics), `reader` (sign-up, confirm, unsubscribe, preferences), `archive`
-(`/`, editions' web versions, Atom feeds), `api` (editor API, bearer tokens) and `admin`
-(editor pages, sign-in). Shared web infrastructure, reusable by any page: `security` (headers),
+Routers: `ops` (health, metrics), `joining` (sign-up, confirm, re-subscribe), `reader` (unsubscribe,
+preferences), `archive` (`/`, editions' web versions, Atom feeds), `api` (editor API, bearer tokens) and
+`admin` (editor pages, sign-in). Shared web infrastructure, reusable by any page: `security` (headers),
 `csrf` (form tokens), `problems` (RFC 9457 errors), `ratelimit`, `auth`.
 """
 
@@ -16,7 +16,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.middleware.sessions import SessionMiddleware
 
 from newsletter.config import Settings
-from newsletter.web import admin, api, archive, ops, problems, reader
+from newsletter.web import admin, api, archive, joining, ops, problems, reader
 from newsletter.web.auth import SESSION_COOKIE, SESSION_SECONDS, SignInRequired, sign_in_url
 from newsletter.web.csrf import CsrfCookie
 from newsletter.web.deps import WebState, page
@@ -43,6 +43,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.web = WebState.build(settings)
     app.include_router(ops.router)
+    app.include_router(joining.router)
     app.include_router(reader.router)
     app.include_router(archive.router)
     app.include_router(api.router)

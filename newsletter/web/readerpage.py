@@ -9,17 +9,21 @@ from __future__ import annotations
 from typing import Any
 
 from babel import negotiate_locale
-from fastapi import Request
+from fastapi import Depends, Request
 from fastapi.responses import HTMLResponse
 from sqlalchemy.orm import Session
 
 from newsletter.i18n import N_
-from newsletter.models import LANGUAGES
+from newsletter.models import LANGUAGES, Subscriber
 from newsletter.rendering import LANGUAGE_NAMES, translator
 from newsletter.signup import known_topics
 from newsletter.subscribers import normalise_lang
-from newsletter.web.csrf import csrf_token
+from newsletter.tokens import BadToken, verify
+from newsletter.web.csrf import csrf_protect, csrf_token
 from newsletter.web.deps import WebState
+
+CSRF = [Depends(csrf_protect)]  # dependencies of every reader form's POST (not the one-click unsubscribe)
+INVALID_LINK = N_("This link is not valid. Please use the latest message we sent you.")
 
 # Babel's matching works on POSIX-style identifiers; map them back to our BCP 47 tags.
 _POSIX = {"en": "en", "zh_Hans": "zh-Hans", "zh_Hant": "zh-Hant", "zh_CN": "zh-Hans", "zh_SG": "zh-Hans", "zh_TW": "zh-Hant",
@@ -109,3 +113,18 @@ def error_page(web: WebState, request: Request, status: int, headers: dict[str, 
     response = message_page(web, request, page_lang(request), title, message, status)
     response.headers.update(headers or {})
     return response
+
+
+def token_subscriber(session: Session, web: WebState, token: str, purpose: str) -> Subscriber | None:
+    """The subscriber a signed link names, or None (bad signature, wrong purpose, unknown id). Every
+    secret key verifies, so a key rotation keeps the links already in mailboxes working."""
+    try:
+        subscriber_id = verify(web.settings.secret_keys, purpose, token)[0]
+    except BadToken:
+        return None
+    return session.get(Subscriber, subscriber_id)
+
+
+def invalid_link(web: WebState, request: Request) -> HTMLResponse:
+    """The 400 page of a forged, truncated or outdated link."""
+    return message_page(web, request, page_lang(request), N_("Link not valid"), INVALID_LINK, 400)
