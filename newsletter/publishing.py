@@ -322,10 +322,15 @@ def plan_deliveries(session: Session, settings: Settings, issue_id: int, enqueue
                 session.commit()
                 raise
     log.info("issue %s: planned %s deliveries in %.1f s", issue_id, planned, time.monotonic() - started)
-    issue = session.get_one(Issue, issue_id)
-    if issue.status == IssueStatus.PUBLISHING:
-        issue.status = IssueStatus.SENDING
-        issue.planned_at = utcnow()
+    # The issue may have been paused or cancelled while its batches were sent (the embedded worker sends
+    # them inside `enqueue`): read it afresh, and move it on only from `publishing`, in one UPDATE.
+    session.expire_all()
+    session.execute(
+        update(Issue)
+        .where(Issue.id == issue_id, Issue.status == IssueStatus.PUBLISHING)
+        .values(status=IssueStatus.SENDING, planned_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
     session.commit()
     finish_if_done(session, issue_id)
     return planned
