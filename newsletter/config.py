@@ -115,7 +115,7 @@ class Settings:
     from_address: str
     list_id: str
     batch_size: int = 100
-    plan_chunk_size: int = 1000
+    plan_chunk_size: int = 10000
     lease_seconds: float = 300.0
     sweep_interval: float = 30.0
     smtp_timeout: float = 30.0
@@ -443,7 +443,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         "from_address": from_address,
         "list_id": _list_id(env),
         "batch_size": _int(env, "NEWSLETTER_BATCH_SIZE", 100, 1, 10000),
-        "plan_chunk_size": _int(env, "NEWSLETTER_PLAN_CHUNK", 1000, 10, 100000),
+        "plan_chunk_size": _int(env, "NEWSLETTER_PLAN_CHUNK", 10000, 10, 100000),
         "lease_seconds": _float(env, "NEWSLETTER_LEASE_SECONDS", 300.0, 1.0, 86400.0),
         "sweep_interval": _float(env, "NEWSLETTER_SWEEP_INTERVAL", 30.0, 0.1, 3600.0),
         "smtp_timeout": _float(env, "SMTP_TIMEOUT", 30.0, 0.5, 600.0),

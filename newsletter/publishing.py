@@ -325,8 +325,8 @@ def plan_deliveries(session: Session, settings: Settings, issue_id: int, enqueue
                 session.commit()
                 raise
     log.info("issue %s: planned %s deliveries in %.1f s", issue_id, planned, time.monotonic() - started)
-    # Conditional: an editor may have paused or cancelled the issue while it was being planned (the
-    # session's copy of the issue is not refreshed, so it must not be written back).
+    # The issue may have been paused or cancelled while its batches were sent (the embedded worker sends
+    # them inside `enqueue`): move it on only from `publishing`, in one UPDATE, then read it afresh.
     session.execute(
         update(Issue)
         .where(Issue.id == issue_id, Issue.status == IssueStatus.PUBLISHING)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import func, select, update
@@ -50,12 +51,18 @@ def test_every_row_with_a_bad_domain_is_named_and_good_domains_normalised(sessio
 
 
 def test_new_and_existing_rows_in_one_chunk(session: Session, tmp_path: Path) -> None:
-    import_subscribers(session, write(tmp_path, "email,name,plan,signed_up\nold@example.org,Old,free,2026-01-02\n"))
+    first = "email,name,lang,topics,plan,signed_up\nold@example.org,Old,zh-TW,安全|economy,免费,2026-01-02T08:30:00+08:00\n"
+    import_subscribers(session, write(tmp_path, first))
+    old = session.scalar(select(Subscriber).where(Subscriber.email == "old@example.org"))
+    assert old is not None and (old.lang, old.topics, old.attributes) == ("zh-Hant", ["economy", "安全"], {"plan": "免费"})
+    assert old.created_at == datetime(2026, 1, 2, 0, 30, tzinfo=UTC)
     text = "email,name,plan,country\nold@example.org,Old,pro,US\nfresh@example.org,Fresh,,CA\nfresh@EXAMPLE.ORG,Fresher,pro,\n"
     report = import_subscribers(session, write(tmp_path, text))
     assert (report.created, report.updated, report.merged, report.errors) == (1, 1, 1, [])
+    session.expire_all()
     old = session.scalar(select(Subscriber).where(Subscriber.email == "old@example.org"))
-    assert old is not None and old.attributes == {"plan": "pro", "country": "US"} and old.created_at.year == 2026
+    assert old is not None and old.attributes == {"plan": "pro", "country": "US"}
+    assert old.created_at == datetime(2026, 1, 2, 0, 30, tzinfo=UTC)
     fresh = session.scalar(select(Subscriber).where(Subscriber.email == "fresh@example.org"))
     assert fresh is not None and fresh.name == "Fresher" and fresh.attributes == {"country": "CA", "plan": "pro"}
 

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from newsletter import publishing
 from newsletter.config import Settings
+from newsletter.db import session_factory
 from newsletter.delivery.planning import hmac_pads, id_ranges, message_id_sql, plan_range, register_sqlite_functions
 from newsletter.issues import create_issue
 from newsletter.models import (
@@ -275,3 +276,21 @@ def test_plan_deliveries_in_small_chunks_replans_nothing_and_enqueues_leftovers(
     again: list[int] = []
     assert publishing.plan_deliveries(session, settings, issue_id, lambda _i, ids: again.extend(ids)) == 0
     assert again == lost
+
+
+def test_a_pause_while_planning_enqueues_is_kept(session: Session, make_settings: Any, db_url: str) -> None:
+    settings: Settings = make_settings(db_url, NEWSLETTER_PLAN_CHUNK="10", NEWSLETTER_BATCH_SIZE="5")
+    population(session, n=60, seed=5)
+    issue = new_issue(session)
+    publishing.request_publish(session, settings, issue)
+    issue_id = issue.id
+    pauser = session_factory(db_url)()  # another session, as the CLI's Ctrl-C handler or the web page would be
+
+    def enqueue(_issue_id: int, ids: list[int]) -> None:
+        pauser.execute(update(Issue).where(Issue.id == issue_id).values(status=IssueStatus.PAUSED))
+        pauser.commit()
+
+    publishing.plan_deliveries(session, settings, issue_id, enqueue)
+    pauser.close()
+    session.expire_all()
+    assert session.get_one(Issue, issue_id).status == IssueStatus.PAUSED
