@@ -206,7 +206,7 @@ def seed(url: str, subscribers: int, issues: int, sample: bool) -> list[int]:
     from newsletter.models import Subscriber, utcnow
 
     upgrade(url)
-    settings = load_settings({"DATABASE_URL": url})
+    settings = load_settings({"DATABASE_URL": url, "NEWSLETTER_SECRET_KEY": "bench-secret-key", "NEWSLETTER_BASE_URL": "https://news.example.org"})
     en_path, zh_path, real = corpus_paths(settings)
     if sample or not real:
         en_path, zh_path, real = SAMPLE_DIR / "articles-en.jsonl", SAMPLE_DIR / "articles-zh-Hans.jsonl", False

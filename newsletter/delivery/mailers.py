@@ -46,6 +46,30 @@ class OutboxMailer:
         self._box.close()
 
 
+def _data(conn: smtplib.SMTP, msg: bytes) -> tuple[int, bytes]:
+    """`smtplib.SMTP.data` for bytes, with dot-stuffing (RFC 5321 §4.5.2) by ``bytes.replace``
+    instead of a regular expression over the whole message (12% of a worker's time at 115 kB)."""
+    conn.putcmd("data")
+    code, repl = conn.getreply()
+    if code != 354:
+        raise smtplib.SMTPDataError(code, repl)
+    q = msg.replace(b"\n.", b"\n..")
+    if q[:1] == b".":
+        q = b"." + q
+    conn.send(q + (b".\r\n" if q[-2:] == b"\r\n" else b"\r\n.\r\n"))
+    return conn.getreply()
+
+
+class _SMTP(smtplib.SMTP):
+    def data(self, msg: bytes | str) -> tuple[int, bytes]:  # type: ignore[override]
+        return _data(self, msg) if isinstance(msg, bytes) else super().data(msg)
+
+
+class _SMTP_SSL(smtplib.SMTP_SSL):
+    def data(self, msg: bytes | str) -> tuple[int, bytes]:  # type: ignore[override]
+        return _data(self, msg) if isinstance(msg, bytes) else super().data(msg)
+
+
 class SmtpMailer:
     """An SMTP connection opened lazily and re-opened after a drop.
 
@@ -68,11 +92,11 @@ class SmtpMailer:
 
     def _connect(self) -> smtplib.SMTP:
         if self.scheme == "smtps":
-            conn: smtplib.SMTP = smtplib.SMTP_SSL(
+            conn: smtplib.SMTP = _SMTP_SSL(
                 self.host, self.port, timeout=self.timeout, local_hostname=self.local_hostname, context=ssl.create_default_context()
             )
         else:
-            conn = smtplib.SMTP(self.host, self.port, timeout=self.timeout, local_hostname=self.local_hostname)
+            conn = _SMTP(self.host, self.port, timeout=self.timeout, local_hostname=self.local_hostname)
             if self.scheme == "smtp+starttls":
                 conn.starttls(context=ssl.create_default_context())
         if self.username:
@@ -95,6 +119,17 @@ class SmtpMailer:
             if error.smtp_code in (421, None):
                 self._drop()
             raise error from exc
+
+    def check(self) -> None:
+        """NOOP on an open connection that sat idle; a dead one is dropped, so the next send reconnects
+        (a pooled connection the relay closed meanwhile must not defer a message)."""
+        if self._conn is not None:
+            try:
+                code, _ = self._conn.noop()
+                if code != 250:
+                    self._drop()
+            except (smtplib.SMTPException, OSError):
+                self._drop()
 
     def _drop(self) -> None:
         conn, self._conn = self._conn, None
