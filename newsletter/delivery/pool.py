@@ -37,18 +37,30 @@ CHECK_AFTER = 0.25  # seconds idle after which a reused connection is checked wi
 SLOT_POLL = 0.05  # seconds between tries for a slot while all are taken
 MAX_CONNECTIONS = 1000
 
-# KEYS[1] the slot set; ARGV: member, limit, ttl ms. Expired members are dropped first, so a dead
-# worker's slots come back. Returns 1 when the member now holds a slot.
+# KEYS[1] the slot set, KEYS[2] the waiters; ARGV: member, limit, ttl ms. Expired members are dropped
+# first, so a dead worker's slots come back. Returns 1 when the member now holds a slot; else the
+# member is noted as waiting for a second, so holders give idle connections up (see `has_waiters`).
 ACQUIRE_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
+  redis.call('ZADD', KEYS[2], now + 1000, ARGV[1])
+  redis.call('PEXPIRE', KEYS[2], 2000)
   return 0
 end
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]) * 2)
+redis.call('ZREM', KEYS[2], ARGV[1])
 return 1
+"""
+
+# KEYS[1] the waiters: how many asked for a slot in the last second and have none yet.
+WAITERS_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+return redis.call('ZCARD', KEYS[1])
 """
 
 # ARGV: ttl ms, members... Extends the members still present; returns how many were.
@@ -92,18 +104,26 @@ class Slots(Protocol):
 
     def release(self, member: str) -> None: ...
 
+    def has_waiters(self) -> bool: ...
+
 
 class RedisSlots:
     """`Slots` in a Redis sorted set ``newsletter:slots:<relay>`` (see the module docstring)."""
 
     def __init__(self, client: Any, relay: str, limit: int, ttl: float = SLOT_TTL) -> None:
         self.client, self.key, self.limit, self.ttl_ms = client, f"newsletter:slots:{relay}", limit, int(ttl * 1000)
+        self.waiters = f"newsletter:slot-waiters:{relay}"
         self._acquire = client.register_script(ACQUIRE_LUA)
+        self._waiters = client.register_script(WAITERS_LUA)
         self._renew = client.register_script(RENEW_LUA)
 
     def acquire(self, member: str) -> bool:
         """Take a slot for ``member`` if fewer than ``limit`` are held; never blocks."""
-        return bool(self._acquire(keys=[self.key], args=[member, self.limit, self.ttl_ms]))
+        return bool(self._acquire(keys=[self.key, self.waiters], args=[member, self.limit, self.ttl_ms]))
+
+    def has_waiters(self) -> bool:
+        """True when some process asked for a slot in the last second and got none."""
+        return bool(self._waiters(keys=[self.waiters]))
 
     def renew(self, members: list[str]) -> int:
         """Extend the given members' slots by the TTL; returns how many still held one."""
@@ -141,6 +161,10 @@ class LocalSlots:
         """See `RedisSlots.release`."""
         with self.lock:
             self.members.discard(member)
+
+    def has_waiters(self) -> bool:
+        """Senders of this process wait for each other's connections: nothing to hand over."""
+        return False
 
 
 class PooledMailer:
@@ -213,10 +237,21 @@ class ConnectionPool:
         return mailer
 
     def put(self, mailer: PooledMailer) -> None:
-        """Take a lent connection back: idle until the next batch, or closed after `idle` seconds."""
+        """Take a lent connection back: idle until the next batch, or closed after `idle` seconds; closed
+        at once when another process waits for a slot of this relay (so it gets its share)."""
         mailer.idle_since = time.monotonic()
         with self._lock:
             self._lent.discard(mailer.slot)
+        try:
+            hand_over = self.slots.has_waiters()
+        except Exception:  # Redis away: keep the connection; its slot lapses if renewals fail
+            hand_over = False
+        if hand_over:
+            with contextlib.suppress(DeliveryError, OSError):
+                mailer.inner.close()
+            self.slots.release(mailer.slot)
+            return
+        with self._lock:
             self._idle.append(mailer)
 
     def close_idle(self, older_than: float | None = None) -> int:
