@@ -111,11 +111,13 @@ def send_batch(
     relay's reply, on a fresh connection if the database restarted meanwhile. A delivery already
     claimed ``settings.retry.max_attempts`` times is not claimed again.
 
-    ``mailer_factory`` is either a callable giving one mailer (one connection serves the whole batch
-    and reconnects after a drop) or a `MailerSource` lending up to ``connections`` mailers: then that
-    many sender threads share the batch, and this thread records their outcomes, several per COMMIT
+    ``mailer_factory`` is either a callable giving one mailer (one connection serves the whole batch,
+    reconnects after a drop, and each outcome is committed before the next message) or a `MailerSource`
+    lending up to ``connections`` mailers (a process's pool, `newsletter.delivery.pool`): then that many
+    sender threads share the batch, and this thread records their outcomes, several per COMMIT
     (`ledger.mark_sent_many`). A sender hands over message k and goes on with message k+1, but waits
-    for k's COMMIT before handing over k+1: at most 2 accepted-but-unrecorded messages per connection.
+    for k's COMMIT before handing over k+1: at most 2 accepted-but-unrecorded messages per connection,
+    and the database round trips overlap the SMTP ones (also with one connection).
 
     Every `STATUS_CHECK_EVERY` messages the issue's status is read again (a pause or cancel stops the
     batch), and when this batch has failed more messages than it sent, the auto-pause rule is applied
@@ -147,7 +149,7 @@ def send_batch(
         suppressed = set(session.scalars(select(Suppression.email).where(Suppression.email.in_([r.email for r in by_id.values()]))))
         session.commit()  # end the read transaction: nothing stays open while the relay talks
         context = _Context(settings, issue.id, issue.number, templates, suppressed)
-        if callable(mailer_factory) or mailer_factory.connections <= 1:
+        if callable(mailer_factory):
             _send_sequentially(session, context, claims, by_id, mailer_factory, keeper, outcomes)
         else:
             _send_concurrently(session, context, claims, by_id, mailer_factory, keeper, outcomes)
