@@ -15,6 +15,8 @@ import redis
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP
 
+from newsletter.delivery.errors import DeliveryError, PermanentDeliveryError
+from newsletter.delivery.mailers import SmtpMailer
 from newsletter.delivery.pool import ConnectionPool, LocalSlots, RedisSlots, relay_connections
 from newsletter.models import DeliveryStatus
 from newsletter.runner import follow, start_publish
@@ -172,3 +174,55 @@ def test_two_worker_processes_share_one_relay_limit(pg_url: str, tmp_path: Path)
 def measured_ok(recorder: Recorder, total: int) -> bool:
     """Every subscriber got exactly one message."""
     return sorted(recorder.recipients().elements()) == sorted(email_of(i) for i in range(total))
+
+
+class _PipeliningHandler(Handler):
+    """The test relay, announcing PIPELINING (RFC 2920) so `SmtpMailer` sends MAIL, RCPT and DATA in one write."""
+
+    async def handle_EHLO(self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        return [*responses[:-1], "250-PIPELINING", responses[-1]]
+
+
+@pytest.mark.parametrize("pipelining", [True, False])
+def test_smtp_mailer_outcomes_with_and_without_pipelining(pipelining: bool) -> None:
+    """Accepted, refused at RCPT (permanent), refused at DATA (temporary) and a 421 that closes: the same
+    errors on both paths, the connection usable after each, and the body arrives dot-stuffed and intact."""
+    recorder = Recorder()
+
+    def rcpt(addr: str, attempt: int) -> str | None:
+        return "550 5.1.1 no such user" if addr.startswith("gone") else None
+
+    def data(addr: str, attempt: int) -> str | None:
+        return {"busy@example.org": "451 4.3.0 try later", "closing@example.org": "421 4.3.2 shutting down"}.get(addr)
+
+    cls = _PipeliningHandler if pipelining else Handler
+    port = free_port()
+    controller = Controller(cls(recorder, rcpt_fault=rcpt, data_fault=data), hostname="127.0.0.1", port=port, decode_data=False)
+    controller.start()
+    body = b"Subject: t\r\n\r\n.leading dot\r\n..two\r\nend.\r\n"
+    outcomes: list[str] = []
+    try:
+        mailer = SmtpMailer(f"smtp://127.0.0.1:{port}")
+        for to in (
+            "a@example.org",
+            "gone@example.org",
+            "b@example.org",
+            "busy@example.org",
+            "c@example.org",
+            "closing@example.org",
+            "d@example.org",
+        ):
+            try:
+                mailer.send("bounce@example.org", to, body)
+                outcomes.append("ok")
+            except DeliveryError as exc:
+                outcomes.append(f"{exc.smtp_code}:{'permanent' if isinstance(exc, PermanentDeliveryError) else 'temporary'}")
+        assert mailer._conn is not None
+        assert mailer._conn.has_extn("pipelining") == pipelining
+        mailer.close()
+    finally:
+        controller.stop()
+    assert outcomes == ["ok", "550:permanent", "ok", "451:temporary", "ok", "421:temporary", "ok"]
+    assert len(recorder.raw) == 4  # a, b, c and d
+    assert all(raw.replace(b"\r\n", b"\n") == body.replace(b"\r\n", b"\n") for raw in recorder.raw)

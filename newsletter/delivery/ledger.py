@@ -29,7 +29,7 @@ from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, TypeVar
 
-from sqlalchemy import and_, bindparam, exists, func, or_, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, exists, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
@@ -325,40 +325,109 @@ def _finish_many(
     Returns the ids recorded; an id missing was taken over by another worker (or is final)."""
     if not claims:
         return set()
-    columns = tuple(sorted(values))
-    params = {f"v_{c}": v for c, v in values.items()}
-    by_token: dict[str, list[int]] = {}
-    for c in claims:
-        by_token.setdefault(c.token, []).append(c.id)
     first = [True]
 
     def attempt() -> set[int]:
         again = not first[0]
         first[0] = False
-        params["v_updated_at"] = utcnow()
-        conn = session.connection()
-        done: set[int] = set()
-        for token, ids in by_token.items():
-            if len(ids) == 1:
-                result = conn.execute(_finish_statement(columns, False, uncount), {**params, "b_id": ids[0], "b_token": token})
-                if result.rowcount:
-                    done.add(ids[0])
-            else:
-                done.update(conn.execute(_finish_statement(columns, True, uncount), {**params, "b_ids": ids, "b_token": token}).scalars())
+        done = _apply(session.connection(), claims, values, uncount, again)
         session.commit()
-        if again:  # a commit that reached the database before the connection died counts as done
-            missing = [c for c in claims if c.id not in done]
-            if missing:
-                rows = session.execute(
-                    select(Delivery.id, Delivery.status, Delivery.claim_token).where(Delivery.id.in_([c.id for c in missing]))
-                ).all()
-                session.commit()
-                tokens = {c.id: c.token for c in missing}
-                done.update(r.id for r in rows if r.claim_token == tokens[r.id] and r.status == values.get("status"))
         return done
 
     what = f"delivery {claims[0].id}" if len(claims) == 1 else f"{len(claims)} deliveries"
     return retrying(session, attempt, f"{what}: recording {values.get('status')}", retry_for)
+
+
+def _apply(conn: Connection, claims: Sequence[Claim], values: dict[str, Any], uncount: bool, again: bool) -> set[int]:
+    """Run the `_finish_statement` UPDATEs for ``claims`` on ``conn`` (one per claim token); returns the
+    ids changed. ``again`` (a retry after a lost connection): a row already in the new state under our
+    token counts as done, since the earlier commit may have reached the database."""
+    columns = tuple(sorted(values))
+    params = {f"v_{c}": v for c, v in values.items()}
+    params["v_updated_at"] = utcnow()
+    by_token: dict[str, list[int]] = {}
+    for c in claims:
+        by_token.setdefault(c.token, []).append(c.id)
+    done: set[int] = set()
+    for token, ids in by_token.items():
+        if len(ids) == 1:
+            if conn.execute(_finish_statement(columns, False, uncount), {**params, "b_id": ids[0], "b_token": token}).rowcount:
+                done.add(ids[0])
+        else:
+            done.update(conn.execute(_finish_statement(columns, True, uncount), {**params, "b_ids": ids, "b_token": token}).scalars())
+    if again:
+        missing = {c.id: c.token for c in claims if c.id not in done}
+        if missing:
+            rows = conn.execute(
+                select(_DELIVERIES.c.id, _DELIVERIES.c.status, _DELIVERIES.c.claim_token).where(_DELIVERIES.c.id.in_(list(missing)))
+            )
+            done.update(r.id for r in rows if r.claim_token == missing[r.id] and r.status == values.get("status"))
+    return done
+
+
+class OutcomeWriter:
+    """Records accepted messages (sending -> sent) on one database connection held for a whole batch,
+    in autocommit mode: one prepared UPDATE is one round trip and durable when it returns (no pool
+    checkout with its pre-ping, no separate COMMIT). After a lost connection it goes on, on a fresh
+    one, for up to ``retry_for`` seconds, as `retrying` does.
+
+    Not for an in-memory SQLite database (a second connection would see another database): use
+    `usable` and fall back to `mark_sent_many`.
+    """
+
+    def __init__(self, engine: Engine, retry_for: float = RECORD_RETRY_SECONDS) -> None:
+        self.engine, self.retry_for = engine, retry_for
+        self._conn: Connection | None = None
+
+    @staticmethod
+    def usable(engine: Engine) -> bool:
+        """False for an in-memory SQLite database."""
+        return not (engine.dialect.name == "sqlite" and engine.url.database in (None, "", ":memory:"))
+
+    def sent(self, claims: Sequence[Claim], relay: str) -> set[int]:
+        """`mark_sent_many` on the held connection. Returns the ids recorded.
+
+        Raises:
+            DBAPIError: a non-transient error, or the database stayed away ``retry_for`` seconds.
+        """
+        if not claims:
+            return set()
+        values = {"status": DeliveryStatus.SENT, "sent_at": utcnow(), "relay": relay, "last_error": None}
+        deadline = time.monotonic() + self.retry_for
+        pause, again = 0.05, False
+        while True:
+            try:
+                if self._conn is None:
+                    self._conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+                return _apply(self._conn, claims, values, False, again)
+            except DBAPIError as exc:
+                if not is_transient_db_error(exc):
+                    raise
+                self._discard()
+                if time.monotonic() + pause > deadline:
+                    raise
+                log.warning(
+                    "%s deliveries: recording sent: database unreachable (%s); trying again on a fresh connection",
+                    len(claims),
+                    first_line(exc),
+                )
+                time.sleep(pause)
+                pause, again = min(pause * 2, 1.0), True
+
+    def _discard(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(DBAPIError):
+                conn.invalidate()
+            with contextlib.suppress(DBAPIError):
+                conn.close()
+
+    def close(self) -> None:
+        """Give the connection back to the pool."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(DBAPIError):
+                conn.close()
 
 
 def mark_sent(session: Session, claim_: Claim, relay: str) -> bool:

@@ -279,6 +279,8 @@ def _send_concurrently(
     for t in threads:
         t.start()
     running, recorded = len(threads), 0
+    engine = session.get_bind().engine
+    writer = ledger.OutcomeWriter(engine) if ledger.OutcomeWriter.usable(engine) else None
     try:
         while running:
             got = [results.get()]
@@ -287,7 +289,7 @@ def _send_concurrently(
                     got.append(results.get_nowait())
             running -= sum(1 for o in got if o is None)
             batch = [o for o in got if o is not None]
-            _record_many(session, ctx.settings, batch)
+            _record_many(session, ctx.settings, batch, writer)
             for o in batch:
                 keeper.done(o.claim.id)
                 metrics.record_outcome(o.result)
@@ -301,6 +303,8 @@ def _send_concurrently(
         stop.set()  # on an error here, senders must not wait for records that will not come
         for t in threads:
             t.join()
+        if writer is not None:
+            writer.close()
     left = [c for c in work if not keeper.lost(c.id)]
     if abandon.is_set():
         log.warning("issue id %s: cannot renew claims; leaving %s unsent deliveries to the sweeper", ctx.issue_id, len(left))
@@ -382,14 +386,16 @@ def _record(session: Session, settings: Settings, o: _Outcome) -> str:
     return o.result
 
 
-def _record_many(session: Session, settings: Settings, batch: Sequence[_Outcome]) -> None:
-    """Commit several outcomes: the messages sent in one statement and one COMMIT, the rest one by one."""
+def _record_many(session: Session, settings: Settings, batch: Sequence[_Outcome], writer: ledger.OutcomeWriter | None) -> None:
+    """Commit several outcomes: the messages sent in one statement (on ``writer``'s autocommit
+    connection, else with one COMMIT), the rest one by one."""
     sent = [o for o in batch if o.kind == "sent"]
     by_relay: dict[str, list[_Outcome]] = {}
     for o in sent:
         by_relay.setdefault(o.relay, []).append(o)
     for relay, group in by_relay.items():
-        done = ledger.mark_sent_many(session, [o.claim for o in group], relay)
+        claims = [o.claim for o in group]
+        done = writer.sent(claims, relay) if writer is not None else ledger.mark_sent_many(session, claims, relay)
         for o in group:
             o.result = "sent" if o.claim.id in done else "lost"
             if o.result == "lost":
