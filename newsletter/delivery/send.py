@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 SENDABLE_ISSUE_STATES = (IssueStatus.PUBLISHING, IssueStatus.SENDING)
 STATUS_CHECK_EVERY = 10  # messages between checks for a pause or cancel during a batch
+EXTRA_SLOT_POLL = 0.25  # seconds between a batch's tries for one more connection while the relay's are all taken
 
 
 @dataclass
@@ -243,7 +244,7 @@ def _send_concurrently(
                 return
             mailer = source.get(wait=False)
             if mailer is None:
-                time.sleep(0.05)
+                time.sleep(EXTRA_SLOT_POLL)
         handed: _Outcome | None = None
         try:
             while not stop.is_set():
