@@ -681,3 +681,20 @@ def test_send_batch_with_a_mailer_source_records_every_outcome(
     assert 1 <= source.most_lent <= connections
     # Redelivered: nothing is claimed or sent again.
     assert +send_batch(session, settings, issue_id, rec.ids, source).outcomes == Counter({"busy": 4})
+
+
+def test_a_sender_thread_s_unexpected_error_reaches_the_task(session, settings: Settings, tmp_path: Path, db_url: str) -> None:  # type: ignore[no-untyped-def]
+    """An error that is not a relay's answer (a bug, a broken connection pool) stops the pooled batch and
+    is raised to the task; what no sender took is handed back (pending), nothing is left waiting."""
+    issue_id, rec = _publish(session, settings)
+
+    class Broken(RefusingMailer):
+        def send(self, sender: str, recipient: str, message: bytes) -> None:
+            raise RuntimeError("pool broke")
+
+    source = LendingSource(1, lambda: Broken({}, tmp_path / "ob"), db_url)
+    with pytest.raises(RuntimeError, match="pool broke"):
+        send_batch(session, settings, issue_id, rec.ids, source)
+    states = Counter(d.status for d in _deliveries(session, issue_id))
+    assert states == Counter({DeliveryStatus.PENDING: 3, DeliveryStatus.SENDING: 1})  # the one in hand runs out and is swept
+    assert source.lent == 0

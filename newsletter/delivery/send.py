@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 SENDABLE_ISSUE_STATES = (IssueStatus.PUBLISHING, IssueStatus.SENDING)
 STATUS_CHECK_EVERY = 10  # messages between checks for a pause or cancel during a batch
+SLOT_POLL = 0.05  # seconds between a batch's tries for its first connection while the relay's are all taken
 EXTRA_SLOT_POLL = 0.25  # seconds between a batch's tries for one more connection while the relay's are all taken
 
 
@@ -236,17 +237,18 @@ def _send_concurrently(
     abandon = threading.Event()  # claims may run out: leave the rest to the sweeper
     results: queue.SimpleQueue[_Outcome | None] = queue.SimpleQueue()
 
+    errors: list[BaseException] = []
+
     def sender(first: bool) -> None:
-        mailer = source.get(wait=True) if first else None
-        while mailer is None:  # more connections only while work is left and the relay has slots
-            if stop.is_set() or not work:
-                results.put(None)
-                return
-            mailer = source.get(wait=False)
-            if mailer is None:
-                time.sleep(EXTRA_SLOT_POLL)
+        mailer: Mailer | None = None
         handed: _Outcome | None = None
         try:
+            while mailer is None:  # a connection once the relay has a free slot, while work is left
+                if stop.is_set() or not work:
+                    return
+                mailer = source.get(wait=False)
+                if mailer is None:
+                    time.sleep(SLOT_POLL if first else EXTRA_SLOT_POLL)
             while not stop.is_set():
                 try:
                     claim_ = work.popleft()
@@ -269,8 +271,15 @@ def _send_concurrently(
                 results.put(outcome)
             if handed is not None:
                 _wait_recorded(handed, stop)
+        except BaseException as exc:  # re-raised by the batch's thread; the claim in hand runs out and is swept
+            errors.append(exc)
+            stop.set()
         finally:
-            mailer.close()
+            if mailer is not None:
+                try:
+                    mailer.close()
+                except Exception:
+                    log.exception("giving an SMTP connection back failed")
             results.put(None)
 
     threads = [
@@ -314,6 +323,8 @@ def _send_concurrently(
         outcomes["released"] += _stop(session, ctx.issue_id, left)
     elif outcomes["failed"] > outcomes["sent"]:
         _auto_pause(session, ctx.settings, ctx.issue_id)
+    if errors:
+        raise errors[0]
 
 
 def _wait_recorded(outcome: _Outcome, stop: threading.Event) -> None:
