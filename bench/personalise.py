@@ -28,7 +28,7 @@ def edition(n_articles: int) -> EditionContent:
         for r in (records * 3)[:n_articles]
     )
     return EditionContent(number=48, lang="en", title="The week in review", date="30 November 2026",
-                          web_url="https://news.example.org/issues/48/en", articles=articles, related=articles[:5],
+                          web_url="https://news.example.org/issues/48/en", articles=articles,
                           editors_note="Security, climate and the economy this week.")  # fmt: skip
 
 

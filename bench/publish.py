@@ -10,7 +10,7 @@ send phase (first claim to last ``sent_at`` in the ledger), the time of each sta
 start and end), premailer calls, CPU ms per message and peak RSS (VmHWM) per process, the messages the
 sink counted, and the load average. Right after each run, ``smtp-source`` puts as many messages of the
 product's mean size into the same sink with as many sessions as the product has SMTP connections (one
-per pool process); the ratio is printed. Last, the naive baseline (bench/naive_celery.py: one Celery task
+per pool process, or `--connections`); the ratio is printed. Last, the naive baseline (bench/naive_celery.py: one Celery task
 per subscriber with Jinja2 + premailer + EmailMessage + a new SMTP connection) sends to the first
 ``--naive-subscribers`` subscribers with the same pool size, and the product/naive ratio is printed.
 
@@ -240,7 +240,7 @@ def seed(url: str, subscribers: int, issues: int, sample: bool) -> list[int]:
 def mean_message_size(settings: Settings, issue_id: int) -> int:
     """Mean bytes of the messages of an issue, built the email package's way for one subscriber per
     language and weighted by the deliveries per language."""
-    from newsletter.delivery.send import preferences_url, unsubscribe_url
+    from newsletter.links import preferences_url, unsubscribe_url
     from newsletter.mime import Envelope, build_message, to_bytes
     from newsletter.models import Delivery, Edition, Subscriber
     from newsletter.rendering import greeting, personalise
@@ -566,11 +566,11 @@ def real_mode(args: argparse.Namespace, tmp: Path) -> None:
     redis_url, redis_proc = start_redis(tmp)
     events = tmp / "events.jsonl"
     workers: list[subprocess.Popen[Any]] = []
-    sessions = args.connections if args.slow else args.workers * args.concurrency
+    sessions = args.connections or args.workers * args.concurrency
     try:
         with pg_database() as url:
             numbers = seed(url, args.subscribers, args.runs, args.sample)
-            smtp_url = f"smtp://127.0.0.1:{sink.port}" + (f"?connections={args.connections}" if args.slow else "")
+            smtp_url = f"smtp://127.0.0.1:{sink.port}" + (f"?connections={args.connections}" if args.connections else "")
             env_vars = {
                 "DATABASE_URL": url, "REDIS_URL": redis_url + "/0", "SMTP_URL": smtp_url, "NEWSLETTER_HOME": str(tmp / "home"),
                 "NEWSLETTER_SECRET_KEY": "bench-secret-key", "NEWSLETTER_BASE_URL": "https://news.example.org",
@@ -688,7 +688,11 @@ def main() -> None:
     parser.add_argument("--source-messages", type=int, default=20000, help="most messages smtp-source sends per run")
     parser.add_argument("--embedded", action="store_true", help="the embedded default: SQLite, in-process worker, outbox")
     parser.add_argument("--slow", action="store_true", help="smtp-sink -w 1 (each DATA answered after 1 s)")
-    parser.add_argument("--connections", type=int, default=50, help="with --slow: SMTP connections in total (SMTP_URL ?connections=)")
+    parser.add_argument(
+        "--connections",
+        type=int,
+        help="SMTP connections in total (SMTP_URL ?connections=; default 50 with --slow, else one per pool process)",
+    )
     parser.add_argument("--sample", action="store_true", help="use the bundled sample articles even when the shared corpora exist")
     parser.add_argument("--profile", type=Path, help="folder for a py-spy profile of the first run (raw stacks and a text top)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds to wait for a publish")
@@ -699,6 +703,8 @@ def main() -> None:
         return
     if args.subscribers is None:
         args.subscribers = 200 if args.slow else 10000
+    if args.slow and args.connections is None:
+        args.connections = 50
     with tempfile.TemporaryDirectory(prefix="nl-bench-") as name:
         tmp = Path(name)
         os.chmod(tmp, 0o755)

@@ -27,7 +27,7 @@ MIN_SECRET_LENGTH = 8
 # Values that were public once (in this source, compose files, tutorials): refused as keys.
 PUBLIC_SECRETS = frozenset({"dev-insecure-secret-change-me", "change-me", "changeme", "change_me", "secret-key", "development"})
 SMTP_SCHEMES = ("smtp", "smtp+starttls", "smtps")
-SMTP_QUERY_KEYS = ("rate", "burst")  # see newsletter.delivery.ratelimit.relay_rate
+SMTP_QUERY_KEYS = ("rate", "burst", "connections")  # see ratelimit.relay_rate and pool.relay_connections
 REDIS_SCHEMES = ("redis", "rediss", "redis+socket", "unix", "sentinel")
 TRUE = ("1", "true", "yes", "on")
 # RFC 2919 §2: list-id = list-label "." list-id-namespace, both dot-atom-text (RFC 5322 §3.2.3).
@@ -268,7 +268,7 @@ def _smtp_urls(env: dict[str, str]) -> tuple[str, ...]:
     urls = tuple(u.strip() for u in (env.get("SMTP_URL") or "").split(",") if u.strip())
     expected = (
         "smtp://host:25, smtp+starttls://user:password@host:587 or smtps://user:password@host:465, "
-        "comma-separated, each optionally with ?rate=N&burst=M"
+        "comma-separated, each optionally with ?rate=N&burst=M&connections=C"
     )
     for url in urls:
         try:
@@ -288,9 +288,13 @@ def _smtp_urls(env: dict[str, str]) -> tuple[str, ...]:
                 ok = float(values[-1]) > 0 if key == "rate" else int(values[-1]) >= 1
             except ValueError:
                 ok = False
+            if ok and key == "connections":
+                ok = int(values[-1]) <= 1000  # pool.MAX_CONNECTIONS
             if not ok or (key == "rate" and not math.isfinite(float(values[-1]))):
                 raise SettingsError(
-                    "SMTP_URL", f"entry {_shown(url)!r} has {key}={values[-1]!r}", "rate > 0 (messages/s) and burst >= 1 (messages)"
+                    "SMTP_URL",
+                    f"entry {_shown(url)!r} has {key}={values[-1]!r}",
+                    "rate > 0 (messages/s), burst >= 1 (messages) and connections 1..1000 (at once, over all workers)",
                 )
     return urls
 

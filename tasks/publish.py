@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from celery import Task, chain
 
@@ -10,7 +11,8 @@ from newsletter import logs, publishing, sweeper
 from newsletter.config import Settings
 from newsletter.db import first_line, is_transient_db_error, session_factory
 from newsletter.delivery.mailers import Mailer, open_mailer
-from newsletter.delivery.ratelimit import with_rate_limit
+from newsletter.delivery.pool import pool_for
+from newsletter.delivery.send import MailerSource
 from newsletter.delivery.send import send_batch as send_batch_fn
 from tasks.app import app, is_broker_error, settings
 
@@ -76,11 +78,12 @@ def plan_deliveries(self: IssueTask, issue_id: int) -> int:
     return self.run_step(issue_id, publishing.plan_deliveries, enqueue_send)
 
 
-def _mailer(s: Settings, index: int) -> Mailer:
-    """The relay for a batch, round-robin over SMTP_URL by first delivery id, with its rate limit."""
-    mailer = open_mailer(s.smtp_urls, s.outbox_dir, s.smtp_timeout, index=index)
-    relay_url = s.smtp_urls[index % len(s.smtp_urls)] if s.smtp_urls else None
-    return with_rate_limit(mailer, relay_url, s.redis_url)
+def _mailer(s: Settings, index: int) -> Callable[[], Mailer] | MailerSource:
+    """The relay for a batch, round-robin over SMTP_URL by first delivery id: this process's connection
+    pool for it (with the relay's rate and connection limits), or the outbox when no relay is set."""
+    if not s.smtp_urls:
+        return lambda: open_mailer(s.smtp_urls, s.outbox_dir, s.smtp_timeout)
+    return pool_for(s.smtp_urls[index % len(s.smtp_urls)], s.redis_url, s.smtp_timeout)
 
 
 DB_RETRY_COUNTDOWN = 2.0  # seconds before a send batch that found the database away runs again
@@ -98,7 +101,7 @@ def send_batch(self: Task, issue_id: int, delivery_ids: list[int]) -> dict[str, 
     s = settings()
     with logs.bound(issue_id=issue_id, task_id=self.request.id), _session() as session:
         try:
-            result = send_batch_fn(session, s, issue_id, delivery_ids, lambda: _mailer(s, delivery_ids[0] if delivery_ids else 0))
+            result = send_batch_fn(session, s, issue_id, delivery_ids, _mailer(s, delivery_ids[0] if delivery_ids else 0))
             publishing.finish_if_done(session, issue_id)
         except Exception as exc:
             if not is_transient_db_error(exc):

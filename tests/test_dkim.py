@@ -108,3 +108,50 @@ def test_bad_key_settings_fail_at_start_with_one_line(tmp_path: Path) -> None:
         f"error: NEWSLETTER_DKIM_KEY_FILE={bad}: not a PEM RSA private key (make one with: openssl genrsa -out dkim.pem 2048);"
         " expected a PEM RSA private key file"
     ]
+
+
+def test_canonicalisation_equals_dkimpy_s() -> None:
+    """Relaxed body and header canonicalisation (RFC 6376 §3.4.2, §3.4.4) byte for byte as dkimpy does it,
+    on random CRLF-ended bodies and folded header fields full of white space."""
+    import random
+
+    from dkim.canonicalization import Relaxed
+
+    from newsletter.dkim import relaxed_body, relaxed_header
+
+    rng = random.Random(6376)
+    pieces = [b" ", b"\t", b"a", b"\r\n", b"   ", b".", b"=20", b"\xc3\xa9"]
+    for _ in range(5000):
+        body = b"".join(rng.choice(pieces) for _ in range(rng.randint(0, 40))) + b"\r\n"
+        assert relaxed_body(body) == Relaxed.canonicalize_body(body), body
+        value = b"".join(rng.choice([b" ", b"\t", b"x", b"\r\n ", b"\r\n\t", b":"]) for _ in range(rng.randint(0, 20)))
+        ((name, canon),) = Relaxed.canonicalize_headers([(b"X-Test ", value)])
+        assert relaxed_header(b"X-Test :" + value) == name + b":" + canon.removesuffix(b"\r\n"), value
+
+
+def test_signatures_survive_relaxed_changes_and_over_signing(key_pair: tuple[Path, str]) -> None:
+    """dkimpy verifies a long message with folded fields and white-space runs; re-folding and trailing
+    spaces (what relaxed allows) keep it valid, a second Subject added on the way or a changed word does not."""
+    import dkim
+
+    pem, public = key_pair
+    key = load_key("nl2026", pem, "weekly@newsletter.example.org")
+    message = (
+        b"From: The Weekly Review <weekly@newsletter.example.org>\r\nTo: =?utf-8?q?Z=C3=A9?= <ze@example.com>\r\n"
+        b"Subject: Week 3:\r\n  rates\t and  frogs\r\nDate: Tue, 01 Dec 2026 07:00:00 +0000\r\nMessage-ID: <1.2@newsletter.example.org>\r\n"
+        b"List-Unsubscribe: <https://news.example.org/unsubscribe/1.2.abc>\r\nList-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"
+        b"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
+        + b"Hello Z=C3=A9,  the  week\tin review=\r\n continues here.\r\n" * 3000
+        + b".leading dot\r\n\r\n\r\n"
+    )
+    signed = sign(message, key)
+    assert dkim.verify(signed, dnsfunc=_dns(public))
+    relaxed = (
+        signed.replace(b"the  week", b"the week")
+        .replace(b"continues here.\r\n", b"continues here.  \r\n")
+        .replace(b"Subject: Week 3:\r\n  rates", b"Subject: Week 3: rates")
+    )
+    assert dkim.verify(relaxed, dnsfunc=_dns(public))
+    assert not dkim.verify(signed.replace(b"frogs", b"toads"), dnsfunc=_dns(public))
+    second_subject = signed.replace(b"\r\n\r\n", b"\r\nSubject: Win a prize\r\n\r\n", 1)
+    assert not dkim.verify(second_subject, dnsfunc=_dns(public))  # over-signed (RFC 6376 §5.4.2)

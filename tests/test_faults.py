@@ -231,8 +231,9 @@ def test_no_delivery_lost_or_doubled_under_faults(pg_url: str, redis_server: Red
         assert outcome.status == "sent", outcome
         eligible = {email_of(i) for i in range(SUBSCRIBERS) if not permanent(email_of(i))}
         assert set(smtp.recorder.recipients()) == eligible  # nobody lost
-        # A SIGKILL between the server's 250 and our commit can repeat only the messages in flight.
-        assert sum(duplicates.values()) <= fleet.kills * CONCURRENCY
+        # A SIGKILL between the server's 250 and our commit can repeat only the messages in flight: the
+        # outcome writes are pipelined, so at most 2 accepted-but-unrecorded per connection (one per process).
+        assert sum(duplicates.values()) <= 2 * fleet.kills * CONCURRENCY
         with factory() as session:
             states = dict(session.execute(
                 select(Delivery.status, func.count()).where(Delivery.issue_id == issue_id).group_by(Delivery.status)

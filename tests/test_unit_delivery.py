@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import threading
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -629,3 +630,95 @@ def test_sweeper_restarts_a_pipeline_whose_worker_died(session, settings: Settin
     # A step that makes progress keeps it from being restarted.
     publishing.attach_related(session, settings, issue.id)
     assert sweeper.restart_stalled_pipelines(session, datetime.now(UTC), settings.lease_seconds, started.append) == []
+
+
+class LendingSource:
+    """A `MailerSource`: lends up to ``connections`` mailers at once, each checking before every send
+    how many messages it had accepted are still not recorded as sent (read on its own connection)."""
+
+    def __init__(self, connections: int, make, url: str) -> None:  # type: ignore[no-untyped-def]
+        from newsletter.db import session_factory
+
+        self.connections, self.make, self.sessions = connections, make, session_factory(url)
+        self.lent = self.most_lent = 0
+        self.most_unrecorded = 0
+        self.lock = threading.Lock()
+
+    def get(self, wait: bool):  # type: ignore[no-untyped-def]
+        with self.lock:
+            if self.lent >= self.connections:
+                return None
+            self.lent += 1
+            self.most_lent = max(self.most_lent, self.lent)
+        return _Checked(self, self.make())
+
+    def unrecorded(self, emails: list[str]) -> int:
+        with self.sessions() as s:
+            return (
+                s.scalar(
+                    select(func.count()).select_from(Delivery).where(Delivery.email.in_(emails), Delivery.status == DeliveryStatus.SENDING)
+                )
+                or 0
+            )
+
+
+class _Checked:
+    def __init__(self, source: LendingSource, inner) -> None:  # type: ignore[no-untyped-def]
+        self.source, self.inner, self.name, self.accepted = source, inner, inner.name, list[str]()
+
+    def send(self, sender: str, recipient: str, message: bytes) -> None:
+        n = self.source.unrecorded(self.accepted)
+        with self.source.lock:
+            self.source.most_unrecorded = max(self.source.most_unrecorded, n)
+        self.inner.send(sender, recipient, message)
+        self.accepted.append(recipient)
+
+    def close(self) -> None:
+        self.inner.close()
+        with self.source.lock:
+            self.source.lent -= 1
+
+
+@pytest.mark.parametrize("connections", [1, 3])
+def test_send_batch_with_a_mailer_source_records_every_outcome(
+    session, settings: Settings, tmp_path: Path, db_url: str, connections: int
+) -> None:  # type: ignore[no-untyped-def]
+    """The pooled path (sender threads, grouped and pipelined ledger writes): same outcomes as one
+    connection, and before each send a connection has at most 1 earlier accepted message unrecorded
+    (so at most 2 once this one is accepted)."""
+    issue_id, rec = _publish(session, settings)
+    dan = session.scalar(select(Subscriber).where(Subscriber.email == "dan@example.com"))
+    unsubscribe(session, dan.id, source="one-click")
+    replies = {"bob@example.com": (451, "4.7.1 Greylisted, try later")}
+    source = LendingSource(connections, lambda: RefusingMailer(replies, tmp_path / "ob"), db_url)
+    result = send_batch(session, settings, issue_id, rec.ids, source)
+    assert +result.outcomes == Counter({"sent": 2, "deferred": 1, "skipped:unsubscribed": 1})
+    rows = {d.email: d for d in _deliveries(session, issue_id)}
+    assert [rows[e].status for e in ("ann@example.com", "bob@example.com", "cat@example.com", "dan@example.com")] == [
+        DeliveryStatus.SENT, DeliveryStatus.DEFERRED, DeliveryStatus.SENT, DeliveryStatus.SKIPPED,
+    ]  # fmt: skip
+    assert all(rows[e].sent_at is not None and rows[e].relay == "refusing:25" for e in ("ann@example.com", "cat@example.com"))
+    assert rows["dan@example.com"].attempts == 0 and rows["bob@example.com"].attempts == 1
+    assert len(_outbox_files(tmp_path / "ob")) == 2
+    assert source.most_unrecorded <= 1
+    assert source.lent == 0  # every mailer given back
+    assert 1 <= source.most_lent <= connections
+    # Redelivered: nothing is claimed or sent again.
+    assert +send_batch(session, settings, issue_id, rec.ids, source).outcomes == Counter({"busy": 4})
+
+
+def test_a_sender_thread_s_unexpected_error_reaches_the_task(session, settings: Settings, tmp_path: Path, db_url: str) -> None:  # type: ignore[no-untyped-def]
+    """An error that is not a relay's answer (a bug, a broken connection pool) stops the pooled batch and
+    is raised to the task; what no sender took is handed back (pending), nothing is left waiting."""
+    issue_id, rec = _publish(session, settings)
+
+    class Broken(RefusingMailer):
+        def send(self, sender: str, recipient: str, message: bytes) -> None:
+            raise RuntimeError("pool broke")
+
+    source = LendingSource(1, lambda: Broken({}, tmp_path / "ob"), db_url)
+    with pytest.raises(RuntimeError, match="pool broke"):
+        send_batch(session, settings, issue_id, rec.ids, source)
+    states = Counter(d.status for d in _deliveries(session, issue_id))
+    assert states == Counter({DeliveryStatus.PENDING: 3, DeliveryStatus.SENDING: 1})  # the one in hand runs out and is swept
+    assert source.lent == 0

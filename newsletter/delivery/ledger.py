@@ -29,7 +29,7 @@ from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, TypeVar
 
-from sqlalchemy import and_, exists, func, or_, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, exists, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
@@ -273,39 +273,172 @@ class LeaseKeeper:
                 wait = min(0.5, self.interval)
 
 
-def _finish(session: Session, claim_: Claim, values: dict[str, Any], retry_for: float = RECORD_RETRY_SECONDS) -> bool:
+_DELIVERIES = Delivery.__table__
+_FINISH_STATEMENTS: dict[tuple[tuple[str, ...], bool, bool], Any] = {}
+
+
+def _finish_statement(columns: tuple[str, ...], many: bool, uncount: bool) -> Any:
+    """The Core UPDATE that moves claimed rows out of ``sending`` under our token, built once per shape.
+
+    Every value is a bound parameter, so SQLAlchemy's compiled cache serves it and psycopg prepares it
+    on the server after a few executions: one round trip per message, no ORM unit of work.
+    """
+    key = (columns, many, uncount)
+    stmt = _FINISH_STATEMENTS.get(key)
+    if stmt is None:
+        t = _DELIVERIES
+        values: dict[str, Any] = {c: bindparam(f"v_{c}", type_=t.c[c].type) for c in columns}
+        if uncount:
+            values["attempts"] = t.c.attempts - 1
+        ids = t.c.id.in_(bindparam("b_ids", expanding=True)) if many else t.c.id == bindparam("b_id")
+        stmt = (
+            update(t)
+            .where(ids, t.c.status == DeliveryStatus.SENDING, t.c.claim_token == bindparam("b_token"))
+            .values(updated_at=bindparam("v_updated_at", type_=t.c.updated_at.type), claimed_until=None, **values)
+        )
+        if many:
+            stmt = stmt.returning(t.c.id)
+        _FINISH_STATEMENTS[key] = stmt
+    return stmt
+
+
+def _finish(
+    session: Session, claim_: Claim, values: dict[str, Any], retry_for: float = RECORD_RETRY_SECONDS, uncount: bool = False
+) -> bool:
     """Apply an outcome only if our claim is still the current one; commit at once.
+
+    One prepared Core UPDATE (see `_finish_statement`) on the session's connection, then COMMIT.
+    ``uncount`` gives the claim's attempt back (a skip or a release is not an attempt).
 
     When the database connection drops (a restart) the outcome is written again on a fresh connection
     for up to ``retry_for`` seconds: a message the relay accepted must be recorded, or it would be sent
     again once its claim ran out. If the first commit did reach the database before the connection
     died, the retry finds the row already in the new state under our token and reports success.
     """
+    return claim_.id in _finish_many(session, [claim_], values, retry_for, uncount)
+
+
+def _finish_many(
+    session: Session, claims: Sequence[Claim], values: dict[str, Any], retry_for: float = RECORD_RETRY_SECONDS, uncount: bool = False
+) -> set[int]:
+    """`_finish` for several claims at once (one statement per claim token, one COMMIT for all).
+    Returns the ids recorded; an id missing was taken over by another worker (or is final)."""
+    if not claims:
+        return set()
     first = [True]
 
-    def attempt() -> bool:
+    def attempt() -> set[int]:
         again = not first[0]
         first[0] = False
-        result = session.execute(
-            update(Delivery)
-            .where(Delivery.id == claim_.id, Delivery.status == DeliveryStatus.SENDING, Delivery.claim_token == claim_.token)
-            .values(updated_at=utcnow(), claimed_until=None, **values)
-            .execution_options(synchronize_session=False)
-        )
+        done = _apply(session.connection(), claims, values, uncount, again)
         session.commit()
-        if result.rowcount:  # type: ignore[attr-defined]
-            return True
-        if again:
-            row = session.execute(select(Delivery.status, Delivery.claim_token).where(Delivery.id == claim_.id)).one_or_none()
-            return row is not None and row.claim_token == claim_.token and row.status == values.get("status")
-        return False
+        return done
 
-    return retrying(session, attempt, f"delivery {claim_.id}: recording {values.get('status')}", retry_for)
+    what = f"delivery {claims[0].id}" if len(claims) == 1 else f"{len(claims)} deliveries"
+    return retrying(session, attempt, f"{what}: recording {values.get('status')}", retry_for)
+
+
+def _apply(conn: Connection, claims: Sequence[Claim], values: dict[str, Any], uncount: bool, again: bool) -> set[int]:
+    """Run the `_finish_statement` UPDATEs for ``claims`` on ``conn`` (one per claim token); returns the
+    ids changed. ``again`` (a retry after a lost connection): a row already in the new state under our
+    token counts as done, since the earlier commit may have reached the database."""
+    columns = tuple(sorted(values))
+    params = {f"v_{c}": v for c, v in values.items()}
+    params["v_updated_at"] = utcnow()
+    by_token: dict[str, list[int]] = {}
+    for c in claims:
+        by_token.setdefault(c.token, []).append(c.id)
+    done: set[int] = set()
+    for token, ids in by_token.items():
+        if len(ids) == 1:
+            if conn.execute(_finish_statement(columns, False, uncount), {**params, "b_id": ids[0], "b_token": token}).rowcount:
+                done.add(ids[0])
+        else:
+            done.update(conn.execute(_finish_statement(columns, True, uncount), {**params, "b_ids": ids, "b_token": token}).scalars())
+    if again:
+        missing = {c.id: c.token for c in claims if c.id not in done}
+        if missing:
+            rows = conn.execute(
+                select(_DELIVERIES.c.id, _DELIVERIES.c.status, _DELIVERIES.c.claim_token).where(_DELIVERIES.c.id.in_(list(missing)))
+            )
+            done.update(r.id for r in rows if r.claim_token == missing[r.id] and r.status == values.get("status"))
+    return done
+
+
+class OutcomeWriter:
+    """Records accepted messages (sending -> sent) on one database connection held for a whole batch,
+    in autocommit mode: one prepared UPDATE is one round trip and durable when it returns (no pool
+    checkout with its pre-ping, no separate COMMIT). After a lost connection it goes on, on a fresh
+    one, for up to ``retry_for`` seconds, as `retrying` does.
+
+    Not for an in-memory SQLite database (a second connection would see another database): use
+    `usable` and fall back to `mark_sent_many`.
+    """
+
+    def __init__(self, engine: Engine, retry_for: float = RECORD_RETRY_SECONDS) -> None:
+        self.engine, self.retry_for = engine, retry_for
+        self._conn: Connection | None = None
+
+    @staticmethod
+    def usable(engine: Engine) -> bool:
+        """False for an in-memory SQLite database."""
+        return not (engine.dialect.name == "sqlite" and engine.url.database in (None, "", ":memory:"))
+
+    def sent(self, claims: Sequence[Claim], relay: str) -> set[int]:
+        """`mark_sent_many` on the held connection. Returns the ids recorded.
+
+        Raises:
+            DBAPIError: a non-transient error, or the database stayed away ``retry_for`` seconds.
+        """
+        if not claims:
+            return set()
+        values = {"status": DeliveryStatus.SENT, "sent_at": utcnow(), "relay": relay, "last_error": None}
+        deadline = time.monotonic() + self.retry_for
+        pause, again = 0.05, False
+        while True:
+            try:
+                if self._conn is None:
+                    self._conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+                return _apply(self._conn, claims, values, False, again)
+            except DBAPIError as exc:
+                if not is_transient_db_error(exc):
+                    raise
+                self._discard()
+                if time.monotonic() + pause > deadline:
+                    raise
+                log.warning(
+                    "%s deliveries: recording sent: database unreachable (%s); trying again on a fresh connection",
+                    len(claims),
+                    first_line(exc),
+                )
+                time.sleep(pause)
+                pause, again = min(pause * 2, 1.0), True
+
+    def _discard(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(DBAPIError):
+                conn.invalidate()
+            with contextlib.suppress(DBAPIError):
+                conn.close()
+
+    def close(self) -> None:
+        """Give the connection back to the pool."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(DBAPIError):
+                conn.close()
 
 
 def mark_sent(session: Session, claim_: Claim, relay: str) -> bool:
     """sending -> sent. Returns False if the claim was lost (lease expired and taken by another)."""
     return _finish(session, claim_, {"status": DeliveryStatus.SENT, "sent_at": utcnow(), "relay": relay, "last_error": None})
+
+
+def mark_sent_many(session: Session, claims: Sequence[Claim], relay: str) -> set[int]:
+    """sending -> sent for several accepted messages in one transaction (a group commit). Returns the
+    ids recorded; the others' claims were lost."""
+    return _finish_many(session, claims, {"status": DeliveryStatus.SENT, "sent_at": utcnow(), "relay": relay, "last_error": None})
 
 
 def mark_deferred(session: Session, claim_: Claim, when: datetime, error: str, code: int | None, relay: str | None) -> bool:
@@ -324,13 +457,12 @@ def mark_failed(session: Session, claim_: Claim, error: str, code: int | None, r
 
 def mark_skipped(session: Session, claim_: Claim, reason: str) -> bool:
     """sending -> skipped with a named reason (``unsubscribed``, ``suppressed`` ...); not an attempt."""
-    return _finish(session, claim_, {"status": DeliveryStatus.SKIPPED, "skip_reason": reason, "attempts": Delivery.attempts - 1})
+    return _finish(session, claim_, {"status": DeliveryStatus.SKIPPED, "skip_reason": reason}, uncount=True)
 
 
 def release(session: Session, claims: Sequence[Claim]) -> None:
     """Give claims back unsent (sending -> pending), e.g. when the issue stopped mid-batch."""
-    for c in claims:
-        _finish(session, c, {"status": DeliveryStatus.PENDING, "attempts": Delivery.attempts - 1})
+    _finish_many(session, claims, {"status": DeliveryStatus.PENDING}, uncount=True)
 
 
 def fail_exhausted_claims(session: Session, now: datetime, max_attempts: int) -> int:

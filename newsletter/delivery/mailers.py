@@ -88,6 +88,78 @@ class OutboxMailer:
 _sequence = 0  # Maildir name counter of this process (see OutboxMailer.send)
 
 
+def _stuffed(msg: bytes) -> bytes:
+    """The DATA payload with its end marker: dot-stuffing (RFC 5321 §4.5.2) by ``bytes.replace``
+    instead of smtplib's regular expression over the whole message (12% of a worker's time at 115 kB),
+    built with one copy so it goes out in one write."""
+    q = msg.replace(b"\n.", b"\n..")
+    if q[:1] == b".":
+        q = b"." + q
+    return q + (b".\r\n" if q[-2:] == b"\r\n" else b"\r\n.\r\n")
+
+
+class _Fast:
+    """smtplib.SMTP with a faster DATA and one-recipient sends in one round trip less per command."""
+
+    def data(self, msg: bytes | str) -> tuple[int, bytes]:
+        """`smtplib.SMTP.data`, with `_stuffed` for bytes."""
+        if not isinstance(msg, bytes):
+            return super().data(msg)  # type: ignore[misc, no-any-return]
+        conn: smtplib.SMTP = self  # type: ignore[assignment]
+        conn.putcmd("data")
+        code, repl = conn.getreply()
+        if code != 354:
+            raise smtplib.SMTPDataError(code, repl)
+        conn.send(_stuffed(msg))
+        return conn.getreply()
+
+    def send_one(self, sender: str, recipient: str, msg: bytes) -> None:
+        """``sendmail(sender, [recipient], msg)``; when the relay offers PIPELINING (RFC 2920) MAIL, RCPT
+        and DATA go out in one write and their replies are read together: 2 round trips per message
+        instead of 4. Raises what `smtplib.SMTP.sendmail` raises for the same replies (after RSET, or
+        closing on 421)."""
+        conn: smtplib.SMTP = self  # type: ignore[assignment]
+        conn.ehlo_or_helo_if_needed()
+        if not conn.has_extn("pipelining"):
+            conn.sendmail(sender, [recipient], msg)
+            return
+        size = f" SIZE={len(msg)}" if conn.has_extn("size") else ""
+        conn.send(f"MAIL FROM:{smtplib.quoteaddr(sender)}{size}\r\nRCPT TO:{smtplib.quoteaddr(recipient)}\r\nDATA\r\n".encode("ascii"))
+        mail, rcpt, data = conn.getreply(), conn.getreply(), conn.getreply()
+        if mail[0] != 250:
+            self._failed(mail[0], data[0])
+            raise smtplib.SMTPSenderRefused(mail[0], mail[1], sender)
+        if rcpt[0] not in (250, 251):
+            self._failed(rcpt[0], data[0])
+            raise smtplib.SMTPRecipientsRefused({recipient: rcpt})
+        if data[0] != 354:
+            self._failed(data[0], data[0])
+            raise smtplib.SMTPDataError(*data)
+        conn.send(_stuffed(msg))
+        code, resp = conn.getreply()
+        if code != 250:
+            self._failed(code, 0)
+            raise smtplib.SMTPDataError(code, resp)
+
+    def _failed(self, code: int, data_code: int) -> None:
+        conn: smtplib.SMTP = self  # type: ignore[assignment]
+        if code == 421:
+            conn.close()
+            return
+        if data_code == 354:  # the relay is waiting for a message we will not send: end it empty, then reset
+            conn.send(b".\r\n")
+            conn.getreply()
+        conn._rset()  # type: ignore[attr-defined]
+
+
+class _SMTP(_Fast, smtplib.SMTP):
+    pass
+
+
+class _SMTP_SSL(_Fast, smtplib.SMTP_SSL):
+    pass
+
+
 class SmtpMailer:
     """An SMTP connection opened lazily and re-opened after a drop.
 
@@ -106,15 +178,15 @@ class SmtpMailer:
         self.timeout = timeout
         self.local_hostname = local_hostname
         self.name = f"{self.host}:{self.port}"
-        self._conn: smtplib.SMTP | None = None
+        self._conn: _SMTP | _SMTP_SSL | None = None
 
-    def _connect(self) -> smtplib.SMTP:
+    def _connect(self) -> _SMTP | _SMTP_SSL:
         if self.scheme == "smtps":
-            conn: smtplib.SMTP = smtplib.SMTP_SSL(
+            conn: _SMTP | _SMTP_SSL = _SMTP_SSL(
                 self.host, self.port, timeout=self.timeout, local_hostname=self.local_hostname, context=ssl.create_default_context()
             )
         else:
-            conn = smtplib.SMTP(self.host, self.port, timeout=self.timeout, local_hostname=self.local_hostname)
+            conn = _SMTP(self.host, self.port, timeout=self.timeout, local_hostname=self.local_hostname)
             if self.scheme == "smtp+starttls":
                 conn.starttls(context=ssl.create_default_context())
         if self.username:
@@ -127,9 +199,7 @@ class SmtpMailer:
         try:
             if self._conn is None:
                 self._conn = self._connect()
-            refused = self._conn.sendmail(sender, [recipient], message)
-            if refused:
-                raise smtplib.SMTPRecipientsRefused(refused)
+            self._conn.send_one(sender, recipient, message)
         except (smtplib.SMTPException, OSError) as exc:
             error = classify_exception(exc, recipient, self.name)
             # smtplib already sent RSET after a refused MAIL, RCPT or DATA; only a closing (421) or
@@ -137,6 +207,17 @@ class SmtpMailer:
             if error.smtp_code in (421, None):
                 self._drop()
             raise error from exc
+
+    def check(self) -> None:
+        """NOOP on an open connection that sat idle; a dead one is dropped, so the next send reconnects
+        (a pooled connection the relay closed meanwhile must not defer a message)."""
+        if self._conn is not None:
+            try:
+                code, _ = self._conn.noop()
+                if code != 250:
+                    self._drop()
+            except (smtplib.SMTPException, OSError):
+                self._drop()
 
     def _drop(self) -> None:
         conn, self._conn = self._conn, None

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections import Counter
+import queue
+import threading
+import time
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -18,7 +24,7 @@ from newsletter.delivery.backoff import next_attempt
 from newsletter.delivery.errors import DeliveryError, PermanentDeliveryError
 from newsletter.delivery.mailers import Mailer
 from newsletter.links import preferences_url, unsubscribe_url
-from newsletter.message_template import edition_template
+from newsletter.message_template import MessageTemplate, edition_template
 from newsletter.mime import HeaderInjection, ascii_address
 from newsletter.models import Delivery, Edition, Issue, IssueStatus, Subscriber, SubscriberStatus, Suppression, utcnow
 from newsletter.rendering import greeting
@@ -30,6 +36,8 @@ log = logging.getLogger(__name__)
 
 SENDABLE_ISSUE_STATES = (IssueStatus.PUBLISHING, IssueStatus.SENDING)
 STATUS_CHECK_EVERY = 10  # messages between checks for a pause or cancel during a batch
+SLOT_POLL = 0.05  # seconds between a batch's tries for its first connection while the relay's are all taken
+EXTRA_SLOT_POLL = 0.25  # seconds between a batch's tries for one more connection while the relay's are all taken
 
 
 @dataclass
@@ -42,21 +50,69 @@ class BatchResult:
     outcomes: Counter[str]
 
 
+class MailerSource(Protocol):
+    """Lends mailers for one batch: up to ``connections`` at once (see `newsletter.delivery.pool`).
+    ``get(wait=False)`` returns None when the relay's connection limit is reached; a mailer is given
+    back with its ``close()``."""
+
+    connections: int
+
+    def get(self, wait: bool) -> Mailer | None: ...
+
+
+@dataclass(frozen=True)
+class _Row:
+    """What sending one delivery needs, read once per batch (plain values: sender threads share them)."""
+
+    id: int
+    subscriber_id: int
+    email: str
+    lang: str
+    message_id: str
+    attempts: int
+    first_attempt_at: datetime | None
+    name: str
+    subscriber_status: SubscriberStatus
+    paused: bool
+    topics: list[str] | None
+
+
+@dataclass
+class _Outcome:
+    """A sender's result for one claim, waiting for the writer (the batch's thread) to record it."""
+
+    claim: ledger.Claim
+    row: _Row
+    kind: str  # "sent", "skip", "error", "lost"
+    relay: str
+    reason: str = ""
+    error: DeliveryError | None = None
+    recorded: threading.Event = field(default_factory=threading.Event)
+    result: str = ""
+
+
 def send_batch(
     session: Session,
     settings: Settings,
     issue_id: int,
     delivery_ids: Sequence[int],
-    mailer_factory: Callable[[], Mailer],
+    mailer_factory: Callable[[], Mailer] | MailerSource,
 ) -> BatchResult:
     """Claim, personalise, build and send the due deliveries among ``delivery_ids``.
 
     This may run more than once for the same ids (broker redelivery, the sweeper): it is safe because
     only deliveries this call claims are sent, a `LeaseKeeper` keeps those claims ours for as long as
     this call works on them (however slow the relay), and the outcome is committed right after the
-    relay's reply, on a fresh connection if the database restarted meanwhile. One mailer connection
-    serves the whole batch and reconnects after a drop. A delivery already claimed
-    ``settings.retry.max_attempts`` times is not claimed again.
+    relay's reply, on a fresh connection if the database restarted meanwhile. A delivery already
+    claimed ``settings.retry.max_attempts`` times is not claimed again.
+
+    ``mailer_factory`` is either a callable giving one mailer (one connection serves the whole batch,
+    reconnects after a drop, and each outcome is committed before the next message) or a `MailerSource`
+    lending up to ``connections`` mailers (a process's pool, `newsletter.delivery.pool`): then that many
+    sender threads share the batch, and this thread records their outcomes, several per COMMIT
+    (`ledger.mark_sent_many`). A sender hands over message k and goes on with message k+1, but waits
+    for k's COMMIT before handing over k+1: at most 2 accepted-but-unrecorded messages per connection,
+    and the database round trips overlap the SMTP ones (also with one connection).
 
     Every `STATUS_CHECK_EVERY` messages the issue's status is read again (a pause or cancel stops the
     batch), and when this batch has failed more messages than it sent, the auto-pause rule is applied
@@ -73,43 +129,203 @@ def send_batch(
         return BatchResult(outcomes)
 
     with ledger.LeaseKeeper(sessionmaker(bind=session.get_bind(), expire_on_commit=False), claims, settings.lease_seconds) as keeper:
-        editions = {e.lang: e for e in session.scalars(select(Edition).where(Edition.issue_id == issue_id))}
-        rows = session.execute(
-            select(Delivery, Subscriber)
-            .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
-            .where(Delivery.id.in_([c.id for c in claims]))
-            .execution_options(populate_existing=True)  # see the claim's new attempts count
-        ).all()
-        by_id = {d.id: (d, s) for d, s in rows}
-        suppressed = set(session.scalars(select(Suppression.email).where(Suppression.email.in_([d.email for d, _ in rows]))))
-        mailer = mailer_factory()
-        try:
-            for n, claim_ in enumerate(claims):
-                if n and n % STATUS_CHECK_EVERY == 0 and _should_stop(session, settings, issue_id, outcomes):
-                    outcomes["released"] += _stop(session, issue_id, [c for c in claims[n:] if not keeper.lost(c.id)])
-                    break
-                delivery, subscriber = by_id[claim_.id]
-                if not keeper.wait_until_held(claim_.id, settings.lease_seconds / 2):
-                    if keeper.lost(claim_.id):
-                        log.warning("delivery %s: claim taken over by another worker before sending; left to it", claim_.id)
-                        outcomes["lost"] += 1
-                        continue
-                    # No renewal got through for half a lease (the database is away): send nothing more
-                    # on claims that may run out; the sweeper hands them out again once they expire.
-                    log.warning("issue id %s: cannot renew claims; leaving %s unsent deliveries to the sweeper", issue_id, len(claims) - n)
-                    outcomes["abandoned"] += len(claims) - n
-                    break
-                with logs.bound(delivery_id=delivery.id):
-                    outcome = _send_one(session, settings, issue, editions, delivery, subscriber, suppressed, claim_, mailer)
-                keeper.done(claim_.id)
-                metrics.record_outcome(outcome)
-                outcomes[outcome] += 1
-            else:
-                if outcomes["failed"] > outcomes["sent"]:
-                    _auto_pause(session, settings, issue_id)
-        finally:
-            mailer.close()
+        templates = _templates(session, settings, issue_id)
+        by_id = {
+            r.id: _Row(*r)
+            for r in session.execute(
+                select(
+                    Delivery.id, Delivery.subscriber_id, Delivery.email, Delivery.lang, Delivery.message_id, Delivery.attempts,
+                    Delivery.first_attempt_at, Subscriber.name, Subscriber.status, Subscriber.paused, Subscriber.topics,
+                )
+                .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
+                .where(Delivery.id.in_([c.id for c in claims]))
+            )
+        }  # fmt: skip
+        suppressed = set(session.scalars(select(Suppression.email).where(Suppression.email.in_([r.email for r in by_id.values()]))))
+        session.commit()  # end the read transaction: nothing stays open while the relay talks
+        context = _Context(settings, issue.id, issue.number, templates, suppressed, frozenset(issue_topics(issue.segment)))
+        if callable(mailer_factory):
+            _send_sequentially(session, context, claims, by_id, mailer_factory, keeper, outcomes)
+        else:
+            _send_concurrently(session, context, claims, by_id, mailer_factory, keeper, outcomes)
     return BatchResult(outcomes)
+
+
+@dataclass(frozen=True)
+class _Context:
+    settings: Settings
+    issue_id: int
+    issue_number: int
+    templates: dict[str, MessageTemplate | str]  # lang -> template, or why that edition cannot be sent
+    suppressed: set[str]
+    topics: frozenset[str]  # the issue's topic segment: a reader who left all of them is skipped
+
+
+def _templates(session: Session, settings: Settings, issue_id: int) -> dict[str, MessageTemplate | str]:
+    """The issue's editions as message templates (built once per process and edition)."""
+    out: dict[str, MessageTemplate | str] = {}
+    for e in session.scalars(select(Edition).where(Edition.issue_id == issue_id)):
+        if e.html is None or e.text is None or e.subject is None:
+            out[e.lang] = "not rendered"
+            continue
+        try:
+            out[e.lang] = edition_template(settings.from_address, e.subject, settings.list_id, e.lang, e.text, e.html)
+        except (HeaderInjection, ValueError) as exc:
+            out[e.lang] = f"cannot build message: {exc}"
+    return out
+
+
+def _send_sequentially(
+    session: Session,
+    ctx: _Context,
+    claims: Sequence[ledger.Claim],
+    by_id: dict[int, _Row],
+    mailer_factory: Callable[[], Mailer] | MailerSource,
+    keeper: ledger.LeaseKeeper,
+    outcomes: Counter[str],
+) -> None:
+    """One connection, one message at a time, each outcome committed before the next message."""
+    mailer = mailer_factory() if callable(mailer_factory) else mailer_factory.get(wait=True)
+    assert mailer is not None  # get(wait=True) waits for a slot
+    try:
+        for n, claim_ in enumerate(claims):
+            if n and n % STATUS_CHECK_EVERY == 0 and _should_stop(session, ctx.settings, ctx.issue_id, outcomes):
+                outcomes["released"] += _stop(session, ctx.issue_id, [c for c in claims[n:] if not keeper.lost(c.id)])
+                break
+            if not keeper.wait_until_held(claim_.id, ctx.settings.lease_seconds / 2):
+                if keeper.lost(claim_.id):
+                    log.warning("delivery %s: claim taken over by another worker before sending; left to it", claim_.id)
+                    outcomes["lost"] += 1
+                    continue
+                # No renewal got through for half a lease (the database is away): send nothing more
+                # on claims that may run out; the sweeper hands them out again once they expire.
+                log.warning("issue id %s: cannot renew claims; leaving %s unsent deliveries to the sweeper", ctx.issue_id, len(claims) - n)
+                outcomes["abandoned"] += len(claims) - n
+                break
+            row = by_id[claim_.id]
+            with logs.bound(delivery_id=row.id):
+                outcome = _record(session, ctx.settings, _deliver(ctx, row, claim_, mailer))
+            keeper.done(claim_.id)
+            metrics.record_outcome(outcome)
+            outcomes[outcome] += 1
+        else:
+            if outcomes["failed"] > outcomes["sent"]:
+                _auto_pause(session, ctx.settings, ctx.issue_id)
+    finally:
+        mailer.close()
+
+
+def _send_concurrently(
+    session: Session,
+    ctx: _Context,
+    claims: Sequence[ledger.Claim],
+    by_id: dict[int, _Row],
+    source: MailerSource,
+    keeper: ledger.LeaseKeeper,
+    outcomes: Counter[str],
+) -> None:
+    """Up to ``source.connections`` sender threads, each on its own connection; this thread writes
+    the ledger (see `send_batch` for the bound on unrecorded messages)."""
+    work = deque(claims)
+    stop = threading.Event()  # pause, cancel, or the ledger cannot be written
+    abandon = threading.Event()  # claims may run out: leave the rest to the sweeper
+    results: queue.SimpleQueue[_Outcome | None] = queue.SimpleQueue()
+
+    errors: list[BaseException] = []
+
+    def sender(first: bool) -> None:
+        mailer: Mailer | None = None
+        handed: _Outcome | None = None
+        try:
+            while mailer is None:  # a connection once the relay has a free slot, while work is left
+                if stop.is_set() or not work:
+                    return
+                mailer = source.get(wait=False)
+                if mailer is None:
+                    time.sleep(SLOT_POLL if first else EXTRA_SLOT_POLL)
+            while not stop.is_set():
+                try:
+                    claim_ = work.popleft()
+                except IndexError:
+                    break
+                row = by_id[claim_.id]
+                if not keeper.wait_until_held(claim_.id, ctx.settings.lease_seconds / 2):
+                    if keeper.lost(claim_.id):
+                        results.put(_Outcome(claim_, row, "lost", mailer.name))
+                        continue
+                    work.appendleft(claim_)
+                    abandon.set()
+                    stop.set()
+                    break
+                with logs.bound(delivery_id=row.id):
+                    outcome = _deliver(ctx, row, claim_, mailer)
+                if handed is not None:
+                    _wait_recorded(handed, stop)
+                handed = outcome
+                results.put(outcome)
+            if handed is not None:
+                _wait_recorded(handed, stop)
+        except BaseException as exc:  # re-raised by the batch's thread; the claim in hand runs out and is swept
+            errors.append(exc)
+            stop.set()
+        finally:
+            if mailer is not None:
+                try:
+                    mailer.close()
+                except Exception:
+                    log.exception("giving an SMTP connection back failed")
+            results.put(None)
+
+    threads = [
+        threading.Thread(target=sender, args=(i == 0,), name=f"smtp-sender-{i}", daemon=True)
+        for i in range(min(source.connections, len(claims)))
+    ]
+    for t in threads:
+        t.start()
+    running, recorded = len(threads), 0
+    engine = session.get_bind().engine
+    writer = ledger.OutcomeWriter(engine) if ledger.OutcomeWriter.usable(engine) else None
+    try:
+        while running:
+            got = [results.get()]
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    got.append(results.get_nowait())
+            running -= sum(1 for o in got if o is None)
+            batch = [o for o in got if o is not None]
+            _record_many(session, ctx.settings, batch, writer)
+            for o in batch:
+                keeper.done(o.claim.id)
+                metrics.record_outcome(o.result)
+                outcomes[o.result] += 1
+                o.recorded.set()
+            before, recorded = recorded, recorded + len(batch)
+            checkpoint = recorded // STATUS_CHECK_EVERY > before // STATUS_CHECK_EVERY
+            if checkpoint and not stop.is_set() and _should_stop(session, ctx.settings, ctx.issue_id, outcomes):
+                stop.set()
+    finally:
+        stop.set()  # on an error here, senders must not wait for records that will not come
+        for t in threads:
+            t.join()
+        if writer is not None:
+            writer.close()
+    left = [c for c in work if not keeper.lost(c.id)]
+    if abandon.is_set():
+        log.warning("issue id %s: cannot renew claims; leaving %s unsent deliveries to the sweeper", ctx.issue_id, len(left))
+        outcomes["abandoned"] += len(left)
+    elif left:
+        outcomes["released"] += _stop(session, ctx.issue_id, left)
+    elif outcomes["failed"] > outcomes["sent"]:
+        _auto_pause(session, ctx.settings, ctx.issue_id)
+    if errors:
+        raise errors[0]
+
+
+def _wait_recorded(outcome: _Outcome, stop: threading.Event) -> None:
+    """Block until ``outcome`` is committed (or the batch stops: the writer then records nothing more)."""
+    while not outcome.recorded.wait(0.5):
+        if stop.is_set() and outcome.recorded.wait(1.0) is False:
+            return
 
 
 def _should_stop(session: Session, settings: Settings, issue_id: int, outcomes: Counter[str]) -> bool:
@@ -124,57 +340,81 @@ def _auto_pause(session: Session, settings: Settings, issue_id: int) -> bool:
     return ledger.retrying(session, lambda: pause_if_failing(session, settings, issue_id), f"issue id {issue_id}: auto-pause check")
 
 
-def _send_one(
-    session: Session,
-    settings: Settings,
-    issue: Issue,
-    editions: dict[str, Edition],
-    delivery: Delivery,
-    subscriber: Subscriber,
-    suppressed: set[str],
-    claim_: ledger.Claim,
-    mailer: Mailer,
-) -> str:
-    if subscriber.status != SubscriberStatus.ACTIVE:
-        reason = str(subscriber.status)
-        return f"skipped:{reason}" if ledger.mark_skipped(session, claim_, reason) else "lost"
-    if subscriber.paused:
-        return "skipped:paused" if ledger.mark_skipped(session, claim_, "paused") else "lost"
-    if (topics := issue_topics(issue.segment)) and not set(topics) & set(subscriber.topics or ()):
+def _deliver(ctx: _Context, row: _Row, claim_: ledger.Claim, mailer: Mailer) -> _Outcome:
+    """Build and send one message; touches no database (sender threads call it)."""
+    settings = ctx.settings
+    if row.subscriber_status != SubscriberStatus.ACTIVE:
+        return _Outcome(claim_, row, "skip", mailer.name, reason=str(row.subscriber_status))
+    if row.paused:
+        return _Outcome(claim_, row, "skip", mailer.name, reason="paused")
+    if ctx.topics and not ctx.topics & set(row.topics or ()):
         # The reader left this issue's topic after planning: a topic is a newsletter of its own.
-        return "skipped:left-topic" if ledger.mark_skipped(session, claim_, "left-topic") else "lost"
-    if delivery.email in suppressed:
-        return "skipped:suppressed" if ledger.mark_skipped(session, claim_, "suppressed") else "lost"
-    edition = editions.get(delivery.lang)
+        return _Outcome(claim_, row, "skip", mailer.name, reason="left-topic")
+    if row.email in ctx.suppressed:
+        return _Outcome(claim_, row, "skip", mailer.name, reason="suppressed")
+    template = ctx.templates.get(row.lang, "not rendered")
     try:
-        if edition is None or edition.html is None or edition.text is None or edition.subject is None:
-            raise PermanentDeliveryError(f"edition {delivery.lang} of issue {issue.number} is not rendered")
-        unsub = unsubscribe_url(settings, subscriber.id, issue.id)
+        if isinstance(template, str):
+            raise PermanentDeliveryError(f"edition {row.lang} of issue {ctx.issue_number} is {template}")
+        unsub = unsubscribe_url(settings, row.subscriber_id, ctx.issue_id)
         values = {
-            "GREETING": greeting(edition.lang, subscriber.name),
-            "EMAIL": delivery.email,
+            "GREETING": greeting(row.lang, row.name),
+            "EMAIL": row.email,
             "UNSUBSCRIBE_URL": unsub,
-            "PREFERENCES_URL": preferences_url(settings, subscriber.id),
+            "PREFERENCES_URL": preferences_url(settings, row.subscriber_id),
         }
         try:
             # The edition's message is encoded once per process; only the personal bytes are written here
             # (the same message as mime.build_message would build: tests/test_message_template.py).
-            template = edition_template(settings.from_address, edition.subject, settings.list_id, edition.lang, edition.text, edition.html)
-            raw = template.render(
-                to_address=delivery.email, to_name=subscriber.name, message_id=delivery.message_id, unsubscribe_url=unsub, values=values
-            )
+            raw = template.render(to_address=row.email, to_name=row.name, message_id=row.message_id, unsubscribe_url=unsub, values=values)
             if settings.dkim is not None:  # the one place a message is signed: final bytes, after personalisation
                 raw = dkim.sign(raw, settings.dkim)
         except (HeaderInjection, ValueError) as exc:
-            raise PermanentDeliveryError(f"subscriber {subscriber.id}: cannot build message: {exc}") from exc
+            raise PermanentDeliveryError(f"subscriber {row.subscriber_id}: cannot build message: {exc}") from exc
         with metrics.SEND_SECONDS.time():
-            mailer.send(verp_address(settings, delivery.id), ascii_address(delivery.email), raw)  # RFC 5321 §4.1.1.2 return path
+            mailer.send(verp_address(settings, row.id), ascii_address(row.email), raw)  # RFC 5321 §4.1.1.2 return path
     except DeliveryError as exc:
-        return _record_failure(session, settings, delivery, claim_, exc, mailer.name)
-    if ledger.mark_sent(session, claim_, mailer.name):
-        return "sent"
-    log.warning("delivery %s: sent, but its claim had been taken over", delivery.id)
-    return "lost"
+        return _Outcome(claim_, row, "error", exc.relay or mailer.name, error=exc)
+    return _Outcome(claim_, row, "sent", mailer.name)
+
+
+def _record(session: Session, settings: Settings, o: _Outcome) -> str:
+    """Commit one outcome; returns its name for the counts (``lost`` when the claim was taken over)."""
+    if o.kind == "sent":
+        if ledger.mark_sent(session, o.claim, o.relay):
+            o.result = "sent"
+        else:
+            log.warning("delivery %s: sent, but its claim had been taken over", o.row.id)
+            o.result = "lost"
+    elif o.kind == "skip":
+        o.result = f"skipped:{o.reason}" if ledger.mark_skipped(session, o.claim, o.reason) else "lost"
+    elif o.kind == "error":
+        assert o.error is not None
+        o.result = _record_failure(session, settings, o.row, o.claim, o.error, o.relay)
+    else:
+        log.warning("delivery %s: claim taken over by another worker before sending; left to it", o.row.id)
+        o.result = "lost"
+    return o.result
+
+
+def _record_many(session: Session, settings: Settings, batch: Sequence[_Outcome], writer: ledger.OutcomeWriter | None) -> None:
+    """Commit several outcomes: the messages sent in one statement (on ``writer``'s autocommit
+    connection, else with one COMMIT), the rest one by one."""
+    sent = [o for o in batch if o.kind == "sent"]
+    by_relay: dict[str, list[_Outcome]] = {}
+    for o in sent:
+        by_relay.setdefault(o.relay, []).append(o)
+    for relay, group in by_relay.items():
+        claims = [o.claim for o in group]
+        done = writer.sent(claims, relay) if writer is not None else ledger.mark_sent_many(session, claims, relay)
+        for o in group:
+            o.result = "sent" if o.claim.id in done else "lost"
+            if o.result == "lost":
+                log.warning("delivery %s: sent, but its claim had been taken over", o.row.id)
+    for o in batch:
+        if o.kind != "sent":
+            with logs.bound(delivery_id=o.row.id):
+                _record(session, settings, o)
 
 
 def _issue_status(session: Session, issue_id: int) -> IssueStatus | None:
@@ -193,8 +433,7 @@ def _stop(session: Session, issue_id: int, claims: Sequence[ledger.Claim]) -> in
     return len(claims)
 
 
-def _record_failure(session: Session, settings: Settings, delivery: Delivery, claim_: ledger.Claim, exc: DeliveryError, relay: str) -> str:
-    relay = exc.relay or relay
+def _record_failure(session: Session, settings: Settings, delivery: _Row, claim_: ledger.Claim, exc: DeliveryError, relay: str) -> str:
     if isinstance(exc, PermanentDeliveryError):
         if ledger.mark_failed(session, claim_, str(exc), exc.smtp_code, relay) and is_dead_address(exc.enhanced_code):
             # The relay says the mailbox does not exist: as final as a hard bounce, so never again.
