@@ -408,6 +408,16 @@ def _secret_keys(env: dict[str, str], home: Path, configured: bool) -> tuple[str
     return (embedded_secret(home),)
 
 
+def default_data_dir(cwd: Path | None = None, checkout: Path | None = None) -> Path:
+    """Where the shared corpora are looked for when ``NEWSLETTER_DATA_DIR`` is unset: ``../shared/data``
+    from the current directory, else beside the checkout this package runs from (so the demo finds them
+    from any directory). Returns the first that exists, else the current directory's (for the message)."""
+    here = cwd or Path.cwd()
+    beside = (checkout or Path(__file__).resolve().parents[1]).parent
+    candidates = [here.parent / "shared" / "data", beside / "shared" / "data"]
+    return next((path for path in candidates if path.is_dir()), candidates[0])
+
+
 def load_settings(env: dict[str, str] | None = None) -> Settings:
     """Build `Settings` from ``env`` (default: ``os.environ``), checking every value.
 
@@ -442,7 +452,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         "redis_url": _redis_url(env),
         "smtp_urls": _smtp_urls(env),
         "outbox_dir": Path(env.get("NEWSLETTER_OUTBOX") or home / "outbox").expanduser(),
-        "data_dir": Path(env.get("NEWSLETTER_DATA_DIR") or "../shared/data").expanduser(),
+        "data_dir": Path(env["NEWSLETTER_DATA_DIR"]).expanduser() if env.get("NEWSLETTER_DATA_DIR") else default_data_dir(),
         "base_url": _base_url(env, configured, allow_http),
         "from_address": from_address,
         "list_id": _list_id(env),

@@ -190,3 +190,17 @@ def test_the_web_app_refuses_a_bad_setting_with_one_line_and_status_2(
     assert stopped.value.code == 2
     assert capsys.readouterr().err.startswith("error: NEWSLETTER_SECRET_KEY is not set, and DATABASE_URL, REDIS_URL or SMTP_URL is")
     assert not (tmp_path / "secret_key").exists()  # no key is made up outside the embedded default
+
+
+def test_the_shared_corpora_are_found_from_any_directory(tmp_path: Path) -> None:
+    """Regression: from another directory the demo fell back to the bundled sample (../shared/data was
+    resolved against the current directory only)."""
+    from newsletter.config import default_data_dir
+
+    checkout, elsewhere = tmp_path / "work" / "repo", tmp_path / "somewhere" / "else"
+    shared = tmp_path / "work" / "shared" / "data"
+    for path in (checkout, elsewhere, shared):
+        path.mkdir(parents=True)
+    assert default_data_dir(elsewhere, checkout) == shared
+    assert default_data_dir(checkout, tmp_path / "nowhere" / "repo") == shared  # from the current directory
+    assert default_data_dir(elsewhere, tmp_path / "nowhere" / "repo") == tmp_path / "somewhere" / "shared" / "data"
