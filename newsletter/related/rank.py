@@ -10,6 +10,12 @@ cross-validation on the White House editors' development links with ``bench/rela
 - ``recency``: ``-ln(1 + days between them)``, and ``week``: 1 when at most 7 days apart — editors point to
   what is current.
 
+Two stages (`_two_stage`): the `RERANK_DEPTH` candidates whose text is most similar (``related``, see
+`signals`: the cosine, expanded for headline-length sources) are ordered by that score, the rest follow in
+text order. The title and date signals were fitted on editors' links, where the anchor text makes a title
+match strong evidence; letting them pull candidates in from anywhere cost 0.10 of same-topic precision@10 on
+the BBC corpus (0.92 -> 0.82) for +0.00 nDCG@10 on the links.
+
 A candidate is shown only if its text is related at all (``body >= MIN_SIMILARITY``), and
 never if it is a near-duplicate of the source: the same story filed twice, judged by text *and* date
 together (`is_near_duplicate`), never by title alone. Candidates are scored with the source's own
