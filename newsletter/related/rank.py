@@ -88,7 +88,7 @@ def _text(index: RelatedIndex, body: np.ndarray, latent: np.ndarray | None) -> n
     text = index.body @ body
     space = index.latent() if latent is not None else None
     if space is not None:
-        text = text + LATENT_WEIGHT * (space[1] @ latent)
+        text = text + LATENT_WEIGHT * (space[2] @ latent)
     return text
 
 
@@ -124,7 +124,7 @@ def signals(index: RelatedIndex, source: Source, mask: np.ndarray | None = None)
         if FEEDBACK_WEIGHT and allowed.sum() > FEEDBACK_DOCS:
             top = np.argpartition(-np.where(allowed, text, -np.inf), FEEDBACK_DOCS)[:FEEDBACK_DOCS]
             mean_body = np.asarray(index.body[top].mean(axis=0)).ravel()
-            related = text + FEEDBACK_WEIGHT * _text(index, mean_body, space[1][top].mean(axis=0))
+            related = text + FEEDBACK_WEIGHT * _text(index, mean_body, space[2][top].mean(axis=0))
     return {
         "related": related,
         "body": cosine,
