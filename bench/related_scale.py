@@ -11,6 +11,8 @@ bigrams across paragraph boundaries). Then, per size:
 - memory: bytes of the index matrices, the peak Python allocation while building (tracemalloc), and the
   stored bytes per article;
 - query: `rank` for 200 random articles, and `for_issue` for 8-article issues (what ``attach_related`` runs);
+- short sources: learning the latent space (done once per loaded index, on the first headline-length source)
+  and `rank` for 200 headline-only sources, which use it;
 - baseline, same run: the seed's way, refitting scikit-learn's TfidfVectorizer over the archive for every
   edition (and preview), at the same size;
 - CLI start-up: ``newsletter --help`` against ``python -c pass``.
@@ -165,8 +167,8 @@ def main() -> None:
     vectors = [vectorise(tokens(p, "en")) for p in paragraphs]
     print(f"{len(paragraphs)} paragraphs to sample from; {PARAGRAPHS_PER_DOC} per synthetic document")
     print()
-    columns = ("articles", "build s", "index MB", "peak MB", "stored B/art", "rank ms", "issue ms", "seed refit s")
-    header = " ".join(f"{c:>{w}}" for c, w in zip(columns, (9, 8, 9, 8, 12, 8, 9, 12), strict=True))
+    columns = ("articles", "build s", "index MB", "peak MB", "stored B/art", "rank ms", "issue ms", "latent s", "short ms", "seed refit s")
+    header = " ".join(f"{c:>{w}}" for c, w in zip(columns, (9, 8, 9, 8, 12, 8, 9, 8, 8, 12), strict=True))
     lines = []
     for n in (int(s) for s in args.sizes.split(",")):
         entries, texts = synthesise(n, paragraphs, vectors, rng)
@@ -183,16 +185,28 @@ def main() -> None:
         for issue in issues:
             for_issue(index, [source_of(index, a) for a in issue], candidates_mask(index, cutoff, exclude=issue))
         per_issue = (time.perf_counter() - started) / len(issues)
+        # A headline-only source (fewer than SHORT_TEXT terms) uses the latent space, learnt on first use.
+        started = time.perf_counter()
+        index.latent()
+        latent = time.perf_counter() - started
+        heads = [source_of(index, entry=make_entry(-1, "en", title, "", cutoff, None)) for title, _ in rng.sample(docs, 200)]
+        started = time.perf_counter()
+        for head in heads:
+            rank(index, head, candidates_mask(index, cutoff), k=10)
+        per_short = (time.perf_counter() - started) / len(heads)
         baseline = refit_baseline(texts, issues[0])
         lines.append(f"{n:>9} {build:>8.2f} {index.nbytes() / 2**20:>9.1f} {peak / 2**20:>8.1f} {stored:>12.0f} "
-                     f"{1000 * per_query:>8.1f} {1000 * per_issue:>9.0f} {baseline:>12.1f}")  # fmt: skip
+                     f"{1000 * per_query:>8.1f} {1000 * per_issue:>9.0f} {latent:>8.1f} {1000 * per_short:>8.1f} "
+                     f"{baseline:>12.1f}")  # fmt: skip
         print(header if len(lines) == 1 else "", end="\n" if len(lines) == 1 else "")
         print(lines[-1], flush=True)
         if n <= 10000:
             write, load = sqlite_round_trip(entries)
             print(f"{'':>9} SQLite: {write:.1f} s to store {n} entries, {load:.1f} s to load the index from them")
         del index, entries, texts
-    ratio_note = "issue ms = one 8-article issue (3 picks each, spread); seed refit s = refitting TF-IDF on the archive per edition"
+    ratio_note = ("issue ms = one 8-article issue (3 picks each, spread); latent s = learning the latent space (first short "
+                  "source; index MB then includes it); short ms = rank for a headline-only source; seed refit s = refitting "
+                  "TF-IDF on the archive per edition")
     print(ratio_note)
     cli, python = cli_startup()
     print(f"newsletter --help: {cli:.2f} s (python -c pass: {python:.2f} s, ratio {cli / python:.1f})")

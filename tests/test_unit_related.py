@@ -185,3 +185,52 @@ def test_empty_index_and_k_zero() -> None:
     full = _index(EN, "en")
     assert rank(full, source_of(full, 1), candidates_mask(full, DAY, exclude=[1]), k=0) == []
     assert rank(full, source_of(full, 1), np.zeros(len(full), bool)) == []
+
+
+def _headlines() -> list[tuple[int, str, str, int]]:
+    """300 two-topic Chinese headlines of three words each (ids from 100), finance then sports, alternating."""
+    import random
+
+    finance = ["银行", "利率", "股市", "基金", "债券", "货币", "投资", "汇率"]
+    sports = ["足球", "篮球", "比赛", "冠军", "球员", "教练", "联赛", "进球"]
+    rng = random.Random(7)
+    rows = []
+    for i in range(300):
+        words = rng.sample(finance if i % 2 == 0 else sports, 3)
+        rows.append((100 + i, "".join(words), "", 1 + i % 30))
+    return rows
+
+
+def test_short_source_finds_its_neighbour_without_a_word_in_common() -> None:
+    # A headline shares no character with either candidate: word overlap cannot tell them apart, the latent
+    # space learnt from the archive (which words appear together) can. The sports piece comes first in the
+    # index, so a tie would put it first.
+    index = _index([(1, "足球冠军", "", 2), *_headlines(), (2, "基金债券", "", 2), (3, "银行利率", "", 1)], "zh")
+    mask = np.zeros(len(index), bool)
+    mask[[index.row[1], index.row[2]]] = True
+    ranked = rank(index, source_of(index, 3), mask, min_similarity=0.0)
+    assert _ids(ranked) == [2, 1]
+    # Nothing of it is known to the term vectors alone.
+    assert (index.body[index.row[1]] @ index.body[index.row[3]].T).sum() == 0
+    assert (index.body[index.row[2]] @ index.body[index.row[3]].T).sum() == 0
+
+
+def test_long_source_is_compared_by_its_words_alone() -> None:
+    from newsletter.related.rank import SHORT_TEXT, signals
+
+    index = _index(_headlines(), "zh")
+    text = "".join(t for _, t, _, _ in _headlines()[:40:2]) + ZH[0][2] + ZH[1][2]  # well over SHORT_TEXT terms
+    source = source_of(index, entry=make_entry(0, "zh", text, "", DAY, None))
+    assert source.size >= SHORT_TEXT
+    sig = signals(index, source)
+    assert np.array_equal(sig["related"], sig["body"])
+    assert index._latent is None  # never learnt: an archive of long texts does not pay for it
+
+
+def test_title_and_date_only_reorder_what_the_text_found() -> None:
+    from newsletter.related.rank import _two_stage
+
+    text = np.array([0.9, 0.8, 0.7, 0.1, -np.inf])
+    score = np.array([1.0, 2.0, 0.5, 9.0, 99.0])  # row 3: weak text, a strong title match; row 4 not allowed
+    assert _two_stage(text, score, 4, depth=3).tolist() == [1, 0, 2, 3]
+    assert _two_stage(text, score, 2, depth=3).tolist() == [1, 0]

@@ -7,6 +7,7 @@ the others. Rows are L2-normalised, so a dot product is a cosine.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,6 +22,10 @@ if TYPE_CHECKING:
 MIN_DF = 2  # a term in one document only says nothing about what it shares with others...
 MAX_DF = 0.5  # ...and terms in over half the documents are boilerplate ("president", "administration"),
 DF_LIMITS_FROM = 50  # but only in an archive big enough: in a handful of texts both cuts remove the topic words
+LATENT_DIMS = 100  # latent semantic dimensions (Deerwester et al., "Indexing by latent semantic analysis", JASIS 1990)
+LATENT_FROM = 200  # fewer entries than this: no latent space (too few texts to learn which terms go together)
+LATENT_TERMS = 20000  # it is learnt over at most this many terms (those in most texts)
+LATENT_SAMPLE = 20000  # the space is learnt from at most this many entries (evenly spaced), then every entry projected
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,34 @@ def _csr(vectors: Sequence[TermVector], columns: np.ndarray) -> sp.csr_matrix:
     indptr = np.zeros(len(parts) + 1, np.int64)
     np.cumsum(np.bincount(rows[known], minlength=len(parts)), out=indptr[1:])
     return sp.csr_matrix((counts[known], local[known].astype(np.int32), indptr), shape=(len(parts), len(columns)))
+
+
+def _components(body: sp.csr_matrix, terms: np.ndarray) -> np.ndarray:
+    """The top right singular vectors of ``body`` restricted to columns ``terms`` (at most `LATENT_SAMPLE`
+    rows of it, evenly spaced): ``(dims, len(terms))`` float32. Randomised SVD (Halko, Martinsson & Tropp,
+    "Finding structure with randomness", SIAM Review 2011: 10 extra dimensions, 4 power iterations) from a
+    fixed seed, so the same index gives the same space."""
+    import numpy as np
+
+    step = max(1, -(-body.shape[0] // LATENT_SAMPLE))
+    a = body[::step][:, terms].astype(np.float64)
+    dims = min(LATENT_DIMS, min(a.shape) - 1)
+    omega = np.random.default_rng(0).standard_normal((a.shape[1], dims + 10))
+    q, _ = np.linalg.qr(a @ omega)
+    for _ in range(4):
+        q, _ = np.linalg.qr(a.T @ q)
+        q, _ = np.linalg.qr(a @ q)
+    _, _, vt = np.linalg.svd(np.asarray((a.T @ q).T), full_matrices=False)
+    return vt[:dims].astype(np.float32)
+
+
+def _unit(rows: np.ndarray) -> np.ndarray:
+    """Dense ``rows`` as float32 scaled to unit L2 norm (zero rows stay zero)."""
+    import numpy as np
+
+    z = np.asarray(rows, dtype=np.float32)
+    norms = np.linalg.norm(z, axis=1, keepdims=True)
+    return z / np.where(norms == 0, 1.0, norms)
 
 
 def _normalise_rows(m: sp.csr_matrix, *, l1: bool = False) -> sp.csr_matrix:
@@ -114,6 +147,9 @@ class RelatedIndex:
         self.idf = (np.log((n + 1) / (df + 1)) + 1).astype(np.float32) * keep
         self.body = self.weigh(counts)
         self.title = self.weigh(_csr([e.title for e in self.entries], self.columns))
+        self.df = df.astype(np.int32)
+        self._latent: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._latent_lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -127,9 +163,38 @@ class RelatedIndex:
         m.eliminate_zeros()  # terms cut by document frequency
         return _normalise_rows(m)
 
+    def latent(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """The latent space (LSA), learnt on first use and kept: ``(terms, components, rows)``: the columns
+        it is learnt on (the `LATENT_TERMS` in most texts), the projection ``(dims, len(terms))`` and every
+        entry projected, ``(N, dims)`` float32 with unit rows; None for an
+        index of fewer than `LATENT_FROM` entries. Only short texts use it (`newsletter.related.rank`), so
+        an archive of long articles never pays for it."""
+        if len(self) < LATENT_FROM:
+            return None
+        import numpy as np
+
+        with self._latent_lock:
+            if self._latent is None:
+                # The most widespread weighted terms only: rarer ones say little about which terms go
+                # together, and every column costs memory and time (millions of hashed word bigrams).
+                weighted = np.flatnonzero(self.idf > 0)
+                terms = np.sort(weighted[np.argsort(-self.df[weighted], kind="stable")[:LATENT_TERMS]])
+                components = _components(self.body, terms)
+                self._latent = (terms, components, _unit(self.body[:, terms] @ components.T))
+        return self._latent
+
+    def project(self, weighted: sp.csr_matrix) -> np.ndarray:
+        """Rows of ``weighted`` (as `weigh` returns) in the latent space, unit length: ``(rows, dims)`` float32.
+        Raises ValueError on an index without a latent space."""
+        space = self.latent()
+        if space is None:
+            raise ValueError("this index has no latent space")
+        return _unit(weighted[:, space[0]] @ space[1].T)
+
     def nbytes(self) -> int:
         """Bytes held by the matrices (the figure `bench/related_scale.py` reports)."""
         total = 0
         for m in (self.body, self.title, self.present):
             total += m.data.nbytes + m.indices.nbytes + m.indptr.nbytes
-        return total + self.idf.nbytes + self.columns.nbytes
+        latent = 0 if self._latent is None else sum(part.nbytes for part in self._latent)
+        return total + self.idf.nbytes + self.df.nbytes + self.columns.nbytes + latent
