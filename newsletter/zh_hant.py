@@ -23,6 +23,9 @@ from typing import Any
 CONVERSIONS = ("s2twp", "s2hk", "s2t")
 DEFAULT_CONVERSION = "s2twp"
 PHRASES = Path(__file__).with_name("zh_hant_phrases.txt")
+# Words OpenCC's Taiwan phrase step (TWPhrases: IT and regional vocabulary) must leave as news text writes them
+# in Taiwan (優化 not 最佳化, 發布 not 釋出): traditional -> Taiwan, asked before that step (s2twp only).
+TAIWAN_NEWS = Path(__file__).with_name("zh_hant_phrases_tw.txt")
 
 
 class ConversionError(ValueError):
@@ -65,8 +68,9 @@ def _absolute(node: dict[str, Any], share: Path) -> None:
         node["file"] = str(share / node["file"])
 
 
-def build_config(conversion: str, dictionary: Path) -> dict[str, Any]:
-    """OpenCC's JSON config for ``conversion`` with ``dictionary`` (a text dictionary) put first.
+def build_config(conversion: str, dictionary: Path, regional: Path | None = None) -> dict[str, Any]:
+    """OpenCC's JSON config for ``conversion`` with ``dictionary`` (a text dictionary) put first, and
+    ``regional`` (a text dictionary of traditional words) put before the regional steps that follow.
 
     Raises:
         ConversionError: ``conversion`` is not one of `CONVERSIONS`.
@@ -88,6 +92,10 @@ def build_config(conversion: str, dictionary: Path) -> dict[str, Any]:
     config["segmentation"] = {"type": "mmseg", "dict": {"type": "group", "match_policy": "union", "dicts": [user, segment_on]}}
     # ... and conversion asks the project's dictionary before OpenCC's (short circuit: first that matches).
     config["conversion_chain"][0]["dict"] = {"type": "group", "match_policy": "short_circuit", "dicts": [user, first]}
+    if regional is not None:
+        keep = {"type": "text", "file": str(regional)}
+        for step in config["conversion_chain"][1:]:
+            step["dict"] = {"type": "group", "match_policy": "short_circuit", "dicts": [keep, step["dict"]]}
     return config
 
 
@@ -110,8 +118,13 @@ class Converter:
             dictionary = Path(folder) / "phrases.txt"
             # OpenCC wants every entry sorted and unique; the file is read while the converter is built.
             dictionary.write_text("".join(f"{k}\t{v}\n" for k, v in sorted(phrases.items())), encoding="utf-8")
+            regional = None
+            if conversion == "s2twp":
+                regional = Path(folder) / "taiwan.txt"
+                words = read_phrases(TAIWAN_NEWS)
+                regional.write_text("".join(f"{k}\t{v}\n" for k, v in sorted(words.items())), encoding="utf-8")
             config_path = Path(folder) / f"{conversion}-project.json"
-            config_path.write_text(json.dumps(build_config(conversion, dictionary), ensure_ascii=False), encoding="utf-8")
+            config_path.write_text(json.dumps(build_config(conversion, dictionary, regional), ensure_ascii=False), encoding="utf-8")
             self._opencc = opencc.OpenCC(str(config_path))
 
     def convert(self, text: str) -> str:

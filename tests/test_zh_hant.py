@@ -96,3 +96,11 @@ def test_cctv_corpus_has_no_simplified_only_characters_left(shared_data: Path) -
                 assert "新徵程" not in out, record["id"]
     assert chars > 1_000_000
     assert left == {}, {ch: ids[:3] for ch, ids in left.items()}
+
+
+def test_news_words_are_not_read_as_computing_terms() -> None:
+    """Regression (a reader's trial): s2twp wrote 澳門迴歸, 不斷最佳化 and 釋出訊息 in news text."""
+    out = to_traditional("澳门回归二十五周年，不断优化营商环境，新闻发布会发布消息。")
+    assert out == "澳門回歸二十五週年，不斷優化營商環境，新聞發布會發布訊息。"
+    assert to_traditional("线性回归分析") == "線性迴歸分析"  # the statistical term keeps OpenCC's form
+    assert to_traditional("优化", "s2hk") == "優化" and to_traditional("发布", "s2hk") == "發佈"  # Hong Kong unchanged
