@@ -148,6 +148,20 @@ class Settings:
         """Domain used for Message-IDs: the From address's domain."""
         return self.from_address.rsplit("@", 1)[-1].strip("> ").lower()
 
+    def from_header(self, lang: str) -> str:
+        """The From header of a message in ``lang``: `from_address`, with its display name translated to the
+        list's name in ``lang`` when it is the list's English name (so 每週評論 readers are not mailed by
+        "The Weekly Review"). A display name of any other kind is the sender's own and stays as written."""
+        from email.headerregistry import Address
+        from email.utils import parseaddr
+
+        name, addr = parseaddr(self.from_address)
+        translated = self.branding.list_name(lang)
+        if not name or name != self.branding.list_name("en") or translated == name:
+            return self.from_address
+        local, _, domain = addr.rpartition("@")
+        return str(Address(translated, local, domain))
+
     def describe(self) -> dict[str, str]:
         """Settings for display, with secrets and URL passwords masked."""
         keys = len(self.secret_keys)

@@ -65,7 +65,7 @@ def send_notice(
     """
     subject, text, html = render_notice(settings, kind, lang, name=name, email=email, unsubscribe_url=unsubscribe, **context)
     envelope = Envelope(
-        from_header=settings.from_address,
+        from_header=settings.from_header(lang),
         to_address=email,
         to_name=name,
         subject=subject,

@@ -117,7 +117,7 @@ def send_test(
             preview = preview_edition(session, settings, issue, lang, email=address, links=link)
             result = result or TestSendResult(SUBJECT_PREFIX + preview.subject)
             envelope = Envelope(
-                from_header=settings.from_address,
+                from_header=settings.from_header(lang),
                 to_address=address,
                 to_name="",
                 subject=result.subject,

@@ -204,3 +204,13 @@ def test_the_shared_corpora_are_found_from_any_directory(tmp_path: Path) -> None
     assert default_data_dir(elsewhere, checkout) == shared
     assert default_data_dir(checkout, tmp_path / "nowhere" / "repo") == shared  # from the current directory
     assert default_data_dir(elsewhere, tmp_path / "nowhere" / "repo") == tmp_path / "somewhere" / "shared" / "data"
+
+
+def test_the_from_name_follows_the_edition_language() -> None:
+    """Regression (a reader's trial): Chinese editions came from "The Weekly Review" while saying 每週評論."""
+    settings = load_settings({})
+    assert settings.from_header("en") == "The Weekly Review <weekly@newsletter.example.org>"
+    assert settings.from_header("zh-Hant") == "每週評論 <weekly@newsletter.example.org>"
+    assert settings.from_header("zh-Hans") == "每周评论 <weekly@newsletter.example.org>"
+    own = load_settings({"NEWSLETTER_FROM": "Policy Desk <desk@example.org>"})
+    assert own.from_header("zh-Hant") == "Policy Desk <desk@example.org>"  # a name of the sender's own stays

@@ -169,7 +169,7 @@ def _templates(session: Session, settings: Settings, issue_id: int) -> dict[str,
             out[e.lang] = "not rendered"
             continue
         try:
-            out[e.lang] = edition_template(settings.from_address, e.subject, settings.list_id, e.lang, e.text, e.html)
+            out[e.lang] = edition_template(settings.from_header(e.lang), e.subject, settings.list_id, e.lang, e.text, e.html)
         except (HeaderInjection, ValueError) as exc:
             out[e.lang] = f"cannot build message: {exc}"
     return out
