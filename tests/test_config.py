@@ -190,3 +190,11 @@ def test_the_web_app_refuses_a_bad_setting_with_one_line_and_status_2(
     assert stopped.value.code == 2
     assert capsys.readouterr().err.startswith("error: NEWSLETTER_SECRET_KEY is not set, and DATABASE_URL, REDIS_URL or SMTP_URL is")
     assert not (tmp_path / "secret_key").exists()  # no key is made up outside the embedded default
+
+
+def test_a_clamped_setting_is_warned_about_once_per_command(tmp_path: Path) -> None:
+    env = _env(NEWSLETTER_HOME=str(tmp_path), NEWSLETTER_BATCH_SIZE="0")
+    result = subprocess.run([sys.executable, "-m", "newsletter.cli", "db", "upgrade"], cwd=tmp_path, env={**env, "PYTHONPATH": str(ROOT)},
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("NEWSLETTER_BATCH_SIZE=0 is out of range [1, 10000]; using 1") == 1, result.stderr

@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from newsletter.bounces import BounceReport, process_bounces
-from newsletter.config import load_settings
+from newsletter.cli.common import settings as cli_settings
 from newsletter.db import session_factory
 
 
@@ -44,7 +44,7 @@ def bounces_process(path: Path, soft_limit: int | None) -> None:
     same mailbox: processed notifications are remembered by Message-ID. The mailbox is not changed.
     Messages that cannot be used are listed on stderr with their key.
     """
-    settings = load_settings()
+    settings = cli_settings()
     try:
         with session_factory(settings.database_url)() as session:
             report = process_bounces(session, settings, path, soft_limit=soft_limit)
