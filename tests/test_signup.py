@@ -302,7 +302,7 @@ def test_import_with_confirm_asks_new_subscribers_first(tmp_path: Path, monkeypa
     assert CliRunner().invoke(main, ["subscribers", "import", str(csv_path)]).exit_code == 0  # consent assumed: active
     csv_path.write_text("email,name,lang,topics\nold@example.com,Old,en,\nlin@example.tw,林,zh-TW,economy\n", encoding="utf-8")
     result = CliRunner().invoke(main, ["subscribers", "import", "--confirm", str(csv_path)], catch_exceptions=False)
-    assert result.exit_code == 0 and "1 confirmation requests sent" in result.output
+    assert result.exit_code == 0 and "1 confirmation request sent (" in result.output
     [request] = outbox(tmp_path)
     assert header(request, "To") == "林 <lin@example.tw>" and "請確認訂閱" in header(request, "Subject")
     url = f"sqlite:///{tmp_path / 'home' / 'newsletter.db'}"

@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from newsletter.bounces import BounceReport, process_bounces
+from newsletter.cli.common import plural
 from newsletter.cli.common import settings as cli_settings
 from newsletter.db import session_factory
 
@@ -24,8 +25,8 @@ def _summary(report: BounceReport) -> str:
     return (
         f"{report.messages} messages: {report.hard} hard, {report.soft} soft, {report.ignored} ignored, "
         f"{report.duplicates} already processed, {len(report.unmatched)} unmatched, {len(report.rejected)} rejected, "
-        f"{len(report.unparseable)} without a delivery report; {report.suppressed} addresses suppressed, "
-        f"{report.deliveries_bounced} deliveries marked bounced"
+        f"{len(report.unparseable)} without a delivery report; {plural(report.suppressed, 'address')} suppressed, "
+        f"{plural(report.deliveries_bounced, 'delivery')} marked bounced"
     )
 
 

@@ -9,10 +9,12 @@ from newsletter.db import SchemaOutOfDate, check_schema, session_factory
 
 
 def plural(n: int, noun: str) -> str:
-    """``1 article``, ``2 articles``, ``2 failed deliveries``."""
+    """``1 article``, ``2 articles``, ``2 failed deliveries``, ``2 addresses``."""
     if n == 1:
         return f"{n} {noun}"
-    return f"{n} {noun[:-1]}ies" if noun.endswith("y") else f"{n} {noun}s"
+    if noun.endswith("y"):
+        return f"{n} {noun[:-1]}ies"
+    return f"{n} {noun}es" if noun.endswith(("s", "x", "sh", "ch")) else f"{n} {noun}s"
 
 
 def settings() -> Settings:
