@@ -143,7 +143,7 @@ def parse_line(number: int, line: str, rules: Sequence[SourceRules] = BUILTIN_RU
         return None
     record_id = None
     try:
-        record = json.loads(line)
+        record = json.loads(line.rstrip("\r\n"))  # so an error at the end is not placed on a "line 2"
         if not isinstance(record, dict):
             raise ValueError("not a JSON object")
         record_id = str(record.get("id")) if record.get("id") is not None else None
@@ -151,7 +151,10 @@ def parse_line(number: int, line: str, rules: Sequence[SourceRules] = BUILTIN_RU
         if unstorable(record):  # nested values and unpaired surrogates: PostgreSQL refuses them
             raise ValueError("contains a NUL or an unpaired surrogate character")
         return fields
-    except ValueError as exc:  # json.JSONDecodeError is a ValueError
+    except json.JSONDecodeError as exc:
+        # Its own "line 1 column 5 (char 4)" would read as a second line number beside the file's.
+        return ArticleError(number, record_id, f"invalid JSON: {exc.msg} (column {exc.colno})")
+    except ValueError as exc:
         return ArticleError(number, record_id, str(exc))
 
 

@@ -395,8 +395,8 @@ def set_segment(session: Session, issue: Issue, rule: Any) -> None:
     session.commit()
 
 
-def delete_issue(session: Session, issue: Issue) -> None:
-    """Delete a draft (or a failed or cancelled issue that never planned a delivery); commits.
+def check_deletable(session: Session, issue: Issue) -> None:
+    """Raise unless `delete_issue` would delete ``issue`` (so a caller can check before asking to confirm).
 
     Raises:
         IssueStateError: the issue was scheduled, sent or has deliveries (they are the record of what was sent).
@@ -407,5 +407,14 @@ def delete_issue(session: Session, issue: Issue) -> None:
     if not deletable:
         hint = "; unschedule it first" if issue.status == IssueStatus.SCHEDULED else ""
         raise IssueStateError(f"issue {issue.number} is {issue.status}; only a draft can be deleted{hint}")
+
+
+def delete_issue(session: Session, issue: Issue) -> None:
+    """Delete a draft (or a failed or cancelled issue that never planned a delivery); commits.
+
+    Raises:
+        IssueStateError: see `check_deletable`.
+    """
+    check_deletable(session, issue)
     session.delete(issue)
     session.commit()

@@ -9,12 +9,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
 from newsletter import control, publishing, sweeper
 from newsletter.config import Settings
 from newsletter.db import session_factory
 from newsletter.delivery import ledger
 from newsletter.issues import get_issue
-from newsletter.models import FINAL_DELIVERY_STATES, Issue, IssueStatus
+from newsletter.models import FINAL_DELIVERY_STATES, Delivery, DeliveryStatus, Issue, IssueStatus
 
 Progress = Callable[[int, int], None]  # (final deliveries, total deliveries)
 
@@ -109,12 +112,15 @@ def follow(
     timeout: float | None = None,
     on_stall: Callable[[float], None] | None = None,
     stall_after: float = STALL_WARNING_SECONDS,
+    on_deferred: Callable[[int, str], None] | None = None,
 ) -> PublishOutcome:
     """Poll the ledger until the issue is ``sent``, ``failed``, ``paused`` or ``cancelled`` (or
     ``timeout`` seconds pass).
 
     ``on_stall(seconds)`` is called once when nothing has moved (issue status, pipeline heartbeat,
     deliveries per state) for ``stall_after`` seconds, e.g. to ask whether any worker is listening.
+    ``on_deferred(count, last_error)`` is called whenever the number of deferred deliveries changes to a
+    non-zero count, with the latest error of a deferred delivery ("" when none is recorded).
     In the embedded mode this process is also the sweeper: deferred deliveries are re-sent here when
     due, since no beat process runs.
     """
@@ -128,6 +134,7 @@ def follow(
     seen: object = None
     moved_at = time.monotonic()
     warned = False
+    deferred_seen = 0
     while True:
         with factory() as session:
             issue = session.get_one(Issue, issue_id)
@@ -140,6 +147,10 @@ def follow(
                 progress(done, sum(counts.values()))
             if issue.status in (IssueStatus.SENT, IssueStatus.FAILED, IssueStatus.PAUSED, IssueStatus.CANCELLED):
                 return PublishOutcome(issue.number, str(issue.status), issue.error, by_state)
+            deferred = by_state.get(DeliveryStatus.DEFERRED, 0)
+            if on_deferred is not None and deferred and deferred != deferred_seen:
+                on_deferred(deferred, _last_deferred_error(session, issue_id))
+            deferred_seen = deferred
             state = (issue.status, issue.pipeline_heartbeat_at, sorted(by_state.items()))
             if state != seen:
                 seen, moved_at = state, time.monotonic()
@@ -156,6 +167,17 @@ def follow(
         if deadline is not None and time.monotonic() > deadline:
             return PublishOutcome(issue.number, str(issue.status), "still running: gave up following", by_state)
         time.sleep(poll)
+
+
+def _last_deferred_error(session: Session, issue_id: int) -> str:
+    """The latest recorded error of a deferred delivery of the issue ("" when none)."""
+    error = session.scalar(
+        select(Delivery.last_error)
+        .where(Delivery.issue_id == issue_id, Delivery.status == DeliveryStatus.DEFERRED, Delivery.last_error.is_not(None))
+        .order_by(Delivery.updated_at.desc())
+        .limit(1)
+    )
+    return error or ""
 
 
 def resume_publish(settings: Settings, number: int, *, background: bool = False) -> tuple[int, int, bool]:

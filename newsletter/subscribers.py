@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import importlib
+import itertools
 import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -106,6 +107,18 @@ def clean_name(value: str) -> str:
     return name
 
 
+def header_delimiter(header: str) -> str:
+    """The cell separator of a CSV file from its header line: ``,`` when the header has one, else ``;``
+    or a tab when `csv.Sniffer` finds one of those (spreadsheets in many locales export ``;``), else ``,``.
+    Only the header is looked at: ``;`` also separates topics inside a cell of a comma-separated file."""
+    if "," in header:
+        return ","
+    try:
+        return csv.Sniffer().sniff(header, delimiters=";\t").delimiter
+    except csv.Error:  # one column: no separator to find
+        return ","
+
+
 def import_subscribers(
     session: Session, path: Path, *, status: SubscriberStatus = SubscriberStatus.ACTIVE, encoding: str = "utf-8"
 ) -> SubscriberImportReport:
@@ -136,9 +149,11 @@ def import_subscribers(
     rows: dict[str, dict[str, object]] = {}
     lines: dict[str, int] = {}
     with open_text(path, encoding, newline="") as handle:
-        reader = csv.DictReader(handle)
+        header = handle.readline()
+        reader = csv.DictReader(itertools.chain([header], handle), delimiter=header_delimiter(header))
         if not reader.fieldnames or "email" not in [f.strip().lower() for f in reader.fieldnames]:
-            raise ValueError(f"{path}: the header must name an 'email' column")
+            found = ", ".join(repr(f) for f in reader.fieldnames or []) or "nothing"
+            raise ValueError(f"{path}: the header must name an 'email' column (it names {found})")
         width = len(reader.fieldnames)
         for raw in reader:
             line = reader.line_num

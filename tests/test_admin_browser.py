@@ -107,6 +107,9 @@ def test_editor_builds_previews_tests_and_publishes_an_issue(browser: Any, serve
     page.get_by_role("button", name="Add: Hospitals must report ransomware attacks within 72 hours").wait_for()
     page.get_by_role("button", name="Add: Hospitals must report ransomware attacks within 72 hours").click()
     page.locator("#article-list li[data-id='sample-en-05']").wait_for()
+    # Added articles are no longer offered in the results (adding one twice would be refused).
+    expect(page.get_by_role("button", name="Add: Agency issues ransomware guidance for small water utilities")).to_have_count(0)
+    expect(page.locator("#search-results")).to_contain_text("in the issue")
     page.get_by_label("Language").select_option("zh-Hans")
     page.get_by_label("Text").fill("网络安全")
     page.get_by_role("button", name="Search").click()
@@ -129,6 +132,14 @@ def test_editor_builds_previews_tests_and_publishes_an_issue(browser: Any, serve
     ]
     page.reload()  # the order is stored, not only shown
     assert _titles(page)[0] == "多地启动关键信息基础设施网络安全检查"
+    # A refused change (here a stale order, as from a second tab) shows its message instead of failing silently.
+    page.evaluate("""() => { const f = document.getElementById("reorder-form");
+                             f.querySelector("input[name=order]").value = "sample-en-05"; htmx.trigger(f, "submit"); }""")
+    expect(page.locator("#issue-articles .flash.error")).to_contain_text("changed meanwhile")
+    expect(page.locator("#article-list li")).to_have_count(3)  # the list is still shown, unchanged
+    refused = [e for e in errors if "/articles/order" in e or "422 (Unprocessable" in e]
+    assert refused and len(refused) <= 2, errors  # the 422 itself (and the browser's note of it) are expected
+    errors[:] = [e for e in errors if e not in refused]
 
     # Titles and notes per language (three editions: zh-Hant converted from zh-Hans).
     assert page.locator("form.edition h3").all_text_contents()[2].startswith("zh-Hant")

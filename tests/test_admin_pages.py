@@ -34,6 +34,9 @@ def test_pages_render_and_forms_work(sqlite_url: str, make_settings) -> None:  #
     # Article list changes answer with the list fragment for htmx.
     added = c.post("/admin/issues/1/articles", data={"article": "sample-en-02"}, headers=hx)
     assert added.text.startswith('<div id="issue-articles">') and added.text.count("<li draggable") == 3
+    # The search results shown beside stop offering "Add" for it (out-of-band swap of its row's cell).
+    row = next(tr for tr in results.text.split("<tr>") if "sample-en-02" in tr).split('<td id="')[1].split('"')[0]
+    assert f'hx-swap-oob="innerHTML:#{row}"><span class="meta">in the issue</span>' in added.text
     twice = c.post("/admin/issues/1/articles", data={"article": "sample-en-02"}, headers=hx)
     assert twice.status_code == 422 and "appears twice" in twice.text
     moved = c.post("/admin/issues/1/articles/order", data={"order": "sample-en-02\nsample-zh-Hans-01\nsample-en-01"}, headers=hx)

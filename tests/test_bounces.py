@@ -470,7 +470,7 @@ def test_bounces_process_command(db_url: str, session, settings: Settings, tmp_p
     assert result.exit_code == 0, result.output
     assert result.stdout == (
         "2 messages: 1 hard, 0 soft, 0 ignored, 0 already processed, 0 unmatched, 0 rejected, 1 without a delivery report; "
-        "1 addresses suppressed, 1 deliveries marked bounced\n"
+        "1 address suppressed, 1 delivery marked bounced\n"
     )
     assert (
         result.stderr

@@ -251,3 +251,53 @@ def test_the_demo_refuses_configured_services_and_never_mails_anyone_else(
     recipients = {str(m["To"].addresses[0].addr_spec) for m in read_outbox(tmp_path / "home" / "outbox")}
     assert "real.person@gmail.com" not in recipients
     assert recipients and all(r.rsplit("@", 1)[1] in ("example.com", "example.net", "example.org") for r in recipients)
+
+
+def test_a_foreground_publish_says_why_deliveries_wait_when_the_relay_refuses(tmp_path: Path) -> None:
+    """Against a closed port the follower does not only print "delivering": it says, once, how many
+    deliveries are deferred and why, and where to look."""
+    import socket
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    from sqlalchemy import insert
+
+    from newsletter.db import session_factory, upgrade
+    from newsletter.issues import create_issue
+    from newsletter.models import Article, Subscriber, utcnow
+    from tests.conftest import ROOT
+
+    url = f"sqlite:///{tmp_path / 'refused.db'}"
+    upgrade(url)
+    with session_factory(url)() as session:
+        now = utcnow()
+        session.execute(insert(Subscriber), [{"email": f"r{i}@example.org", "name": "", "lang": "en", "topics": [], "attributes": {},
+                                              "status": "active", "created_at": now} for i in range(12)])  # fmt: skip
+        article = Article(external_id="c1", title="Story", summary="S.", lang="en", published_at=now)
+        session.add(article)
+        session.flush()
+        create_issue(session, [article])
+        session.commit()
+    with socket.socket() as probe:  # a port nobody listens on: bound, then closed
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "NEWSLETTER_OUTBOX")}
+    env.update(DATABASE_URL=url, SMTP_URL=f"smtp://127.0.0.1:{port}", NEWSLETTER_HOME=str(tmp_path),
+               NEWSLETTER_SECRET_KEY="refused-secret-key", NEWSLETTER_BASE_URL="https://news.example.org")  # fmt: skip
+    cmd = [sys.executable, "-m", "newsletter.cli", "issue", "publish", "1", "--yes"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    err: list[str] = []
+    reader = threading.Thread(target=lambda: err.extend(iter(proc.stderr.readline, "")), daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    deadline = time.monotonic() + 60
+    while not any("will retry" in line for line in err) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.5)  # a few more polls: the line is not repeated while nothing changes
+    proc.kill()  # Ctrl-C (pause) is tested above; here only the follower's output matters
+    proc.wait(timeout=20)
+    reader.join(timeout=10)
+    said = [line for line in err if "will retry" in line]
+    assert len(said) == 1, "".join(err)
+    assert "12 deferred, will retry: relay refuses connections (" in said[0] and "see 'newsletter issue status 1'" in said[0]

@@ -97,6 +97,8 @@ def test_articles_edit_delete_test_send_publish_and_erase(cli_env: dict[str, str
     assert published.exit_code == 0, published.output
     assert "sent" in invoke("issue", "status", "1")
     assert "only a draft can be deleted" in invoke("issue", "delete", "1", "--yes", code=1)
+    unasked = invoke("issue", "delete", "1", input="y\n", code=1)  # said before any question is asked
+    assert "only a draft can be deleted" in unasked and "Delete issue 1?" not in unasked
 
     assert "bo@example.com erased" in invoke("subscribers", "erase", "bo@example.com", "--yes")
     with session_factory(_db())() as session:

@@ -214,3 +214,11 @@ def test_the_from_name_follows_the_edition_language() -> None:
     assert settings.from_header("zh-Hans") == "每周评论 <weekly@newsletter.example.org>"
     own = load_settings({"NEWSLETTER_FROM": "Policy Desk <desk@example.org>"})
     assert own.from_header("zh-Hant") == "Policy Desk <desk@example.org>"  # a name of the sender's own stays
+
+
+def test_a_clamped_setting_is_warned_about_once_per_command(tmp_path: Path) -> None:
+    env = _env(NEWSLETTER_HOME=str(tmp_path), NEWSLETTER_BATCH_SIZE="0")
+    result = subprocess.run([sys.executable, "-m", "newsletter.cli", "db", "upgrade"], cwd=tmp_path, env={**env, "PYTHONPATH": str(ROOT)},
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("NEWSLETTER_BATCH_SIZE=0 is out of range [1, 10000]; using 1") == 1, result.stderr

@@ -94,3 +94,11 @@ def test_branding_and_template_override(tmp_path: Path) -> None:
         with pytest.raises(SettingsError) as info:
             load_settings({**env, name: value})
         assert str(info.value).startswith(name)
+
+
+@pytest.mark.parametrize(("lang", "expected"), [("zh-Hans", "您已退出“economy”。"), ("zh-Hant", "您已退出「economy」。")])
+def test_a_left_topic_is_set_apart_from_the_chinese_text(lang: str, expected: str) -> None:
+    """A topic without a Chinese label shows its slug: it must not run into the text ("您已退出economy")."""
+    from newsletter.rendering import translator
+
+    assert translator(lang, True)("You left %(topics)s. You still receive your other topics.", topics="economy").startswith(expected)

@@ -109,6 +109,7 @@ def test_import_reports_bad_lines_and_imports_the_rest(session, tmp_path: Path) 
     assert report.created == 3
     assert [e.line for e in report.errors] == [2, 4, 6, 7]
     assert [e.record_id for e in report.errors] == [None, "fr-1", "no-title", "bad-date"]
+    assert report.errors[0].reason == "invalid JSON: Expecting ',' delimiter (column 44)"  # no second "line" in it
     assert "'lang' must be one of en, zh-Hans, zh-Hant, got 'fr'" in report.errors[1].reason
     assert str(report.errors[1]).startswith("line 4 (id 'fr-1'): ")
     assert report.errors[2].reason == "missing 'title'"

@@ -143,6 +143,17 @@ def test_import_subscribers_requires_email_column(session, tmp_path: Path) -> No
         import_subscribers(session, path)
 
 
+@pytest.mark.parametrize("sep", [";", "\t"])
+def test_import_subscribers_reads_semicolon_and_tab_separated_files(session, tmp_path: Path, sep: str) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "subs.csv"
+    path.write_text(sep.join(["email", "name", "lang", "topics"]) + "\n" + sep.join(["ann@example.com", "Ann", "zh-TW", "policy|economy"]) + "\n",
+                    encoding="utf-8")  # fmt: skip
+    report = import_subscribers(session, path)
+    assert (report.created, report.errors) == (1, [])
+    ann = _subs(session)["ann@example.com"]
+    assert (ann.name, ann.lang, ann.topics) == ("Ann", "zh-Hant", ["economy", "policy"])
+
+
 def test_import_subscribers_injection_row_reported(session, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     path = tmp_path / "subs.csv"
     path.write_text('email,name\n"a@b.com\r\nBcc: x@y.com",Evil\nok@example.com,Ok\n', encoding="utf-8", newline="")

@@ -129,4 +129,6 @@ def main(verbose: bool) -> None:
     fmt = "json" if os.environ.get("NEWSLETTER_LOG_FORMAT", "").lower() == "json" else "text"
     logs.configure(logging.INFO if verbose else logging.WARNING, fmt)
     if not click.get_current_context().meta.get("newsletter.help"):
-        load_settings()  # raises SettingsError, which `Main` turns into one line and exit status 2
+        # Raises SettingsError, which `Main` turns into one line and exit status 2. Kept for the commands
+        # (`common.settings`), so a clamped value is warned about once, not once per loading.
+        click.get_current_context().meta["newsletter.settings"] = load_settings()

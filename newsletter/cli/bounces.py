@@ -11,7 +11,8 @@ from pathlib import Path
 import click
 
 from newsletter.bounces import BounceReport, process_bounces
-from newsletter.config import load_settings
+from newsletter.cli.common import plural
+from newsletter.cli.common import settings as cli_settings
 from newsletter.db import session_factory
 
 
@@ -24,8 +25,8 @@ def _summary(report: BounceReport) -> str:
     return (
         f"{report.messages} messages: {report.hard} hard, {report.soft} soft, {report.ignored} ignored, "
         f"{report.duplicates} already processed, {len(report.unmatched)} unmatched, {len(report.rejected)} rejected, "
-        f"{len(report.unparseable)} without a delivery report; {report.suppressed} addresses suppressed, "
-        f"{report.deliveries_bounced} deliveries marked bounced"
+        f"{len(report.unparseable)} without a delivery report; {plural(report.suppressed, 'address')} suppressed, "
+        f"{plural(report.deliveries_bounced, 'delivery')} marked bounced"
     )
 
 
@@ -44,7 +45,7 @@ def bounces_process(path: Path, soft_limit: int | None) -> None:
     same mailbox: processed notifications are remembered by Message-ID. The mailbox is not changed.
     Messages that cannot be used are listed on stderr with their key.
     """
-    settings = load_settings()
+    settings = cli_settings()
     try:
         with session_factory(settings.database_url)() as session:
             report = process_bounces(session, settings, path, soft_limit=soft_limit)

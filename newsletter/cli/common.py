@@ -9,10 +9,20 @@ from newsletter.db import SchemaOutOfDate, check_schema, session_factory
 
 
 def plural(n: int, noun: str) -> str:
-    """``1 article``, ``2 articles``, ``2 failed deliveries``."""
+    """``1 article``, ``2 articles``, ``2 failed deliveries``, ``2 addresses``."""
     if n == 1:
         return f"{n} {noun}"
-    return f"{n} {noun[:-1]}ies" if noun.endswith("y") else f"{n} {noun}s"
+    if noun.endswith("y"):
+        return f"{n} {noun[:-1]}ies"
+    return f"{n} {noun}es" if noun.endswith(("s", "x", "sh", "ch")) else f"{n} {noun}s"
+
+
+def settings() -> Settings:
+    """The settings the ``newsletter`` group loaded and checked for this invocation (loaded here when a
+    command runs without the group, as in some tests)."""
+    ctx = click.get_current_context(silent=True)
+    loaded = ctx.meta.get("newsletter.settings") if ctx is not None else None
+    return loaded if isinstance(loaded, Settings) else load_settings()
 
 
 class Context:
@@ -20,7 +30,7 @@ class Context:
 
     def __init__(self) -> None:
         try:
-            self.settings: Settings = load_settings()
+            self.settings: Settings = settings()
         except ValueError as exc:  # a setting that cannot be used: one line naming it, never a traceback
             raise click.ClickException(str(exc)) from exc
 

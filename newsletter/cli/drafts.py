@@ -68,9 +68,14 @@ def issue_edit(
 @pass_ctx
 def issue_delete(ctx: Context, number: int, yes: bool) -> None:
     """Delete draft NUMBER (an issue that sent anything stays as the record of it)."""
-    from newsletter.issues import delete_issue
+    from newsletter.issues import check_deletable, delete_issue
 
     if not yes:
+        with ctx.session() as session:  # say "only a draft can be deleted" before asking, not after
+            try:
+                check_deletable(session, get_issue(session, number))
+            except IssueError as exc:
+                raise click.ClickException(str(exc)) from exc
         click.confirm(f"Delete issue {number}?", abort=True, err=True)
     with ctx.session() as session:
         try:

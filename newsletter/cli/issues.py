@@ -16,6 +16,7 @@ from newsletter import control, reports, scheduling
 from newsletter.articles import parse_datetime
 from newsletter.cli.common import Context, pass_ctx, plural
 from newsletter.config import Settings
+from newsletter.db import session_factory
 from newsletter.issues import IssueError, Selection, articles_by_external_id, create_issue, get_issue, select_articles
 from newsletter.models import Issue
 from newsletter.rendering import RenderError
@@ -239,12 +240,36 @@ def follow_with_bar(settings: Settings, issue_id: int):  # type: ignore[no-untyp
             click.echo(f"\nwarning: nothing moved for {seconds:.0f} s and {NO_WORKER}", err=True)
 
     with click.progressbar(length=1, label="delivering", show_pos=True, file=sys.stderr) as bar:
+        told: list[tuple[int, str]] = []  # the last (count, reason) said about deferred deliveries
 
         def progress(done: int, total: int) -> None:
             bar.length = max(total, 1)
             bar.update(done - bar.pos)
 
-        return follow(settings, issue_id, progress, on_stall=on_stall)
+        def on_deferred(count: int, error: str) -> None:
+            # Said once, then again only when the reason changes or the count doubles (not on every retry).
+            reason = _deferral_reason(error)
+            if told and told[-1][1] == reason and count < 2 * told[-1][0]:
+                return
+            told.append((count, reason))
+            number = _issue_number(settings, issue_id)
+            click.echo(f"\n{count} deferred, will retry: {reason}; see 'newsletter issue status {number}'", err=True)
+
+        return follow(settings, issue_id, progress, on_stall=on_stall, on_deferred=on_deferred)
+
+
+def _deferral_reason(error: str) -> str:
+    """A short reason for a deferral from a delivery's ``last_error``: a refused or unreachable relay is
+    named as such (the operator's first question), else the error's first line."""
+    first = error.strip().splitlines()[0] if error.strip() else "no error recorded yet"
+    if "ConnectionRefusedError" in first or "Connection refused" in first:
+        return f"relay refuses connections ({first})"
+    return first
+
+
+def _issue_number(settings: Settings, issue_id: int) -> int:
+    with session_factory(settings.database_url)() as session:
+        return session.get_one(Issue, issue_id).number
 
 
 def print_status(ctx: Context, number: int) -> None:

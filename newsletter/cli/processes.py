@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from newsletter.cli.common import Context, pass_ctx
-from newsletter.config import load_settings
+from newsletter.cli.common import settings as cli_settings
 
 
 @click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
@@ -17,7 +17,7 @@ def worker(click_ctx: click.Context, beat: bool, concurrency: int) -> None:
 
     Extra arguments are passed on to celery worker.
     """
-    settings = load_settings()
+    settings = cli_settings()
     if settings.embedded:
         raise click.ClickException("REDIS_URL is not set: without a broker, 'newsletter issue publish' runs the tasks in-process")
     from tasks import app
@@ -59,7 +59,7 @@ def web(host: str, port: int, workers: int, reload: bool) -> None:
     Without REDIS_URL a publish started from the web runs in this process (keep it running until sent)."""
     import uvicorn
 
-    load_settings()  # a bad setting fails here, before uvicorn starts
+    cli_settings()  # a bad setting fails here, before uvicorn starts
     click.echo(f"serving on http://{host}:{port}")
     uvicorn.run("newsletter.web.asgi:app", host=host, port=port, workers=workers, reload=reload, log_level="info")
 

@@ -9,7 +9,7 @@ from typing import Any
 import click
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
-from newsletter.config import load_settings
+from newsletter.cli.common import settings as cli_settings
 from newsletter.db import session_factory
 from newsletter.segments import SegmentError, audience, count_audience, parse_segment
 
@@ -75,7 +75,7 @@ def segment_preview(rule: str) -> None:
         parsed = parse_segment(load_rule(rule))
     except SegmentError as exc:
         raise click.BadParameter(str(exc), param_hint="RULE") from exc
-    settings = load_settings()
+    settings = cli_settings()
     try:
         with session_factory(settings.database_url)() as session:
             total = count_audience(session, parsed)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from newsletter.cli.common import Context, pass_ctx
+from newsletter.cli.common import Context, pass_ctx, plural
 
 
 @click.group()
@@ -44,7 +44,7 @@ def subscribers_import(ctx: Context, file: Path, encoding: str, ask_confirm: boo
             from newsletter.signup import send_confirmations
 
             asked = send_confirmations(session, ctx.settings, report.pending)
-            click.echo(f"{asked} confirmation requests sent ({len(report.pending) - asked} failed, see the log)")
+            click.echo(f"{plural(asked, 'confirmation request')} sent ({len(report.pending) - asked} failed, see the log)")
     for error in report.errors:
         click.echo(f"{file}: {error}", err=True)
     click.echo(

@@ -20,6 +20,7 @@ from newsletter.web import admin, api, archive, joining, ops, problems, reader
 from newsletter.web.auth import SESSION_COOKIE, SESSION_SECONDS, SignInRequired, sign_in_url
 from newsletter.web.csrf import CsrfCookie
 from newsletter.web.deps import WebState, page
+from newsletter.web.head import HeadAsGet
 from newsletter.web.security import SecurityHeaders
 
 STATIC = Path(__file__).with_name("static")
@@ -66,4 +67,5 @@ def create_app(settings: Settings) -> FastAPI:
                        same_site="lax", https_only=https)  # fmt: skip
     app.add_middleware(CsrfCookie, secure=https)
     app.add_middleware(SecurityHeaders, https=https)
+    app.add_middleware(HeadAsGet)  # outermost: every layer sees the GET that a HEAD stands for
     return app

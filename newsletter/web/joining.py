@@ -13,7 +13,7 @@ import hashlib
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, BackgroundTasks, Form, Request
+from fastapi import APIRouter, BackgroundTasks, Depends, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
 
@@ -114,7 +114,20 @@ class SubscriptionRequest(BaseModel):
     topics: list[str] = Field(default_factory=list, max_length=50)
 
 
-@router.post("/subscriptions", status_code=202, response_model=None, responses={202: {"description": "Sign-up accepted"}})
+def _json_only(request: Request) -> None:
+    """Refuse a body that is not ``application/json`` with 415 (RFC 9110 section 15.5.16). A dependency runs
+    before the body is validated, so a form or text body gets 415, not a 422 about the shape of the body.
+
+    Raises:
+        HTTPException: 415.
+    """
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type != "application/json":
+        raise HTTPException(415, "send the sign-up as application/json")
+
+
+@router.post("/subscriptions", status_code=202, dependencies=[Depends(_json_only)], response_model=None,
+             responses={202: {"description": "Sign-up accepted"}, 415: {"description": "The body is not application/json"}})  # fmt: skip
 def subscribe_json(body: SubscriptionRequest, request: Request, web: State, session: DB, later: BackgroundTasks) -> Response:
     """Sign up by JSON: ``202 {"status": "confirmation-sent"}`` for every valid address, known or not.
 
@@ -122,8 +135,6 @@ def subscribe_json(body: SubscriptionRequest, request: Request, web: State, sess
     send that without a CORS preflight, which this app never grants), 422 naming the field, 429 with
     ``Retry-After`` when the client sent too many.
     """
-    if not request.headers.get("content-type", "").startswith("application/json"):
-        return problem_response(request, 415, "send the sign-up as application/json")
     form = SignupForm(email=body.email, name=body.name, lang=body.lang, topics=tuple(body.topics), source="api")
     if errors := check_form(form):
         return problem_response(

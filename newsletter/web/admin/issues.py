@@ -85,12 +85,14 @@ def search(
                   in_issue={i.article_id for i in issue.items})  # fmt: skip
 
 
-def _articles_changed(request: Request, session: DB, number: int, error: str | None = None) -> Response:
-    """After a change of articles: the article list fragment for htmx, else back to the editor."""
+def _articles_changed(request: Request, session: DB, number: int, error: str | None = None, added: tuple[int, ...] = ()) -> Response:
+    """After a change of articles: the article list fragment for htmx (with out-of-band updates of the search
+    result rows of the ``added`` article ids), else back to the editor."""
     if is_htmx(request):
         session.expire_all()
         issue = get_issue(session, number)
-        return render(request, "_articles.html", 422 if error else 200, issue=issue, articles=issues.issue_article_list(issue), error=error)
+        return render(request, "_articles.html", 422 if error else 200, issue=issue, articles=issues.issue_article_list(issue),
+                      error=error, added=added)  # fmt: skip
     if error:
         flash(request, error, "error")
     return back(f"/admin/issues/{number}")
@@ -106,10 +108,11 @@ def add_article(
 ) -> Response:
     """Add an article (at the end, or at ``position``)."""
     try:
-        issues.add_articles(session, get_issue(session, number), articles_by_external_id(session, [article]), position)
+        found = articles_by_external_id(session, [article])
+        issues.add_articles(session, get_issue(session, number), found, position)
     except IssueError as exc:
         return _articles_changed(request, session, number, str(exc))
-    return _articles_changed(request, session, number)
+    return _articles_changed(request, session, number, added=tuple(a.id for a in found))
 
 
 @router.post("/issues/{number}/articles/remove")

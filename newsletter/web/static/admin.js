@@ -39,3 +39,35 @@
     if (window.htmx) { window.htmx.trigger(form, "submit"); } else { form.submit(); }
   });
 })();
+
+// htmx leaves 4xx/5xx answers unswapped. Our fragments for a refused change (422/409, an HTML fragment with the
+// message) are meant to be shown; any other failed request gets a visible error line instead of a console entry.
+(function () {
+  function isHtml(xhr) { return /^text\/html/.test(xhr.getResponseHeader("Content-Type") || ""); }
+
+  function showError(text) {
+    var main = document.querySelector("main");
+    if (!main) return;
+    var p = document.getElementById("request-error") || document.createElement("p");
+    p.id = "request-error";
+    p.className = "flash error";
+    p.setAttribute("role", "alert");
+    p.textContent = text;
+    main.insertBefore(p, main.firstChild);
+  }
+
+  document.addEventListener("htmx:beforeSwap", function (e) {
+    var xhr = e.detail.xhr;
+    if (xhr.status >= 400 && xhr.status < 500 && isHtml(xhr)) {
+      e.detail.shouldSwap = true;
+      e.detail.isError = false;
+    }
+  });
+  document.addEventListener("htmx:responseError", function (e) {
+    var xhr = e.detail.xhr;
+    var detail = "";
+    try { detail = JSON.parse(xhr.responseText).detail || ""; } catch (_) { detail = ""; }
+    showError("The request failed (" + xhr.status + ")" + (detail ? ": " + detail : "") + ". Reload the page and try again.");
+  });
+  document.addEventListener("htmx:sendError", function () { showError("The server did not answer. Check the connection and try again."); });
+})();
