@@ -25,7 +25,8 @@ from markupsafe import Markup
 from premailer import Premailer
 from sqlalchemy import Engine, create_engine, text
 
-from newsletter.i18n import LIST_NAME, gettext_for
+from newsletter.branding import DEFAULT_LIST_NAME as LIST_NAME
+from newsletter.i18n import gettext_for
 from newsletter.rendering import templates_dir
 
 app = Celery("naive", broker=os.environ.get("NAIVE_BROKER", "memory://"))
