@@ -26,6 +26,7 @@ from premailer import Premailer
 from sqlalchemy import Engine, create_engine, text
 
 from newsletter.branding import DEFAULT_LIST_NAME as LIST_NAME
+from newsletter.branding import Branding
 from newsletter.i18n import gettext_for
 from newsletter.rendering import templates_dir
 
@@ -84,7 +85,8 @@ def send_one(subscriber_id: int, issue_id: int) -> None:
     web_url = f"https://news.example.org/issues/{number}/{lang}"
     unsubscribe = f"https://news.example.org/unsubscribe/{subscriber_id}.{issue_id}"
     context = {
-        "lang": lang, "number": number, "title": title, "date": "", "list_name": LIST_NAME.get(lang, LIST_NAME["en"]),
+        "lang": lang, "dir": "ltr", "number": number, "title": title, "date": "", "list_name": LIST_NAME.get(lang, LIST_NAME["en"]),
+        "brand": Branding(), "site_url": "https://news.example.org", "languages": [],
         "web_url": web_url, "articles": articles, "related": [], "converted_from": None, "editors_note_html": "",
         "editors_note_text": "", "preheader": articles[0]["title"] if articles else title, "web": False,
         "greeting": f"Hello {name},", "email": email, "unsubscribe_url": unsubscribe,
