@@ -24,19 +24,18 @@ import random
 import resource
 import tempfile
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, delete, insert, text
+from _scratch_db import pg_database  # bench/ is on sys.path when a bench runs
+from sqlalchemy import delete, insert
 
 from newsletter.articles import import_articles
 from newsletter.db import get_engine, session_factory, upgrade
 from newsletter.models import Article, RelatedIndexEntry, Subscriber, SubscriberStatus, utcnow
 from newsletter.subscribers import import_subscribers, normalise_address
 
-PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("NEWSLETTER_DATA_DIR") or ROOT.parent / "shared" / "data")
 CORPUS = DATA / "corpus-whitehouse" / "whitehouse_briefing_room.jsonl"
@@ -148,15 +147,8 @@ def main() -> None:
         run(f"sqlite:///{Path(tmp) / 'bench.db'}", args.subscribers, csv_path)
         if args.sqlite:
             return
-        name = f"nl_bench_{uuid.uuid4().hex[:8]}"
-        admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-        try:
-            run(PG_ADMIN.rsplit("/", 1)[0] + f"/{name}", args.subscribers, csv_path)
-        finally:
-            with admin.connect() as conn:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        with pg_database() as url:
+            run(url, args.subscribers, csv_path)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,8 @@ import tracemalloc
 import uuid
 from pathlib import Path
 
-from sqlalchemy import create_engine, delete, insert, select, text, update
+from _scratch_db import pg_database  # bench/ is on sys.path when a bench runs
+from sqlalchemy import delete, insert, select, update
 
 from newsletter import publishing
 from newsletter.config import Settings, load_settings
@@ -32,8 +33,6 @@ from newsletter.issues import create_issue
 from newsletter.models import Article, Delivery, DeliveryStatus, Issue, IssueStatus, Subscriber, utcnow
 from newsletter.segments import audience, edition_for, stream_audience
 from newsletter.tokens import message_id
-
-PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
 def previous_plan(session, settings: Settings, issue_id: int, enqueue) -> int:  # type: ignore[no-untyped-def]
@@ -165,18 +164,8 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             run(f"sqlite:///{Path(tmp) / 'bench.db'}", args.sizes, chunk)
         return
-    name = f"nl_bench_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        run(PG_ADMIN.rsplit("/", 1)[0] + f"/{name}", args.sizes, chunk)
-    finally:
-        from newsletter.db import get_engine
-
-        get_engine(PG_ADMIN.rsplit("/", 1)[0] + f"/{name}").dispose()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with pg_database() as url:
+        run(url, args.sizes, chunk)
 
 
 if __name__ == "__main__":

@@ -39,9 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,11 +50,11 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
 import _instrument  # noqa: E402  (bench/ is not a package)
+from _scratch_db import PG_ADMIN, pg_database  # noqa: E402
 
 from newsletter.config import Settings, load_settings  # noqa: E402
 from newsletter.db import session_factory, upgrade  # noqa: E402
 
-PG_ADMIN = os.environ.get("BENCH_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 SMTP_SINK = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
 SMTP_SOURCE = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
 SOURCE_HEADER_BYTES = 120  # smtp-source's own From/To/Date/Message-Id headers, outside its -l payload
@@ -167,24 +165,6 @@ def start_redis(tmp: Path) -> tuple[str, subprocess.Popen[Any]]:
     )
     wait_port(port)
     return f"redis://127.0.0.1:{port}", proc
-
-
-@contextlib.contextmanager
-def pg_database() -> Iterator[str]:
-    name = f"nl_bench_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
-    try:
-        yield url
-    finally:
-        from newsletter.db import get_engine
-
-        get_engine(url).dispose()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def pg_backends(url: str) -> list[int]:
