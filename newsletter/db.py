@@ -43,6 +43,16 @@ def is_transient_db_error(exc: BaseException) -> bool:
     return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
 
 
+def dialect_insert(session: Session, entity: Any) -> Any:
+    """An ``INSERT`` for ``entity`` from the session's dialect (PostgreSQL or SQLite), so the caller can
+    add ``ON CONFLICT`` (`on_conflict_do_nothing` / `on_conflict_do_update`): what keeps a step that two
+    processes may run at once (at-least-once tasks, a restarted pipeline) from failing on a unique key."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    module: Any = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    return module.insert(entity)
+
+
 def first_line(exc: BaseException) -> str:
     """The first line of a database error's own message (no SQL, no parameters), for a log line."""
     text = str(getattr(exc, "orig", None) or exc).strip()

@@ -246,21 +246,27 @@ def attach_related(session: Session, settings: Settings, issue_id: int, k: int =
         exclude.update(session.scalars(select(Article.id).where(Article.translation_key.in_(keys))))
     langs = {a.lang for a in in_issue}
     ensure_indexed(session, in_issue, langs | ({"zh-Hans", "zh-Hant"} if any(lang.startswith("zh") for lang in langs) else set()))
+    rows: list[RelatedArticle] = []
     picks_by_lang: dict[str, int] = {}
-    for lang in sorted({source_lang(e) for e in issue.editions}):
+    langs = sorted({source_lang(e) for e in issue.editions})
+    for lang in langs:
         queries = [a for a in in_issue if a.lang == lang]
         queries.sort(key=lambda a: next(i.position for i in issue.items if i.article_id == a.id))
         index = load_index(session, group_of(lang))
         newest = max((a.published_at for a in queries if a.published_at), default=None)
         mask = candidates_mask(index, newest or utcnow(), exclude)
         blocks = for_issue(index, [source_of(index, a.id) for a in queries], mask, per_article=k)
-        session.execute(delete(RelatedArticle).where(RelatedArticle.issue_id == issue_id, RelatedArticle.lang == lang))
-        session.add_all(
+        rows.extend(
             RelatedArticle(issue_id=issue_id, lang=lang, source_article_id=source.id, article_id=aid, rank=rank, score=score)
             for source, block in zip(queries, blocks, strict=True)
             for rank, (aid, score) in enumerate(block, 1)
         )
         picks_by_lang[lang] = sum(map(len, blocks))
+    # A restarted pipeline may run this step twice at once: the issue's row lock makes the second
+    # replace the first's rows after it committed, instead of colliding with them on the unique key.
+    session.execute(select(Issue.id).where(Issue.id == issue_id).with_for_update())
+    session.execute(delete(RelatedArticle).where(RelatedArticle.issue_id == issue_id, RelatedArticle.lang.in_(langs)))
+    session.add_all(rows)
     session.commit()
     heartbeat(session, issue_id)
     return {e.lang: picks_by_lang.get(source_lang(e), 0) for e in issue.editions}

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from newsletter import publishing
@@ -147,3 +147,78 @@ def test_reindex_command_rebuilds_the_index(sqlite_url: str, tmp_path: Path, mon
     with session_factory(sqlite_url)() as session:
         assert len(list(session.scalars(select(RelatedIndexEntry)))) == 4
         assert reindex(session).indexed == 4
+
+
+def test_two_processes_indexing_the_same_article_at_once_both_succeed(pg_url: str) -> None:
+    """Regression (CI, a restarted pipeline): two sessions index the same new article; the second waited
+    on the first's uncommitted row and then failed on the primary key. Now it updates that row."""
+    import threading
+    from datetime import UTC, datetime
+
+    from newsletter.related.store import index_articles
+
+    factory = session_factory(pg_url)
+    with factory() as setup:
+        article = Article(external_id="race", title="Steel tariffs", body_text="New tariffs on steel.", lang="en",
+                          published_at=datetime(2026, 3, 2, tzinfo=UTC))  # fmt: skip
+        setup.add(article)
+        setup.commit()
+        article_id = article.id
+    errors: list[BaseException] = []
+    with factory() as first, factory() as second:
+        index_articles(first, [first.get_one(Article, article_id)])  # inserted, not committed: the row is locked
+
+        def other() -> None:
+            try:
+                index_articles(second, [second.get_one(Article, article_id)])
+                second.commit()
+            except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+                errors.append(exc)
+
+        thread = threading.Thread(target=other)
+        thread.start()
+        thread.join(0.5)
+        assert thread.is_alive()  # waiting on the first session's row
+        first.commit()
+        thread.join(10)
+    assert errors == []
+    with factory() as check:
+        assert check.scalar(select(func.count()).select_from(RelatedIndexEntry)) == 1
+
+
+def test_the_related_step_run_twice_at_once_keeps_one_set_of_blocks(pg_url: str, make_settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Regression (CI): the sweeper restarted a slow pipeline and two ``attach_related`` ran at once; the
+    second's rows collided with the first's on (issue, lang, article) and the issue ended ``failed``."""
+    import threading
+
+    settings = make_settings(pg_url)
+    factory = session_factory(pg_url)
+    with factory() as session:
+        import_articles(session, _write(tmp_path / "archive.jsonl", ARCHIVE))
+        ids = _by_external(session)
+        issue = create_issue(session, [ids["tariff-1"], ids["sport-1"], ids["tariff-2"], ids["zh-1"]])
+        session.commit()
+        issue_id = issue.id
+        expected = publishing.attach_related(session, settings, issue_id)
+        session.execute(delete(RelatedArticle))
+        session.commit()
+    for _ in range(5):
+        barrier = threading.Barrier(2)
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            with factory() as own:
+                barrier.wait()
+                try:
+                    assert publishing.attach_related(own, settings, issue_id) == expected
+                except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+                    errors.append(exc)
+
+        threads = [threading.Thread(target=run) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert errors == []
+        with factory() as check:
+            assert check.scalar(select(func.count()).select_from(RelatedArticle)) == sum({"en": 3, "zh-Hans": 1}.values())

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
+from newsletter.db import dialect_insert
 from newsletter.models import Article, RelatedIndexEntry, utcnow
 from newsletter.related.index import Entry, RelatedIndex, make_entry
 from newsletter.related.text import TermVector, group_of
@@ -52,6 +53,7 @@ def index_articles(session: Session, articles: Iterable[Article]) -> IndexReport
         e.article_id: e
         for e in session.scalars(select(RelatedIndexEntry).where(RelatedIndexEntry.article_id.in_([a.id for a in articles])))
     }
+    new: list[dict[str, object]] = []
     for article in articles:
         digest = text_hash(article)
         entry = existing.get(article.id)
@@ -64,12 +66,18 @@ def index_articles(session: Session, articles: Iterable[Article]) -> IndexReport
                   "title_terms": made.title.to_bytes(), "body_terms": made.body.to_bytes(),
                   "text_hash": digest, "indexed_at": utcnow()}  # fmt: skip
         if entry is None:
-            session.add(RelatedIndexEntry(article_id=article.id, **values))
+            new.append({"article_id": article.id, **values})
         else:
             for key, value in values.items():
                 setattr(entry, key, value)
         report.indexed += 1
     session.flush()
+    if new:
+        # An upsert, not session.add: another process (a restarted pipeline, a parallel import) may
+        # index the same article at the same time. One executemany for all new rows.
+        stmt = dialect_insert(session, RelatedIndexEntry)
+        columns = [c for c in new[0] if c != "article_id"]
+        session.execute(stmt.on_conflict_do_update(index_elements=["article_id"], set_={c: stmt.excluded[c] for c in columns}), new)
     return report
 
 
