@@ -204,9 +204,11 @@ def main() -> None:
             write, load = sqlite_round_trip(entries)
             print(f"{'':>9} SQLite: {write:.1f} s to store {n} entries, {load:.1f} s to load the index from them")
         del index, entries, texts
-    ratio_note = ("issue ms = one 8-article issue (3 picks each, spread); latent s = learning the latent space (first short "
-                  "source; index MB then includes it); short ms = rank for a headline-only source; seed refit s = refitting "
-                  "TF-IDF on the archive per edition")
+    ratio_note = (
+        "issue ms = one 8-article issue (3 picks each, spread); latent s = learning the latent space (first short "
+        "source; index MB then includes it); short ms = rank for a headline-only source; seed refit s = refitting "
+        "TF-IDF on the archive per edition"
+    )
     print(ratio_note)
     cli, python = cli_startup()
     print(f"newsletter --help: {cli:.2f} s (python -c pass: {python:.2f} s, ratio {cli / python:.1f})")

@@ -56,7 +56,13 @@ def service(tmp_path: Path, make_settings) -> Iterator[dict[str, Any]]:  # type:
         values = {"NEWSLETTER_BASE_URL": base, "NEWSLETTER_ALLOW_HTTP": "1", "SMTP_URL": smtp.url, "NEWSLETTER_TOPICS": TOPICS,
                   "NEWSLETTER_POSTAL_ADDRESS": "1 Main St, Springfield"}  # fmt: skip
         settings = make_settings(url, **values)
-        env = {**os.environ, **values, "DATABASE_URL": url, "NEWSLETTER_SECRET_KEY": settings.secret_key, "NEWSLETTER_HOME": str(tmp_path / "home")}
+        env = {
+            **os.environ,
+            **values,
+            "DATABASE_URL": url,
+            "NEWSLETTER_SECRET_KEY": settings.secret_key,
+            "NEWSLETTER_HOME": str(tmp_path / "home"),
+        }
         env.pop("REDIS_URL", None)
         log = tmp_path / "web.log"
         proc = subprocess.Popen([sys.executable, "-m", "newsletter.cli", "web", "--port", str(port)], cwd=ROOT, env=env,

@@ -172,7 +172,7 @@ def test_two_processes_indexing_the_same_article_at_once_both_succeed(pg_url: st
             try:
                 index_articles(second, [second.get_one(Article, article_id)])
                 second.commit()
-            except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            except BaseException as exc:  # reported by the assertion below
                 errors.append(exc)
 
         thread = threading.Thread(target=other)
@@ -206,12 +206,12 @@ def test_the_related_step_run_twice_at_once_keeps_one_set_of_blocks(pg_url: str,
         barrier = threading.Barrier(2)
         errors: list[BaseException] = []
 
-        def run() -> None:
+        def run(barrier: threading.Barrier = barrier, errors: list[BaseException] = errors) -> None:
             with factory() as own:
                 barrier.wait()
                 try:
                     assert publishing.attach_related(own, settings, issue_id) == expected
-                except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+                except BaseException as exc:  # reported by the assertion below
                     errors.append(exc)
 
         threads = [threading.Thread(target=run) for _ in range(2)]

@@ -18,8 +18,12 @@ def subscribers() -> None:
 @subscribers.command("import")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--encoding", default="utf-8", show_default=True, help="The file's text encoding (e.g. latin-1, gb18030).")
-@click.option("--confirm", "ask_confirm", is_flag=True,
-              help="Do not assume consent: new subscribers are pending and are mailed a confirmation link (double opt-in).")
+@click.option(
+    "--confirm",
+    "ask_confirm",
+    is_flag=True,
+    help="Do not assume consent: new subscribers are pending and are mailed a confirmation link (double opt-in).",
+)
 @pass_ctx
 def subscribers_import(ctx: Context, file: Path, encoding: str, ask_confirm: bool) -> None:
     """Import subscribers from a CSV FILE with columns email, name, lang, topics (';'-separated), an
