@@ -149,8 +149,14 @@ def test_json_signup_validates_and_refuses_other_media_types(app: dict[str, Any]
     assert form.json()["status"] == 415 and "application/json" in form.json()["detail"]
     encoded = client.post("/subscriptions", data={"email": "x@example.com"})
     assert encoded.status_code == 415 and encoded.json()["status"] == 415
+    # Regression: an unknown topic slug was dropped silently, so the client signed up for less than it asked.
+    unknown = client.post("/subscriptions", json={"email": "x@example.com", "topics": ["economy", "sport"]})
+    assert unknown.status_code == 422
+    assert [(e["field"], e["detail"]) for e in unknown.json()["errors"]] == [("topics", "unknown topics: sport (known: economy, policy)")]
     with session_factory(app["url"])() as session:
         assert session.scalar(select(Subscriber.id)) is None
+    assert client.post("/subscriptions", json={"email": "x@example.com", "topics": ["economy"]}).status_code == 202
+    assert _get("x@example.com", app["url"]).topics == ["economy"]
 
 
 def test_csrf_is_required_on_every_reader_form(app: dict[str, Any]) -> None:

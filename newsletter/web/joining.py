@@ -21,7 +21,7 @@ from newsletter.i18n import N_
 from newsletter.links import preferences_url
 from newsletter.models import Subscriber, SubscriberStatus
 from newsletter.rendering import translator
-from newsletter.signup import SignupForm, check_form, confirm_subscription, plan_subscription
+from newsletter.signup import SignupForm, check_form, confirm_subscription, known_topics, plan_subscription
 from newsletter.subscribers import normalise_address
 from newsletter.tokens import BadToken, ExpiredToken, verify_until
 from newsletter.web.deps import DB, State, WebState
@@ -106,7 +106,7 @@ def subscribe_post(
 
 
 class SubscriptionRequest(BaseModel):
-    """A sign-up by JSON (``POST /subscriptions``); ``topics`` are topic slugs (unknown ones are ignored)."""
+    """A sign-up by JSON (``POST /subscriptions``); ``topics`` are topic slugs (an unknown one is refused)."""
 
     email: str = Field(max_length=320)
     name: str = Field("", max_length=256)
@@ -132,14 +132,18 @@ def subscribe_json(body: SubscriptionRequest, request: Request, web: State, sess
     """Sign up by JSON: ``202 {"status": "confirmation-sent"}`` for every valid address, known or not.
 
     Errors are problem details: 415 unless the body is ``application/json`` (a cross-site form cannot
-    send that without a CORS preflight, which this app never grants), 422 naming the field, 429 with
-    ``Retry-After`` when the client sent too many.
+    send that without a CORS preflight, which this app never grants); 422 naming the field for a bad
+    address, language or name, or a topic slug the list does not have; 429 with ``Retry-After`` when
+    the client sent too many.
     """
     form = SignupForm(email=body.email, name=body.name, lang=body.lang, topics=tuple(body.topics), source="api")
-    if errors := check_form(form):
-        return problem_response(
-            request, 422, "the sign-up is not valid", slug="invalid", errors=[(f, f"{f} is {p}") for f, p in errors.items()]
-        )
+    problems = [(f, f"{f} is {p}") for f, p in check_form(form).items()]
+    known = {slug for slug, _ in known_topics(session, web.settings)}
+    if unknown := sorted({t for t in body.topics if t.strip() not in known}):
+        # A client sending a slug we do not have would otherwise sign up for less than it asked for, silently.
+        problems.append(("topics", f"unknown topics: {', '.join(unknown)} (known: {', '.join(sorted(known)) or 'none'})"))
+    if problems:
+        return problem_response(request, 422, "the sign-up is not valid", slug="invalid", errors=problems)
     if wait := _signup(session, web, request, form, later):
         return problem_response(request, 429, "too many sign-ups from this client", slug="rate-limited", headers={"Retry-After": str(wait)})
     return JSONResponse({"status": "confirmation-sent", "detail": "if the address can receive mail, a confirmation link is on its way"},
