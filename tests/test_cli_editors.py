@@ -73,6 +73,10 @@ def test_articles_edit_delete_test_send_publish_and_erase(cli_env: dict[str, str
     assert reordered.index("sample-en-01") < reordered.index("sample-zh-Hans-01")
     assert "no fr edition" in invoke("issue", "edit", "1", "--title", "fr=x", code=1)
     invoke("issue", "create", "--articles", "sample-en-03")
+    # Not at a terminal (a script): refused with a line naming --yes, not a bare "Aborted!" after reading EOF.
+    refused_delete = invoke("issue", "delete", "2", code=2)
+    assert "not at a terminal to confirm; pass --yes" in refused_delete and "Aborted" not in refused_delete
+    assert "draft" in invoke("issue", "status", "2")
     assert "issue 2 deleted" in invoke("issue", "delete", "2", "--yes")
     assert "no issue number 2" in invoke("issue", "status", "2", code=1)
 
@@ -100,6 +104,7 @@ def test_articles_edit_delete_test_send_publish_and_erase(cli_env: dict[str, str
     unasked = invoke("issue", "delete", "1", input="y\n", code=1)  # said before any question is asked
     assert "only a draft can be deleted" in unasked and "Delete issue 1?" not in unasked
 
+    assert "pass --yes" in invoke("subscribers", "erase", "bo@example.com", code=2)
     assert "bo@example.com erased" in invoke("subscribers", "erase", "bo@example.com", "--yes")
     with session_factory(_db())() as session:
         assert session.scalar(select(Subscriber.status).where(Subscriber.name == "")) == SubscriberStatus.ERASED

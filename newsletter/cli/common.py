@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from newsletter.config import Settings, load_settings
@@ -15,6 +17,19 @@ def plural(n: int, noun: str) -> str:
     if noun.endswith("y"):
         return f"{n} {noun[:-1]}ies"
     return f"{n} {noun}es" if noun.endswith(("s", "x", "sh", "ch")) else f"{n} {noun}s"
+
+
+def confirm_or_refuse(question: str) -> None:
+    """Ask ``question`` at a terminal; without one (a script, a pipe) refuse instead of reading EOF as "no"
+    and printing a bare "Aborted!".
+
+    Raises:
+        click.UsageError: standard input is not a terminal (exit status 2; the message names ``--yes``).
+        click.Abort: the person at the terminal said no.
+    """
+    if not sys.stdin.isatty():
+        raise click.UsageError(f"{question.rstrip('?')}: not at a terminal to confirm; pass --yes to do it anyway")
+    click.confirm(question, abort=True, err=True)
 
 
 def settings() -> Settings:

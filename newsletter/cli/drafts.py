@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from newsletter.cli.common import Context, pass_ctx, plural
+from newsletter.cli.common import Context, confirm_or_refuse, pass_ctx, plural
 from newsletter.cli.issues import _lang_map, issue
 from newsletter.issues import IssueError, articles_by_external_id, get_issue
 from newsletter.rendering import RenderError
@@ -76,7 +76,7 @@ def issue_delete(ctx: Context, number: int, yes: bool) -> None:
                 check_deletable(session, get_issue(session, number))
             except IssueError as exc:
                 raise click.ClickException(str(exc)) from exc
-        click.confirm(f"Delete issue {number}?", abort=True, err=True)
+        confirm_or_refuse(f"Delete issue {number}?")
     with ctx.session() as session:
         try:
             delete_issue(session, get_issue(session, number))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from newsletter.cli.common import Context, pass_ctx, plural
+from newsletter.cli.common import Context, confirm_or_refuse, pass_ctx, plural
 
 
 @click.group()
@@ -112,6 +112,6 @@ def subscribers_erase(ctx: Context, email: str, yes: bool) -> None:
         if subscriber is None:
             raise click.ClickException(f"no subscriber {email}")
         if not yes:
-            click.confirm(f"Erase {subscriber.email} for good?", abort=True, err=True)
+            confirm_or_refuse(f"Erase {subscriber.email} for good?")
         erase_subscriber(session, subscriber.id)
     click.echo(f"{email} erased")
