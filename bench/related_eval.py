@@ -42,10 +42,11 @@ coordinate ascent of ``--fit``, on a copy of the ranking without the threshold a
 (0.748 there for the shipped four): 0.758, paired per source +0.010 ± 0.007 (standard error; 39 sources better,
 32 worse), its fitted weight 0.5 to 3.0 from fold to fold: not a reliable gain, and far from the +0.08 target
 (0.772). Adding the lexical best-sentence cosine, the source title's embedding against the candidate title's,
-same day, text length, recency shapes (within 30 days, within a year, -sqrt(days)) or the text rank gave
-0.744-0.758; a pairwise logistic re-ranker of the same top 10, 0.743-0.749; reordering the top 20 instead of
-the top 10, 0.745-0.757. CPU cost of the embeddings: 11 ms per title, 21 ms per sentence (0.6 s for a source of
-28 sentences, the mean here), 170 ms per 256-token text (about 4.7 CPU hours for 100,000 full texts).
+same day, text length, recency shapes (within 30 days, within a year, -sqrt(days)), the text rank, or by how
+much a candidate is some sentence's best match (embedded or lexical) gave 0.743-0.758; a pairwise logistic
+re-ranker of the same top 10, 0.743-0.749; reordering the top 20 instead of the top 10, 0.745-0.757. CPU cost of
+the embeddings: 11 ms per title, 21 ms per sentence (0.6 s for a source of 28 sentences, the mean here), 170 ms
+per 256-token text (about 4.7 CPU hours for 100,000 full texts).
 
     python bench/related_eval.py             # the table (reads ../shared/data or NEWSLETTER_DATA_DIR)
     python bench/related_eval.py --fit       # 5-fold cross-validated weights on the dev links, then the table
