@@ -43,7 +43,10 @@ coordinate ascent of ``--fit``, on a copy of the ranking without the threshold a
 32 worse), its fitted weight 0.5 to 3.0 from fold to fold: not a reliable gain, and far from the +0.08 target
 (0.772). Adding the lexical best-sentence cosine, the source title's embedding against the candidate title's,
 same day, text length, recency shapes (within 30 days, within a year, -sqrt(days)), the text rank, or by how
-much a candidate is some sentence's best match (embedded or lexical) gave 0.743-0.758; a pairwise logistic
+much a candidate is some sentence's best match (embedded or lexical), or a candidate's past in-degree among its
+neighbours' top 10 gave 0.743-0.758. Embedded full texts (256 tokens): text against text 0.744 (as before: no gain),
+the candidate's text against the source's best sentence 0.742, and with the best-sentence title signal 0.762 (the
+full-text signal alone is below the 0.748 of the shipped four: not trusted). A pairwise logistic
 re-ranker of the same top 10, 0.743-0.749; reordering the top 20 instead of the top 10, 0.745-0.757. CPU cost of
 the embeddings: 11 ms per title, 21 ms per sentence (0.6 s for a source of 28 sentences, the mean here), 170 ms
 per 256-token text (about 4.7 CPU hours for 100,000 full texts).
