@@ -82,6 +82,16 @@ def test_articles_and_draft_editing(db_url: str, make_settings) -> None:  # type
     assert taken.status_code == 409 and taken.json()["errors"][0]["field"] == "number"
 
 
+def test_a_new_zh_hans_title_and_note_reach_the_converted_zh_hant_edition(sqlite_url: str, make_settings) -> None:  # type: ignore[no-untyped-def]
+    site = make_site(make_settings(sqlite_url))
+    c, h = site.client, site.auth
+    body = {"articles": ["sample-zh-Hans-01"], "titles": {"zh-Hans": "软件周报"}, "notes": {"zh-Hans": "软件与网络的编者按"}}
+    n = c.post("/api/issues", json=body, headers=h).json()["number"]
+    patched = c.patch(f"/api/issues/{n}", json={"titles": {"zh-Hans": "信息周报"}, "notes": {"zh-Hans": "新的编者按：信息"}}, headers=h)
+    hant = {e["lang"]: e for e in patched.json()["editions"]}["zh-Hant"]
+    assert (hant["title"], hant["editors_note"], hant["converted_from"]) == ("資訊週報", "新的編者按：資訊", "zh-Hans")
+
+
 def test_test_send_publish_control_and_status(db_url: str, make_settings) -> None:  # type: ignore[no-untyped-def]
     with SMTPServer() as smtp:
         settings = make_settings(db_url, SMTP_URL=smtp.url)

@@ -73,11 +73,18 @@ def get(number: Number, session: DB) -> IssueOut:
 
 
 @router.patch("/{number}", response_model=IssueOut)
-def update(number: Number, body: IssueUpdate, session: DB) -> IssueOut:
+def update(number: Number, body: IssueUpdate, web: State, session: DB) -> IssueOut:
     """Change a draft's titles and notes per language, or its audience rule."""
     issue = get_issue(session, number)
     if body.titles is not None or body.notes is not None:
-        issues.update_texts(session, issue, dict(body.titles or {}), dict(body.notes or {}))
+        issues.update_texts(
+            session,
+            issue,
+            dict(body.titles or {}),
+            dict(body.notes or {}),
+            conversion=web.settings.zh_hant_conversion,
+            phrases=web.settings.zh_hant_phrases,
+        )
     if "segment" in body.model_fields_set:
         issues.set_segment(session, issue, body.segment)
     issues.require_editable(session, issue)
