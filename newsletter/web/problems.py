@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from newsletter.editors import EditorError
 from newsletter.issues import IssueError, IssueNotFound, IssueStateError
@@ -160,4 +161,37 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, validation_error)  # type: ignore[arg-type]
     for cls in (IssueError, SubscriberError, EditorError, SegmentError, RenderError, BrokerUnavailable):
         app.add_exception_handler(cls, domain_error)
-    app.add_exception_handler(Exception, server_error)
+    app.add_exception_handler(Exception, server_error)  # what the middleware below cannot catch (outer layers)
+    # Added before the other middleware, so innermost: an unexpected error is answered (and logged) here, once,
+    # and no longer re-raised to the server, which logged it a second time ("Exception in ASGI application").
+    app.add_middleware(AnswerUnexpected)
+
+
+class AnswerUnexpected:
+    """ASGI middleware: log an exception no handler took, once, and answer 500 problem details (JSON, or HTML
+    for a browser page). If the response had already started, nothing can be answered: it is re-raised
+    (unlogged here) for the server to log and close the connection."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_tracking(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_tracking)
+        except Exception:
+            if started:
+                raise
+            request = Request(scope)
+            log.exception("unhandled error on %s %s", request.method, request.url.path)
+            response = problem_response(request, 500, "an unexpected error occurred; it was logged")
+            await response(scope, receive, send)
