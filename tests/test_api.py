@@ -116,6 +116,9 @@ def test_test_send_publish_control_and_status(db_url: str, make_settings) -> Non
         unconfirmed = c.post(f"/api/issues/{n}/publish", json={}, headers=h)
         assert unconfirmed.status_code == 409 and unconfirmed.json()["recipients"] == 3
         assert unconfirmed.json()["type"].endswith("confirmation-required") and unconfirmed.json()["errors"][0]["field"] == "confirm"
+        uncounted = c.post(f"/api/issues/{n}/publish", json={"confirm": True}, headers=h)  # was 202: the count went unchecked
+        assert uncounted.status_code == 422 and uncounted.json()["errors"][0]["field"] == "recipients"
+        assert f"GET /api/issues/{n}/audience first" in uncounted.json()["detail"]
         stale = c.post(f"/api/issues/{n}/publish", json={"confirm": True, "recipients": 2}, headers=h)
         assert stale.status_code == 409 and "not 2" in stale.json()["detail"]
         with session_factory(db_url)() as session:
@@ -131,7 +134,7 @@ def test_test_send_publish_control_and_status(db_url: str, make_settings) -> Non
         assert status["by_relay"][0]["relay"].startswith("127.0.0.1:")
         assert len(smtp.recorder.messages) == 5
 
-        again = c.post(f"/api/issues/{n}/publish", json={"confirm": True}, headers=h)
+        again = c.post(f"/api/issues/{n}/publish", json={"confirm": True, "recipients": 3}, headers=h)
         assert again.status_code == 409 and "already sent" in again.json()["detail"]
         for action in ("pause", "resume"):
             assert c.post(f"/api/issues/{n}/{action}", headers=h).status_code == 409
@@ -235,7 +238,7 @@ def test_publish_with_the_broker_down_is_a_503_and_changes_nothing(sqlite_url: s
     site = make_site(make_settings(sqlite_url, REDIS_URL=f"redis://127.0.0.1:{free_port()}/0"))
     c, h = site.client, site.auth
     n = c.post("/api/issues", json={"articles": ["sample-en-01"]}, headers=h).json()["number"]
-    down = c.post(f"/api/issues/{n}/publish", json={"confirm": True}, headers=h)
+    down = c.post(f"/api/issues/{n}/publish", json={"confirm": True, "recipients": 1}, headers=h)
     assert down.status_code == 503 and down.headers["content-type"] == PROBLEM and down.headers["retry-after"] == "30"
     assert "cannot reach the broker" in down.json()["detail"]
     assert c.get(f"/api/issues/{n}", headers=h).json()["status"] == "draft"
