@@ -47,6 +47,8 @@ def test_articles_and_draft_editing(db_url: str, make_settings) -> None:  # type
 
     patched = c.patch(f"/api/issues/{n}", json={"titles": {"zh-Hant": "本週"}, "notes": {"en": "Hello *readers*"}}, headers=h).json()
     assert {e["lang"]: (e["title"], e["editors_note"]) for e in patched["editions"]}["en"] == ("Week 47", "Hello *readers*")
+    not_json = c.patch(f"/api/issues/{n}", content=b'{"titles": ', headers={**h, "Content-Type": "application/json"})
+    assert not_json.status_code == 422 and not_json.json()["errors"][0]["field"] == "body"  # was "0" (a character offset)
     typo = c.patch(f"/api/issues/{n}", json={"tittles": {"en": "x"}}, headers=h)
     assert typo.status_code == 422 and typo.json()["errors"][0]["field"] == "tittles"
     empty = c.patch(f"/api/issues/{n}", json={"titles": {"en": " "}}, headers=h)

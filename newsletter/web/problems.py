@@ -13,7 +13,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -101,9 +101,29 @@ def problem_response(
             from newsletter.web.readerpage import error_page  # reader pages: the error in the reader's language
 
             return error_page(web, request, status, headers)
-        html = web.pages.get_template("problem.html").render(problem=body)
-        return HTMLResponse(html, status_code=status, headers=headers)
+        return _admin_page(request, body, headers)
     return JSONResponse(body, status_code=status, headers=headers, media_type=MEDIA_TYPE)
+
+
+def _admin_page(request: Request, problem: dict[str, Any], headers: dict[str, str] | None) -> Response:
+    """The problem as an admin page (the admin layout, a heading a person reads, a link back to the issue list),
+    with the problem's status. An address that names no page (a path parameter that does not parse, such as
+    ``/admin/issues/new``) is headed "No such page" rather than "Invalid input"."""
+    from newsletter.web.admin.common import render  # the admin pages' layout, user and CSRF token
+
+    errors = problem.get("errors") or []
+    heading = problem["title"]
+    if (problem["status"] == 404 and not errors) or (errors and all(e["field"].startswith("path.") for e in errors)):
+        heading = "No such page"
+        if errors:
+            problem = {**problem, "detail": f"{request.url.path} is not an address of the admin pages."}
+    try:
+        response = render(request, "problem.html", problem["status"], problem=problem, heading=heading)
+    except Exception:  # an error before the admin layout can render (no CSRF state yet): the JSON still says it
+        log.exception("cannot render the admin error page for %s", request.url.path)
+        return JSONResponse(problem, status_code=problem["status"], headers=headers, media_type=MEDIA_TYPE)
+    response.headers.update(headers or {})
+    return response
 
 
 def _loc(loc: Sequence[Any]) -> str:
@@ -147,7 +167,10 @@ def install(app: FastAPI) -> None:
         return problem_response(request, exc.status_code, str(exc.detail) if exc.detail else None, headers=getattr(exc, "headers", None))
 
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:
-        errors = [(_loc(e.get("loc", ())), str(e.get("msg", "invalid"))) for e in exc.errors()]
+        # A body that is not JSON at all is reported at "body" (pydantic's location is the character offset, "0").
+        errors = [
+            ("body" if e.get("type") == "json_invalid" else _loc(e.get("loc", ())), str(e.get("msg", "invalid"))) for e in exc.errors()
+        ]
         return problem_response(request, 422, "the request does not match the schema", slug="invalid", errors=errors)
 
     async def domain_error(request: Request, exc: Exception) -> Response:
