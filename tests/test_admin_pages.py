@@ -105,3 +105,14 @@ def test_search_results_leave_out_a_missing_category(sqlite_url: str, make_setti
     hx = {"HX-Request": "true", "X-CSRF-Token": csrf_of(c.get("/admin/issues").text)}
     results = c.get("/admin/issues/1/search", params={"q": "无分类"}, headers=hx).text
     assert '<span class="meta">zh-Hans · 2024-12-31 · <code>no-category</code>' in results  # was "zh-Hans ·  · 2024-12-31"
+
+
+def test_saving_the_zh_hans_edition_converts_the_zh_hant_one_again(sqlite_url: str, make_settings) -> None:  # type: ignore[no-untyped-def]
+    site = make_site(make_settings(sqlite_url))
+    c = site.client
+    c.post("/api/issues", json={"articles": ["sample-zh-Hans-01"], "titles": {"zh-Hans": "软件周报"}}, headers=site.auth)
+    sign_in(c)
+    token = csrf_of(c.get("/admin/issues/1").text)
+    c.post("/admin/issues/1/editions/zh-Hans", data={"title": "信息周报", "note": "新的编者按：信息", "csrf_token": token})
+    editions = {e["lang"]: e for e in c.get("/api/issues/1", headers=site.auth).json()["editions"]}
+    assert (editions["zh-Hant"]["title"], editions["zh-Hant"]["editors_note"]) == ("資訊週報", "新的編者按：資訊")  # was 軟體週報 and ""
