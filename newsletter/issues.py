@@ -353,8 +353,21 @@ def move_article(session: Session, issue: Issue, article: Article, position: int
     set_articles(session, issue, current)
 
 
-def update_texts(session: Session, issue: Issue, titles: Mapping[str, str] | None = None, notes: Mapping[str, str] | None = None) -> None:
+def update_texts(
+    session: Session,
+    issue: Issue,
+    titles: Mapping[str, str] | None = None,
+    notes: Mapping[str, str] | None = None,
+    *,
+    conversion: str = "s2twp",
+    phrases: tuple[str, ...] = (),
+) -> None:
     """Set edition titles and editor's notes (Markdown) by language; commits.
+
+    A zh-Hant edition converted from zh-Hans (``converted_from="zh-Hans"``, see `create_issue`) follows a
+    changed zh-Hans title or note: the new text is converted again (OpenCC ``conversion`` plus ``phrases``,
+    as at creation). Only a zh-Hant text that is still the conversion of the old zh-Hans text is replaced:
+    one an editor wrote (at creation, in an earlier edit or in this call) is kept.
 
     Raises:
         IssueStateError: see `require_editable`.
@@ -370,11 +383,30 @@ def update_texts(session: Session, issue: Issue, titles: Mapping[str, str] | Non
             if lang not in editions:
                 has = ", ".join(editions) or "none yet: add articles first"
                 raise IssueError(f"issue {issue.number} has no {lang} edition (editions: {has})", f"{kind}.{lang}")
+    titles = {lang: " ".join(title.split()) for lang, title in titles.items()}
+    _follow_zh_hans(editions, titles, notes, conversion, phrases)
     for lang, title in titles.items():
-        editions[lang].title = " ".join(title.split())
+        editions[lang].title = title
     for lang, note in notes.items():
         editions[lang].editors_note = note
     session.commit()
+
+
+def _follow_zh_hans(
+    editions: Mapping[str, Edition], titles: dict[str, str], notes: dict[str, str], conversion: str, phrases: tuple[str, ...]
+) -> None:
+    """Add to ``titles``/``notes`` the zh-Hant text converted from a changed zh-Hans one, where the zh-Hant
+    edition is a converted one and its text is still derived (equal to the conversion of the old zh-Hans
+    text); an explicit zh-Hant text, stored or given in the same call, wins."""
+    hans, hant = editions.get("zh-Hans"), editions.get("zh-Hant")
+    if hans is None or hant is None or hant.converted_from != "zh-Hans":
+        return
+    for values, old_hans, old_hant in ((titles, hans.title, hant.title), (notes, hans.editors_note, hant.editors_note)):
+        new_hans = values.get("zh-Hans")
+        if new_hans is None or new_hans == old_hans or "zh-Hant" in values:
+            continue
+        if old_hant == to_traditional(old_hans, conversion, phrases):
+            values["zh-Hant"] = to_traditional(new_hans, conversion, phrases)
 
 
 def set_segment(session: Session, issue: Issue, rule: Any) -> None:

@@ -12,6 +12,7 @@ Two kinds, served from two places:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -35,6 +36,7 @@ SEND_SECONDS = Histogram(
 RETRIES = Counter("newsletter_retries_total", "Transient failures scheduled for a retry")
 
 QUEUES = ("render", "plan", "send")
+log = logging.getLogger(__name__)
 
 
 def record_outcome(outcome: str) -> None:
@@ -50,6 +52,7 @@ class LedgerCollector(Collector):
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self._broker_down = False
 
     def collect(self) -> Iterator[Any]:
         deliveries = GaugeMetricFamily("newsletter_deliveries", "Deliveries in the ledger by state and language", labels=["state", "lang"])
@@ -64,13 +67,33 @@ class LedgerCollector(Collector):
         yield deliveries
         yield issues
         if self.settings.redis_url:
-            import redis
+            yield from self._broker()
 
-            depth = GaugeMetricFamily("newsletter_queue_depth", "Task messages waiting in each broker queue", labels=["queue"])
-            client = redis.Redis.from_url(self.settings.redis_url, socket_timeout=2)
-            for queue in QUEUES:
-                depth.add_metric([queue], client.llen(queue))
-            yield depth
+    def _broker(self) -> Iterator[Any]:
+        """Queue depths and ``newsletter_broker_up``; without an answer from Redis only ``newsletter_broker_up 0``
+        (the rest of the scrape still answers), with one warning per outage rather than one per scrape."""
+        import redis
+
+        up = GaugeMetricFamily("newsletter_broker_up", "1 when the broker (REDIS_URL) answered this scrape, else 0")
+        depth = GaugeMetricFamily("newsletter_queue_depth", "Task messages waiting in each broker queue", labels=["queue"])
+        client = redis.Redis.from_url(self.settings.redis_url or "", socket_timeout=2, socket_connect_timeout=2)
+        try:
+            lengths = [(queue, client.llen(queue)) for queue in QUEUES]
+        except redis.RedisError as exc:
+            if not self._broker_down:
+                log.warning("metrics: the broker does not answer (%s); queue depths are left out until it does", exc)
+            self._broker_down = True
+            up.add_metric([], 0)
+            yield up
+            return
+        finally:
+            client.close()
+        self._broker_down = False
+        up.add_metric([], 1)
+        yield up
+        for queue, n in lengths:
+            depth.add_metric([queue], n)
+        yield depth
 
 
 def ledger_registry(settings: Settings) -> CollectorRegistry:

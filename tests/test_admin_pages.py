@@ -75,3 +75,44 @@ def test_pages_render_and_forms_work(sqlite_url: str, make_settings) -> None:  #
     assert c.get("/admin/subscribers/2").status_code == 404
     with session_factory(sqlite_url)() as session:
         assert session.get_one(Subscriber, 2).status == SubscriberStatus.ERASED
+
+
+def test_an_admin_address_that_names_no_page_is_an_html_page_not_json(sqlite_url: str, make_settings) -> None:  # type: ignore[no-untyped-def]
+    site = make_site(make_settings(sqlite_url))
+    c = site.client
+    sign_in(c)
+    browser = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
+    for path, status, said in (
+        ("/admin/issues/99", 404, "no issue number 99"),
+        ("/admin/issues/new", 422, "/admin/issues/new is not an address"),
+    ):
+        page = c.get(path, headers=browser)
+        assert (page.status_code, page.headers["content-type"]) == (status, "text/html; charset=utf-8"), path
+        assert "<title>No such page · newsletter admin</title>" in page.text and said in page.text
+        assert '<a href="/admin/issues">Back to the issue list</a>' in page.text
+        assert 'href="/admin/subscribers"' in page.text  # the admin layout, with its navigation
+    api = c.get("/api/issues/99", headers={**site.auth, **browser})  # the API keeps problem details
+    assert api.status_code == 404 and api.headers["content-type"] == "application/problem+json"
+
+
+def test_search_results_leave_out_a_missing_category(sqlite_url: str, make_settings) -> None:  # type: ignore[no-untyped-def]
+    site = make_site(make_settings(sqlite_url))
+    c = site.client
+    line = '{"id": "no-category", "title": "无分类的文章", "body": "正文。", "lang": "zh-Hans", "published_at": "2024-12-31"}\n'
+    c.post("/api/articles/import", content=line.encode(), headers={**site.auth, "Content-Type": "application/x-ndjson"})
+    c.post("/api/issues", json={"articles": ["sample-en-01"]}, headers=site.auth)
+    sign_in(c)
+    hx = {"HX-Request": "true", "X-CSRF-Token": csrf_of(c.get("/admin/issues").text)}
+    results = c.get("/admin/issues/1/search", params={"q": "无分类"}, headers=hx).text
+    assert '<span class="meta">zh-Hans · 2024-12-31 · <code>no-category</code>' in results  # was "zh-Hans ·  · 2024-12-31"
+
+
+def test_saving_the_zh_hans_edition_converts_the_zh_hant_one_again(sqlite_url: str, make_settings) -> None:  # type: ignore[no-untyped-def]
+    site = make_site(make_settings(sqlite_url))
+    c = site.client
+    c.post("/api/issues", json={"articles": ["sample-zh-Hans-01"], "titles": {"zh-Hans": "软件周报"}}, headers=site.auth)
+    sign_in(c)
+    token = csrf_of(c.get("/admin/issues/1").text)
+    c.post("/admin/issues/1/editions/zh-Hans", data={"title": "信息周报", "note": "新的编者按：信息", "csrf_token": token})
+    editions = {e["lang"]: e for e in c.get("/api/issues/1", headers=site.auth).json()["editions"]}
+    assert (editions["zh-Hant"]["title"], editions["zh-Hant"]["editors_note"]) == ("資訊週報", "新的編者按：資訊")  # was 軟體週報 and ""

@@ -47,6 +47,8 @@ def test_articles_and_draft_editing(db_url: str, make_settings) -> None:  # type
 
     patched = c.patch(f"/api/issues/{n}", json={"titles": {"zh-Hant": "本週"}, "notes": {"en": "Hello *readers*"}}, headers=h).json()
     assert {e["lang"]: (e["title"], e["editors_note"]) for e in patched["editions"]}["en"] == ("Week 47", "Hello *readers*")
+    not_json = c.patch(f"/api/issues/{n}", content=b'{"titles": ', headers={**h, "Content-Type": "application/json"})
+    assert not_json.status_code == 422 and not_json.json()["errors"][0]["field"] == "body"  # was "0" (a character offset)
     typo = c.patch(f"/api/issues/{n}", json={"tittles": {"en": "x"}}, headers=h)
     assert typo.status_code == 422 and typo.json()["errors"][0]["field"] == "tittles"
     empty = c.patch(f"/api/issues/{n}", json={"titles": {"en": " "}}, headers=h)
@@ -82,6 +84,16 @@ def test_articles_and_draft_editing(db_url: str, make_settings) -> None:  # type
     assert taken.status_code == 409 and taken.json()["errors"][0]["field"] == "number"
 
 
+def test_a_new_zh_hans_title_and_note_reach_the_converted_zh_hant_edition(sqlite_url: str, make_settings) -> None:  # type: ignore[no-untyped-def]
+    site = make_site(make_settings(sqlite_url))
+    c, h = site.client, site.auth
+    body = {"articles": ["sample-zh-Hans-01"], "titles": {"zh-Hans": "软件周报"}, "notes": {"zh-Hans": "软件与网络的编者按"}}
+    n = c.post("/api/issues", json=body, headers=h).json()["number"]
+    patched = c.patch(f"/api/issues/{n}", json={"titles": {"zh-Hans": "信息周报"}, "notes": {"zh-Hans": "新的编者按：信息"}}, headers=h)
+    hant = {e["lang"]: e for e in patched.json()["editions"]}["zh-Hant"]
+    assert (hant["title"], hant["editors_note"], hant["converted_from"]) == ("資訊週報", "新的編者按：資訊", "zh-Hans")
+
+
 def test_test_send_publish_control_and_status(db_url: str, make_settings) -> None:  # type: ignore[no-untyped-def]
     with SMTPServer() as smtp:
         settings = make_settings(db_url, SMTP_URL=smtp.url)
@@ -106,6 +118,9 @@ def test_test_send_publish_control_and_status(db_url: str, make_settings) -> Non
         unconfirmed = c.post(f"/api/issues/{n}/publish", json={}, headers=h)
         assert unconfirmed.status_code == 409 and unconfirmed.json()["recipients"] == 3
         assert unconfirmed.json()["type"].endswith("confirmation-required") and unconfirmed.json()["errors"][0]["field"] == "confirm"
+        uncounted = c.post(f"/api/issues/{n}/publish", json={"confirm": True}, headers=h)  # was 202: the count went unchecked
+        assert uncounted.status_code == 422 and uncounted.json()["errors"][0]["field"] == "recipients"
+        assert f"GET /api/issues/{n}/audience first" in uncounted.json()["detail"]
         stale = c.post(f"/api/issues/{n}/publish", json={"confirm": True, "recipients": 2}, headers=h)
         assert stale.status_code == 409 and "not 2" in stale.json()["detail"]
         with session_factory(db_url)() as session:
@@ -121,7 +136,7 @@ def test_test_send_publish_control_and_status(db_url: str, make_settings) -> Non
         assert status["by_relay"][0]["relay"].startswith("127.0.0.1:")
         assert len(smtp.recorder.messages) == 5
 
-        again = c.post(f"/api/issues/{n}/publish", json={"confirm": True}, headers=h)
+        again = c.post(f"/api/issues/{n}/publish", json={"confirm": True, "recipients": 3}, headers=h)
         assert again.status_code == 409 and "already sent" in again.json()["detail"]
         for action in ("pause", "resume"):
             assert c.post(f"/api/issues/{n}/{action}", headers=h).status_code == 409
@@ -225,7 +240,7 @@ def test_publish_with_the_broker_down_is_a_503_and_changes_nothing(sqlite_url: s
     site = make_site(make_settings(sqlite_url, REDIS_URL=f"redis://127.0.0.1:{free_port()}/0"))
     c, h = site.client, site.auth
     n = c.post("/api/issues", json={"articles": ["sample-en-01"]}, headers=h).json()["number"]
-    down = c.post(f"/api/issues/{n}/publish", json={"confirm": True}, headers=h)
+    down = c.post(f"/api/issues/{n}/publish", json={"confirm": True, "recipients": 1}, headers=h)
     assert down.status_code == 503 and down.headers["content-type"] == PROBLEM and down.headers["retry-after"] == "30"
     assert "cannot reach the broker" in down.json()["detail"]
     assert c.get(f"/api/issues/{n}", headers=h).json()["status"] == "draft"

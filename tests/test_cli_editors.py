@@ -110,3 +110,13 @@ def test_articles_edit_delete_test_send_publish_and_erase(cli_env: dict[str, str
         assert session.scalar(select(Subscriber.status).where(Subscriber.name == "")) == SubscriberStatus.ERASED
         assert session.scalar(select(func.count()).select_from(Delivery).where(Delivery.email.like("erased-%"))) == 1
     assert "no subscriber" in invoke("subscribers", "erase", "bo@example.com", "--yes", code=1)
+
+
+def test_issue_edit_converts_a_new_zh_hans_title_and_note_again(cli_env: dict[str, str]) -> None:  # noqa: F811
+    invoke("db", "upgrade")
+    invoke("articles", "import", str(SAMPLE / "articles-zh-Hans.jsonl"))
+    invoke("issue", "create", "--articles", "sample-zh-Hans-01", "--title", "zh-Hans=软件周报", "--note", "zh-Hans=软件与网络的编者按")
+    invoke("issue", "edit", "1", "--title", "zh-Hans=信息周报", "--note", "zh-Hans=新的编者按：信息")
+    assert "subject: 資訊週報 · 第 1 期" in invoke("issue", "preview", "1", "--lang", "zh-Hant", "--text")  # was 軟體週報
+    text = Path("issue-1-zh-Hant.txt").read_text(encoding="utf-8")  # written in the current folder (cli_env's tmp_path)
+    assert "新的編者按：資訊" in text and "軟體與網路" not in text

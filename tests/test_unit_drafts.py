@@ -94,3 +94,35 @@ def test_two_editors_adding_at_once_both_keep_their_article(pg_url: str) -> None
         positions = sorted(item.position for item in issue.items)
     assert ids == {"sample-en-01", "sample-en-02", "sample-en-03"}
     assert positions == [0, 1, 2]  # without the lock both would land at position 1, in no defined order
+
+
+def test_a_converted_zh_hant_edition_follows_zh_hans_edits_unless_written(db_url: str) -> None:
+    _archive(db_url)
+    with session_factory(db_url)() as session:
+        zh = articles_by_external_id(session, ["sample-zh-Hans-01"])
+        draft = create_issue(session, zh, titles={"zh-Hans": "软件周报"}, notes={"zh-Hans": "软件与网络的编者按"})
+        session.commit()
+
+        def hant() -> tuple[str, str]:
+            edition = {e.lang: e for e in draft.editions}["zh-Hant"]
+            return edition.title, edition.editors_note
+
+        assert hant() == ("軟體週報", "軟體與網路的編者按")
+        # The trial report's case: a new zh-Hans title and note are converted again (stale before).
+        issues.update_texts(session, draft, {"zh-Hans": "信息周报"}, {"zh-Hans": "新的编者按：信息"})
+        assert hant() == ("資訊週報", "新的編者按：資訊")
+        # An explicitly written zh-Hant title stays; the note, still derived, follows.
+        issues.update_texts(session, draft, {"zh-Hant": "我們的週報"})
+        issues.update_texts(session, draft, {"zh-Hans": "网络周报"}, {"zh-Hans": "软件"})
+        assert hant() == ("我們的週報", "軟體")
+        # Both given in one call: the zh-Hant text given wins.
+        issues.update_texts(session, draft, notes={"zh-Hans": "信息", "zh-Hant": "自己寫的"})
+        assert hant() == ("我們的週報", "自己寫的")
+        issues.update_texts(session, draft, notes={"zh-Hans": "软件"})
+        assert hant() == ("我們的週報", "自己寫的")
+
+        # A zh-Hant title written at creation is not a derived one either.
+        written = create_issue(session, zh, titles={"zh-Hans": "软件周报", "zh-Hant": "手寫標題"})
+        session.commit()
+        issues.update_texts(session, written, {"zh-Hans": "信息周报"})
+        assert {e.lang: e.title for e in written.editions}["zh-Hant"] == "手寫標題"

@@ -68,6 +68,56 @@ def test_preferences_page_changes_language_and_topics(db_url: str, make_settings
 
 def test_health_metrics_and_unknown_edition(db_url: str, make_settings) -> None:  # type: ignore[no-untyped-def]
     client, _, _ = _app(db_url, make_settings)
-    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/healthz").json() == {"status": "ok", "database": "ok", "broker": "ok"}
     assert client.get("/issues/99/en").status_code == 404
     assert b"newsletter_deliveries" in client.get("/metrics").content
+
+
+def test_with_redis_unreachable_the_site_still_serves_and_says_degraded(sqlite_url: str, make_settings, caplog) -> None:  # type: ignore[no-untyped-def]
+    import logging
+
+    from newsletter.web.deps import SIGNUP_ADDRESS_LIMIT
+    from tests.editor_setup import csrf_of, make_site
+    from tests.smtp_server import free_port
+
+    caplog.set_level(logging.WARNING)
+    site = make_site(make_settings(sqlite_url, REDIS_URL=f"redis://127.0.0.1:{free_port()}/0"))  # nothing listens there
+    c = site.client
+    # Sign-up and sign-in were 500 (the rate limiter raised); they count in this process instead, same limits.
+    answers = [c.post("/subscriptions", json={"email": "new@example.com"}).status_code for _ in range(SIGNUP_ADDRESS_LIMIT + 1)]
+    assert answers == [202] * (SIGNUP_ADDRESS_LIMIT + 1)  # the per-address limit answers alike (and sends nothing)
+    page = c.get("/admin/sign-in")
+    wrong = c.post("/admin/sign-in", data={"email": "editor@example.org", "password": "wrong", "csrf_token": csrf_of(page.text)})
+    assert wrong.status_code == 401 and "Wrong address or password." in wrong.text
+    limiter_warnings = [r for r in caplog.records if r.name == "newsletter.web.ratelimit"]
+    assert len(limiter_warnings) == 1 and "counting in this process" in limiter_warnings[0].getMessage()
+    assert not [r for r in caplog.records if r.exc_info]  # no traceback per request
+
+    metrics = c.get("/metrics")
+    assert metrics.status_code == 200 and "newsletter_deliveries" in metrics.text and "newsletter_broker_up 0.0" in metrics.text
+    assert "newsletter_queue_depth" not in metrics.text
+    health = c.get("/healthz")
+    # 200: pages are still served; the body tells monitoring what is missing.
+    assert health.status_code == 200 and health.json() == {"status": "degraded", "database": "ok", "broker": "degraded"}
+
+
+def test_health_is_503_when_the_database_does_not_answer(tmp_path, make_settings) -> None:  # type: ignore[no-untyped-def]
+    from tests.smtp_server import free_port
+
+    settings = make_settings(f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/none")
+    health = TestClient(create_app(settings)).get("/healthz")
+    assert health.status_code == 503 and health.json() == {"status": "degraded", "database": "degraded", "broker": "ok"}
+
+
+def test_an_unexpected_error_is_answered_and_logged_once(sqlite_url: str, make_settings, caplog) -> None:  # type: ignore[no-untyped-def]
+    app = create_app(make_settings(sqlite_url))
+
+    @app.get("/boom")
+    def boom() -> None:
+        raise RuntimeError("boom")
+
+    # The default TestClient re-raises what escapes the app, as uvicorn logs it ("Exception in ASGI application").
+    answer = TestClient(app).get("/boom")
+    assert answer.status_code == 500 and answer.json()["detail"] == "an unexpected error occurred; it was logged"
+    assert "x-content-type-options" in answer.headers  # it now passes through the security headers too
+    assert [r.name for r in caplog.records if r.exc_info] == ["newsletter.web.problems"]

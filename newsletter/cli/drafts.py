@@ -50,7 +50,14 @@ def issue_edit(
             if add_ids:
                 issues.add_articles(session, draft, articles_by_external_id(session, _ids(add_ids)), position)
             if titles or notes:
-                issues.update_texts(session, draft, _lang_map(titles, "--title"), _lang_map(notes, "--note"))
+                issues.update_texts(
+                    session,
+                    draft,
+                    _lang_map(titles, "--title"),
+                    _lang_map(notes, "--note"),
+                    conversion=ctx.settings.zh_hant_conversion,
+                    phrases=ctx.settings.zh_hant_phrases,
+                )
             if segment_rule is not None:
                 issues.set_segment(session, draft, load_rule(segment_rule) or None)
             issues.require_editable(session, draft)  # even with nothing to change, say so for a non-draft

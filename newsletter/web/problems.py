@@ -13,9 +13,10 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from newsletter.editors import EditorError
 from newsletter.issues import IssueError, IssueNotFound, IssueStateError
@@ -100,9 +101,29 @@ def problem_response(
             from newsletter.web.readerpage import error_page  # reader pages: the error in the reader's language
 
             return error_page(web, request, status, headers)
-        html = web.pages.get_template("problem.html").render(problem=body)
-        return HTMLResponse(html, status_code=status, headers=headers)
+        return _admin_page(request, body, headers)
     return JSONResponse(body, status_code=status, headers=headers, media_type=MEDIA_TYPE)
+
+
+def _admin_page(request: Request, problem: dict[str, Any], headers: dict[str, str] | None) -> Response:
+    """The problem as an admin page (the admin layout, a heading a person reads, a link back to the issue list),
+    with the problem's status. An address that names no page (a path parameter that does not parse, such as
+    ``/admin/issues/new``) is headed "No such page" rather than "Invalid input"."""
+    from newsletter.web.admin.common import render  # the admin pages' layout, user and CSRF token
+
+    errors = problem.get("errors") or []
+    heading = problem["title"]
+    if (problem["status"] == 404 and not errors) or (errors and all(e["field"].startswith("path.") for e in errors)):
+        heading = "No such page"
+        if errors:
+            problem = {**problem, "detail": f"{request.url.path} is not an address of the admin pages."}
+    try:
+        response = render(request, "problem.html", problem["status"], problem=problem, heading=heading)
+    except Exception:  # an error before the admin layout can render (no CSRF state yet): the JSON still says it
+        log.exception("cannot render the admin error page for %s", request.url.path)
+        return JSONResponse(problem, status_code=problem["status"], headers=headers, media_type=MEDIA_TYPE)
+    response.headers.update(headers or {})
+    return response
 
 
 def _loc(loc: Sequence[Any]) -> str:
@@ -146,7 +167,10 @@ def install(app: FastAPI) -> None:
         return problem_response(request, exc.status_code, str(exc.detail) if exc.detail else None, headers=getattr(exc, "headers", None))
 
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:
-        errors = [(_loc(e.get("loc", ())), str(e.get("msg", "invalid"))) for e in exc.errors()]
+        # A body that is not JSON at all is reported at "body" (pydantic's location is the character offset, "0").
+        errors = [
+            ("body" if e.get("type") == "json_invalid" else _loc(e.get("loc", ())), str(e.get("msg", "invalid"))) for e in exc.errors()
+        ]
         return problem_response(request, 422, "the request does not match the schema", slug="invalid", errors=errors)
 
     async def domain_error(request: Request, exc: Exception) -> Response:
@@ -160,4 +184,37 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, validation_error)  # type: ignore[arg-type]
     for cls in (IssueError, SubscriberError, EditorError, SegmentError, RenderError, BrokerUnavailable):
         app.add_exception_handler(cls, domain_error)
-    app.add_exception_handler(Exception, server_error)
+    app.add_exception_handler(Exception, server_error)  # what the middleware below cannot catch (outer layers)
+    # Added before the other middleware, so innermost: an unexpected error is answered (and logged) here, once,
+    # and no longer re-raised to the server, which logged it a second time ("Exception in ASGI application").
+    app.add_middleware(AnswerUnexpected)
+
+
+class AnswerUnexpected:
+    """ASGI middleware: log an exception no handler took, once, and answer 500 problem details (JSON, or HTML
+    for a browser page). If the response had already started, nothing can be answered: it is re-raised
+    (unlogged here) for the server to log and close the connection."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_tracking(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_tracking)
+        except Exception:
+            if started:
+                raise
+            request = Request(scope)
+            log.exception("unhandled error on %s %s", request.method, request.url.path)
+            response = problem_response(request, 500, "an unexpected error occurred; it was logged")
+            await response(scope, receive, send)

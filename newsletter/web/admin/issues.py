@@ -15,7 +15,7 @@ from newsletter.articles import parse_datetime
 from newsletter.issues import IssueError, Selection, articles_by_external_id, get_issue, search_articles
 from newsletter.models import LANGUAGES, Issue
 from newsletter.web.admin.common import back, flash, is_htmx, render
-from newsletter.web.deps import DB
+from newsletter.web.deps import DB, State
 
 router = APIRouter()
 Number = Annotated[int, Path(ge=1, le=2**31 - 1)]
@@ -161,12 +161,20 @@ def save_edition(
     number: Number,
     lang: Annotated[str, Path(max_length=16)],
     session: DB,
+    web: State,
     title: Annotated[str, Form(max_length=1000)],
     note: Annotated[str, Form(max_length=100_000)] = "",
 ) -> Response:
     """Save one edition's title and editor's note."""
     try:
-        issues.update_texts(session, get_issue(session, number), {lang: title}, {lang: note.replace("\r\n", "\n")})
+        issues.update_texts(
+            session,
+            get_issue(session, number),
+            {lang: title},
+            {lang: note.replace("\r\n", "\n")},
+            conversion=web.settings.zh_hant_conversion,
+            phrases=web.settings.zh_hant_phrases,
+        )
         flash(request, f"The {lang} edition is saved.")
     except IssueError as exc:
         flash(request, str(exc), "error")

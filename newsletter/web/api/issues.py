@@ -73,11 +73,18 @@ def get(number: Number, session: DB) -> IssueOut:
 
 
 @router.patch("/{number}", response_model=IssueOut)
-def update(number: Number, body: IssueUpdate, session: DB) -> IssueOut:
+def update(number: Number, body: IssueUpdate, web: State, session: DB) -> IssueOut:
     """Change a draft's titles and notes per language, or its audience rule."""
     issue = get_issue(session, number)
     if body.titles is not None or body.notes is not None:
-        issues.update_texts(session, issue, dict(body.titles or {}), dict(body.notes or {}))
+        issues.update_texts(
+            session,
+            issue,
+            dict(body.titles or {}),
+            dict(body.notes or {}),
+            conversion=web.settings.zh_hant_conversion,
+            phrases=web.settings.zh_hant_phrases,
+        )
     if "segment" in body.model_fields_set:
         issues.set_segment(session, issue, body.segment)
     issues.require_editable(session, issue)
@@ -150,7 +157,13 @@ def audience(number: Number, web: State, session: DB) -> AudienceOut:
 @router.post("/{number}/publish", response_model=PublishOut, status_code=202)
 def publish(number: Number, body: PublishIn, web: State, session: DB) -> PublishOut:
     """Publish: without ``"confirm": true`` nothing happens and the answer (409) carries the recipient
-    count to confirm; with ``recipients`` the count must still hold. Follow with GET …/status."""
+    count to confirm; confirming needs ``recipients`` (422 without: the count from GET …/audience), which
+    must still hold (409 with the new count otherwise). Follow with GET …/status."""
+    if body.confirm and body.recipients is None:
+        # A script confirms what it was shown: a confirm without the count would skip the check of who is mailed.
+        raise IssueError(
+            f"confirm with the count: GET /api/issues/{number}/audience first and send its recipients with confirm", "recipients"
+        )
     issue = get_issue(session, number)
     runner.require_broker(web.settings, number)  # 503 before anything is confirmed or changed
     counted = publishing.confirm_publish(session, web.settings, issue, body.confirm, body.recipients)

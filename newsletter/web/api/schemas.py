@@ -190,11 +190,12 @@ class AudienceOut(BaseModel):
 
 
 class PublishIn(Strict):
-    """``confirm`` must be true; with ``recipients`` (from GET …/audience or a refused publish) the count
-    must still hold, else nothing is published and the new count is returned."""
+    """``confirm`` must be true, with ``recipients`` (from GET …/audience or a refused publish): the count
+    must still hold, else nothing is published and the new count is returned (409). Confirming without
+    ``recipients`` is refused (422)."""
 
     confirm: bool = False
-    recipients: int | None = Field(None, ge=0)
+    recipients: int | None = Field(None, ge=0, description="the count confirmed; required with confirm")
 
 
 class PublishOut(BaseModel):
