@@ -10,13 +10,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from html import escape
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, func, or_, select
 from sqlalchemy.orm import Session
 
 from newsletter.content import link_problems, markdown_link_problems, to_traditional
 from newsletter.models import LANGUAGES, Article, Delivery, Edition, Issue, IssueArticle, IssueStatus, RelatedArticle
+
+if TYPE_CHECKING:
+    from newsletter.config import Settings
 
 DEFAULT_TITLES = {"en": "This week's review", "zh-Hans": "本周要闻", "zh-Hant": "本週要聞"}
 MAX_ARTICLES = 100  # per issue: more is a mistake (a weekly digest, not an archive dump)
@@ -166,6 +169,12 @@ def check_links(articles: Sequence[Article], notes: Mapping[str, str]) -> None:
         raise IssueError("bad links: " + "; ".join(found[:10]) + (" …" if len(found) > 10 else ""))
 
 
+def zh_hant_options(settings: Settings) -> dict[str, Any]:
+    """The deployment's zh-Hant conversion as keyword arguments (``conversion``, ``phrases``) for the
+    functions here that may make or convert a zh-Hant edition (`create_issue`, `set_articles`, …)."""
+    return {"conversion": settings.zh_hant_conversion, "phrases": settings.zh_hant_phrases}
+
+
 def create_issue(
     session: Session,
     articles: Sequence[Article],
@@ -289,10 +298,13 @@ def _locked_articles(session: Session, issue: Issue) -> list[Article]:
     return issue_article_list(issue)
 
 
-def set_articles(session: Session, issue: Issue, articles: Sequence[Article]) -> None:
+def set_articles(
+    session: Session, issue: Issue, articles: Sequence[Article], *, conversion: str = "s2twp", phrases: tuple[str, ...] = ()
+) -> None:
     """Make ``articles`` (in this order) the draft's whole content: adding, removing and reordering all
-    come through here. Editions follow the languages present (see `create_issue`); the "You might also
-    like" block is dropped, to be computed again for the new content. Commits.
+    come through here. Editions follow the languages present (see `create_issue`; a zh-Hant edition made
+    here is converted with the deployment's ``conversion`` and ``phrases``); the "You might also like"
+    block is dropped, to be computed again for the new content. Commits.
 
     Raises:
         IssueStateError: see `require_editable`.
@@ -314,20 +326,28 @@ def set_articles(session: Session, issue: Issue, articles: Sequence[Article]) ->
     for item in keep:
         if item not in issue.items:
             issue.items.append(item)
-    _sync_editions(issue, [a.lang for a in articles], {}, {})
+    _sync_editions(issue, [a.lang for a in articles], {}, {}, True, conversion, phrases)
     session.execute(delete(RelatedArticle).where(RelatedArticle.issue_id == issue.id))
     session.commit()
     session.refresh(issue)
 
 
-def add_articles(session: Session, issue: Issue, articles: Sequence[Article], position: int | None = None) -> None:
+def add_articles(
+    session: Session,
+    issue: Issue,
+    articles: Sequence[Article],
+    position: int | None = None,
+    *,
+    conversion: str = "s2twp",
+    phrases: tuple[str, ...] = (),
+) -> None:
     """Insert ``articles`` at ``position`` (default: the end); commits. See `set_articles`."""
     current = _locked_articles(session, issue)
     at = len(current) if position is None else max(0, min(position, len(current)))
-    set_articles(session, issue, [*current[:at], *articles, *current[at:]])
+    set_articles(session, issue, [*current[:at], *articles, *current[at:]], conversion=conversion, phrases=phrases)
 
 
-def remove_article(session: Session, issue: Issue, article: Article) -> None:
+def remove_article(session: Session, issue: Issue, article: Article, *, conversion: str = "s2twp", phrases: tuple[str, ...] = ()) -> None:
     """Take ``article`` out of the draft; commits. See `set_articles`.
 
     Raises:
@@ -336,10 +356,12 @@ def remove_article(session: Session, issue: Issue, article: Article) -> None:
     current = _locked_articles(session, issue)
     if article not in current:
         raise IssueNotFound(f"article {article.external_id} is not in issue {issue.number}", "article")
-    set_articles(session, issue, [a for a in current if a is not article])
+    set_articles(session, issue, [a for a in current if a is not article], conversion=conversion, phrases=phrases)
 
 
-def move_article(session: Session, issue: Issue, article: Article, position: int) -> None:
+def move_article(
+    session: Session, issue: Issue, article: Article, position: int, *, conversion: str = "s2twp", phrases: tuple[str, ...] = ()
+) -> None:
     """Move ``article`` to ``position`` (0-based, clamped); commits. See `set_articles`.
 
     Raises:
@@ -350,7 +372,7 @@ def move_article(session: Session, issue: Issue, article: Article, position: int
         raise IssueNotFound(f"article {article.external_id} is not in issue {issue.number}", "article")
     current.remove(article)
     current.insert(max(0, min(position, len(current))), article)
-    set_articles(session, issue, current)
+    set_articles(session, issue, current, conversion=conversion, phrases=phrases)
 
 
 def update_texts(

@@ -43,12 +43,16 @@ def issue_edit(
         try:
             draft = get_issue(session, number)
             if order_ids:
-                issues.set_articles(session, draft, articles_by_external_id(session, _ids(order_ids)))
+                issues.set_articles(
+                    session, draft, articles_by_external_id(session, _ids(order_ids)), **issues.zh_hant_options(ctx.settings)
+                )
             if remove_ids:
                 for article in articles_by_external_id(session, _ids(remove_ids)):
-                    issues.remove_article(session, draft, article)
+                    issues.remove_article(session, draft, article, **issues.zh_hant_options(ctx.settings))
             if add_ids:
-                issues.add_articles(session, draft, articles_by_external_id(session, _ids(add_ids)), position)
+                issues.add_articles(
+                    session, draft, articles_by_external_id(session, _ids(add_ids)), position, **issues.zh_hant_options(ctx.settings)
+                )
             if titles or notes:
                 issues.update_texts(
                     session,

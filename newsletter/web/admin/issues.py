@@ -102,6 +102,7 @@ def _articles_changed(request: Request, session: DB, number: int, error: str | N
 def add_article(
     request: Request,
     number: Number,
+    web: State,
     session: DB,
     article: Annotated[str, Form(max_length=512)],
     position: Annotated[int | None, Form()] = None,
@@ -109,17 +110,19 @@ def add_article(
     """Add an article (at the end, or at ``position``)."""
     try:
         found = articles_by_external_id(session, [article])
-        issues.add_articles(session, get_issue(session, number), found, position)
+        issues.add_articles(session, get_issue(session, number), found, position, **issues.zh_hant_options(web.settings))
     except IssueError as exc:
         return _articles_changed(request, session, number, str(exc))
     return _articles_changed(request, session, number, added=tuple(a.id for a in found))
 
 
 @router.post("/issues/{number}/articles/remove")
-def remove_article(request: Request, number: Number, session: DB, article: Annotated[str, Form(max_length=512)]) -> Response:
+def remove_article(request: Request, number: Number, web: State, session: DB, article: Annotated[str, Form(max_length=512)]) -> Response:
     """Take an article out."""
     try:
-        issues.remove_article(session, get_issue(session, number), articles_by_external_id(session, [article])[0])
+        issues.remove_article(
+            session, get_issue(session, number), articles_by_external_id(session, [article])[0], **issues.zh_hant_options(web.settings)
+        )
     except IssueError as exc:
         return _articles_changed(request, session, number, str(exc))
     return _articles_changed(request, session, number)
@@ -129,27 +132,34 @@ def remove_article(request: Request, number: Number, session: DB, article: Annot
 def move_article(
     request: Request,
     number: Number,
+    web: State,
     session: DB,
     article: Annotated[str, Form(max_length=512)],
     position: Annotated[int, Form(ge=0, le=1000)],
 ) -> Response:
     """Move an article to ``position`` (the up and down buttons)."""
     try:
-        issues.move_article(session, get_issue(session, number), articles_by_external_id(session, [article])[0], position)
+        issues.move_article(
+            session,
+            get_issue(session, number),
+            articles_by_external_id(session, [article])[0],
+            position,
+            **issues.zh_hant_options(web.settings),
+        )
     except IssueError as exc:
         return _articles_changed(request, session, number, str(exc))
     return _articles_changed(request, session, number)
 
 
 @router.post("/issues/{number}/articles/order")
-def order_articles(request: Request, number: Number, session: DB, order: Annotated[str, Form(max_length=100_000)]) -> Response:
+def order_articles(request: Request, number: Number, web: State, session: DB, order: Annotated[str, Form(max_length=100_000)]) -> Response:
     """Set the whole order (drag and drop sends every id, one per line)."""
     ids = [line.strip() for line in order.splitlines() if line.strip()]
     try:
         issue = get_issue(session, number)
         if sorted(ids) != sorted(a.external_id for a in issues.issue_article_list(issue)):
             raise IssueError("the issue changed meanwhile: reload the page")
-        issues.set_articles(session, issue, articles_by_external_id(session, ids))
+        issues.set_articles(session, issue, articles_by_external_id(session, ids), **issues.zh_hant_options(web.settings))
     except IssueError as exc:
         return _articles_changed(request, session, number, str(exc))
     return _articles_changed(request, session, number)

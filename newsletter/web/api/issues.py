@@ -99,26 +99,30 @@ def delete(number: Number, session: DB) -> Response:
 
 
 @router.post("/{number}/articles", response_model=IssueOut)
-def add_articles(number: Number, body: ArticleIds, session: DB) -> IssueOut:
+def add_articles(number: Number, body: ArticleIds, web: State, session: DB) -> IssueOut:
     """Add articles to a draft, at ``position`` or at the end."""
     issue = get_issue(session, number)
-    issues.add_articles(session, issue, articles_by_external_id(session, body.articles), body.position)
+    issues.add_articles(
+        session, issue, articles_by_external_id(session, body.articles), body.position, **issues.zh_hant_options(web.settings)
+    )
     return IssueOut.of(issue)
 
 
 @router.put("/{number}/articles", response_model=IssueOut)
-def set_articles(number: Number, body: ArticleOrder, session: DB) -> IssueOut:
+def set_articles(number: Number, body: ArticleOrder, web: State, session: DB) -> IssueOut:
     """Replace a draft's article list with this one, in this order (reorder)."""
     issue = get_issue(session, number)
-    issues.set_articles(session, issue, articles_by_external_id(session, body.articles) if body.articles else [])
+    issues.set_articles(
+        session, issue, articles_by_external_id(session, body.articles) if body.articles else [], **issues.zh_hant_options(web.settings)
+    )
     return IssueOut.of(issue)
 
 
 @router.delete("/{number}/articles/{article_id:path}", response_model=IssueOut)
-def remove_article(number: Number, article_id: str, session: DB) -> IssueOut:
+def remove_article(number: Number, article_id: str, web: State, session: DB) -> IssueOut:
     """Take an article out of a draft."""
     issue = get_issue(session, number)
-    issues.remove_article(session, issue, articles_by_external_id(session, [article_id])[0])
+    issues.remove_article(session, issue, articles_by_external_id(session, [article_id])[0], **issues.zh_hant_options(web.settings))
     return IssueOut.of(issue)
 
 
