@@ -131,7 +131,7 @@ def test_requeue_says_why_nothing_was_requeued(cli_env: dict[str, str], tmp_path
     out = run("issue", "requeue", "1")
     assert out == (
         "issue 1: 0 failed deliveries queued again\n"
-        "  1 failed delivery is for suppressed addresses (hard bounce, complaint or unsubscribe) and stay failed\n"
+        "  1 failed delivery is for suppressed addresses (hard bounce, complaint or unsubscribe) and stays failed\n"
     )
 
 

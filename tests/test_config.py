@@ -256,3 +256,12 @@ def test_every_bad_setting_is_reported_at_once(monkeypatch: pytest.MonkeyPatch, 
     assert all(line.startswith("error: ") and "; expected " in line for line in lines), lines
     assert "Traceback" not in result.output and ":pw@" not in result.output
     assert not (tmp_path / "secret_key").exists()
+
+
+def test_a_worker_reports_every_bad_setting_at_once(tmp_path: Path) -> None:
+    env = _env(NEWSLETTER_HOME=str(tmp_path), REDIS_URL="redis://127.0.0.1:1/0", NEWSLETTER_LOG_FORMAT="xml")
+    command = [sys.executable, "-m", "celery", "-A", "tasks", "worker", "--loglevel=WARNING"]
+    result = subprocess.run(command, cwd=tmp_path, env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    errors = [line.split()[1] for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == ["NEWSLETTER_BASE_URL", "NEWSLETTER_LOG_FORMAT='xml'", "NEWSLETTER_SECRET_KEY"], result.stderr

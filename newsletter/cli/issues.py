@@ -466,8 +466,9 @@ def issue_requeue(ctx: Context, number: int, no_wait: bool) -> None:
         with ctx.session() as session:
             kept = control.suppressed_failures(session, get_issue(session, number))
         if kept:
-            click.echo(f"  {plural(kept, 'failed delivery')} {'is' if kept == 1 else 'are'} for suppressed addresses (hard bounce, "
-                       "complaint or unsubscribe) and stay failed")  # fmt: skip
+            one = kept == 1
+            click.echo(f"  {plural(kept, 'failed delivery')} {'is' if one else 'are'} for suppressed addresses (hard bounce, "
+                       f"complaint or unsubscribe) and {'stays' if one else 'stay'} failed")  # fmt: skip
         else:
             click.echo(f"  issue {number} has no failed deliveries")
     if count and not (no_wait and not ctx.settings.embedded):
