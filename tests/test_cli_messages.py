@@ -189,3 +189,61 @@ def test_the_ctrl_c_hint_tells_the_truth_for_each_mode(tmp_path: Path) -> None:
                             "NEWSLETTER_BASE_URL": "https://news.example.org", "NEWSLETTER_HOME": str(tmp_path)})  # fmt: skip
     assert _ctrl_c_hint(served, 7) == "Ctrl-C stops only this watching: the workers go on with issue 7; --no-wait returns without watching"
     assert "Ctrl-C pauses issue 7; 'newsletter issue resume 7' continues it" in _ctrl_c_hint(embedded, 7)
+
+
+def test_ctrl_c_while_resume_follows_in_process_pauses_the_issue(tmp_path: Path) -> None:
+    """In-process (no REDIS_URL) `issue resume` is the worker that retries deferred deliveries, as publish
+    is: Ctrl-C pauses the issue and says how to continue (it ended with a bare "Aborted!" and the issue left
+    sending with nobody retrying), which is what the deferral line says Ctrl-C does."""
+    import signal
+    import threading
+
+    from sqlalchemy import insert
+
+    from newsletter.db import upgrade
+    from newsletter.issues import create_issue
+    from newsletter.models import Article, Issue, IssueStatus, Subscriber, utcnow
+
+    url = f"sqlite:///{tmp_path / 'resume.db'}"
+    upgrade(url)
+    with session_factory(url)() as session:
+        now = utcnow()
+        session.execute(insert(Subscriber), [{"email": f"r{i}@example.org", "name": "", "lang": "en", "topics": [], "attributes": {},
+                                              "status": "active", "created_at": now} for i in range(3)])  # fmt: skip
+        article = Article(external_id="c1", title="Story", summary="S.", lang="en", published_at=now)
+        session.add(article)
+        session.flush()
+        create_issue(session, [article])
+        session.commit()
+    with socket.socket() as probe:  # a relay nobody listens on: every delivery is deferred
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "NEWSLETTER_OUTBOX")}
+    env.update(DATABASE_URL=url, SMTP_URL=f"smtp://127.0.0.1:{port}", NEWSLETTER_HOME=str(tmp_path),
+               NEWSLETTER_SECRET_KEY="resume-secret-key", NEWSLETTER_BASE_URL="https://news.example.org")  # fmt: skip
+
+    def interrupt_once_deferred(*args: str, stop: list[str] | None = None) -> tuple[int, str]:
+        """Run ``issue ARGS``; once it says what Ctrl-C does, run ``stop`` (a command) or send SIGINT."""
+        cmd = [sys.executable, "-m", "newsletter.cli", "issue", *args]
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        err: list[str] = []
+        reader = threading.Thread(target=lambda: err.extend(iter(proc.stderr.readline, "")), daemon=True)  # type: ignore[union-attr]
+        reader.start()
+        deadline = time.monotonic() + 60
+        while not any("Ctrl-C" in line for line in err) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if stop:
+            subprocess.run([sys.executable, "-m", "newsletter.cli", *stop], cwd=ROOT, env=env, check=True, capture_output=True, timeout=60)
+        else:
+            proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+        reader.join(timeout=10)
+        return proc.returncode, "".join(err)
+
+    code, err = interrupt_once_deferred("publish", "1", "--yes", stop=["issue", "pause", "1"])
+    assert code == 1 and "issue 1 ended paused" in err, err
+    code, err = interrupt_once_deferred("resume", "1")
+    assert "Ctrl-C pauses issue 1" in err, err
+    assert code == 130 and "interrupted: issue 1 paused; continue with: newsletter issue resume 1" in err, err
+    with session_factory(url)() as session:
+        assert session.scalar(select(Issue.status)) == IssueStatus.PAUSED
