@@ -3,6 +3,7 @@ each message names the real cause and what to do, on the embedded default with a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -235,7 +236,13 @@ def test_ctrl_c_while_resume_follows_in_process_pauses_the_issue(tmp_path: Path)
         if stop:
             subprocess.run([sys.executable, "-m", "newsletter.cli", *stop], cwd=ROOT, env=env, check=True, capture_output=True, timeout=60)
         else:
-            proc.send_signal(signal.SIGINT)
+            # Again after a while, as a person would: a SIGINT landing in a weakref callback is swallowed by
+            # Python ("Exception ignored in ..."), seen once in about ten runs.
+            for _ in range(12):
+                proc.send_signal(signal.SIGINT)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=5)
+                    break
         proc.wait(timeout=60)
         reader.join(timeout=10)
         return proc.returncode, "".join(err)
