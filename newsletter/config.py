@@ -21,6 +21,7 @@ from newsletter.summaries import BUILTIN_RULES, RulesError, SourceRules, load_ru
 
 log = logging.getLogger(__name__)
 N = TypeVar("N", int, float)
+V = TypeVar("V")
 
 SECRET_FILE = "secret_key"  # in NEWSLETTER_HOME: the embedded default's own random key
 MIN_SECRET_LENGTH = 8
@@ -30,6 +31,7 @@ SMTP_SCHEMES = ("smtp", "smtp+starttls", "smtps")
 SMTP_QUERY_KEYS = ("rate", "burst", "connections")  # see ratelimit.relay_rate and pool.relay_connections
 REDIS_SCHEMES = ("redis", "rediss", "redis+socket", "unix", "sentinel")
 TRUE = ("1", "true", "yes", "on")
+DEFAULT_BASE_URL = "http://localhost:8000"  # the embedded default's: nothing leaves the machine
 # RFC 2919 §2: list-id = list-label "." list-id-namespace, both dot-atom-text (RFC 5322 §3.2.3).
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _LIST_ID = re.compile(rf"{_ATEXT}(\.{_ATEXT})+")
@@ -42,6 +44,18 @@ class SettingsError(ValueError):
     def __init__(self, name: str, problem: str, expected: str) -> None:
         super().__init__(f"{name}{'' if problem.startswith('=') else ' '}{problem}; expected {expected}")
         self.name, self.problem, self.expected = name, problem, expected
+
+
+class SettingsErrors(SettingsError):
+    """Several settings that cannot be used, found in one reading. ``str()`` has one line per setting
+    (each as `SettingsError` words it); ``errors`` holds them. ``name``, ``problem`` and ``expected``
+    are the first one's. Printers write ``error: `` before each line of ``str()``."""
+
+    def __init__(self, errors: list[SettingsError]) -> None:
+        first = errors[0]
+        super().__init__(first.name, first.problem, first.expected)
+        self.args = ("\n".join(str(error) for error in errors),)
+        self.errors = tuple(errors)
 
 
 def _shown(url: str) -> str:
@@ -331,8 +345,16 @@ def _from_address(env: dict[str, str]) -> str:
 
 
 def _base_url(env: dict[str, str], configured: bool, allow_http: bool) -> str:
-    raw = (env.get("NEWSLETTER_BASE_URL") or "http://localhost:8000").strip().rstrip("/")
+    given = (env.get("NEWSLETTER_BASE_URL") or "").strip()
+    raw = (given or DEFAULT_BASE_URL).rstrip("/")
     expected = "the public https URL of 'newsletter web', e.g. https://news.example.org"
+    if not given and configured and not allow_http:
+        # Not the default's fault: say the variable is missing (the default only serves the embedded mode).
+        raise SettingsError(
+            "NEWSLETTER_BASE_URL",
+            f"is not set, and DATABASE_URL, REDIS_URL or SMTP_URL is: links in messages would point at {DEFAULT_BASE_URL}",
+            f"{expected}, set in NEWSLETTER_BASE_URL",
+        )
     try:
         parts = urlsplit(raw)
         parts.port  # noqa: B018
@@ -441,53 +463,74 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
 
     Raises:
         SettingsError: a value that cannot be used; the message names the variable and the form it needs.
+            With several, a `SettingsErrors` naming every one, one line each (so a new installation
+            learns everything it lacks at its first start, not one variable per attempt).
     """
     env = dict(os.environ if env is None else env)
     home = Path(env.get("NEWSLETTER_HOME") or "var").expanduser()
     configured = any((env.get(name) or "").strip() for name in ("DATABASE_URL", "REDIS_URL", "SMTP_URL"))
     allow_http = (env.get("NEWSLETTER_ALLOW_HTTP") or "").strip().lower() in TRUE
+    errors: list[SettingsError] = []
+
+    def check(read: Callable[[], V], fallback: V) -> V:
+        # Every setting is read independently: keep going after a bad one and report them all.
+        try:
+            return read()
+        except SettingsError as exc:
+            errors.append(exc)
+            return fallback
+
     retry = RetryPolicy(
-        base=_float(env, "NEWSLETTER_BACKOFF_BASE", 60.0, 0.01, 86400.0),
-        cap=_float(env, "NEWSLETTER_BACKOFF_CAP", 3600.0, 0.01, 7 * 86400.0),
-        max_attempts=_int(env, "NEWSLETTER_MAX_ATTEMPTS", 8, 1, 100),
-        window=_float(env, "NEWSLETTER_RETRY_WINDOW", 86400.0, 1.0, 30 * 86400.0),
+        base=check(lambda: _float(env, "NEWSLETTER_BACKOFF_BASE", 60.0, 0.01, 86400.0), 60.0),
+        cap=check(lambda: _float(env, "NEWSLETTER_BACKOFF_CAP", 3600.0, 0.01, 7 * 86400.0), 3600.0),
+        max_attempts=check(lambda: _int(env, "NEWSLETTER_MAX_ATTEMPTS", 8, 1, 100), 8),
+        window=check(lambda: _float(env, "NEWSLETTER_RETRY_WINDOW", 86400.0, 1.0, 30 * 86400.0), 86400.0),
     )
     if retry.base > retry.cap:
-        raise SettingsError(
-            "NEWSLETTER_BACKOFF_BASE",
-            f"={retry.base:g} is larger than NEWSLETTER_BACKOFF_CAP={retry.cap:g}",
-            "a first backoff (seconds) no larger than the cap",
+        errors.append(
+            SettingsError(
+                "NEWSLETTER_BACKOFF_BASE",
+                f"={retry.base:g} is larger than NEWSLETTER_BACKOFF_CAP={retry.cap:g}",
+                "a first backoff (seconds) no larger than the cap",
+            )
         )
-    from_address = _from_address(env)
-    conversion, phrases = _zh_hant(env)
+    from_address = check(lambda: _from_address(env), "")
+    conversion, phrases = check(lambda: _zh_hant(env), ("s2twp", ()))
     values = {
         "home": home,
-        "database_url": _database_url(env, home),
-        "redis_url": _redis_url(env),
-        "smtp_urls": _smtp_urls(env),
+        "database_url": check(lambda: _database_url(env, home), ""),
+        "redis_url": check(lambda: _redis_url(env), None),
+        "smtp_urls": check(lambda: _smtp_urls(env), ()),
         "outbox_dir": Path(env.get("NEWSLETTER_OUTBOX") or home / "outbox").expanduser(),
         "data_dir": Path(env["NEWSLETTER_DATA_DIR"]).expanduser() if env.get("NEWSLETTER_DATA_DIR") else default_data_dir(),
-        "base_url": _base_url(env, configured, allow_http),
+        "base_url": check(lambda: _base_url(env, configured, allow_http), DEFAULT_BASE_URL),
         "from_address": from_address,
-        "list_id": _list_id(env),
-        "batch_size": _int(env, "NEWSLETTER_BATCH_SIZE", 100, 1, 10000),
-        "plan_chunk_size": _int(env, "NEWSLETTER_PLAN_CHUNK", 10000, 10, 100000),
-        "lease_seconds": _float(env, "NEWSLETTER_LEASE_SECONDS", 300.0, 1.0, 86400.0),
-        "sweep_interval": _float(env, "NEWSLETTER_SWEEP_INTERVAL", 30.0, 0.1, 3600.0),
-        "smtp_timeout": _float(env, "SMTP_TIMEOUT", 30.0, 0.5, 600.0),
+        "list_id": check(lambda: _list_id(env), ""),
+        "batch_size": check(lambda: _int(env, "NEWSLETTER_BATCH_SIZE", 100, 1, 10000), 100),
+        "plan_chunk_size": check(lambda: _int(env, "NEWSLETTER_PLAN_CHUNK", 10000, 10, 100000), 10000),
+        "lease_seconds": check(lambda: _float(env, "NEWSLETTER_LEASE_SECONDS", 300.0, 1.0, 86400.0), 300.0),
+        "sweep_interval": check(lambda: _float(env, "NEWSLETTER_SWEEP_INTERVAL", 30.0, 0.1, 3600.0), 30.0),
+        "smtp_timeout": check(lambda: _float(env, "SMTP_TIMEOUT", 30.0, 0.5, 600.0), 30.0),
         "retry": retry,
-        "pause_after_failures": _int(env, "NEWSLETTER_PAUSE_AFTER_FAILURES", 50, 0, 10**9),
-        "log_format": _log_format(env),
-        "metrics_port": _int(env, "NEWSLETTER_METRICS_PORT", 0, 0, 65535) or None,
+        "pause_after_failures": check(lambda: _int(env, "NEWSLETTER_PAUSE_AFTER_FAILURES", 50, 0, 10**9), 50),
+        "log_format": check(lambda: _log_format(env), "text"),
+        "metrics_port": check(lambda: _int(env, "NEWSLETTER_METRICS_PORT", 0, 0, 65535), 0) or None,
         "configured": configured,
         "allow_http": allow_http,
         "zh_hant_conversion": conversion,
         "zh_hant_phrases": phrases,
-        "summary_rules": _summary_rules(env),
-        "timezone": _timezone(env),
-        "dkim": _dkim(env, from_address),
-        "branding": _branding(env),
-        "confirm_hours": _float(env, "NEWSLETTER_CONFIRM_HOURS", 72.0, 0.25, 24 * 30.0),
+        "summary_rules": check(lambda: _summary_rules(env), BUILTIN_RULES),
+        "timezone": check(lambda: _timezone(env), "UTC"),
+        # The key's domain is checked against the From address: only once that address is usable.
+        "dkim": check(lambda: _dkim(env, from_address), None) if from_address else None,
+        "branding": check(lambda: _branding(env), Branding()),
+        "confirm_hours": check(lambda: _float(env, "NEWSLETTER_CONFIRM_HOURS", 72.0, 0.25, 24 * 30.0), 72.0),
     }
+    if errors:
+        # The embedded default would write its key file, which it should do only for settings that work:
+        # only a key given (or missing) in the environment is checked here.
+        if configured or (env.get("NEWSLETTER_SECRET_KEY") or "").strip():
+            check(lambda: _secret_keys(env, home, configured), ())
+        raise errors[0] if len(errors) == 1 else SettingsErrors(errors)
     # Last: the embedded default writes its key file, which it should do only for settings that work.
     return Settings(secret_keys=_secret_keys(env, home, configured), **values)

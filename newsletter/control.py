@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import exists, update
+from sqlalchemy import exists, func, select, update
 from sqlalchemy.orm import Session
 
 from newsletter.config import Settings
@@ -69,6 +69,27 @@ def cancel_issue(session: Session, issue: Issue) -> int:
     )
     session.commit()
     return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def in_flight(session: Session, issue: Issue) -> int:
+    """The issue's deliveries claimed by a batch under way (``sending``): after `cancel_issue` they are
+    skipped (reason ``cancelled``) as their batches notice, not by the cancel itself."""
+    return int(session.scalar(select(func.count()).where(Delivery.issue_id == issue.id, Delivery.status == DeliveryStatus.SENDING)) or 0)
+
+
+def suppressed_failures(session: Session, issue: Issue) -> int:
+    """The issue's failed deliveries whose address is suppressed (hard bounce, complaint, unsubscription):
+    the ones `requeue_failed` leaves failed."""
+    return int(
+        session.scalar(
+            select(func.count()).where(
+                Delivery.issue_id == issue.id,
+                Delivery.status == DeliveryStatus.FAILED,
+                exists().where(Suppression.email == Delivery.email),
+            )
+        )
+        or 0
+    )
 
 
 def requeue_failed(session: Session, settings: Settings, issue: Issue, enqueue: Enqueue) -> int:

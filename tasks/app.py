@@ -208,9 +208,10 @@ def check_visibility_timeout(app: Celery, settings: Settings) -> None:
 
 
 def _refuse(message: str) -> NoReturn:
-    """Stop a starting worker or beat with one line on stderr and exit status 2 (as the CLI does)."""
+    """Stop a starting worker or beat with one line on stderr per problem (several settings can be
+    refused at once) and exit status 2 (as the CLI does)."""
     # The real stderr: beat redirects sys.stderr into its log by the time its signal fires.
-    print(f"error: {message}", file=sys.__stderr__ or sys.stderr, flush=True)
+    print("\n".join(f"error: {line}" for line in message.splitlines()), file=sys.__stderr__ or sys.stderr, flush=True)
     raise SystemExit(2)  # a BaseException: Celery's signal dispatch lets it through and the process exits
 
 

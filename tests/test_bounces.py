@@ -481,6 +481,10 @@ def test_bounces_process_command(db_url: str, session, settings: Settings, tmp_p
     again = CliRunner().invoke(main, ["bounces", "process", str(tmp_path / "bounces")])
     assert again.exit_code == 0 and "2 messages: 0 hard, 0 soft, 0 ignored, 1 already processed" in again.stdout
 
+    to_maildir(tmp_path / "one", b"Subject: hello again\n\nnot a bounce either\n")
+    one = CliRunner().invoke(main, ["bounces", "process", str(tmp_path / "one")])
+    assert one.stdout.startswith("1 message: 0 hard, "), one.stdout  # not "1 messages"
+
     missing = CliRunner().invoke(main, ["bounces", "process", str(tmp_path / "nope")])
     assert missing.exit_code == 2 and "does not exist" in missing.output
     (tmp_path / "folder").mkdir()

@@ -299,5 +299,8 @@ def test_a_foreground_publish_says_why_deliveries_wait_when_the_relay_refuses(tm
     proc.wait(timeout=20)
     reader.join(timeout=10)
     said = [line for line in err if "will retry" in line]
-    assert len(said) == 1, "".join(err)
-    assert "12 deferred, will retry: relay refuses connections (" in said[0] and "see 'newsletter issue status 1'" in said[0]
+    # Once per change worth saying: on a loaded machine a first poll may see a part (2 of 12), then the whole.
+    assert said and len(said) == len(set(said)), "".join(err)
+    assert "12 deferred, will retry: relay refuses connections (" in said[-1] and "see 'newsletter issue status 1'" in said[-1]
+    hints = [line for line in err if "Ctrl-C" in line]  # what Ctrl-C does here (this process is the worker), said once
+    assert len(hints) == 1 and "Ctrl-C pauses issue 1; 'newsletter issue resume 1' continues it" in hints[0], "".join(err)

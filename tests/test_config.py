@@ -222,3 +222,46 @@ def test_a_clamped_setting_is_warned_about_once_per_command(tmp_path: Path) -> N
                             capture_output=True, text=True, timeout=60)  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert result.stderr.count("NEWSLETTER_BATCH_SIZE=0 is out of range [1, 10000]; using 1") == 1, result.stderr
+
+
+def test_an_unset_base_url_in_service_mode_is_named_unset_not_as_the_default() -> None:
+    """Regression: the error read "NEWSLETTER_BASE_URL='http://localhost:8000' is http" as if the user had set it."""
+    with pytest.raises(SettingsError) as caught:
+        load_settings({k: v for k, v in REAL.items() if k != "NEWSLETTER_BASE_URL"})
+    text = str(caught.value)
+    assert text.startswith("NEWSLETTER_BASE_URL is not set, and DATABASE_URL, REDIS_URL or SMTP_URL is")
+    assert "='http://localhost:8000'" not in text and "e.g. https://news.example.org" in text and "\n" not in text
+
+
+def test_every_bad_setting_is_reported_at_once(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Regression: with both NEWSLETTER_BASE_URL and NEWSLETTER_SECRET_KEY missing only the first was
+    reported; fixing it showed the next. Each now has its own line, exit status 2, no traceback."""
+    from click.testing import CliRunner
+
+    from newsletter.cli import main
+    from newsletter.config import SettingsErrors
+
+    env = {"DATABASE_URL": "postgresql://app:pw@db/newsletter", "NEWSLETTER_BATCH_SIZE": "many"}
+    with pytest.raises(SettingsErrors) as caught:
+        load_settings(env)
+    assert [e.name for e in caught.value.errors] == ["NEWSLETTER_BASE_URL", "NEWSLETTER_BATCH_SIZE", "NEWSLETTER_SECRET_KEY"]
+    for key, value in _env(NEWSLETTER_HOME=str(tmp_path), **env).items():
+        monkeypatch.setenv(key, value)
+    for key in ("NEWSLETTER_SECRET_KEY", "NEWSLETTER_BASE_URL", "REDIS_URL", "SMTP_URL"):
+        monkeypatch.delenv(key, raising=False)
+    result = CliRunner().invoke(main, ["issue", "list"])
+    assert result.exit_code == 2, result.output
+    lines = result.output.splitlines()
+    assert [line.split()[1] for line in lines] == ["NEWSLETTER_BASE_URL", "NEWSLETTER_BATCH_SIZE='many'", "NEWSLETTER_SECRET_KEY"]
+    assert all(line.startswith("error: ") and "; expected " in line for line in lines), lines
+    assert "Traceback" not in result.output and ":pw@" not in result.output
+    assert not (tmp_path / "secret_key").exists()
+
+
+def test_a_worker_reports_every_bad_setting_at_once(tmp_path: Path) -> None:
+    env = _env(NEWSLETTER_HOME=str(tmp_path), REDIS_URL="redis://127.0.0.1:1/0", NEWSLETTER_LOG_FORMAT="xml")
+    command = [sys.executable, "-m", "celery", "-A", "tasks", "worker", "--loglevel=WARNING"]
+    result = subprocess.run(command, cwd=tmp_path, env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    errors = [line.split()[1] for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == ["NEWSLETTER_BASE_URL", "NEWSLETTER_LOG_FORMAT='xml'", "NEWSLETTER_SECRET_KEY"], result.stderr

@@ -105,7 +105,8 @@ class Main(LazyGroup):
         try:
             return super().invoke(ctx)
         except SettingsError as exc:
-            click.echo(f"error: {exc}", err=True)
+            for line in str(exc).splitlines():  # several settings at once (`SettingsErrors`): one line each
+                click.echo(f"error: {line}", err=True)
             ctx.exit(2)
         except Exception as exc:
             message = outage_message(exc)

@@ -23,7 +23,7 @@ def bounces() -> None:
 
 def _summary(report: BounceReport) -> str:
     return (
-        f"{report.messages} messages: {report.hard} hard, {report.soft} soft, {report.ignored} ignored, "
+        f"{plural(report.messages, 'message')}: {report.hard} hard, {report.soft} soft, {report.ignored} ignored, "
         f"{report.duplicates} already processed, {len(report.unmatched)} unmatched, {len(report.rejected)} rejected, "
         f"{len(report.unparseable)} without a delivery report; {plural(report.suppressed, 'address')} suppressed, "
         f"{plural(report.deliveries_bounced, 'delivery')} marked bounced"

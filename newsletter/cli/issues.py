@@ -18,7 +18,7 @@ from newsletter.cli.common import Context, pass_ctx, plural
 from newsletter.config import Settings
 from newsletter.db import session_factory
 from newsletter.issues import IssueError, Selection, articles_by_external_id, create_issue, get_issue, select_articles
-from newsletter.models import Issue
+from newsletter.models import LANGUAGES, Issue
 from newsletter.rendering import RenderError
 
 
@@ -37,6 +37,20 @@ def _lang_map(values: tuple[str, ...], what: str) -> dict[str, str]:
     return out
 
 
+def _supported_lang(value: str | None) -> str | None:
+    """``value`` as one of `LANGUAGES` (any letter case), None for None.
+
+    Raises:
+        click.BadParameter: not a language articles can have (instead of "no articles selected").
+    """
+    if value is None:
+        return None
+    found = next((lang for lang in LANGUAGES if lang.lower() == value.strip().lower()), None)
+    if found is None:
+        raise click.BadParameter(f"{value!r} is not a supported language; supported: {', '.join(LANGUAGES)}")
+    return found
+
+
 def _date(value: str | None) -> datetime | None:
     try:
         return parse_datetime(value)
@@ -50,7 +64,7 @@ def _date(value: str | None) -> datetime | None:
 @click.option("--note", "notes", multiple=True, metavar="LANG=TEXT", help="Editor's note (Markdown) per language. Repeatable.")
 @click.option("--articles", "article_ids", help="Comma-separated article ids, in order.")
 @click.option("--latest", type=int, help="Take the N newest articles matching the filters below.")
-@click.option("--lang", help="Filter for --latest: en, zh-Hans or zh-Hant.")
+@click.option("--lang", callback=lambda _ctx, _param, value: _supported_lang(value), help="Filter for --latest: en, zh-Hans or zh-Hant.")
 @click.option("--category", help="Filter for --latest: category (case-insensitive).")
 @click.option("--since", help="Filter for --latest: published on or after (ISO 8601).")
 @click.option("--until", help="Filter for --latest: published before (ISO 8601).")
@@ -110,12 +124,21 @@ def issue_create(
 @issue.command("list")
 @pass_ctx
 def issue_list(ctx: Context) -> None:
-    """List issues with their status."""
+    """List issues with their status, editions, article count and title (the first edition's, shortened)."""
     with ctx.session() as session:
         for item in session.scalars(select(Issue).order_by(Issue.number)):
             when = f"  at {item.scheduled_at:%Y-%m-%d %H:%M} UTC" if item.scheduled_at else ""
             langs = ", ".join(e.lang for e in item.editions)
-            click.echo(f"{item.number:>5}  {item.status:<10}  {langs}  {plural(len(item.items), 'article')}{when}")
+            title = _short(item.editions[0].title, LIST_TITLE) if item.editions else "(no edition)"
+            click.echo(f"{item.number:>5}  {item.status:<10}  {title}  [{langs}; {plural(len(item.items), 'article')}]{when}")
+
+
+LIST_TITLE = 40  # characters of a title in 'issue list'
+
+
+def _short(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` characters, "…" marking a cut."""
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
 @issue.command("preview")
@@ -148,12 +171,14 @@ def interactive() -> bool:
 @click.argument("number", type=int)
 @click.option("--no-wait", is_flag=True, help="Return once the publish is queued (needs REDIS_URL and a worker).")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation at a terminal.")
+@click.option("--allow-no-recipients", is_flag=True, help="Publish even when the issue goes to nobody (e.g. only for its web edition).")
 @pass_ctx
-def issue_publish(ctx: Context, number: int, no_wait: bool, yes: bool) -> None:
+def issue_publish(ctx: Context, number: int, no_wait: bool, yes: bool, allow_no_recipients: bool) -> None:
     """Publish issue NUMBER: related articles, rendering, planning and sending, as Celery tasks.
 
     Shows the recipient count first and, at a terminal, asks to confirm it (--yes does not ask; a
-    script's command line is its confirmation). Then a progress bar until every delivery is final, and
+    script's command line is its confirmation). An issue that would go to nobody is refused unless
+    --allow-no-recipients says that is meant. Then a progress bar until every delivery is final, and
     the counts. Exits non-zero when the issue did not end sent, or when deliveries failed permanently
     (see 'issue requeue').
     """
@@ -161,15 +186,24 @@ def issue_publish(ctx: Context, number: int, no_wait: bool, yes: bool) -> None:
     from newsletter.runner import BrokerUnavailable, require_broker, start_publish
 
     try:
+        with ctx.session() as session:
+            get_issue(session, number)  # first: a mistyped number is named as such, whatever the broker's state
         require_broker(ctx.settings, number)  # before the count and the question: one line if it is down
         with ctx.session() as session:
             the_issue = get_issue(session, number)
             counted = publishing.publish_preview(session, ctx.settings, the_issue)
-            parts = ", ".join(f"{lang} {n}" for lang, n in counted.by_edition.items())
-            click.echo(f"issue {number} goes to {plural(counted.recipients, 'subscriber')} ({parts})", err=True)
+            parts = ", ".join(f"{lang} {n}" for lang, n in counted.by_edition.items() if n)
+            click.echo(f"issue {number} goes to {plural(counted.recipients, 'subscriber')}" + (f" ({parts})" if parts else ""), err=True)
             if counted.no_edition:
                 click.echo(f"  {counted.no_edition} more read a language without an edition and are skipped", err=True)
-            confirmed = yes or not interactive() or click.confirm("Publish now?", err=True)
+            if not counted.recipients and not allow_no_recipients:
+                # Publishing to nobody is almost always a wrong segment or an empty list; it is still
+                # possible on purpose (the issue's web edition), so a flag says so instead of a question.
+                raise click.ClickException(
+                    f"not published: issue {number} would go to nobody (check its segment, the subscribers and their "
+                    "languages); --allow-no-recipients publishes it anyway"
+                )
+            confirmed = yes or not interactive() or not counted.recipients or click.confirm("Publish now?", err=True)
             publishing.confirm_publish(session, ctx.settings, the_issue, confirmed, counted.recipients)
     except publishing.ConfirmationRequired as exc:
         raise click.ClickException(f"not published: {exc}") from exc
@@ -214,15 +248,17 @@ def _workers_listening() -> bool:
     return workers_listening()
 
 
-def _interrupted(ctx: Context, number: int, thread: threading.Thread | None) -> NoReturn:
+def _interrupted(ctx: Context, number: int, thread: threading.Thread | None = None) -> NoReturn:
     """Ctrl-C while following. With workers the publish goes on without us; in-process, this process is
-    the worker, so the issue is paused (batches hand back their claims) and can be resumed later."""
-    if thread is None:
+    the worker (and the sweeper that retries deferred deliveries), so the issue is paused (batches hand
+    back their claims) and can be resumed later. ``thread``: the in-process publish to wait for."""
+    if not ctx.settings.embedded:
         click.echo(f"\nstopped following; the workers go on (newsletter issue status {number})", err=True)
         raise SystemExit(130)
     with ctx.session() as session, contextlib.suppress(IssueError):  # it may have finished meanwhile
         control.pause_issue(session, get_issue(session, number))
-    thread.join(timeout=60)
+    if thread is not None:
+        thread.join(timeout=60)
     click.echo(f"\ninterrupted: issue {number} paused; continue with: newsletter issue resume {number}", err=True)
     raise SystemExit(130)
 
@@ -232,6 +268,8 @@ def follow_with_bar(settings: Settings, issue_id: int):  # type: ignore[no-untyp
 
     With a broker, when nothing moves for `runner.STALL_WARNING_SECONDS` and no worker answers a
     ping, says so on stderr with how to start one (and keeps following: the work waits in the queue).
+    Deferred deliveries (retries may take up to NEWSLETTER_RETRY_WINDOW) are said with what Ctrl-C does
+    in this mode (see `_interrupted`).
     """
     from newsletter.runner import follow
 
@@ -254,8 +292,19 @@ def follow_with_bar(settings: Settings, issue_id: int):  # type: ignore[no-untyp
             told.append((count, reason))
             number = _issue_number(settings, issue_id)
             click.echo(f"\n{count} deferred, will retry: {reason}; see 'newsletter issue status {number}'", err=True)
+            if len(told) == 1:
+                click.echo(f"  {_ctrl_c_hint(settings, number)}", err=True)
 
         return follow(settings, issue_id, progress, on_stall=on_stall, on_deferred=on_deferred)
+
+
+def _ctrl_c_hint(settings: Settings, number: int) -> str:
+    """What Ctrl-C does to a followed issue, truthfully for the mode (see `_interrupted`)."""
+    if settings.embedded:
+        return (f"this process is the issue's worker (no REDIS_URL): Ctrl-C pauses issue {number}; "
+                f"'newsletter issue resume {number}' continues it")  # fmt: skip
+    return (f"Ctrl-C stops only this watching: the workers go on with issue {number}; "
+            "--no-wait returns without watching")  # fmt: skip
 
 
 def _deferral_reason(error: str) -> str:
@@ -393,7 +442,10 @@ def issue_resume(ctx: Context, number: int, no_wait: bool) -> None:
     click.echo(f"issue {number} resumed: {batches} batches queued" + (", planning restarted" if replan else ""))
     if no_wait and not ctx.settings.embedded:
         return
-    follow_with_bar(ctx.settings, issue_id)
+    try:
+        follow_with_bar(ctx.settings, issue_id)
+    except KeyboardInterrupt:
+        _interrupted(ctx, number)
     print_status(ctx, number)
 
 
@@ -410,8 +462,20 @@ def issue_requeue(ctx: Context, number: int, no_wait: bool) -> None:
     except IssueError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"issue {number}: {plural(count, 'failed delivery')} queued again")
+    if not count:
+        with ctx.session() as session:
+            kept = control.suppressed_failures(session, get_issue(session, number))
+        if kept:
+            one = kept == 1
+            click.echo(f"  {plural(kept, 'failed delivery')} {'is' if one else 'are'} for suppressed addresses (hard bounce, "
+                       f"complaint or unsubscribe) and {'stays' if one else 'stay'} failed")  # fmt: skip
+        else:
+            click.echo(f"  issue {number} has no failed deliveries")
     if count and not (no_wait and not ctx.settings.embedded):
-        follow_with_bar(ctx.settings, issue_id)
+        try:
+            follow_with_bar(ctx.settings, issue_id)
+        except KeyboardInterrupt:
+            _interrupted(ctx, number)
         print_status(ctx, number)
 
 
@@ -422,7 +486,12 @@ def issue_cancel(ctx: Context, number: int) -> None:
     """Cancel issue NUMBER for good: deliveries not yet sent are skipped (reason: cancelled)."""
     with ctx.session() as session:
         try:
-            skipped = control.cancel_issue(session, get_issue(session, number))
+            the_issue = get_issue(session, number)
+            skipped = control.cancel_issue(session, the_issue)
+            in_flight = control.in_flight(session, the_issue)
         except IssueError as exc:
             raise click.ClickException(str(exc)) from exc
-    click.echo(f"issue {number} cancelled; {skipped} deliveries skipped")
+    click.echo(f"issue {number} cancelled; {plural(skipped, 'delivery')} skipped")
+    if in_flight:
+        click.echo(f"  {plural(in_flight, 'delivery')} claimed by batches under way {'is' if in_flight == 1 else 'are'} cancelled as "
+                   "their batches notice (within a few messages), so 'issue status' may show more skipped")  # fmt: skip

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import click
 
 from newsletter.cli.common import Context, pass_ctx
@@ -60,8 +62,26 @@ def web(host: str, port: int, workers: int, reload: bool) -> None:
     import uvicorn
 
     cli_settings()  # a bad setting fails here, before uvicorn starts
-    click.echo(f"serving on http://{host}:{port}")
-    uvicorn.run("newsletter.web.asgi:app", host=host, port=port, workers=workers, reload=reload, log_level="info")
+    url = f"http://{host}:{port}"
+    if workers > 1 or reload:
+        # Supervised child processes start the app; each logs "Application startup complete" when ready.
+        click.echo(f"starting on {url}: ready once uvicorn logs 'Application startup complete'")
+        uvicorn.run(APP, host=host, port=port, workers=workers, reload=reload, log_level="info")
+        return
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets=sockets)
+            if self.started:  # the app is loaded and the socket listens: said only now, not before a slow import
+                click.echo(f"serving on {url}")
+
+    server = Server(uvicorn.Config(APP, host=host, port=port, log_level="info"))
+    server.run()
+    if not server.started:
+        raise SystemExit(3)  # uvicorn's own exit status for a failed startup (uvicorn.main.STARTUP_FAILURE)
+
+
+APP = "newsletter.web.asgi:app"
 
 
 @click.command()

@@ -59,6 +59,14 @@ def subscribers_import(ctx: Context, file: Path, encoding: str, ask_confirm: boo
         sys.exit(1)
 
 
+# Delivery.skip_reason values (delivery.planning, control, sweeper, erasure) in words.
+SKIP_REASONS = {
+    "no-edition": "the issue has no edition in this subscriber's language",
+    "cancelled": "the issue was cancelled",
+    "erased": "the subscriber's data was erased",
+}
+
+
 @subscribers.command("show")
 @click.argument("email")
 @pass_ctx
@@ -66,7 +74,7 @@ def subscribers_show(ctx: Context, email: str) -> None:
     """Show one subscriber: status, language, topics, attributes, suppression and recent deliveries."""
     from sqlalchemy import select
 
-    from newsletter.models import Delivery, Issue, Suppression
+    from newsletter.models import Delivery, DeliveryStatus, Issue, Suppression
     from newsletter.subscribers import InvalidAddress, find_subscriber
 
     with ctx.session() as session:
@@ -84,14 +92,18 @@ def subscribers_show(ctx: Context, email: str) -> None:
         if suppression:
             click.echo(f"  suppressed since {suppression.created_at:%Y-%m-%d}: {suppression.reason} ({suppression.detail or ''})")
         rows = session.execute(
-            select(Issue.number, Delivery.status, Delivery.attempts, Delivery.last_error)
+            select(Issue.number, Delivery.status, Delivery.attempts, Delivery.last_error, Delivery.skip_reason)
             .join(Issue, Issue.id == Delivery.issue_id)
             .where(Delivery.subscriber_id == subscriber.id)
             .order_by(Issue.number.desc())
             .limit(10)
         )
-        for number, status, attempts, error in rows:
-            click.echo(f"  issue {number}: {status} after {attempts} attempt(s)" + (f" — {error}" if error else ""))
+        for number, status, attempts, error, skip_reason in rows:
+            if status == DeliveryStatus.SKIPPED:  # never tried: the reason is the news, not "0 attempts"
+                said = SKIP_REASONS.get(skip_reason or "", "")
+                click.echo(f"  issue {number}: skipped: {skip_reason or 'no reason recorded'}" + (f" ({said})" if said else ""))
+                continue
+            click.echo(f"  issue {number}: {status} after {plural(attempts, 'attempt')}" + (f" — {error}" if error else ""))
 
 
 @subscribers.command("erase")
