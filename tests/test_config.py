@@ -265,3 +265,24 @@ def test_a_worker_reports_every_bad_setting_at_once(tmp_path: Path) -> None:
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     errors = [line.split()[1] for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert errors == ["NEWSLETTER_BASE_URL", "NEWSLETTER_LOG_FORMAT='xml'", "NEWSLETTER_SECRET_KEY"], result.stderr
+
+
+def test_the_web_app_names_every_bad_setting_on_its_own_error_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Regression: loaded by uvicorn with several bad settings, only the first line said ``error:``."""
+    import importlib
+
+    for key, value in _env(NEWSLETTER_HOME=str(tmp_path), NEWSLETTER_FROM="not an address", NEWSLETTER_BATCH_SIZE="none").items():
+        monkeypatch.setenv(key, value)
+    for key in ("NEWSLETTER_SECRET_KEY", "DATABASE_URL", "SMTP_URL", "REDIS_URL", "NEWSLETTER_BASE_URL"):
+        monkeypatch.delenv(key, raising=False)
+    with pytest.raises(SystemExit) as stopped:
+        if "newsletter.web.asgi" in sys.modules:
+            importlib.reload(sys.modules["newsletter.web.asgi"])
+        else:
+            importlib.import_module("newsletter.web.asgi")
+    assert stopped.value.code == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) >= 2 and all(line.startswith("error: ") for line in lines)
+    assert any("NEWSLETTER_FROM" in line for line in lines) and any("NEWSLETTER_BATCH_SIZE" in line for line in lines)

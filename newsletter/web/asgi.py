@@ -12,5 +12,6 @@ from newsletter.web.app import create_app
 try:
     app = create_app(load_settings())
 except SettingsError as exc:
-    print(f"error: {exc}", file=sys.stderr, flush=True)
+    for line in str(exc).splitlines():  # several bad settings: one line each (SettingsErrors)
+        print(f"error: {line}", file=sys.stderr, flush=True)
     raise SystemExit(2) from None
