@@ -60,6 +60,17 @@ def derive_all(articles: Iterable[Article], rules: Sequence[SourceRules]) -> int
     return sum(derive(a, rules) for a in articles)
 
 
+def keep_derived(session: Session, articles: Iterable[Article]) -> int:
+    """`derive` ``articles`` with this process's summary rules and commit if anything was pending, so the
+    next reader finds it stored (for read-only requests, which otherwise never commit). Returns the count."""
+    from newsletter.config import deployment_summary_rules
+
+    made = derive_all(articles, deployment_summary_rules())
+    if made:
+        session.commit()
+    return made
+
+
 def derive_pending(session: Session, where: Any, rules: Sequence[SourceRules], batch: int = 200) -> int:
     """Derive every pending article matching the SQL condition ``where`` (None: all), committing per
     ``batch``; returns how many were derived. Used before a search reads summaries in SQL."""

@@ -20,7 +20,7 @@ from newsletter.article_text import link_base, markdown_body_html, summary_of
 from newsletter.content import html_plain_text, markdown_plain_text, sanitise_html, unstorable
 from newsletter.db import first_line
 from newsletter.models import LANGUAGES, Article
-from newsletter.summaries import BUILTIN_RULES, SourceRules, summarise
+from newsletter.summaries import BUILTIN_RULES, SourceRules
 from newsletter.textfiles import control_character, open_text
 
 # Column sizes (newsletter.models.Article): a longer value is refused per record, not by the database.
@@ -129,8 +129,10 @@ def record_to_fields(record: dict[str, Any], rules: Sequence[SourceRules] = BUIL
     given = record.get("summary")
     if given:
         summary = str(given)
+    elif defer:
+        summary = ""
     else:
-        summary = "" if defer else summary_of(body_html, body_markdown is not None, lang, url, rules)
+        summary = summary_of(body_html, body_markdown is not None, lang, url, rules)
     return {
         "external_id": str(ext_id),
         "title": title,
@@ -208,7 +210,9 @@ def parse_line(
         if index:
             from newsletter.related.store import entry_values
 
-            fields[INDEX_KEY] = entry_values(fields["lang"], fields["title"], fields["body_text"], fields["published_at"], fields["category"])
+            fields[INDEX_KEY] = entry_values(
+                fields["lang"], fields["title"], fields["body_text"], fields["published_at"], fields["category"]
+            )
         return fields
     except json.JSONDecodeError as exc:
         # Its own "line 1 column 5 (char 4)" would read as a second line number beside the file's.
@@ -287,6 +291,7 @@ def import_articles(
     encoding: str = "utf-8",
     rules: Sequence[SourceRules] = BUILTIN_RULES,
     workers: int = 1,
+    defer: bool | None = None,
 ) -> ImportReport:
     """Import a JSON Lines file in ``encoding``, idempotent on ``id`` (re-importing updates changed records),
     and add the new or changed articles to the related-articles index (`newsletter.related.store.index_articles`).
@@ -296,17 +301,25 @@ def import_articles(
     ``batch`` records, so an interrupted import keeps what it did; if the database refuses a batch,
     its records are stored one by one, so one bad record never costs the good ones.
 
-    ``workers`` > 1 converts the records in that many processes (see `read_jsonl`).
+    ``workers`` > 1 converts the records in that many processes (see `read_jsonl`). The HTML of Markdown
+    bodies and missing summaries are left pending (made on first use, see `newsletter.article_text`) when
+    ``defer`` says so; by default (None) when ``rules`` are the deployment's (`deferrable`).
 
     Raises:
         FileEncodingError: the file is not in ``encoding`` (nothing was imported).
     """
     with open_text(path, encoding) as handle:
-        return import_lines(session, handle, batch=batch, rules=rules, workers=workers)
+        return import_lines(session, handle, batch=batch, rules=rules, workers=workers, defer=defer)
 
 
 def import_lines(
-    session: Session, lines: Iterable[str], *, batch: int = 500, rules: Sequence[SourceRules] = BUILTIN_RULES, workers: int = 1
+    session: Session,
+    lines: Iterable[str],
+    *,
+    batch: int = 500,
+    rules: Sequence[SourceRules] = BUILTIN_RULES,
+    workers: int = 1,
+    defer: bool | None = None,
 ) -> ImportReport:
     """Import JSON Lines text given line by line (an upload, a file); see `import_articles`.
 
@@ -393,7 +406,8 @@ def import_lines(
             hashes.pop(line, None)
         pending.clear()
 
-    defer = deferrable(rules)
+    if defer is None:
+        defer = deferrable(rules)
     for number, result in _read_numbered(unseen(enumerate(lines, start=1)), rules, workers, defer, True):
         if isinstance(result, ArticleError):
             report.errors.append(result)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import enum
-from datetime import UTC, datetime
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from sqlalchemy import (

@@ -17,8 +17,8 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import delete, exists, func, select, update
 from sqlalchemy.orm import Session
 
-from newsletter.config import Settings
 from newsletter.article_text import derive_all
+from newsletter.config import Settings
 from newsletter.content import category_label, first_image, to_traditional
 from newsletter.delivery.planning import id_ranges, plan_range
 from newsletter.issues import IssueError, IssueStateError
@@ -133,7 +133,9 @@ def edition_content(session: Session, settings: Settings, issue: Issue, edition:
         session.scalars(
             select(RelatedArticle)
             .where(
-                RelatedArticle.issue_id == issue.id, RelatedArticle.lang == source_lang(edition), RelatedArticle.source_article_id.is_not(None)
+                RelatedArticle.issue_id == issue.id,
+                RelatedArticle.lang == source_lang(edition),
+                RelatedArticle.source_article_id.is_not(None),
             )
             .order_by(RelatedArticle.source_article_id, RelatedArticle.rank)
         )
