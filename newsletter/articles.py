@@ -258,6 +258,10 @@ def _read_numbered(
     import multiprocessing
     from concurrent.futures import Future, ProcessPoolExecutor
 
+    if index:  # imported once here rather than in every worker process (numpy alone is ~0.1 s of CPU)
+        import numpy  # noqa: F401
+
+        import newsletter.related.store  # noqa: F401
     source = itertools.chain(first, numbered)
     in_flight: deque[Future[list[tuple[int, dict[str, Any] | ArticleError]]]] = deque()
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork")) as pool:
@@ -378,10 +382,10 @@ def import_lines(
                 counts["unchanged"] += 1
         if new:
             rows = [{**column_values(f), "source_hash": hashes.get(line)} for line, f in new.values()]
-            made = session.execute(insert(Article).returning(Article.id, sort_by_parameter_order=True), rows).scalars().all()
-            entries = [
-                {"article_id": article_id, **(f.get(INDEX_KEY) or _entry(f))} for article_id, (_, f) in zip(made, new.values(), strict=True)
-            ]
+            # A plain executemany (RETURNING would make SQLite run one statement per row), then one id lookup.
+            session.execute(insert(Article), rows)
+            made = dict(session.execute(select(Article.external_id, Article.id).where(Article.external_id.in_(list(new)))).tuples().all())
+            entries = [{"article_id": made[external_id], **(f.get(INDEX_KEY) or _entry(f))} for external_id, (_, f) in new.items()]
             write_entries(session, entries)
         session.flush()
         # The related-articles index follows in the same transaction: only new or changed texts are tokenised.
