@@ -141,9 +141,15 @@ def _words(text: str) -> list[bytes]:
     else:
         raw = _WORD_BYTES.findall(_APOSTROPHE_ANY_CASE.sub("", text).encode(errors="surrogatepass").lower())
     # Each distinct word is looked up once per process (`_index_form`); map and filter run in C.
+    if len(_FORMS) >= _FORMS_LIMIT:  # cleared between texts only, never while one is being looked up
+        _FORMS.clear()
     forms = list(map(_FORMS.get, raw))
-    if None in forms:
-        forms = [_index_form(w) if f is None else f for w, f in zip(raw, forms, strict=True)]
+    if None in forms:  # new words: only those go through Python (set difference in C)
+        for word in set(raw).difference(_FORMS):
+            _index_form(word)
+        forms = list(map(_FORMS.get, raw))
+        if None in forms:  # another thread cleared the table meanwhile
+            forms = [_index_form(w) if f is None else f for w, f in zip(raw, forms, strict=True)]
     return list(filter(None, forms))
 
 
@@ -158,9 +164,15 @@ def text_vector(text: str, group: str) -> TermVector:
     words = _words(clean(text)[:MAX_CHARS])
     if not words:
         return TermVector(np.zeros(0, np.uint32), np.zeros(0, np.uint16))
+    if len(_PREFIX_CRC) >= _FORMS_LIMIT:
+        _PREFIX_CRC.clear()
     prefixes = list(map(_PREFIX_CRC.get, words))
     if None in prefixes:
-        prefixes = [_prefix_crc(w) if p is None else p for w, p in zip(words, prefixes, strict=True)]
+        for form in set(words).difference(_PREFIX_CRC):
+            _prefix_crc(form)
+        prefixes = list(map(_PREFIX_CRC.get, words))
+        if None in prefixes:  # another thread cleared the table meanwhile
+            prefixes = [_prefix_crc(w) if p is None else p for w, p in zip(words, prefixes, strict=True)]
     # map() over two iterables stops at the shorter: the bigram (words[i], words[i + 1]) for every i.
     crcs = itertools.chain(map(zlib.crc32, words), map(zlib.crc32, words[1:], prefixes))
     hashed = np.fromiter(crcs, np.int64, 2 * len(words) - 1) % FEATURES
@@ -172,20 +184,16 @@ _PREFIX_CRC: dict[bytes, int] = {}  # index form -> CRC-32 of the form and a spa
 
 
 def _prefix_crc(form: bytes) -> int:
-    if len(_PREFIX_CRC) >= _FORMS_LIMIT:
-        _PREFIX_CRC.clear()
     value = _PREFIX_CRC[form] = zlib.crc32(form + b" ")
     return value
 
 
 _FORMS: dict[bytes, bytes] = {}  # word -> its index form, b"" if not indexed (see `_index_form`)
-_FORMS_LIMIT = 1 << 20  # distinct words kept; past it the table starts again (bounds memory on odd input)
+_FORMS_LIMIT = 1 << 20  # distinct words kept; past it the table starts again, between texts (bounds memory)
 
 
 def _index_form(word: bytes) -> bytes:
     """``word`` as indexed: stemmed, or b"" for a stop word or a single character; remembered in `_FORMS`."""
-    if len(_FORMS) >= _FORMS_LIMIT:
-        _FORMS.clear()
     text = word.decode()
     form = _stem(text).encode() if len(text) > 1 and text not in STOP_WORDS else b""
     _FORMS[word] = form

@@ -25,7 +25,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    # Make what is pending first? Not possible in SQL: pending rows keep "" until upgraded again and read.
+    # SQL cannot make what is pending (Markdown, pysbd): rows still pending lose their Markdown source and keep
+    # an empty body_html and summary. Read them first (`newsletter articles search` with any text makes summaries).
     with op.batch_alter_table("articles", schema=None, recreate="never") as batch_op:
         batch_op.drop_column("text_pending")
         batch_op.drop_column("body_markdown")
