@@ -381,9 +381,11 @@ def import_lines(
                 article.source_hash = digest  # imported before hashes were kept: skipped from now on
                 counts["unchanged"] += 1
         if new:
-            rows = [{**column_values(f), "source_hash": hashes.get(line)} for line, f in new.values()]
-            # A plain executemany (RETURNING would make SQLite run one statement per row), then one id lookup.
-            session.execute(insert(Article), rows)
+            # Core, not the ORM (its bulk path costs more than SQLite's insert): table columns are named as
+            # `record_to_fields` names them. A plain executemany (RETURNING would make SQLite run one
+            # statement per row), then one id lookup.
+            rows = [{**{k: v for k, v in f.items() if k != INDEX_KEY}, "source_hash": hashes.get(line)} for line, f in new.values()]
+            session.execute(insert(Article.__table__), rows)
             made = dict(session.execute(select(Article.external_id, Article.id).where(Article.external_id.in_(list(new)))).tuples().all())
             entries = [{"article_id": made[external_id], **(f.get(INDEX_KEY) or _entry(f))} for external_id, (_, f) in new.items()]
             write_entries(session, entries)
