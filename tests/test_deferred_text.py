@@ -165,3 +165,29 @@ def test_index_text_gives_the_terms_of_the_converted_text(shared_data: Path) -> 
             shared = sum((Counter(old) & Counter(new)).values())
             assert shared >= 0.9 * max(len(old), len(new)), record["id"]
     assert same > 0.9 * total
+
+
+def test_an_issue_of_pending_articles_renders_as_one_of_eagerly_converted_ones(db_url: str, make_settings) -> None:  # type: ignore[no-untyped-def]
+    import re
+
+    from newsletter import publishing
+    from newsletter.db import session_factory
+    from newsletter.issues import create_issue
+    from newsletter.rendering import render_edition
+
+    settings = make_settings(db_url)
+    with session_factory(db_url)() as session:
+        import_lines(session, [json.dumps(r, ensure_ascii=False) for r in RECORDS])
+        import_lines(session, [json.dumps({**r, "id": f"eager-{r['id']}"}, ensure_ascii=False) for r in RECORDS], defer=False)
+        assert stored(session, "md-1")[2] and not stored(session, "eager-md-1")[2]
+        by_id = {a.external_id: a for a in session.scalars(select(Article))}
+        views, texts = {}, {}
+        for prefix in ("", "eager-"):
+            issue = create_issue(session, [by_id[prefix + r["id"]] for r in RECORDS], number=2 if prefix else 1)
+            session.commit()
+            contents = [publishing.edition_content(session, settings, issue, e) for e in issue.editions]
+            views[prefix] = re.sub(r"/issues/[12]/", "/issues/N/", repr([c.articles for c in contents]))
+            # The issue number is all that differs: "Issue 2", "第 2 期", /issues/2/.
+            texts[prefix] = [re.sub(r"(Issue |第 |/issues/)[12]\b", r"\1N", render_edition(c).text) for c in contents]
+        assert views[""] == views["eager-"] and texts[""] == texts["eager-"]
+        assert not any(stored(session, r["id"])[2] for r in RECORDS)  # made once (at issue creation) and stored
