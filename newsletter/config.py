@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -241,6 +242,22 @@ def _summary_rules(env: dict[str, str]) -> tuple[SourceRules, ...]:
         return load_rules(Path(path)) + BUILTIN_RULES
     except RulesError as exc:
         raise SettingsError("NEWSLETTER_SUMMARY_RULES", f"cannot be used: {exc}", "a JSON rules file as the README shows") from exc
+
+
+def deployment_summary_rules() -> tuple[SourceRules, ...]:
+    """The summary rules of this process's environment: ``NEWSLETTER_SUMMARY_RULES`` (read once per path)
+    before the built-in ones, as `Settings.summary_rules`. Summaries made after the import (see
+    `newsletter.article_text`) use these.
+
+    Raises:
+        SettingsError: the rules file cannot be used.
+    """
+    return _rules_at(os.environ.get("NEWSLETTER_SUMMARY_RULES") or "")
+
+
+@functools.cache
+def _rules_at(path: str) -> tuple[SourceRules, ...]:
+    return _summary_rules({"NEWSLETTER_SUMMARY_RULES": path} if path else {})
 
 
 def _dkim(env: dict[str, str], from_address: str) -> DkimKey | None:

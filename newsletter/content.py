@@ -168,6 +168,43 @@ def html_to_text(html: str, *, links: bool = True) -> str:
     return re.sub(r"\n{3,}", "\n\n", text).strip()
 
 
+# Plain text for the related-articles index, made without a Markdown or HTML parser (~0.1 ms for a White House
+# article, against ~10 ms for Markdown, sanitising and html2text). Block tags separate words, inline tags
+# (<sup>th</sup>) join them as a browser shows them; script and style keep nothing, as `sanitise_html`.
+_SKIPPED = re.compile(r"<(script|style)\b.*?(?:</\1\s*>|\Z)", re.S | re.I)
+_MD_IMAGE = re.compile(r"!\[[^\]]*\]\((?:[^()\s]|\([^()]*\))*\)")
+_MD_REFERENCE = re.compile(r"^ {0,3}\[[^\]]+\]:.*$", re.M)
+_TAG = re.compile(r"<(/?)([A-Za-z][A-Za-z0-9]*)(?=[\s/>])[^<>]*>|<!--.*?-->", re.S)  # not <a@b.org> (an autolink)
+_BLOCK_TAGS = frozenset({
+    "address", "article", "aside", "blockquote", "br", "dd", "div", "dl", "dt", "figcaption", "figure", "footer", "h1", "h2",
+    "h3", "h4", "h5", "h6", "header", "hr", "li", "main", "nav", "ol", "p", "pre", "section", "table", "tbody", "td", "tfoot",
+    "th", "thead", "tr", "ul",
+})  # fmt: skip
+
+
+def _tag_gap(match: re.Match[str]) -> str:
+    return "\n" if (match.group(2) or "").lower() in _BLOCK_TAGS else ""
+
+
+def markdown_plain_text(text: str) -> str:
+    """Plain text of Markdown (or HTML) for indexing, without converting it: images, link reference
+    definitions, tags and the content of ``<script>``/``<style>`` dropped, character references decoded,
+    link targets and bare URLs dropped (`strip_links`). Emphasis and list markers stay: the index reads
+    words only (`newsletter.related.text.tokens`). On the White House corpus the index terms equal those of
+    the converted text (`html_to_text` of the sanitised HTML) for 95% of the articles; the others differ
+    only where the index cuts a long text (`newsletter.related.text.MAX_CHARS`)."""
+    if "<" in text:
+        text = _TAG.sub(_tag_gap, _SKIPPED.sub(" ", text))
+    if "]" in text:
+        text = _MD_REFERENCE.sub("", _MD_IMAGE.sub(" ", text))
+    return strip_links(unescape(text) if "&" in text else text)
+
+
+def html_plain_text(html: str) -> str:
+    """Plain text of sanitised HTML for indexing (see `markdown_plain_text`): tags dropped, references decoded."""
+    return unescape(_TAG.sub(_tag_gap, html))
+
+
 def strip_links(text: str) -> str:
     """Drop Markdown link targets and bare URLs, keeping anchor text: ``[a](u)`` -> ``a``."""
     return _BARE_URL.sub("", _MD_LINK.sub(r"\1", text))

@@ -76,10 +76,18 @@ def search_articles(
     session: Session, text: str | None = None, sel: Selection | None = None, *, offset: int = 0
 ) -> tuple[list[Article], int]:
     """Articles whose title or summary contains ``text`` (case-insensitive, any script), filtered like a
-    `Selection` (``sel.latest`` is the page size), newest first. Returns ``(page, total matches)``."""
+    `Selection` (``sel.latest`` is the page size), newest first. Returns ``(page, total matches)``.
+
+    A text search first makes the summaries still pending in that language (`newsletter.article_text`),
+    and commits them: after a large import the first search pays for them, once."""
     sel = sel or Selection(latest=20)
     query = select(Article)
     if text and text.strip():
+        # Summaries an import left pending are made first (once, stored; commits), so SQL can search them.
+        from newsletter.article_text import derive_pending
+        from newsletter.config import deployment_summary_rules
+
+        derive_pending(session, Article.lang == sel.lang if sel.lang else None, deployment_summary_rules())
         pattern = "%" + text.strip().lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
         query = query.where(
             or_(func.lower(Article.title).like(pattern, escape="\\"), func.lower(Article.summary).like(pattern, escape="\\"))

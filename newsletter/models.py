@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     DateTime,
     Enum,
     Float,
@@ -18,9 +20,16 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
+from sqlalchemy.ext.hybrid import hybrid_property
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
+
+if TYPE_CHECKING:
+    from sqlalchemy.sql.elements import ColumnElement
+
+    from newsletter.summaries import SourceRules
 
 LANGUAGES = ("en", "zh-Hans", "zh-Hant")
 
@@ -107,9 +116,15 @@ class Article(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     external_id: Mapped[str] = mapped_column(String(512), unique=True)
     title: Mapped[str] = mapped_column(Text)
-    summary: Mapped[str] = mapped_column(Text, default="")
-    body_html: Mapped[str] = mapped_column(Text, default="")
+    # The columns behind `summary` and `body_html`: "" while `text_pending` says they are still to be made.
+    stored_summary: Mapped[str] = mapped_column("summary", Text, default="")
+    stored_body_html: Mapped[str] = mapped_column("body_html", Text, default="")
+    # Plain text the related-articles index reads (newsletter.content.markdown_plain_text at import).
     body_text: Mapped[str] = mapped_column(Text, default="")
+    # The body as imported when it came as Markdown (None when it came as HTML): `body_html` is made from it.
+    body_markdown: Mapped[str | None] = mapped_column(Text)
+    # True while the summary (if the record had none) or the HTML of a Markdown body is not made yet.
+    text_pending: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     category: Mapped[str | None] = mapped_column(String(128))
     lang: Mapped[str] = mapped_column(String(16), index=True)
     published_at: Mapped[datetime | None] = mapped_column(index=True)
@@ -118,6 +133,47 @@ class Article(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     # SHA-256 of the corpus line (and conversion rules) it was imported from: an unchanged line is skipped.
     source_hash: Mapped[str | None] = mapped_column(String(64), index=True)
+
+    @hybrid_property
+    def summary(self) -> str:
+        """The summary; made on first use if the import left it pending (`newsletter.article_text`), with the
+        summary rules of this process's environment (`newsletter.config.deployment_summary_rules`)."""
+        if self.text_pending and self.stored_summary == "":
+            self.derive_text()
+        return self.stored_summary
+
+    @summary.inplace.setter
+    def _summary_setter(self, value: str) -> None:
+        self.stored_summary = value
+
+    @summary.inplace.expression
+    @classmethod
+    def _summary_expression(cls) -> ColumnElement[str]:
+        return cls.stored_summary
+
+    @hybrid_property
+    def body_html(self) -> str:
+        """The sanitised body; made from `body_markdown` on first use if the import left it pending."""
+        if self.text_pending and self.stored_body_html == "" and self.body_markdown is not None:
+            self.derive_text()
+        return self.stored_body_html
+
+    @body_html.inplace.setter
+    def _body_html_setter(self, value: str) -> None:
+        self.stored_body_html = value
+
+    @body_html.inplace.expression
+    @classmethod
+    def _body_html_expression(cls) -> ColumnElement[str]:
+        return cls.stored_body_html
+
+    def derive_text(self, rules: Sequence[SourceRules] | None = None) -> bool:
+        """Make what is pending (see `newsletter.article_text.derive`) with ``rules`` (default: this
+        process's `newsletter.config.deployment_summary_rules`); stored with the session's next flush."""
+        from newsletter.article_text import derive
+        from newsletter.config import deployment_summary_rules
+
+        return derive(self, deployment_summary_rules() if rules is None else rules)
 
 
 class Issue(Base):

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 from newsletter import publishing
 from newsletter.config import Settings
 from newsletter.issues import IssueError
-from newsletter.models import Edition, Issue, IssueStatus, RelatedArticle
+from newsletter.models import Article, Edition, Issue, IssueStatus, RelatedArticle
 from newsletter.rendering import greeting, personalise, render_edition
 
 PREVIEW_ADDRESS = "preview@example.org"
@@ -67,6 +67,8 @@ def preview_edition(
             publishing.attach_related(session, settings, issue.id)
         rendered = render_edition(publishing.edition_content(session, settings, issue, edition))
         subject, html_doc, text = rendered.subject, rendered.html, rendered.text
+        if any(isinstance(o, Article) for o in session.dirty):  # summaries and HTML made for this preview: kept
+            session.commit()
     else:
         subject, html_doc, text = edition.subject or "", edition.html, edition.text or ""
     values = {"GREETING": greeting(lang, name), "EMAIL": email, "UNSUBSCRIBE_URL": links, "PREFERENCES_URL": links}

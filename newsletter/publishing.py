@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import delete, exists, func, select, update
 from sqlalchemy.orm import Session
 
+from newsletter.article_text import derive_all
 from newsletter.config import Settings
 from newsletter.content import category_label, first_image, to_traditional
 from newsletter.delivery.planning import id_ranges, plan_range
@@ -128,13 +129,21 @@ def edition_content(session: Session, settings: Settings, issue: Issue, edition:
     articles = edition_articles(session, issue, edition)
     related: dict[int, list[ArticleView]] = {}
     # A converted edition shows the rows of the edition it was converted from.
-    for row in session.scalars(
-        select(RelatedArticle)
-        .where(
-            RelatedArticle.issue_id == issue.id, RelatedArticle.lang == source_lang(edition), RelatedArticle.source_article_id.is_not(None)
+    rows = list(
+        session.scalars(
+            select(RelatedArticle)
+            .where(
+                RelatedArticle.issue_id == issue.id,
+                RelatedArticle.lang == source_lang(edition),
+                RelatedArticle.source_article_id.is_not(None),
+            )
+            .order_by(RelatedArticle.source_article_id, RelatedArticle.rank)
         )
-        .order_by(RelatedArticle.source_article_id, RelatedArticle.rank)
-    ):
+    )
+    # What the import left pending (summaries, HTML of Markdown bodies) is made here, for the few dozen
+    # articles shown, with this deployment's rules; stored when the caller commits.
+    derive_all([*articles, *(row.article for row in rows)], settings.summary_rules)
+    for row in rows:
         related.setdefault(row.source_article_id or 0, []).append(_related_view(row.article, convert, url))
     return EditionContent(
         number=issue.number,

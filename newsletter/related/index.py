@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from newsletter.related.text import TermVector, tokens, vectorise
+from newsletter.related.text import TermVector, text_vector
 
 if TYPE_CHECKING:
     import numpy as np
@@ -46,8 +46,8 @@ def make_entry(article_id: int, group: str, title: str, body: str, published_at:
         article_id,
         published_at,
         category,
-        vectorise(tokens(title, group)),
-        vectorise(tokens(f"{title}\n{body}", group)),
+        text_vector(title, group),
+        text_vector(f"{title}\n{body}", group),
     )
 
 

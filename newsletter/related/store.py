@@ -14,6 +14,8 @@ import hashlib
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
@@ -28,8 +30,22 @@ TOKENISER_VERSION = "1"  # part of text_hash: bump it when tokens() changes, the
 
 def text_hash(article: Article) -> str:
     """What the index entry of ``article`` depends on, hashed (SHA-256 hex)."""
-    parts = (TOKENISER_VERSION, article.lang, article.title, article.body_text, str(article.published_at), article.category or "")
+    return _text_hash(article.lang, article.title, article.body_text, article.published_at, article.category)
+
+
+def _text_hash(lang: str, title: str, body_text: str, published_at: datetime | None, category: str | None) -> str:
+    parts = (TOKENISER_VERSION, lang, title, body_text, str(published_at), category or "")
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
+
+
+def entry_values(lang: str, title: str, body_text: str, published_at: datetime | None, category: str | None) -> dict[str, Any]:
+    """The ``related_index`` row of an article, without ``article_id`` and ``indexed_at``: its group, date,
+    category, serialised term vectors of the title and of title + body (`make_entry`) and `text_hash`.
+    Needs no database, so an import makes it in its worker processes."""
+    group = group_of(lang)
+    made = make_entry(0, group, title, body_text, published_at, category)
+    return {"group": group, "published_at": published_at, "category": category, "title_terms": made.title.to_bytes(),
+            "body_terms": made.body.to_bytes(), "text_hash": _text_hash(lang, title, body_text, published_at, category)}  # fmt: skip
 
 
 @dataclass
@@ -53,32 +69,39 @@ def index_articles(session: Session, articles: Iterable[Article]) -> IndexReport
         e.article_id: e
         for e in session.scalars(select(RelatedIndexEntry).where(RelatedIndexEntry.article_id.in_([a.id for a in articles])))
     }
-    new: list[dict[str, object]] = []
+    new: list[dict[str, Any]] = []
     for article in articles:
         digest = text_hash(article)
         entry = existing.get(article.id)
         if entry is not None and entry.text_hash == digest:
             report.unchanged += 1
             continue
-        group = group_of(article.lang)
-        made = make_entry(article.id, group, article.title, article.body_text, article.published_at, article.category)
-        values = {"group": group, "published_at": article.published_at, "category": article.category,
-                  "title_terms": made.title.to_bytes(), "body_terms": made.body.to_bytes(),
-                  "text_hash": digest, "indexed_at": utcnow()}  # fmt: skip
+        values = entry_values(article.lang, article.title, article.body_text, article.published_at, article.category)
         if entry is None:
             new.append({"article_id": article.id, **values})
         else:
             for key, value in values.items():
                 setattr(entry, key, value)
+            entry.indexed_at = utcnow()
         report.indexed += 1
     session.flush()
-    if new:
-        # An upsert, not session.add: another process (a restarted pipeline, a parallel import) may
-        # index the same article at the same time. One executemany for all new rows.
-        stmt = dialect_insert(session, RelatedIndexEntry)
-        columns = [c for c in new[0] if c != "article_id"]
-        session.execute(stmt.on_conflict_do_update(index_elements=["article_id"], set_={c: stmt.excluded[c] for c in columns}), new)
+    write_entries(session, new)
     return report
+
+
+def write_entries(session: Session, rows: Sequence[dict[str, Any]]) -> None:
+    """Insert or replace index rows (`entry_values` plus ``article_id``) with one executemany; does not commit.
+
+    An upsert, not session.add: another process (a restarted pipeline, a parallel import) may index the
+    same article at the same time.
+    """
+    if not rows:
+        return
+    now = utcnow()
+    rows = [{**row, "indexed_at": now} for row in rows]
+    stmt = dialect_insert(session, RelatedIndexEntry)
+    columns = [c for c in rows[0] if c != "article_id"]
+    session.execute(stmt.on_conflict_do_update(index_elements=["article_id"], set_={c: stmt.excluded[c] for c in columns}), rows)
 
 
 def index_missing(session: Session, batch: int = 500) -> IndexReport:

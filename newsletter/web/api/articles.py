@@ -8,6 +8,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request
 
+from newsletter.article_text import keep_derived
 from newsletter.articles import import_lines, parse_datetime
 from newsletter.issues import IssueNotFound, Selection, articles_by_external_id, search_articles
 from newsletter.web.api.schemas import ArticleDetail, ArticleOut, ArticlePage, ImportLineError, ImportResult, Lang
@@ -46,6 +47,7 @@ def list_articles(
     """Search the archive by text, language, category and publication date; newest first."""
     sel = Selection(limit, lang, category, query_date(since, "since"), query_date(until, "until"))
     page, total = search_articles(session, q, sel, offset=offset)
+    keep_derived(session, page)  # summaries an import left pending: made once, stored
     return ArticlePage(items=[ArticleOut.of(a) for a in page], total=total, limit=limit, offset=offset)
 
 
@@ -53,7 +55,9 @@ def list_articles(
 def get_article(article_id: str, session: DB) -> ArticleDetail:
     """One article by its id (as imported; ids may contain slashes)."""
     try:
-        return ArticleDetail.of(articles_by_external_id(session, [article_id])[0])
+        article = articles_by_external_id(session, [article_id])[0]
+        keep_derived(session, [article])
+        return ArticleDetail.of(article)
     except IssueNotFound as exc:
         raise HTTPException(404, f"no article {article_id!r}") from exc
 
