@@ -386,7 +386,7 @@ def import_lines(
             # statement per row), then one id lookup.
             rows = [{**{k: v for k, v in f.items() if k != INDEX_KEY}, "source_hash": hashes.get(line)} for line, f in new.values()]
             session.execute(insert(Article.__table__), rows)
-            made = dict(session.execute(select(Article.external_id, Article.id).where(Article.external_id.in_(list(new)))).tuples().all())
+            made = dict(session.execute(select(Article.external_id, Article.id).where(Article.external_id.in_(list(new)))).all())
             entries = [{"article_id": made[external_id], **(f.get(INDEX_KEY) or _entry(f))} for external_id, (_, f) in new.items()]
             write_entries(session, entries)
         session.flush()

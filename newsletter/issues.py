@@ -75,23 +75,18 @@ def select_articles(session: Session, sel: Selection) -> list[Article]:
 def search_articles(
     session: Session, text: str | None = None, sel: Selection | None = None, *, offset: int = 0
 ) -> tuple[list[Article], int]:
-    """Articles whose title or summary contains ``text`` (case-insensitive, any script), filtered like a
-    `Selection` (``sel.latest`` is the page size), newest first. Returns ``(page, total matches)``.
+    """Articles whose title, summary or text contains ``text`` (case-insensitive, any script), filtered like
+    a `Selection` (``sel.latest`` is the page size), newest first. Returns ``(page, total matches)``.
 
-    A text search first makes the summaries still pending in that language (`newsletter.article_text`),
-    and commits them: after a large import the first search pays for them, once."""
+    The plain text (``body_text``, kept at import) is searched as well as the summary, so an article whose
+    summary an import left to be made on first use (`newsletter.article_text`) is found without making
+    it: a search never pays for a large import's pending summaries."""
     sel = sel or Selection(latest=20)
     query = select(Article)
     if text and text.strip():
-        # Summaries an import left pending are made first (once, stored; commits), so SQL can search them.
-        from newsletter.article_text import derive_pending
-        from newsletter.config import deployment_summary_rules
-
-        derive_pending(session, Article.lang == sel.lang if sel.lang else None, deployment_summary_rules())
         pattern = "%" + text.strip().lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        query = query.where(
-            or_(func.lower(Article.title).like(pattern, escape="\\"), func.lower(Article.summary).like(pattern, escape="\\"))
-        )
+        columns = (Article.title, Article.summary, Article.body_text)
+        query = query.where(or_(*(func.lower(column).like(pattern, escape="\\") for column in columns)))
     if sel.lang:
         query = query.where(Article.lang == sel.lang)
     if sel.category:

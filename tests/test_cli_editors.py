@@ -64,7 +64,8 @@ def test_articles_edit_delete_test_send_publish_and_erase(cli_env: dict[str, str
     listed = CliRunner().invoke(main, ["articles", "list", "--lang", "en", "--limit", "2"], catch_exceptions=False)
     assert listed.stdout.splitlines()[0].startswith("sample-en-12  2026-11-22  en") and "1-2 of 12 articles" in listed.stderr
     found = CliRunner().invoke(main, ["articles", "search", "网络安全", "--since", "2026-11-18"], catch_exceptions=False)
-    assert [line.split()[0] for line in found.stdout.splitlines()] == ["sample-zh-Hans-09", "sample-zh-Hans-05"]
+    # Titles, summaries and texts are searched: -11 names 网络安全 in its text only.
+    assert [line.split()[0] for line in found.stdout.splitlines()] == ["sample-zh-Hans-11", "sample-zh-Hans-09", "sample-zh-Hans-05"]
 
     invoke("issue", "create", "--articles", "sample-en-01,sample-en-02")
     edited = invoke("issue", "edit", "1", "--add", "sample-zh-Hans-01", "--at", "0", "--remove", "sample-en-02", "--title", "en=Week 47")
