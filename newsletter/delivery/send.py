@@ -11,7 +11,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -26,7 +26,7 @@ from newsletter.delivery.mailers import Mailer
 from newsletter.links import preferences_url, unsubscribe_url
 from newsletter.message_template import MessageTemplate, edition_template
 from newsletter.mime import HeaderInjection, ascii_address
-from newsletter.models import Delivery, Edition, Issue, IssueStatus, Subscriber, SubscriberStatus, Suppression, utcnow
+from newsletter.models import Edition, Issue, IssueStatus, Subscriber, SubscriberStatus, Suppression, utcnow
 from newsletter.rendering import greeting
 from newsletter.segments import issue_topics
 from newsletter.suppressions import is_dead_address, mark_bounced, suppress
@@ -77,6 +77,11 @@ class _Row:
     topics: list[str] | None
 
 
+def _row(delivery: Any, reader: Any) -> _Row:
+    """A claimed delivery (`ledger.CLAIMED_COLUMNS`) with its subscriber's row (a foreign key keeps it)."""
+    return _Row(*delivery, name=reader.name, subscriber_status=reader.status, paused=reader.paused, topics=reader.topics)
+
+
 @dataclass
 class _Outcome:
     """A sender's result for one claim, waiting for the writer (the batch's thread) to record it."""
@@ -123,24 +128,25 @@ def send_batch(
     if issue is None or issue.status not in SENDABLE_ISSUE_STATES:
         outcomes["issue-not-sending"] += len(delivery_ids)
         return BatchResult(outcomes)
-    claims = ledger.claim(session, issue_id, delivery_ids, settings.lease_seconds, max_attempts=settings.retry.max_attempts)
+    claimed = ledger.claim_rows(session, issue_id, delivery_ids, settings.lease_seconds, max_attempts=settings.retry.max_attempts)
+    claims = [c for c, _ in claimed]
     outcomes["busy"] += len(delivery_ids) - len(claims)
     if not claims:
         return BatchResult(outcomes)
 
     with ledger.LeaseKeeper(sessionmaker(bind=session.get_bind(), expire_on_commit=False), claims, settings.lease_seconds) as keeper:
         templates = _templates(session, settings, issue_id)
-        by_id = {
-            r.id: _Row(*r)
+        # The subscribers by primary key, apart from the deliveries: as a join, PostgreSQL hashes the whole
+        # subscriber table per batch whenever its statistics underestimate it (O(list size) per batch).
+        readers = {
+            r.id: r
             for r in session.execute(
-                select(
-                    Delivery.id, Delivery.subscriber_id, Delivery.email, Delivery.lang, Delivery.message_id, Delivery.attempts,
-                    Delivery.first_attempt_at, Subscriber.name, Subscriber.status, Subscriber.paused, Subscriber.topics,
+                select(Subscriber.id, Subscriber.name, Subscriber.status, Subscriber.paused, Subscriber.topics).where(
+                    Subscriber.id.in_(sorted({r.subscriber_id for _, r in claimed}))
                 )
-                .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
-                .where(Delivery.id.in_([c.id for c in claims]))
             )
-        }  # fmt: skip
+        }
+        by_id = {r.id: _row(r, readers[r.subscriber_id]) for _, r in claimed}
         suppressed = set(session.scalars(select(Suppression.email).where(Suppression.email.in_([r.email for r in by_id.values()]))))
         session.commit()  # end the read transaction: nothing stays open while the relay talks
         context = _Context(settings, issue.id, issue.number, templates, suppressed, frozenset(issue_topics(issue.segment)))
