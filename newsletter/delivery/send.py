@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from newsletter import dkim, logs, metrics
 from newsletter.bounces import verp_address
 from newsletter.config import Settings
+from newsletter.db import in_values
 from newsletter.delivery import ledger
 from newsletter.delivery.backoff import next_attempt
 from newsletter.delivery.errors import DeliveryError, PermanentDeliveryError
@@ -142,12 +143,13 @@ def send_batch(
             r.id: r
             for r in session.execute(
                 select(Subscriber.id, Subscriber.name, Subscriber.status, Subscriber.paused, Subscriber.topics).where(
-                    Subscriber.id.in_(sorted({r.subscriber_id for _, r in claimed}))
+                    in_values(session, Subscriber.id, sorted({r.subscriber_id for _, r in claimed}))
                 )
             )
         }
         by_id = {r.id: _row(r, readers[r.subscriber_id]) for _, r in claimed}
-        suppressed = set(session.scalars(select(Suppression.email).where(Suppression.email.in_([r.email for r in by_id.values()]))))
+        emails = [r.email for r in by_id.values()]
+        suppressed = set(session.scalars(select(Suppression.email).where(in_values(session, Suppression.email, emails))))
         session.commit()  # end the read transaction: nothing stays open while the relay talks
         context = _Context(settings, issue.id, issue.number, templates, suppressed, frozenset(issue_topics(issue.segment)))
         if callable(mailer_factory):
@@ -167,18 +169,44 @@ class _Context:
     topics: frozenset[str]  # the issue's topic segment: a reader who left all of them is skipped
 
 
+# (edition id, rendered_at, From, List-Id) -> its message template, or why it cannot be sent. An edition is
+# rendered again (new html, text, subject) only with a new rendered_at, so the key names its content.
+_TEMPLATES: dict[tuple[int, datetime | None, str, str], MessageTemplate | str] = {}
+_TEMPLATES_KEPT = 32
+
+
 def _templates(session: Session, settings: Settings, issue_id: int) -> dict[str, MessageTemplate | str]:
-    """The issue's editions as message templates (built once per process and edition)."""
+    """The issue's editions as message templates, built once per process and edition.
+
+    Each batch reads only the editions' ids and ``rendered_at``; the rendered text and HTML (100-300 kB
+    per edition) are read when an edition is new to this process.
+    """
     out: dict[str, MessageTemplate | str] = {}
-    for e in session.scalars(select(Edition).where(Edition.issue_id == issue_id)):
-        if e.html is None or e.text is None or e.subject is None:
-            out[e.lang] = "not rendered"
-            continue
-        try:
-            out[e.lang] = edition_template(settings.from_header(e.lang), e.subject, settings.list_id, e.lang, e.text, e.html)
-        except (HeaderInjection, ValueError) as exc:
-            out[e.lang] = f"cannot build message: {exc}"
+    missing: dict[int, tuple[int, datetime | None, str, str]] = {}
+    for edition_id, lang, rendered_at in session.execute(
+        select(Edition.id, Edition.lang, Edition.rendered_at).where(Edition.issue_id == issue_id)
+    ):
+        key = (edition_id, rendered_at, settings.from_header(lang), settings.list_id)
+        cached = _TEMPLATES.get(key)
+        if cached is None:
+            missing[edition_id] = key
+        else:
+            out[lang] = cached
+    if missing:
+        for e in session.scalars(select(Edition).where(Edition.id.in_(list(missing)))):
+            out[e.lang] = _TEMPLATES[missing[e.id]] = _template(settings, e)
+        while len(_TEMPLATES) > _TEMPLATES_KEPT:  # the oldest first (dicts keep insertion order)
+            del _TEMPLATES[next(iter(_TEMPLATES))]
     return out
+
+
+def _template(settings: Settings, e: Edition) -> MessageTemplate | str:
+    if e.html is None or e.text is None or e.subject is None:
+        return "not rendered"
+    try:
+        return edition_template(settings.from_header(e.lang), e.subject, settings.list_id, e.lang, e.text, e.html)
+    except (HeaderInjection, ValueError) as exc:
+        return f"cannot build message: {exc}"
 
 
 def _send_sequentially(
