@@ -1,0 +1,30 @@
+"""newsletter.delivery.mailers' fast paths against the standard library they replace."""
+
+from __future__ import annotations
+
+import smtplib
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from newsletter.delivery.mailers import quoteaddr
+
+ATEXT = "abcXYZ019!#$%&'*+/=?^_`{|}~-"
+
+
+@pytest.mark.parametrize(
+    "address",
+    ["reader000123@example.com", "bounce+4711.k3j@news.example.org", "a.b-c_d@x-y.example", "o'brien@example.ie", "ann@bücher.de",
+     "Ann <ann@example.com>", "<ann@example.com>", "a..b@example.com", ".a@example.com", "a@", "@example.com", "", "a b@example.com",
+     '"a b"@example.com', "a@[127.0.0.1]", "a@example.com (comment)"],
+)  # fmt: skip
+def test_quoteaddr_is_smtplib_s(address: str) -> None:
+    assert quoteaddr(address) == smtplib.quoteaddr(address)
+
+
+@given(local=st.text(st.sampled_from(ATEXT + ".\"() <>@,;:[]\\ é"), min_size=0, max_size=20),
+       domain=st.text(st.sampled_from("abz09-.[]é "), min_size=0, max_size=20))  # fmt: skip
+def test_quoteaddr_is_smtplib_s_for_any_address(local: str, domain: str) -> None:
+    address = f"{local}@{domain}"
+    assert quoteaddr(address) == smtplib.quoteaddr(address)
