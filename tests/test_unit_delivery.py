@@ -796,3 +796,17 @@ def test_outcome_writer_records_like_mark_sent_many_and_only_under_the_current_c
     assert shape[a] == (DeliveryStatus.SENT, "relay-a", None, None, True, 2)
     assert shape[b] == shape[c] == shape[d] == (DeliveryStatus.SENT, "relay-a", None, None, True, 1)
     assert all(r.updated_at >= r.sent_at - timedelta(seconds=1) for r in rows.values())
+
+
+def test_outcome_writer_reads_the_issue_status_a_batch_checks(session, settings: Settings) -> None:  # type: ignore[no-untyped-def]
+    """A concurrent batch checks for a pause or cancel on its writer's connection (on PostgreSQL a prepared
+    statement sent by psycopg itself): it must see the issue's current status, as an `IssueStatus`."""
+    issue_id, _ = _publish(session, settings)
+    writer = ledger.OutcomeWriter(session.get_bind().engine)
+    try:
+        assert writer.issue_status(issue_id) is IssueStatus.SENDING
+        control.pause_issue(session, session.get_one(Issue, issue_id))
+        assert writer.issue_status(issue_id) is IssueStatus.PAUSED
+        assert writer.issue_status(issue_id + 1000) is None
+    finally:
+        writer.close()

@@ -403,32 +403,44 @@ _SENT_ONE = _SET_SENT + " id = %(id)s"
 _SENT_MANY = _SET_SENT + " id = ANY(%(ids)s) RETURNING id"
 
 
-def _sent_on_driver(conn: Connection, claims: Sequence[Claim], values: dict[str, Any]) -> set[int]:
-    """`_apply` for sending -> sent on a psycopg connection in autocommit mode, as prepared statements
-    sent by the driver itself (the same UPDATE as `_finish_statement`'s; test_unit_delivery compares the rows).
+_ISSUE_STATUS = "SELECT status FROM issues WHERE id = %(id)s"
+
+
+def _on_driver(conn: Connection, sql: str, params: dict[str, Any]) -> Any:
+    """``sql`` executed as a prepared statement by psycopg itself on ``conn``'s driver connection; its cursor.
 
     Raises:
-        DBAPIError: as SQLAlchemy would wrap the driver's error (so `OutcomeWriter.sent` retries alike).
+        DBAPIError: the driver's error wrapped as SQLAlchemy would (so `OutcomeWriter` retries alike).
     """
     import psycopg
 
     driver = conn.connection.driver_connection
     assert driver is not None
+    try:
+        return driver.execute(sql, params, prepare=True)
+    except psycopg.Error as exc:
+        invalidated = driver.closed or isinstance(exc, psycopg.OperationalError)
+        raise DBAPIError.instance(sql, None, exc, psycopg.Error, connection_invalidated=invalidated) from exc
+
+
+def _sent_on_driver(conn: Connection, claims: Sequence[Claim], values: dict[str, Any]) -> set[int]:
+    """`_apply` for sending -> sent on a psycopg connection in autocommit mode, as prepared statements
+    sent by the driver itself (the same UPDATE as `_finish_statement`'s; test_unit_delivery compares the rows).
+
+    Raises:
+        DBAPIError: see `_on_driver`.
+    """
     params = {"at": values["sent_at"], "now": utcnow(), "relay": values["relay"]}
     by_token: dict[str, list[int]] = {}
     for c in claims:
         by_token.setdefault(c.token, []).append(c.id)
     done: set[int] = set()
-    try:
-        for token, ids in by_token.items():
-            if len(ids) == 1:
-                if driver.execute(_SENT_ONE, {**params, "token": token, "id": ids[0]}, prepare=True).rowcount:
-                    done.add(ids[0])
-            else:
-                done.update(r[0] for r in driver.execute(_SENT_MANY, {**params, "token": token, "ids": ids}, prepare=True))
-    except psycopg.Error as exc:
-        invalidated = driver.closed or isinstance(exc, psycopg.OperationalError)
-        raise DBAPIError.instance(_SENT_ONE, None, exc, psycopg.Error, connection_invalidated=invalidated) from exc
+    for token, ids in by_token.items():
+        if len(ids) == 1:
+            if _on_driver(conn, _SENT_ONE, {**params, "token": token, "id": ids[0]}).rowcount:
+                done.add(ids[0])
+        else:
+            done.update(r[0] for r in _on_driver(conn, _SENT_MANY, {**params, "token": token, "ids": ids}))
     return done
 
 
@@ -464,26 +476,48 @@ class OutcomeWriter:
         if not claims:
             return set()
         values = {"status": DeliveryStatus.SENT, "sent_at": utcnow(), "relay": relay, "last_error": None}
+
+        def record(conn: Connection, again: bool) -> set[int]:
+            if self._raw and not again:
+                return _sent_on_driver(conn, claims, values)
+            return _apply(conn, claims, values, False, again)
+
+        return self._retrying(record, f"{len(claims)} deliveries: recording sent")
+
+    def issue_status(self, issue_id: int) -> IssueStatus | None:
+        """The issue's status, read on the held connection (the batch's check for a pause or cancel:
+        one prepared statement instead of an ORM query); None if the issue is gone.
+
+        Raises:
+            DBAPIError: as `sent`.
+        """
+
+        def read(conn: Connection, again: bool) -> IssueStatus | None:
+            if self._raw:
+                row = _on_driver(conn, _ISSUE_STATUS, {"id": issue_id}).fetchone()
+            else:
+                row = conn.execute(select(Issue.status).where(Issue.id == issue_id)).first()
+            return None if row is None else IssueStatus(row[0])
+
+        return self._retrying(read, f"issue id {issue_id}: status")
+
+    def _retrying(self, action: Callable[[Connection, bool], T], what: str) -> T:
+        """``action(connection, again)`` on the held connection; after a lost connection again on a fresh
+        one (``again`` True), for up to ``retry_for`` seconds."""
         deadline = time.monotonic() + self.retry_for
         pause, again = 0.05, False
         while True:
             try:
                 if self._conn is None:
                     self._conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-                if self._raw and not again:
-                    return _sent_on_driver(self._conn, claims, values)
-                return _apply(self._conn, claims, values, False, again)
+                return action(self._conn, again)
             except DBAPIError as exc:
                 if not is_transient_db_error(exc):
                     raise
                 self._discard()
                 if time.monotonic() + pause > deadline:
                     raise
-                log.warning(
-                    "%s deliveries: recording sent: database unreachable (%s); trying again on a fresh connection",
-                    len(claims),
-                    first_line(exc),
-                )
+                log.warning("%s: database unreachable (%s); trying again on a fresh connection", what, first_line(exc))
                 time.sleep(pause)
                 pause, again = min(pause * 2, 1.0), True
 

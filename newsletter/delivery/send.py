@@ -335,7 +335,7 @@ def _send_concurrently(
                 o.recorded.set()
             before, recorded = recorded, recorded + len(batch)
             checkpoint = recorded // STATUS_CHECK_EVERY > before // STATUS_CHECK_EVERY
-            if checkpoint and not stop.is_set() and _should_stop(session, ctx.settings, ctx.issue_id, outcomes):
+            if checkpoint and not stop.is_set() and _should_stop(session, ctx.settings, ctx.issue_id, outcomes, writer):
                 stop.set()
     finally:
         stop.set()  # on an error here, senders must not wait for records that will not come
@@ -362,12 +362,16 @@ def _wait_recorded(outcome: _Outcome, stop: threading.Event) -> None:
             return
 
 
-def _should_stop(session: Session, settings: Settings, issue_id: int, outcomes: Counter[str]) -> bool:
+def _should_stop(
+    session: Session, settings: Settings, issue_id: int, outcomes: Counter[str], writer: ledger.OutcomeWriter | None = None
+) -> bool:
     """True when the batch must stop: the issue was paused or cancelled, or this batch fails more than
-    it sends and the issue's failures reach the auto-pause threshold (which pauses it)."""
+    it sends and the issue's failures reach the auto-pause threshold (which pauses it). The status is
+    read on ``writer``'s connection when there is one (a prepared statement, not an ORM query)."""
     if outcomes["failed"] > outcomes["sent"] and _auto_pause(session, settings, issue_id):
         return True
-    return _issue_status(session, issue_id) not in SENDABLE_ISSUE_STATES
+    status = writer.issue_status(issue_id) if writer is not None else _issue_status(session, issue_id)
+    return status not in SENDABLE_ISSUE_STATES
 
 
 def _auto_pause(session: Session, settings: Settings, issue_id: int) -> bool:
