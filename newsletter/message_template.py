@@ -30,7 +30,7 @@ from email.policy import SMTP
 from email.utils import format_datetime
 from functools import lru_cache
 
-from newsletter.mime import Envelope, HeaderInjection, ascii_address, build_message, list_unsubscribe_line, to_bytes
+from newsletter.mime import DotFree, Envelope, HeaderInjection, ascii_address, build_message, list_unsubscribe_line, to_bytes
 from newsletter.rendering import PLACEHOLDER
 
 MAX_HEADER_LINE = 78  # RFC 5322 §2.1.1: lines SHOULD be at most 78 characters
@@ -143,6 +143,12 @@ class MessageTemplate:
 
     def __init__(self, pieces: list[_Piece]) -> None:
         self._pieces = pieces
+        # True when no rendered line can start with ".": every line starts in a static piece that has no
+        # such line, a header field (a name, or folding whitespace) or base64 (no "." in its alphabet).
+        # A quoted-printable line with a personal value could (a value is encoded where it falls).
+        self.dot_free = all(
+            (b"\n." not in p and not p.startswith(b".")) if isinstance(p, bytes) else not isinstance(p, tuple) for p in pieces
+        )
 
     @classmethod
     def build(cls, from_header: str, subject: str, list_id: str, lang: str, text: str, html_doc: str) -> MessageTemplate:
@@ -271,7 +277,7 @@ class MessageTemplate:
                     line.append(_qp_piece(_escaped(chunk, values, escape, escaped).encode("utf-8")))
                 joined = b"".join(line)
                 out.append(joined[:-3] + b"\r\n" if joined.endswith(_SOFT) else joined + b"\r\n")
-        return b"".join(out)
+        return DotFree(b"".join(out)) if self.dot_free else b"".join(out)
 
 
 def _escaped(name: str, values: Mapping[str, str], escape: bool, cache: dict[str, str]) -> str:

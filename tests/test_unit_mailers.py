@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from newsletter.delivery.mailers import quoteaddr
+from newsletter.delivery.mailers import _stuffed, quoteaddr
+from newsletter.mime import DotFree
 
 ATEXT = "abcXYZ019!#$%&'*+/=?^_`{|}~-"
 
@@ -28,3 +29,9 @@ def test_quoteaddr_is_smtplib_s(address: str) -> None:
 def test_quoteaddr_is_smtplib_s_for_any_address(local: str, domain: str) -> None:
     address = f"{local}@{domain}"
     assert quoteaddr(address) == smtplib.quoteaddr(address)
+
+
+@pytest.mark.parametrize("message", [b"a\r\nb\r\n", b"a\r\nb", b"QUJD\r\n=\r\n", b""])
+def test_a_dot_free_message_is_sent_as_stuffing_would_send_it(message: bytes) -> None:
+    assert _stuffed(DotFree(message)) == _stuffed(message)
+    assert _stuffed(b".a\r\n.\r\nb") == b"..a\r\n..\r\nb\r\n.\r\n"  # and a plain one is stuffed (RFC 5321 §4.5.2)

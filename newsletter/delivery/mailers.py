@@ -15,6 +15,7 @@ from typing import Protocol
 from urllib.parse import unquote, urlsplit
 
 from newsletter.delivery.errors import classify_exception
+from newsletter.mime import DotFree
 
 
 class Mailer(Protocol):
@@ -105,9 +106,12 @@ def _stuffed(msg: bytes) -> bytes:
     """The DATA payload with its end marker: dot-stuffing (RFC 5321 §4.5.2) by ``bytes.replace``
     instead of smtplib's regular expression over the whole message (12% of a worker's time at 115 kB),
     built with one copy so it goes out in one write."""
-    q = msg.replace(b"\n.", b"\n..")
-    if q[:1] == b".":
-        q = b"." + q
+    if isinstance(msg, DotFree):  # no line starts with "." (the message template vouches for it)
+        q: bytes = msg
+    else:
+        q = msg.replace(b"\n.", b"\n..")
+        if q[:1] == b".":
+            q = b"." + q
     return q + (b".\r\n" if q[-2:] == b"\r\n" else b"\r\n.\r\n")
 
 
