@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, any_, bindparam, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -51,6 +51,19 @@ def dialect_insert(session: Session, entity: Any) -> Any:
 
     module: Any = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
     return module.insert(entity)
+
+
+def in_values(session: Session, column: Any, values: Iterable[Any]) -> Any:
+    """``column IN (values)``; on PostgreSQL ``column = ANY(:array)``: one parameter, so the statement's
+    text stays short and the same for any number of values, and psycopg converts it once and prepares
+    it (an IN list of a batch's 100 ids is 100 parameters in a 4 kB text, which psycopg parses again
+    on every call: a tenth of a worker's CPU per batch)."""
+    values = list(values)
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import ARRAY
+
+        return column == any_(bindparam(None, values, type_=ARRAY(column.type)))
+    return column.in_(values)
 
 
 def first_line(exc: BaseException) -> str:

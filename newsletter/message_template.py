@@ -30,7 +30,7 @@ from email.policy import SMTP
 from email.utils import format_datetime
 from functools import lru_cache
 
-from newsletter.mime import Envelope, HeaderInjection, ascii_address, build_message, list_unsubscribe_line, to_bytes
+from newsletter.mime import DotFree, Envelope, HeaderInjection, ascii_address, build_message, list_unsubscribe_line, to_bytes
 from newsletter.rendering import PLACEHOLDER
 
 MAX_HEADER_LINE = 78  # RFC 5322 §2.1.1: lines SHOULD be at most 78 characters
@@ -41,6 +41,9 @@ _MSG_ID = re.compile(r"<[\x21-\x3b\x3d\x3f-\x7e]+>")  # printable ASCII, no < > 
 _EW_BYTES = 45  # RFC 2047 §2: an encoded-word is at most 75 characters; =?utf-8?b?<60 base64 chars>?= is 72
 _SOFT = b"=\r\n"
 _PERSONAL_HEADERS = {b"to": "to", b"date": "date", b"message-id": "message-id", b"list-unsubscribe": "list-unsubscribe"}
+
+_MARKER = re.compile(PLACEHOLDER.pattern.encode("ascii"))
+_B64_LINE = 76  # base64 characters per line (57 octets), as the email package writes them (RFC 2045 §6.8)
 
 _date_cache: tuple[int, bytes] = (0, b"")
 
@@ -138,8 +141,14 @@ class MessageTemplate:
     bytes (each ending in a soft break) and marker names, and whether values are HTML-escaped.
     """
 
-    def __init__(self, pieces: list[bytes | str | tuple[tuple[bytes | str, ...], bool]]) -> None:
+    def __init__(self, pieces: list[_Piece]) -> None:
         self._pieces = pieces
+        # True when no rendered line can start with ".": every line starts in a static piece that has no
+        # such line, a header field (a name, or folding whitespace) or base64 (no "." in its alphabet).
+        # A quoted-printable line with a personal value could (a value is encoded where it falls).
+        self.dot_free = all(
+            (b"\n." not in p and not p.startswith(b".")) if isinstance(p, bytes) else not isinstance(p, tuple) for p in pieces
+        )
 
     @classmethod
     def build(cls, from_header: str, subject: str, list_id: str, lang: str, text: str, html_doc: str) -> MessageTemplate:
@@ -156,7 +165,7 @@ class MessageTemplate:
         if boundary is None:
             raise ValueError("the message has no multipart boundary")
         head, _, body = raw.partition(b"\r\n\r\n")
-        pieces: list[bytes | str | tuple[tuple[bytes | str, ...], bool]] = []
+        pieces: list[_Piece] = []
 
         def static(data: bytes) -> None:
             if pieces and isinstance(pieces[-1], bytes):
@@ -174,16 +183,42 @@ class MessageTemplate:
 
         delimiter = b"--" + boundary.encode("ascii")
         in_body = escape = False
+        cte = b""
         logical: list[bytes] = []
+        part: list[bytes] = []  # a base64 part's lines, read whole at its end
+
+        def end_base64_part() -> None:
+            blank = 0
+            while blank < len(part) and part[-1 - blank] == b"":  # the CRLF before the delimiter belongs to it
+                blank += 1
+            encoded = part[: len(part) - blank]
+            decoded = binascii.a2b_base64(b"".join(encoded))
+            if b"@@NL_" in decoded:
+                pieces.append(_Base64Body(decoded, escape))
+            else:
+                static(b"".join(line + b"\r\n" for line in encoded))
+            static(b"\r\n" * blank)
+            part.clear()
+
         lines = body.split(b"\r\n")
         for line in lines[:-1]:  # every line is followed by CRLF; the last element is what follows the last one
             if line.startswith(delimiter):
+                if in_body and cte == b"base64":
+                    end_base64_part()
                 in_body = escape = False
+                cte = b""
                 static(line + b"\r\n")
             elif not in_body:
-                if line.lower().startswith(b"content-type:"):
-                    escape = b"text/html" in line.lower()
+                lower = line.lower()
+                if lower.startswith(b"content-type:"):
+                    escape = b"text/html" in lower
+                elif lower.startswith(b"content-transfer-encoding:"):
+                    cte = lower.split(b":", 1)[1].strip()
                 in_body = line == b""
+                static(line + b"\r\n")
+            elif cte == b"base64":
+                part.append(line)
+            elif cte != b"quoted-printable":  # 7bit or 8bit: not ours to rewrite (its markers stay unfound)
                 static(line + b"\r\n")
             else:
                 logical.append(line)
@@ -196,10 +231,16 @@ class MessageTemplate:
                     pieces.append((_marker_line(decoded.decode("utf-8")), escape))
                 else:
                     static(encoded + b"\r\n")
+        if part:
+            end_base64_part()
         static(lines[-1])
-        found = sum(isinstance(c, str) for p in pieces if isinstance(p, tuple) for c in p[0])
+        found = sum(
+            len(p.names) if isinstance(p, _Base64Body) else sum(isinstance(c, str) for c in p[0])
+            for p in pieces
+            if isinstance(p, tuple | _Base64Body)
+        )
         expected = len(PLACEHOLDER.findall(text)) + len(PLACEHOLDER.findall(html_doc))
-        if found != expected:  # e.g. a body no longer quoted-printable: never send markers unfilled
+        if found != expected:  # e.g. a body neither quoted-printable nor base64: never send markers unfilled
             raise ValueError(f"message template: {expected - found} of {expected} personal markers not found in the encoded message")
         return cls(pieces)
 
@@ -224,6 +265,8 @@ class MessageTemplate:
                 out.append(piece)
             elif isinstance(piece, str):
                 out.append(fields[piece])
+            elif isinstance(piece, _Base64Body):
+                out.append(piece.render(values, escaped))
             else:
                 chunks, escape = piece
                 line: list[bytes] = []
@@ -231,16 +274,93 @@ class MessageTemplate:
                     if isinstance(chunk, bytes):
                         line.append(chunk)
                         continue
-                    if escape:
-                        value = escaped.get(chunk)
-                        if value is None:
-                            value = escaped[chunk] = html.escape(values[chunk], quote=True)
-                    else:
-                        value = values[chunk]
-                    line.append(_qp_piece(value.encode("utf-8")))
+                    line.append(_qp_piece(_escaped(chunk, values, escape, escaped).encode("utf-8")))
                 joined = b"".join(line)
                 out.append(joined[:-3] + b"\r\n" if joined.endswith(_SOFT) else joined + b"\r\n")
+        return DotFree(b"".join(out)) if self.dot_free else b"".join(out)
+
+
+def _escaped(name: str, values: Mapping[str, str], escape: bool, cache: dict[str, str]) -> str:
+    if not escape:
+        return values[name]
+    value = cache.get(name)
+    if value is None:
+        value = cache[name] = html.escape(values[name], quote=True)
+    return value
+
+
+def b64_lines(data: bytes) -> bytes:
+    """``data`` in base64, in lines of at most 76 characters, each ending in CRLF (RFC 2045 §6.8).
+
+    Lines may be shorter than 76 characters; a decoder joins them, so as long as every piece but the
+    last encodes a multiple of 3 octets (no ``=`` padding inside), pieces encoded apart concatenate
+    into one valid body.
+    """
+    if not data:
+        return b""
+    encoded = binascii.b2a_base64(data, newline=False)
+    if len(encoded) <= _B64_LINE:
+        return encoded + b"\r\n"
+    return b"".join(encoded[i : i + _B64_LINE] + b"\r\n" for i in range(0, len(encoded), _B64_LINE))
+
+
+class _Base64Run:
+    """A static run of a base64 part's decoded octets, encoded at build time for each alignment it can
+    start at: after ``k`` octets (0, 1 or 2) completed the group of 3 the previous value left open.
+    ``variants[k]`` is (the k octets that complete that group, the encoded lines of the rest cut to a
+    multiple of 3, the 0-2 octets left over), or None when the run is shorter than k."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.variants: list[tuple[bytes, bytes, bytes] | None] = []
+        for k in range(3):
+            if len(data) < k:
+                self.variants.append(None)
+                continue
+            whole = k + (len(data) - k) // 3 * 3
+            self.variants.append((data[:k], b64_lines(data[k:whole]), data[whole:]))
+
+    def emit(self, carry: bytes, out: list[bytes]) -> bytes:
+        """Append this run's lines after the 0-2 octets ``carry`` still to encode; returns the new carry."""
+        variant = self.variants[(3 - len(carry)) % 3]
+        if variant is None:
+            return carry + self.data  # fewer than 3 octets in all
+        head, encoded, tail = variant
+        if carry:
+            out.append(b64_lines(carry + head))  # exactly 3 octets
+        out.append(encoded)
+        return tail
+
+
+class _Base64Body:
+    """A base64 part with markers (`mime.body_encoding`: CJK editions): its decoded octets cut at the
+    markers. Per recipient only the values and the octets around them are encoded (a few short lines
+    each); every static run's lines come from build time (`_Base64Run`)."""
+
+    def __init__(self, decoded: bytes, escape: bool) -> None:
+        cut = _MARKER.split(decoded)  # static, name, static, name, ..., static
+        self.runs = [_Base64Run(run) for run in cut[0::2]]
+        self.names = [name.decode("ascii") for name in cut[1::2]]
+        self.escape = escape
+
+    def render(self, values: Mapping[str, str], escaped: dict[str, str]) -> bytes:
+        """The part's body lines for one recipient (each ending in CRLF).
+
+        Raises:
+            KeyError: a marker has no value.
+        """
+        out: list[bytes] = []
+        carry = self.runs[0].emit(b"", out)
+        for name, run in zip(self.names, self.runs[1:], strict=True):
+            data = carry + _escaped(name, values, self.escape, escaped).encode("utf-8")
+            whole = len(data) // 3 * 3
+            out.append(b64_lines(data[:whole]))
+            carry = run.emit(data[whole:], out)
+        out.append(b64_lines(carry))  # the last group, padded with "="
         return b"".join(out)
+
+
+_Piece = bytes | str | tuple[tuple[bytes | str, ...], bool] | _Base64Body
 
 
 def _marker_line(decoded: str) -> tuple[bytes | str, ...]:

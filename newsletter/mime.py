@@ -16,6 +16,16 @@ WIRE_POLICY = SMTP.clone(refold_source="none")
 # RFC 5322's header limit, which the email package also applies to bodies).
 BODY_POLICY = SMTP.clone(max_line_length=76)
 MAX_LINE = 998  # octets, RFC 5322 §2.1.1
+# Editions whose text is mostly CJK: quoted-printable writes each 3-byte UTF-8 character as 9 characters
+# (=E4=B8=AD), base64 as 4, so base64 is the shorter encoding for them (about 0.6x the bytes).
+_BASE64_LANGS = frozenset({"zh", "ja", "ko"})
+
+
+class DotFree(bytes):
+    """A serialised message known to have no line that starts with ``.``, so SMTP's DATA needs no
+    dot-stuffing (RFC 5321 §4.5.2) and a sender can skip searching 100 kB for one. Made only by
+    `newsletter.message_template` for messages it can vouch for (base64 bodies); any change to the
+    bytes (a DKIM signature in front, a concatenation) gives plain ``bytes`` again."""
 
 
 class HeaderInjection(ValueError):
@@ -98,14 +108,27 @@ def parse_from(from_header: str) -> Address:
     return Address(display_name=name, username=local, domain=domain)
 
 
+def body_encoding(lang: str) -> str:
+    """The Content-Transfer-Encoding of a message's text and HTML parts for language tag ``lang``:
+    ``base64`` for Chinese, Japanese and Korean, ``quoted-printable`` otherwise.
+
+    Decided by the language, not by the personalised text, so that every recipient of an edition gets
+    the same encoding (and `newsletter.message_template` can encode the edition once). On the bundled
+    zh-Hans sample a message is 51 kB in base64 against 79 kB in quoted-printable; for English,
+    quoted-printable is 0.75x base64 and keeps the source readable.
+    """
+    return "base64" if lang.split("-", 1)[0].lower() in _BASE64_LANGS else "quoted-printable"
+
+
 def build_message(env: Envelope, text: str, html: str) -> EmailMessage:
     """A multipart/alternative message (text first, then HTML: RFC 2046 §5.1.4, last is preferred).
 
     Headers: display names and subject are RFC 2047 encoded when not ASCII (the policy does it);
     ``List-Unsubscribe`` carries the signed https URL (left out when ``unsubscribe_url`` is empty) and
     ``List-Unsubscribe-Post`` asks for one-click
-    unsubscription (RFC 8058 §3.1); ``List-Id`` follows RFC 2919. Bodies are quoted-printable UTF-8,
-    so no body line exceeds 76 octets (RFC 5322's 998-octet limit is never near).
+    unsubscription (RFC 8058 §3.1); ``List-Id`` follows RFC 2919. Bodies are UTF-8 in quoted-printable,
+    or base64 for CJK languages (`body_encoding`), so no body line exceeds 76 octets (RFC 5322's
+    998-octet limit is never near).
 
     This is the reference for the per-recipient hot path, `newsletter.message_template`.
 
@@ -130,8 +153,9 @@ def build_message(env: Envelope, text: str, html: str) -> EmailMessage:
             # which RFC 2369 clients do not decode (one-click unsubscribe would break). Keep it whole.
             msg.set_raw("List-Unsubscribe", unsubscribe)
         msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
-    msg.set_content(text, subtype="plain", charset="utf-8", cte="quoted-printable")
-    msg.add_alternative(html, subtype="html", charset="utf-8", cte="quoted-printable")
+    cte = body_encoding(env.lang)
+    msg.set_content(text, subtype="plain", charset="utf-8", cte=cte)
+    msg.add_alternative(html, subtype="html", charset="utf-8", cte=cte)
     msg["Content-Language"] = env.lang  # after set_content, which clears Content-* headers
     return msg
 

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from newsletter.message_template import MessageTemplate, to_field
-from newsletter.mime import Envelope, HeaderInjection, build_message, to_bytes
+from newsletter.mime import DotFree, Envelope, HeaderInjection, build_message, to_bytes
 from newsletter.rendering import ArticleView, EditionContent, greeting, personalise, render_edition
 from newsletter.tokens import message_id, sign
 
@@ -86,6 +86,8 @@ def edition(lang: str) -> tuple[str, str]:
 
 
 def assert_well_formed(raw: bytes) -> None:
+    if isinstance(raw, DotFree):  # SMTP will send it without dot-stuffing: no line may start with "."
+        assert not raw.startswith(b".") and b"\n." not in raw
     head, _, body = raw.partition(b"\r\n\r\n")
     raw.decode("ascii")  # 7-bit: headers RFC 2047-encoded, bodies quoted-printable
     assert b"\n" not in raw.replace(b"\r\n", b"") and b"\r" not in raw.replace(b"\r\n", b"")
@@ -100,6 +102,7 @@ def test_rendered_editions_match_the_email_package(lang: str, name: str) -> None
     mine, ref = both(text, html, lang, name, "ann@example.com")
     assert canonical(mine) == canonical(ref)
     assert_well_formed(mine)
+    assert isinstance(mine, DotFree) == lang.startswith("zh")  # base64 bodies: the sender skips dot-stuffing
     parsed = _parse(mine)
     assert parsed["Date"].datetime is not None
     assert [p.get_content_type() for p in parsed.iter_parts()] == ["text/plain", "text/html"]
@@ -143,13 +146,14 @@ def test_every_marker_is_found_or_the_build_fails(monkeypatch: pytest.MonkeyPatc
     raw = template.render(to_address="a@example.com", to_name="Ann", message_id="<a@b>", unsubscribe_url="https://n.example/u",
                           values={"GREETING": "Hi", "EMAIL": "a@example.com", "UNSUBSCRIBE_URL": "u", "PREFERENCES_URL": "p"})  # fmt: skip
     assert b"@@NL_" not in raw
-    # A body the template cannot read (here: base64 instead of quoted-printable) must not go out with markers in it.
+    assert not any("@@NL_" in p.get_content() for p in _parse(raw).iter_parts())  # zh parts are base64: look decoded
+    # A body the template cannot read (here: 8bit instead of quoted-printable or base64) must not go out with markers in it.
     original = EmailMessage.set_content
 
-    def base64_content(self: EmailMessage, *args: object, **kwargs: object) -> None:
-        original(self, *args, **{**kwargs, "cte": "base64"})  # type: ignore[arg-type]
+    def eight_bit_content(self: EmailMessage, *args: object, **kwargs: object) -> None:
+        original(self, *args, **{**kwargs, "cte": "8bit"})  # type: ignore[arg-type]
 
-    monkeypatch.setattr(EmailMessage, "set_content", base64_content)
+    monkeypatch.setattr(EmailMessage, "set_content", eight_bit_content)
     with pytest.raises(ValueError, match="markers not found"):
         MessageTemplate.build(FROM, "s", LIST_ID, "zh-Hans", text, html)
 
@@ -194,5 +198,19 @@ def test_property_same_message_as_the_email_package(name: str, tail: str, before
     text = f"{before}@@NL_GREETING@@{after}\n{after}\nUnsubscribe: @@NL_UNSUBSCRIBE_URL@@\n{before}@@NL_EMAIL@@\n"
     html = f'<p>{before}@@NL_GREETING@@{after}</p>\n<a href="@@NL_UNSUBSCRIBE_URL@@">{after}</a>@@NL_PREFERENCES_URL@@\n'
     mine, ref = both(text, html, lang, name, "ann@example.com", "https://news.example.org/" + tail)
+    assert canonical(mine) == canonical(ref)
+    assert_well_formed(mine)
+
+
+@pytest.mark.parametrize("gap", ["", "x", "好", "xy", "好x", "好好", "\n.", ".\n."])
+@pytest.mark.parametrize("name", ["", "A", "Ab", "Abc", "张", "张三", "Zoë <&>"])
+def test_base64_parts_around_markers_at_every_alignment(gap: str, name: str) -> None:
+    # CJK editions are base64 (mime.body_encoding): each value and the 0-2 octets around it are encoded per
+    # recipient, every static run at the alignment the value leaves; markers next to each other, 1-2 octets
+    # apart, at the start and at the end of a part.
+    text = f"@@NL_GREETING@@{gap}@@NL_EMAIL@@{gap}\n{'好' * 40}{gap}@@NL_UNSUBSCRIBE_URL@@\n{gap}@@NL_PREFERENCES_URL@@"
+    html = f"@@NL_GREETING@@{gap}@@NL_EMAIL@@<p>{'好' * 30}{gap}</p>@@NL_UNSUBSCRIBE_URL@@{gap}@@NL_PREFERENCES_URL@@"
+    mine, ref = both(text, html, "zh-Hans", name, "ann@example.com")
+    assert b"Content-Transfer-Encoding: base64" in mine
     assert canonical(mine) == canonical(ref)
     assert_well_formed(mine)

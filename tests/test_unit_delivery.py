@@ -748,3 +748,65 @@ def test_an_issue_with_open_deliveries_is_not_counted_after_every_batch(session,
     send_batch(session, settings, issue_id, rec.ids, lambda: OutboxMailer(tmp_path / "ob"))
     assert publishing.finish_if_done(session, issue_id) is True  # and once none is open, it ends the issue
     assert session.get(Issue, issue_id).status == IssueStatus.SENT
+
+
+def test_an_edition_rendered_again_is_sent_as_rendered_again(session, settings: Settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A worker keeps each edition's message template between batches (keyed by the edition's ``rendered_at``,
+    so a batch reads no HTML): an edition rendered again after a batch went out is sent in its new form."""
+    from newsletter.models import Edition
+
+    issue_id, rec = _publish(session, settings)
+    outbox = tmp_path / "outbox-rerender"
+    first, rest = rec.ids[:1], rec.ids[1:]
+    assert send_batch(session, settings, issue_id, first, lambda: OutboxMailer(outbox)).outcomes["sent"] == 1
+    for edition in session.scalars(select(Edition).where(Edition.issue_id == issue_id)):
+        edition.subject = f"Rendered again · {edition.lang}"
+        edition.text = "Second rendering.\n" + edition.text
+        edition.rendered_at = datetime.now(UTC)
+    session.commit()
+    assert send_batch(session, settings, issue_id, rest, lambda: OutboxMailer(outbox)).outcomes["sent"] == 3
+    messages = [email.message_from_bytes(f.read_bytes(), policy=email.policy.default) for f in _outbox_files(outbox)]
+    again = [m for m in messages if m["Subject"].startswith("Rendered again")]
+    assert len(again) == 3 and len(messages) == 4
+    dan = next(m for m in again if "dan@example.com" in str(m["To"]))
+    assert dan.get_body(("plain",)).get_content().startswith("Second rendering.")
+
+
+def test_outcome_writer_records_like_mark_sent_many_and_only_under_the_current_claim(session, settings: Settings) -> None:  # type: ignore[no-untyped-def]
+    """The batch's writer (on PostgreSQL: prepared statements sent by psycopg itself, not SQLAlchemy's Core) leaves
+    the same rows as `ledger.mark_sent_many`, one id or several per statement, and records nothing under a stale token."""
+    issue_id, rec = _publish(session, settings)
+    a, b, c, d = rec.ids
+    t0 = datetime.now(UTC)
+    (stale,) = ledger.claim(session, issue_id, [a], lease_seconds=10, now=t0 - timedelta(seconds=60))
+    (current,) = ledger.claim(session, issue_id, [a], lease_seconds=300)  # the stale claim ran out and was taken over
+    pair = ledger.claim(session, issue_id, [b, c], lease_seconds=300)
+    (reference,) = ledger.claim(session, issue_id, [d], lease_seconds=300)
+    writer = ledger.OutcomeWriter(session.get_bind().engine)
+    try:
+        assert writer.sent([stale], "relay-a") == set()
+        assert writer.sent([current], "relay-a") == {a}
+        assert writer.sent(pair, "relay-a") == {b, c}
+        assert writer.sent(pair, "relay-a") == set()  # already final
+    finally:
+        writer.close()
+    assert ledger.mark_sent_many(session, [reference], "relay-a") == {d}
+    rows = {r.id: r for r in _deliveries(session, issue_id)}
+    shape = {i: (r.status, r.relay, r.claimed_until, r.last_error, r.sent_at is not None, r.attempts) for i, r in rows.items()}
+    assert shape[a] == (DeliveryStatus.SENT, "relay-a", None, None, True, 2)
+    assert shape[b] == shape[c] == shape[d] == (DeliveryStatus.SENT, "relay-a", None, None, True, 1)
+    assert all(r.updated_at >= r.sent_at - timedelta(seconds=1) for r in rows.values())
+
+
+def test_outcome_writer_reads_the_issue_status_a_batch_checks(session, settings: Settings) -> None:  # type: ignore[no-untyped-def]
+    """A concurrent batch checks for a pause or cancel on its writer's connection (on PostgreSQL a prepared
+    statement sent by psycopg itself): it must see the issue's current status, as an `IssueStatus`."""
+    issue_id, _ = _publish(session, settings)
+    writer = ledger.OutcomeWriter(session.get_bind().engine)
+    try:
+        assert writer.issue_status(issue_id) is IssueStatus.SENDING
+        control.pause_issue(session, session.get_one(Issue, issue_id))
+        assert writer.issue_status(issue_id) is IssueStatus.PAUSED
+        assert writer.issue_status(issue_id + 1000) is None
+    finally:
+        writer.close()

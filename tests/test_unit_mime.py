@@ -37,13 +37,15 @@ def _parse(raw: bytes) -> email.message.EmailMessage:
     return email.message_from_bytes(raw, policy=email.policy.default)  # type: ignore[return-value]
 
 
-def test_multipart_alternative_text_then_html() -> None:
-    msg = _parse(_raw())
+@pytest.mark.parametrize("lang, cte", [("zh-Hans", "base64"), ("zh-Hant", "base64"), ("ja", "base64"), ("en", "quoted-printable"),
+                                       ("de", "quoted-printable")])  # fmt: skip
+def test_multipart_alternative_text_then_html(lang: str, cte: str) -> None:
+    msg = _parse(_raw(dataclasses.replace(ENV, lang=lang)))
     assert msg.get_content_type() == "multipart/alternative"
     parts = list(msg.iter_parts())
     assert [p.get_content_type() for p in parts] == ["text/plain", "text/html"]
     assert [p.get_content_charset() for p in parts] == ["utf-8", "utf-8"]
-    assert [p["Content-Transfer-Encoding"] for p in parts] == ["quoted-printable", "quoted-printable"]
+    assert [p["Content-Transfer-Encoding"] for p in parts] == [cte, cte]
     # The parser keeps the wire's CRLF line ends in decoded text.
     assert parts[0].get_content().replace("\r\n", "\n") == TEXT
     assert parts[1].get_content().replace("\r\n", "\n") == HTML
@@ -66,11 +68,24 @@ def test_every_line_at_most_998_octets() -> None:
     assert str(parsed["List-Unsubscribe"]).strip() == "<https://news.example.org/u/" + "b" * 900 + ">"
 
 
-def test_quoted_printable_lines_at_most_76() -> None:
-    # RFC 2045 §6.7 rule 5; the SMTP policy alone would allow 78.
-    raw = _raw(text="x" * 500 + "\n" + "好" * 200 + "\n" + "a " * 200 + "\n", html="<p>" + "y" * 500 + "</p>")
+@pytest.mark.parametrize("lang", ["en", "zh-Hans"])
+def test_body_lines_at_most_76(lang: str) -> None:
+    # RFC 2045 §6.7 rule 5 (quoted-printable) and §6.8 (base64); the SMTP policy alone would allow 78.
+    raw = _raw(
+        dataclasses.replace(ENV, lang=lang), text="x" * 500 + "\n" + "好" * 200 + "\n" + "a " * 200 + "\n", html="<p>" + "y" * 500 + "</p>"
+    )
     body = raw.split(b"\r\n\r\n", 1)[1]
     assert max(len(line) for line in body.split(b"\r\n")) <= 76
+
+
+def test_cjk_editions_are_base64_and_shorter_than_quoted_printable() -> None:
+    # Quoted-printable writes a 3-byte CJK character as 9 characters (=E5=A5=BD), base64 as 4.
+    text, html = "好" * 3000 + "\n", "<p>" + "好" * 3000 + "</p>\n"
+    zh = _raw(dataclasses.replace(ENV, lang="zh-Hans"), text=text, html=html)
+    en = _raw(dataclasses.replace(ENV, lang="en"), text=text, html=html)
+    assert b"Content-Transfer-Encoding: base64" in zh and b"Content-Transfer-Encoding: base64" not in en
+    assert len(zh) < 0.5 * len(en)
+    assert [p.get_content() for p in _parse(zh).iter_parts()] == [p.get_content() for p in _parse(en).iter_parts()]
 
 
 @pytest.mark.parametrize("length", [40, 60, 76, 77, 78, 120, 400])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import smtplib
 import socket
 import ssl
@@ -14,6 +15,7 @@ from typing import Protocol
 from urllib.parse import unquote, urlsplit
 
 from newsletter.delivery.errors import classify_exception
+from newsletter.mime import DotFree
 
 
 class Mailer(Protocol):
@@ -88,13 +90,28 @@ class OutboxMailer:
 _sequence = 0  # Maildir name counter of this process (see OutboxMailer.send)
 
 
+# An address smtplib.quoteaddr would give back unchanged in angle brackets: letters, digits and ._+- in
+# dot-separated atoms, an LDH domain (RFC 5321 §4.1.2). Everything else goes through quoteaddr.
+_PLAIN_ADDRESS = re.compile(r"[A-Za-z0-9_+-]+(?:\.[A-Za-z0-9_+-]+)*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*")
+
+
+def quoteaddr(address: str) -> str:
+    """``smtplib.quoteaddr(address)``: ``<address>`` for a path in MAIL FROM or RCPT TO. A plain address
+    is written at once; smtplib's parses it with email.utils.parseaddr (80 µs per address, two per
+    message, a tenth of a worker's CPU per message)."""
+    return f"<{address}>" if _PLAIN_ADDRESS.fullmatch(address) else smtplib.quoteaddr(address)
+
+
 def _stuffed(msg: bytes) -> bytes:
     """The DATA payload with its end marker: dot-stuffing (RFC 5321 §4.5.2) by ``bytes.replace``
     instead of smtplib's regular expression over the whole message (12% of a worker's time at 115 kB),
     built with one copy so it goes out in one write."""
-    q = msg.replace(b"\n.", b"\n..")
-    if q[:1] == b".":
-        q = b"." + q
+    if isinstance(msg, DotFree):  # no line starts with "." (the message template vouches for it)
+        q: bytes = msg
+    else:
+        q = msg.replace(b"\n.", b"\n..")
+        if q[:1] == b".":
+            q = b"." + q
     return q + (b".\r\n" if q[-2:] == b"\r\n" else b"\r\n.\r\n")
 
 
@@ -124,7 +141,7 @@ class _Fast:
             conn.sendmail(sender, [recipient], msg)
             return
         size = f" SIZE={len(msg)}" if conn.has_extn("size") else ""
-        conn.send(f"MAIL FROM:{smtplib.quoteaddr(sender)}{size}\r\nRCPT TO:{smtplib.quoteaddr(recipient)}\r\nDATA\r\n".encode("ascii"))
+        conn.send(f"MAIL FROM:{quoteaddr(sender)}{size}\r\nRCPT TO:{quoteaddr(recipient)}\r\nDATA\r\n".encode("ascii"))
         mail, rcpt, data = conn.getreply(), conn.getreply(), conn.getreply()
         if mail[0] != 250:
             self._failed(mail[0], data[0])

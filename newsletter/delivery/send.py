@@ -11,7 +11,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from newsletter import dkim, logs, metrics
 from newsletter.bounces import verp_address
 from newsletter.config import Settings
+from newsletter.db import in_values
 from newsletter.delivery import ledger
 from newsletter.delivery.backoff import next_attempt
 from newsletter.delivery.errors import DeliveryError, PermanentDeliveryError
@@ -26,7 +27,7 @@ from newsletter.delivery.mailers import Mailer
 from newsletter.links import preferences_url, unsubscribe_url
 from newsletter.message_template import MessageTemplate, edition_template
 from newsletter.mime import HeaderInjection, ascii_address
-from newsletter.models import Delivery, Edition, Issue, IssueStatus, Subscriber, SubscriberStatus, Suppression, utcnow
+from newsletter.models import Edition, Issue, IssueStatus, Subscriber, SubscriberStatus, Suppression, utcnow
 from newsletter.rendering import greeting
 from newsletter.segments import issue_topics
 from newsletter.suppressions import is_dead_address, mark_bounced, suppress
@@ -77,6 +78,11 @@ class _Row:
     topics: list[str] | None
 
 
+def _row(delivery: Any, reader: Any) -> _Row:
+    """A claimed delivery (`ledger.CLAIMED_COLUMNS`) with its subscriber's row (a foreign key keeps it)."""
+    return _Row(*delivery, name=reader.name, subscriber_status=reader.status, paused=reader.paused, topics=reader.topics)
+
+
 @dataclass
 class _Outcome:
     """A sender's result for one claim, waiting for the writer (the batch's thread) to record it."""
@@ -123,25 +129,27 @@ def send_batch(
     if issue is None or issue.status not in SENDABLE_ISSUE_STATES:
         outcomes["issue-not-sending"] += len(delivery_ids)
         return BatchResult(outcomes)
-    claims = ledger.claim(session, issue_id, delivery_ids, settings.lease_seconds, max_attempts=settings.retry.max_attempts)
+    claimed = ledger.claim_rows(session, issue_id, delivery_ids, settings.lease_seconds, max_attempts=settings.retry.max_attempts)
+    claims = [c for c, _ in claimed]
     outcomes["busy"] += len(delivery_ids) - len(claims)
     if not claims:
         return BatchResult(outcomes)
 
     with ledger.LeaseKeeper(sessionmaker(bind=session.get_bind(), expire_on_commit=False), claims, settings.lease_seconds) as keeper:
         templates = _templates(session, settings, issue_id)
-        by_id = {
-            r.id: _Row(*r)
+        # The subscribers by primary key, apart from the deliveries: as a join, PostgreSQL hashes the whole
+        # subscriber table per batch whenever its statistics underestimate it (O(list size) per batch).
+        readers = {
+            r.id: r
             for r in session.execute(
-                select(
-                    Delivery.id, Delivery.subscriber_id, Delivery.email, Delivery.lang, Delivery.message_id, Delivery.attempts,
-                    Delivery.first_attempt_at, Subscriber.name, Subscriber.status, Subscriber.paused, Subscriber.topics,
+                select(Subscriber.id, Subscriber.name, Subscriber.status, Subscriber.paused, Subscriber.topics).where(
+                    in_values(session, Subscriber.id, sorted({r.subscriber_id for _, r in claimed}))
                 )
-                .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
-                .where(Delivery.id.in_([c.id for c in claims]))
             )
-        }  # fmt: skip
-        suppressed = set(session.scalars(select(Suppression.email).where(Suppression.email.in_([r.email for r in by_id.values()]))))
+        }
+        by_id = {r.id: _row(r, readers[r.subscriber_id]) for _, r in claimed}
+        emails = [r.email for r in by_id.values()]
+        suppressed = set(session.scalars(select(Suppression.email).where(in_values(session, Suppression.email, emails))))
         session.commit()  # end the read transaction: nothing stays open while the relay talks
         context = _Context(settings, issue.id, issue.number, templates, suppressed, frozenset(issue_topics(issue.segment)))
         if callable(mailer_factory):
@@ -161,18 +169,44 @@ class _Context:
     topics: frozenset[str]  # the issue's topic segment: a reader who left all of them is skipped
 
 
+# (edition id, rendered_at, From, List-Id) -> its message template, or why it cannot be sent. An edition is
+# rendered again (new html, text, subject) only with a new rendered_at, so the key names its content.
+_TEMPLATES: dict[tuple[int, datetime | None, str, str], MessageTemplate | str] = {}
+_TEMPLATES_KEPT = 32
+
+
 def _templates(session: Session, settings: Settings, issue_id: int) -> dict[str, MessageTemplate | str]:
-    """The issue's editions as message templates (built once per process and edition)."""
+    """The issue's editions as message templates, built once per process and edition.
+
+    Each batch reads only the editions' ids and ``rendered_at``; the rendered text and HTML (100-300 kB
+    per edition) are read when an edition is new to this process.
+    """
     out: dict[str, MessageTemplate | str] = {}
-    for e in session.scalars(select(Edition).where(Edition.issue_id == issue_id)):
-        if e.html is None or e.text is None or e.subject is None:
-            out[e.lang] = "not rendered"
-            continue
-        try:
-            out[e.lang] = edition_template(settings.from_header(e.lang), e.subject, settings.list_id, e.lang, e.text, e.html)
-        except (HeaderInjection, ValueError) as exc:
-            out[e.lang] = f"cannot build message: {exc}"
+    missing: dict[int, tuple[int, datetime | None, str, str]] = {}
+    for edition_id, lang, rendered_at in session.execute(
+        select(Edition.id, Edition.lang, Edition.rendered_at).where(Edition.issue_id == issue_id)
+    ):
+        key = (edition_id, rendered_at, settings.from_header(lang), settings.list_id)
+        cached = _TEMPLATES.get(key)
+        if cached is None:
+            missing[edition_id] = key
+        else:
+            out[lang] = cached
+    if missing:
+        for e in session.scalars(select(Edition).where(Edition.id.in_(list(missing)))):
+            out[e.lang] = _TEMPLATES[missing[e.id]] = _template(settings, e)
+        while len(_TEMPLATES) > _TEMPLATES_KEPT:  # the oldest first (dicts keep insertion order)
+            del _TEMPLATES[next(iter(_TEMPLATES))]
     return out
+
+
+def _template(settings: Settings, e: Edition) -> MessageTemplate | str:
+    if e.html is None or e.text is None or e.subject is None:
+        return "not rendered"
+    try:
+        return edition_template(settings.from_header(e.lang), e.subject, settings.list_id, e.lang, e.text, e.html)
+    except (HeaderInjection, ValueError) as exc:
+        return f"cannot build message: {exc}"
 
 
 def _send_sequentially(
@@ -301,7 +335,7 @@ def _send_concurrently(
                 o.recorded.set()
             before, recorded = recorded, recorded + len(batch)
             checkpoint = recorded // STATUS_CHECK_EVERY > before // STATUS_CHECK_EVERY
-            if checkpoint and not stop.is_set() and _should_stop(session, ctx.settings, ctx.issue_id, outcomes):
+            if checkpoint and not stop.is_set() and _should_stop(session, ctx.settings, ctx.issue_id, outcomes, writer):
                 stop.set()
     finally:
         stop.set()  # on an error here, senders must not wait for records that will not come
@@ -328,12 +362,16 @@ def _wait_recorded(outcome: _Outcome, stop: threading.Event) -> None:
             return
 
 
-def _should_stop(session: Session, settings: Settings, issue_id: int, outcomes: Counter[str]) -> bool:
+def _should_stop(
+    session: Session, settings: Settings, issue_id: int, outcomes: Counter[str], writer: ledger.OutcomeWriter | None = None
+) -> bool:
     """True when the batch must stop: the issue was paused or cancelled, or this batch fails more than
-    it sends and the issue's failures reach the auto-pause threshold (which pauses it)."""
+    it sends and the issue's failures reach the auto-pause threshold (which pauses it). The status is
+    read on ``writer``'s connection when there is one (a prepared statement, not an ORM query)."""
     if outcomes["failed"] > outcomes["sent"] and _auto_pause(session, settings, issue_id):
         return True
-    return _issue_status(session, issue_id) not in SENDABLE_ISSUE_STATES
+    status = writer.issue_status(issue_id) if writer is not None else _issue_status(session, issue_id)
+    return status not in SENDABLE_ISSUE_STATES
 
 
 def _auto_pause(session: Session, settings: Settings, issue_id: int) -> bool:
