@@ -121,6 +121,28 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         yield request.getfixturevalue("pg_url")
 
 
+def sqlite_draft(path: Path, subscribers: int) -> str:
+    """A migrated SQLite database at ``path`` with ``subscribers`` active English subscribers
+    (``r0@example.org``, …) and draft issue 1 holding one English article. Returns its URL."""
+    from sqlalchemy import insert
+
+    from newsletter.issues import create_issue
+    from newsletter.models import Article, Subscriber, utcnow
+
+    url = f"sqlite:///{path}"
+    upgrade(url)
+    with session_factory(url)() as session:
+        now = utcnow()
+        session.execute(insert(Subscriber), [{"email": f"r{i}@example.org", "name": "", "lang": "en", "topics": [], "attributes": {},
+                                              "status": "active", "created_at": now} for i in range(subscribers)])  # fmt: skip
+        article = Article(external_id="c1", title="Story", summary="S.", lang="en", published_at=now)
+        session.add(article)
+        session.flush()
+        create_issue(session, [article])
+        session.commit()
+    return url
+
+
 @pytest.fixture
 def make_settings(tmp_path: Path) -> Callable[..., Settings]:
     """Settings for a test: the given database URL, an outbox under tmp_path, extra env values."""

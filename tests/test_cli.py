@@ -173,25 +173,14 @@ def test_ctrl_c_in_process_pauses_and_resume_finishes_once(tmp_path: Path) -> No
     import sys
     import time
 
-    from sqlalchemy import insert, select
+    from sqlalchemy import select
 
-    from newsletter.db import session_factory, upgrade
-    from newsletter.issues import create_issue
-    from newsletter.models import Article, Issue, IssueStatus, Subscriber, utcnow
-    from tests.conftest import ROOT
+    from newsletter.db import session_factory
+    from newsletter.models import Issue, IssueStatus
+    from tests.conftest import ROOT, sqlite_draft
     from tests.smtp_server import SMTPServer
 
-    url = f"sqlite:///{tmp_path / 'ctrlc.db'}"
-    upgrade(url)
-    with session_factory(url)() as session:
-        now = utcnow()
-        session.execute(insert(Subscriber), [{"email": f"r{i}@example.org", "name": "", "lang": "en", "topics": [], "attributes": {},
-                                              "status": "active", "created_at": now} for i in range(200)])  # fmt: skip
-        article = Article(external_id="c1", title="Story", summary="S.", lang="en", published_at=now)
-        session.add(article)
-        session.flush()
-        create_issue(session, [article])
-        session.commit()
+    url = sqlite_draft(tmp_path / "ctrlc.db", 200)
     with SMTPServer() as smtp:
         env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "NEWSLETTER_OUTBOX")}
         env.update(DATABASE_URL=url, SMTP_URL=smtp.url + "?rate=60", NEWSLETTER_HOME=str(tmp_path), NEWSLETTER_LEASE_SECONDS="300",
@@ -256,33 +245,16 @@ def test_the_demo_refuses_configured_services_and_never_mails_anyone_else(
 def test_a_foreground_publish_says_why_deliveries_wait_when_the_relay_refuses(tmp_path: Path) -> None:
     """Against a closed port the follower does not only print "delivering": it says, once, how many
     deliveries are deferred and why, and where to look."""
-    import socket
     import subprocess
     import sys
     import threading
     import time
 
-    from sqlalchemy import insert
+    from tests.conftest import ROOT, sqlite_draft
+    from tests.smtp_server import free_port
 
-    from newsletter.db import session_factory, upgrade
-    from newsletter.issues import create_issue
-    from newsletter.models import Article, Subscriber, utcnow
-    from tests.conftest import ROOT
-
-    url = f"sqlite:///{tmp_path / 'refused.db'}"
-    upgrade(url)
-    with session_factory(url)() as session:
-        now = utcnow()
-        session.execute(insert(Subscriber), [{"email": f"r{i}@example.org", "name": "", "lang": "en", "topics": [], "attributes": {},
-                                              "status": "active", "created_at": now} for i in range(12)])  # fmt: skip
-        article = Article(external_id="c1", title="Story", summary="S.", lang="en", published_at=now)
-        session.add(article)
-        session.flush()
-        create_issue(session, [article])
-        session.commit()
-    with socket.socket() as probe:  # a port nobody listens on: bound, then closed
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    url = sqlite_draft(tmp_path / "refused.db", 12)
+    port = free_port()  # nobody listens there: every delivery is refused at connect
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "NEWSLETTER_OUTBOX")}
     env.update(DATABASE_URL=url, SMTP_URL=f"smtp://127.0.0.1:{port}", NEWSLETTER_HOME=str(tmp_path),
                NEWSLETTER_SECRET_KEY="refused-secret-key", NEWSLETTER_BASE_URL="https://news.example.org")  # fmt: skip

@@ -19,7 +19,8 @@ from sqlalchemy import select, update
 from newsletter.cli import main
 from newsletter.db import session_factory
 from tests.cli_helpers import cli_env  # noqa: F401  (fixture)
-from tests.conftest import ROOT
+from tests.conftest import ROOT, sqlite_draft
+from tests.smtp_server import free_port
 
 ARTICLES = [
     {"id": "a1", "title": "Grid security rules tightened", "body": "Utilities must patch control systems.", "category": "Security",
@@ -159,9 +160,7 @@ def test_cancel_says_that_claims_in_flight_are_cancelled_later(cli_env: dict[str
 def test_web_says_serving_only_once_it_accepts_connections(tmp_path: Path) -> None:
     """Regression: "serving on http://..." came ~20 s before the server accepted connections (the app is
     imported after the line). Now a connection made right after the line is answered."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("NEWSLETTER_", "DATABASE_URL", "REDIS_URL", "SMTP_URL"))}
     env.update(NEWSLETTER_HOME=str(tmp_path), PYTHONUNBUFFERED="1")
     subprocess.run(
@@ -199,26 +198,10 @@ def test_ctrl_c_while_resume_follows_in_process_pauses_the_issue(tmp_path: Path)
     import signal
     import threading
 
-    from sqlalchemy import insert
+    from newsletter.models import Issue, IssueStatus
 
-    from newsletter.db import upgrade
-    from newsletter.issues import create_issue
-    from newsletter.models import Article, Issue, IssueStatus, Subscriber, utcnow
-
-    url = f"sqlite:///{tmp_path / 'resume.db'}"
-    upgrade(url)
-    with session_factory(url)() as session:
-        now = utcnow()
-        session.execute(insert(Subscriber), [{"email": f"r{i}@example.org", "name": "", "lang": "en", "topics": [], "attributes": {},
-                                              "status": "active", "created_at": now} for i in range(3)])  # fmt: skip
-        article = Article(external_id="c1", title="Story", summary="S.", lang="en", published_at=now)
-        session.add(article)
-        session.flush()
-        create_issue(session, [article])
-        session.commit()
-    with socket.socket() as probe:  # a relay nobody listens on: every delivery is deferred
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    url = sqlite_draft(tmp_path / "resume.db", 3)
+    port = free_port()  # nobody listens there: every delivery is deferred
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "NEWSLETTER_OUTBOX")}
     env.update(DATABASE_URL=url, SMTP_URL=f"smtp://127.0.0.1:{port}", NEWSLETTER_HOME=str(tmp_path),
                NEWSLETTER_SECRET_KEY="resume-secret-key", NEWSLETTER_BASE_URL="https://news.example.org")  # fmt: skip
