@@ -4,9 +4,10 @@ CLI, the demo, the editor API and the admin pages)."""
 from __future__ import annotations
 
 import contextlib
+import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from sqlalchemy import select
@@ -104,6 +105,25 @@ def start_publish(settings: Settings, number: int) -> tuple[int, threading.Threa
     return issue_id, thread
 
 
+@contextlib.contextmanager
+def ctrl_c_flag() -> Iterator[threading.Event]:
+    """While inside, SIGINT only sets the yielded event; the caller raises ``KeyboardInterrupt`` at a point of
+    its choosing. Python raises ``KeyboardInterrupt`` wherever the main thread happens to be, and one that
+    lands in a weakref or ``__del__`` callback (SQLAlchemy's connection pool has many) is printed as
+    "Exception ignored" and lost, so a Ctrl-C could go unanswered. Off the main thread (where no signal
+    handler can be set) the event is never set and signals behave as usual; the previous handler is put
+    back on leaving."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    previous = signal.signal(signal.SIGINT, lambda _signum, _frame: stop.set())
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def follow(
     settings: Settings,
     issue_id: int,
@@ -123,7 +143,26 @@ def follow(
     non-zero count, with the latest error of a deferred delivery ("" when none is recorded).
     In the embedded mode this process is also the sweeper: deferred deliveries are re-sent here when
     due, since no beat process runs.
+
+    Raises:
+        KeyboardInterrupt: Ctrl-C (SIGINT) while following, raised between two polls, never lost
+            (see `ctrl_c_flag`).
     """
+    with ctrl_c_flag() as stop:
+        return _follow(settings, issue_id, stop, progress, poll, timeout, on_stall, stall_after, on_deferred)
+
+
+def _follow(
+    settings: Settings,
+    issue_id: int,
+    stop: threading.Event,
+    progress: Progress | None,
+    poll: float,
+    timeout: float | None,
+    on_stall: Callable[[float], None] | None,
+    stall_after: float,
+    on_deferred: Callable[[int, str], None] | None,
+) -> PublishOutcome:
     from tasks.app import use_settings
     from tasks.publish import enqueue_send
 
@@ -136,6 +175,8 @@ def follow(
     warned = False
     deferred_seen = 0
     while True:
+        if stop.is_set():
+            raise KeyboardInterrupt
         with factory() as session:
             issue = session.get_one(Issue, issue_id)
             counts = ledger.counts(session, issue_id)
@@ -166,7 +207,7 @@ def follow(
                 last_sweep = time.monotonic()
         if deadline is not None and time.monotonic() > deadline:
             return PublishOutcome(issue.number, str(issue.status), "still running: gave up following", by_state)
-        time.sleep(poll)
+        stop.wait(poll)
 
 
 def _last_deferred_error(session: Session, issue_id: int) -> str:
