@@ -52,15 +52,15 @@ the embeddings: 11 ms per title, 21 ms per sentence (0.6 s for a source of 28 se
 per 256-token text (about 4.7 CPU hours for 100,000 full texts).
 
 Measured later and not shipped (same 5-fold protocol and coordinate ascent; the shipped four give 0.740 in this
-setup): priors learnt from the archive's own links (the 918 Markdown links in the
-bodies of documents published *before* the source, the source's own never: how often a candidate's category is
-linked, how often the source's category links to it, the candidate's past in-degree) 0.736-0.745, fitted weights
-near 0; Snowball stemming (PyStemmer) of titles and texts before indexing 0.727; the title-title cosine with
-negative weights allowed (recurring pieces such as annual statements; fitted -0.2) 0.745, and with the reverse title cosine 0.740; maximal marginal relevance over the top 20 (Carbonell &
-Goldstein, SIGIR 1998) 0.738. Where the links fall: 77% of the targets are in the body cosine's top 10 over all
-candidates, 94% in its top 50; 165 of the 258 sources have a single link, so nDCG@10 is mostly whether that
-one piece comes first, and the editor's choice among near-equal pieces (five readouts of one task force, a fact
-sheet and the order it describes) is what no signal here predicts.
+setup): priors learnt from the archive's own links (the 918 Markdown links in the bodies of documents published
+*before* the source, the source's own never: how often a candidate's category is linked, how often the source's
+category links to it, the candidate's past in-degree) 0.736-0.745, fitted weights near 0; Snowball stemming
+(PyStemmer) of titles and texts before indexing 0.727; the title-title cosine with negative weights allowed
+(recurring pieces such as annual statements; fitted -0.2) 0.745, and with the reverse title cosine 0.740; maximal
+marginal relevance over the top 20 (Carbonell & Goldstein, SIGIR 1998) 0.738. Where the links fall: 77% of the
+targets are in the body cosine's top 10 over all candidates, 94% in its top 50; 165 of the 258 sources have a
+single link, so nDCG@10 is mostly whether that one piece comes first, and the editor's choice among near-equal
+pieces (five readouts of one task force, a fact sheet and the order it describes) is what no signal here predicts.
 
     python bench/related_eval.py             # the table (reads ../shared/data or NEWSLETTER_DATA_DIR)
     python bench/related_eval.py --fit       # 5-fold cross-validated weights on the dev links, then the table

@@ -11,10 +11,6 @@ from html import escape, unescape
 from html.parser import HTMLParser
 from urllib.parse import urljoin, urlsplit
 
-import html2text
-import markdown
-import nh3
-
 # Tags and attributes an article body may keep in an email (everything else is dropped, with its
 # content for <script>/<style>). Inline styles are removed: the template owns presentation.
 ALLOWED_TAGS = {
@@ -65,6 +61,8 @@ def sanitise_html(html: str, *, base_url: str | None = None, image_alt: str | No
         elif name in ("width", "height"):
             return value.strip() if value.strip().isdigit() else None
         return value
+
+    import nh3  # the import costs a CLI command that converts nothing; Python caches it after the first call
 
     out = nh3.clean(
         html,
@@ -143,11 +141,15 @@ def first_image(html: str) -> Image | None:
 
 def markdown_to_html(text: str, *, base_url: str | None = None) -> str:
     """Render Markdown (or plain text with blank-line paragraphs) to HTML, then sanitise it."""
+    import markdown
+
     return sanitise_html(markdown.markdown(text, output_format="html"), base_url=base_url)
 
 
 def markdown_link_problems(text: str) -> list[str]:
     """`link_problems` of Markdown text (``[x]()`` is an empty href, ``[x](javascript:…)`` unsafe)."""
+    import markdown
+
     return link_problems(markdown.markdown(text, output_format="html"))
 
 
@@ -156,6 +158,8 @@ def html_to_text(html: str, *, links: bool = True) -> str:
 
     Lines are not hard-wrapped (the MIME layer encodes long lines; wrapping breaks CJK text).
     """
+    import html2text
+
     maker = html2text.HTML2Text()  # keeps state between calls: one per call
     maker.body_width = 0
     maker.ignore_images = True

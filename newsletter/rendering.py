@@ -14,14 +14,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jinja2
 from markupsafe import Markup
 
 from newsletter.branding import Branding
 from newsletter.content import Image, absolute_url, html_to_text, markdown_to_html
 from newsletter.i18n import gettext_for
+
+if TYPE_CHECKING:
+    import jinja2
 
 PLACEHOLDER = re.compile(r"@@NL_([A-Z_]+)@@")
 PERSONAL_FIELDS = ("GREETING", "EMAIL", "UNSUBSCRIBE_URL", "PREFERENCES_URL")
@@ -44,6 +46,8 @@ LANGUAGE_NAMES = {"en": "English", "zh-Hans": "简体", "zh-Hant": "繁體"}  # 
 def template_loader(override: Path | None = None) -> jinja2.BaseLoader:
     """Templates from ``override`` (NEWSLETTER_TEMPLATES) first, then the packaged ones: a file at the
     same relative path replaces the packaged file, and may still ``extend`` the packaged layouts."""
+    import jinja2  # here, not at import: a CLI command that renders nothing does not pay for it
+
     packaged = jinja2.FileSystemLoader(templates_dir())
     return jinja2.ChoiceLoader([jinja2.FileSystemLoader(override), packaged]) if override else packaged
 
@@ -51,6 +55,8 @@ def template_loader(override: Path | None = None) -> jinja2.BaseLoader:
 @cache
 def environment(autoescape: bool, override: Path | None = None) -> jinja2.Environment:
     """The Jinja2 environment: StrictUndefined always; autoescape only for HTML; ``override`` see `template_loader`."""
+    import jinja2
+
     return jinja2.Environment(
         loader=template_loader(override),
         undefined=jinja2.StrictUndefined,
