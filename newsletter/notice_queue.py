@@ -251,12 +251,18 @@ def dispatch(settings: Settings, ids: Sequence[int]) -> None:
                 send_many(settings, session, ids)
                 send_due(session, settings)
             return
-        from tasks.app import use_settings  # Celery lives at the edge
+        from tasks.app import is_broker_error, use_settings  # Celery lives at the edge
         from tasks.notices import enqueue_notice
 
         use_settings(settings)
-        for notice_id in ids:
-            enqueue_notice(notice_id)
+        try:
+            for notice_id in ids:
+                enqueue_notice(notice_id)
+        except Exception as exc:
+            if not is_broker_error(exc):
+                raise
+            # An outage, not a bug: one line, no traceback per sign-up; beat enqueues them once the broker is back.
+            log.warning("notices %s not handed on, the broker is away (%s); the sweeper sends them", list(ids), str(exc).splitlines()[0])
     except Exception:
         log.exception("notices %s not handed on; the sweeper sends them", list(ids))
 
