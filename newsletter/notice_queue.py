@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -238,11 +239,49 @@ def send_due(session: Session, settings: Settings, now: datetime | None = None) 
     return send_many(settings, session, due(session, now), now)
 
 
+# The embedded mode's retry timer per database URL: (when it fires, the timer).
+_timers: dict[str, tuple[datetime, threading.Timer]] = {}
+_timers_lock = threading.Lock()
+
+
+def _arm_retry(settings: Settings, session: Session) -> None:
+    """Without a broker no beat runs: wake this process when the earliest deferred notice is due (a daemon
+    timer, one per database, moved earlier when a new retry is due sooner). If the process ends first, the
+    row waits for the next sweep (`newsletter sweep`, a followed publish, the next notice handed on)."""
+    earliest = session.scalar(select(func.min(Notice.next_attempt_at)).where(Notice.status == NoticeStatus.QUEUED, Notice.attempts > 0))
+    if earliest is None:
+        return
+    when = max(earliest, utcnow()) + timedelta(seconds=1)
+    with _timers_lock:
+        current = _timers.get(settings.database_url)
+        if current is not None and current[1].is_alive() and current[0] <= when:
+            return
+        if current is not None:
+            current[1].cancel()
+        timer = threading.Timer((when - utcnow()).total_seconds(), _retry_due, args=(settings,))
+        timer.daemon = True
+        _timers[settings.database_url] = (when, timer)
+        timer.start()
+
+
+def _retry_due(settings: Settings) -> None:
+    from newsletter.db import session_factory
+
+    with _timers_lock:
+        _timers.pop(settings.database_url, None)
+    try:
+        with session_factory(settings.database_url)() as session:
+            send_due(session, settings)
+            _arm_retry(settings, session)
+    except Exception as exc:  # the database went away: the rows wait for the next sweep
+        log.warning("due notices not retried (%s); the next sweep sends them", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+
+
 def dispatch(settings: Settings, ids: Sequence[int]) -> None:
     """Hand committed notices on, after the response (a web request) or the change (the CLI): with a
     broker one task each (``tasks.notices``), else sent in this process, followed by any other notice that
-    is due (a retry: no beat runs in the embedded mode). Never raises: whatever fails here, the rows are
-    queued and the sweeper sends them."""
+    is due (a retry: no beat runs in the embedded mode; a timer wakes this process for the next one).
+    Never raises: whatever fails here, the rows are queued and the sweeper sends them."""
     from newsletter.db import session_factory
 
     try:
@@ -250,6 +289,7 @@ def dispatch(settings: Settings, ids: Sequence[int]) -> None:
             with session_factory(settings.database_url)() as session:
                 send_many(settings, session, ids)
                 send_due(session, settings)
+                _arm_retry(settings, session)
             return
         from tasks.app import is_broker_error, use_settings  # Celery lives at the edge
         from tasks.notices import enqueue_notice

@@ -266,3 +266,70 @@ def test_failed_notices_are_shown_by_the_cli_and_counted_in_metrics(tmp_path: Pa
     metrics = TestClient(create_app(load_settings())).get("/metrics").text
     assert 'newsletter_notices{kind="confirm",status="failed"} 1.0' in metrics
     assert 'newsletter_notices{kind="confirm",status="queued"} 1.0' in metrics
+
+
+def _queued_tasks(client: Any, name: str) -> list[tuple[bytes, list[Any]]]:
+    """``(raw message, args)`` of the task messages named ``name`` waiting in the ``send`` queue."""
+    import base64
+    import json
+
+    found = []
+    for raw in client.lrange("send", 0, -1):
+        message = json.loads(raw)
+        if message["headers"]["task"] == name:
+            found.append((raw, json.loads(base64.b64decode(message["body"]))[0]))
+    return found
+
+
+def test_with_a_broker_the_notice_goes_to_the_send_queue_and_the_task_sends_it(  # type: ignore[no-untyped-def]
+    sqlite_url: str, make_settings, relay: Relay, redis_available: str
+) -> None:
+    import redis
+
+    from tasks.app import use_settings
+    from tasks.notices import enqueue_due_notices, send_notice
+
+    settings = make_settings(sqlite_url, SMTP_URL=relay.server.url, REDIS_URL=redis_available)
+    client = redis.Redis.from_url(redis_available)
+    try:
+        with session_factory(sqlite_url)() as session:
+            notice_id = _sign_up(session, settings, "queued@example.org")
+        notice_queue.dispatch(settings, [notice_id])  # what the web's background task does
+        mine = [(raw, args) for raw, args in _queued_tasks(client, "newsletter.send_notice") if args == [notice_id]]
+        assert len(mine) == 1 and relay.recorder.messages == []  # the web process sent nothing itself
+        for raw, _ in mine:
+            client.lrem("send", 1, raw)
+        assert send_notice(notice_id) == "sent"  # the task body, as a worker runs it
+        assert send_notice(notice_id) == "not-claimed"  # a redelivered message sends nothing
+        assert relay.recorder.recipients() == Counter({"queued@example.org": 1})
+        # Beat's sweep enqueues what is due (a lost hand-off) for the workers.
+        with session_factory(sqlite_url)() as session:
+            lost = _sign_up(session, settings, "lost@example.org")
+            session.get_one(Notice, lost).created_at -= notice_queue.DISPATCH_GRACE
+            session.commit()
+        assert enqueue_due_notices() == 1
+        mine = [(raw, args) for raw, args in _queued_tasks(client, "newsletter.send_notice") if args == [lost]]
+        assert len(mine) == 1
+        for raw, _ in mine:
+            client.lrem("send", 1, raw)
+    finally:
+        use_settings(make_settings(sqlite_url, REDIS_URL=""))
+
+
+def test_without_a_broker_the_web_process_retries_by_itself(sqlite_url: str, make_settings, relay: Relay) -> None:  # type: ignore[no-untyped-def]
+    import time
+
+    settings = make_settings(sqlite_url, SMTP_URL=relay.server.url, NEWSLETTER_BACKOFF_BASE="0.2", NEWSLETTER_BACKOFF_CAP="0.2")
+    client = TestClient(create_app(settings), base_url="https://testserver")
+    relay.reply = "451 4.3.0 try again later"
+    assert client.post("/subscriptions", json={"email": "patient@example.org"}).status_code == 202
+    assert relay.recorder.messages == [] and [n.status for n in _notices(sqlite_url)] == ["queued"]
+    relay.reply = None  # no further request, no sweep: the process's own timer sends it when due
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not relay.recorder.messages:
+        time.sleep(0.1)
+    assert relay.recorder.recipients() == Counter({"patient@example.org": 1})
+    deadline = time.monotonic() + 10  # the outcome is recorded just after the relay took it
+    while time.monotonic() < deadline and _notices(sqlite_url)[0].status != "sent":
+        time.sleep(0.1)
+    assert [(n.status, n.attempts) for n in _notices(sqlite_url)] == [("sent", 2)]
