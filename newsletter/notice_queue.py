@@ -187,9 +187,10 @@ def send_queued(
         error = exc if isinstance(exc, DeliveryError) else TemporaryDeliveryError(f"{type(exc).__name__}: {exc}")
         when = next_attempt(settings.retry, notice.attempts, notice.created_at, now, rng)
         if when is None or when >= notice.expires_at:
-            _finish(session, notice_id, token, now, NoticeStatus.FAILED, last_error=f"gave up after {notice.attempts} attempts: {error}",
+            tries = f"{notice.attempts} attempt{'s' if notice.attempts > 1 else ''}"
+            _finish(session, notice_id, token, now, NoticeStatus.FAILED, last_error=f"gave up after {tries}: {error}",
                     last_smtp_code=error.smtp_code, next_attempt_at=None)  # fmt: skip
-            log.warning("%s notice id %s failed after %s attempts: %s", notice.kind, notice_id, notice.attempts, error)
+            log.warning("%s notice id %s failed after %s: %s", notice.kind, notice_id, tries, error)
             return "failed"
         _finish(session, notice_id, token, now, NoticeStatus.QUEUED, last_error=str(error), last_smtp_code=error.smtp_code,
                 next_attempt_at=when)  # fmt: skip
@@ -262,6 +263,14 @@ def _arm_retry(settings: Settings, session: Session) -> None:
         timer.daemon = True
         _timers[settings.database_url] = (when, timer)
         timer.start()
+
+
+def stop_retry_timers() -> None:
+    """Cancel this process's retry timers (tests, shutdown); the rows stay queued for the next sweep."""
+    with _timers_lock:
+        for _when, timer in _timers.values():
+            timer.cancel()
+        _timers.clear()
 
 
 def _retry_due(settings: Settings) -> None:

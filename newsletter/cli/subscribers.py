@@ -49,16 +49,16 @@ def subscribers_import(ctx: Context, file: Path, encoding: str, ask_confirm: boo
             from newsletter.signup import send_confirmations
 
             ids = send_confirmations(session, ctx.settings, report.pending)
-            by_status = status_counts(session, ids)
-            sent, waiting, failed = (
-                by_status.get("sent", 0),
-                by_status.get("queued", 0) + by_status.get("sending", 0),
-                by_status.get("failed", 0),
-            )
-            click.echo(
-                f"{plural(sent, 'confirmation request')} sent ({waiting} queued for a retry, {failed} failed"
-                ", see `newsletter notices list`)"
-            )
+            if not ctx.settings.embedded:  # the workers send them: nothing is known yet
+                click.echo(f"{plural(len(ids), 'confirmation request')} queued for the workers (see `newsletter notices list`)")
+            else:
+                by_status = status_counts(session, ids)
+                sent, failed = by_status.get("sent", 0), by_status.get("failed", 0)
+                waiting = by_status.get("queued", 0) + by_status.get("sending", 0)
+                click.echo(
+                    f"{plural(sent, 'confirmation request')} sent ({waiting} queued for a retry, {failed} failed"
+                    ", see `newsletter notices list`)"
+                )
     for error in report.errors:
         click.echo(f"{file}: {error}", err=True)
     click.echo(
