@@ -330,3 +330,17 @@ def test_without_a_broker_the_web_process_retries_by_itself(sqlite_url: str, mak
     while time.monotonic() < deadline and _notices(sqlite_url)[0].status != "sent":
         time.sleep(0.1)
     assert [(n.status, n.attempts) for n in _notices(sqlite_url)] == [("sent", 2)]
+
+
+def test_the_admin_page_of_a_subscriber_shows_a_refused_confirmation(sqlite_url: str, make_settings, relay: Relay) -> None:  # type: ignore[no-untyped-def]
+    from tests.editor_setup import make_site, sign_in
+
+    site = make_site(make_settings(sqlite_url, SMTP_URL=relay.server.url))
+    relay.reply = "550 5.1.1 mailbox unavailable"
+    assert site.client.post("/subscriptions", json={"email": "nobody@example.org"}).status_code == 202
+    with session_factory(sqlite_url)() as session:
+        subscriber_id = session.scalar(select(Subscriber.id).where(Subscriber.email == "nobody@example.org"))
+    sign_in(site.client)
+    page = site.client.get(f"/admin/subscribers/{subscriber_id}").text
+    row = page[page.index("<h2>Subscription messages</h2>") :]
+    assert "<td>confirm</td><td>failed</td><td>1</td>" in row and "550 5.1.1 mailbox unavailable" in row
