@@ -277,7 +277,9 @@ def _retry_due(settings: Settings) -> None:
     from newsletter.db import session_factory
 
     with _timers_lock:
-        _timers.pop(settings.database_url, None)
+        current = _timers.get(settings.database_url)
+        if current is not None and current[1] is threading.current_thread():  # not a newer timer armed meanwhile
+            del _timers[settings.database_url]
     try:
         with session_factory(settings.database_url)() as session:
             send_due(session, settings)
