@@ -2,9 +2,10 @@
 
 The sign-up answers alike whether or not the address is known (see `newsletter.signup`); its message is
 queued with the change and handed on after the response (`newsletter.notice_queue.dispatch`), by the
-same background task whether or not anything was queued. It is rate limited per client address (a 429 naming the wait) and per
-subscriber address (silently: the answer stays the same, only the message is not sent again). No GET
-changes anything: the confirmation link opens a page whose button POSTs (with the CSRF token).
+same background task whether or not anything was queued. It is rate limited per client address (a 429
+naming the wait) and per subscriber address (silently: the answer stays the same, only the message is
+not sent again). No GET changes anything: the confirmation link opens a page whose button POSTs (with
+the CSRF token).
 """
 
 from __future__ import annotations
@@ -59,7 +60,8 @@ def _signup(session: DB, web: WebState, request: Request, form: SignupForm, late
     web.signup_client_limiter.hit(client)
     key = _address_key(form.email)
     if web.signup_address_limiter.blocked(key):
-        return 0  # the same answer as any sign-up: a limit per address must not tell that the address is known
+        later.add_task(dispatch, web.settings, [])  # the same answer and path as any sign-up: a limit per address
+        return 0  # must not tell that the address is known
     web.signup_address_limiter.hit(key)
     notice_id = plan_subscription(session, web.settings, form)
     # Always the same task, even with nothing queued: the path taken must not depend on the address.
