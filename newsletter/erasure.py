@@ -12,10 +12,10 @@ from __future__ import annotations
 import hashlib
 import re
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
-from newsletter.models import BounceEvent, Delivery, DeliveryStatus, Subscriber, SubscriberStatus, Suppression, utcnow
+from newsletter.models import BounceEvent, Delivery, DeliveryStatus, Notice, Subscriber, SubscriberStatus, Suppression, utcnow
 
 HASH_PREFIX = "sha256:"
 
@@ -65,6 +65,8 @@ def erase_subscriber(session: Session, subscriber_id: int) -> bool:
     for delivery in session.scalars(select(Delivery).where(Delivery.subscriber_id == subscriber_id)):
         delivery.email = stand_in
         delivery.last_error = _scrub(delivery.last_error, address, "<erased>")
+    # Notices hold the address, the name and signed links: none is kept, sent or not (a queued one is never sent).
+    session.execute(delete(Notice).where((Notice.subscriber_id == subscriber_id) | (Notice.email == address)))
     for event in session.scalars(select(BounceEvent).where((BounceEvent.subscriber_id == subscriber_id) | (BounceEvent.email == address))):
         event.email = stand_in
         event.diagnostic = _scrub(event.diagnostic, address, "<erased>")

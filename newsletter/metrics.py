@@ -6,7 +6,7 @@ Two kinds, served from two places:
   them on ``NEWSLETTER_METRICS_PORT``, summed over its pool processes (prometheus_client's
   multiprocess mode);
 - ledger metrics, read from the database and the broker at scrape time (deliveries by state, issues by
-  status, queue depth), served by ``newsletter web`` at ``/metrics``. They are facts of the system, so
+  status, notices by status and kind, queue depth), served by ``newsletter web`` at ``/metrics``. They are facts of the system, so
   any number of scrapers agree whichever process answers.
 """
 
@@ -23,7 +23,7 @@ from sqlalchemy import func, select
 
 from newsletter.config import Settings
 from newsletter.db import session_factory
-from newsletter.models import Delivery, Issue
+from newsletter.models import Delivery, Issue, Notice
 
 DELIVERY_OUTCOMES = Counter(
     "newsletter_delivery_outcomes_total", "Delivery attempts by outcome (sent, deferred, failed, skipped, ...)", ["outcome"]
@@ -57,6 +57,11 @@ class LedgerCollector(Collector):
     def collect(self) -> Iterator[Any]:
         deliveries = GaugeMetricFamily("newsletter_deliveries", "Deliveries in the ledger by state and language", labels=["state", "lang"])
         issues = GaugeMetricFamily("newsletter_issues", "Issues by status", labels=["status"])
+        notices = GaugeMetricFamily(
+            "newsletter_notices",
+            "Subscription messages (confirm, welcome, ...) in the notice queue by status and kind",
+            labels=["status", "kind"],
+        )
         with session_factory(self.settings.database_url)() as session:
             for state, lang, n in session.execute(
                 select(Delivery.status, Delivery.lang, func.count()).group_by(Delivery.status, Delivery.lang)
@@ -64,8 +69,11 @@ class LedgerCollector(Collector):
                 deliveries.add_metric([str(state), lang], n)
             for status, n in session.execute(select(Issue.status, func.count()).group_by(Issue.status)):
                 issues.add_metric([str(status)], n)
+            for status, kind, n in session.execute(select(Notice.status, Notice.kind, func.count()).group_by(Notice.status, Notice.kind)):
+                notices.add_metric([str(status), kind], n)
         yield deliveries
         yield issues
+        yield notices
         if self.settings.redis_url:
             yield from self._broker()
 

@@ -103,6 +103,18 @@ class DeliveryStatus(enum.StrEnum):
 FINAL_DELIVERY_STATES = (DeliveryStatus.SENT, DeliveryStatus.FAILED, DeliveryStatus.SKIPPED, DeliveryStatus.BOUNCED)
 
 
+class NoticeStatus(enum.StrEnum):
+    """The notice queue: ``queued -> sending -> sent``; ``sending -> queued`` again (with a later
+    ``next_attempt_at``) on a transient failure; ``-> failed`` on a permanent one, after the last attempt,
+    or once the notice expired; ``-> skipped`` when no longer wanted (see `newsletter.notice_queue`)."""
+
+    QUEUED = "queued"
+    SENDING = "sending"
+    SENT = "sent"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
 def _enum(cls: type[enum.Enum]) -> Enum:
     # Store the value as a plain string (no native PG enum) so adding a state is a one-line migration.
     return Enum(cls, native_enum=False, length=16, values_callable=lambda e: [m.value for m in e])
@@ -418,3 +430,33 @@ class TestSend(Base):
     sent_by: Mapped[str] = mapped_column(String(160))  # "user:ann@example.org", "token:ci", "cli"
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class Notice(Base):
+    """One one-off message of a subscription (confirm, welcome, already, goodbye), queued in the same
+    transaction as the change it accompanies (the transactional outbox): a relay outage or a process
+    dying after the commit loses nothing. ``context`` is the template's (links, hours), frozen at
+    queueing; ``expires_at`` is when sending it stops making sense (a confirmation link's expiry).
+    State changes are conditional UPDATEs (see `newsletter.notice_queue`)."""
+
+    __tablename__ = "notices"
+    __table_args__ = (Index("ix_notices_status_next", "status", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    subscriber_id: Mapped[int | None] = mapped_column(ForeignKey("subscribers.id", ondelete="CASCADE"), index=True)
+    email: Mapped[str] = mapped_column(String(320))
+    name: Mapped[str] = mapped_column(String(256), default="")
+    lang: Mapped[str] = mapped_column(String(16))
+    context: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    status: Mapped[NoticeStatus] = mapped_column(_enum(NoticeStatus), default=NoticeStatus.QUEUED)
+    attempts: Mapped[int] = mapped_column(default=0)
+    next_attempt_at: Mapped[datetime | None]
+    expires_at: Mapped[datetime]
+    claimed_until: Mapped[datetime | None]
+    claim_token: Mapped[str | None] = mapped_column(String(32))  # fences a late outcome of an expired claim
+    last_error: Mapped[str | None] = mapped_column(Text)
+    last_smtp_code: Mapped[int | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    sent_at: Mapped[datetime | None]

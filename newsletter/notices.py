@@ -4,7 +4,8 @@ Each is a template folder ``templates/email/<kind>/{subject.txt, body.txt, body.
 layout, in the subscriber's language (Babel catalogs, `newsletter.i18n`), branded from settings, sent
 through the same mailer as deliveries (an SMTP relay, or the outbox in the embedded default). A notice
 is not a delivery: no ledger row, a random Message-ID, and no ``List-Unsubscribe`` on a confirmation
-request (the address is not on the list yet).
+request (the address is not on the list yet). Subscription changes queue their notice in the same
+transaction and `newsletter.notice_queue` sends it, with retries.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import uuid
 from typing import Any
 
 from newsletter.config import Settings
-from newsletter.delivery.errors import DeliveryError
+from newsletter.delivery.errors import DeliveryError, PermanentDeliveryError
 from newsletter.delivery.mailers import Mailer, open_mailer
 from newsletter.delivery.ratelimit import with_rate_limit
 from newsletter.mime import Envelope, HeaderInjection, ascii_address, build_message, parse_from, to_bytes
@@ -54,14 +55,16 @@ def render_notice(settings: Settings, kind: str, lang: str, **context: Any) -> t
     return " ".join(parts[0].split()), parts[1].strip() + "\n", inline_css(parts[2])
 
 
-def send_notice(
+def deliver_notice(
     settings: Settings, kind: str, email: str, name: str, lang: str, *, unsubscribe: str = "", mailer: Mailer | None = None, **context: Any
-) -> bool:
-    """Render and send notice ``kind`` to ``email``; True when the relay (or outbox) took it.
+) -> None:
+    """Render notice ``kind`` and hand it to ``mailer`` (default: `default_mailer`, opened and closed here).
+    ``unsubscribe`` is the ``List-Unsubscribe`` URL (empty: none).
 
-    A refused or failed send is logged and returns False rather than raising: a sign-up page answers
-    the same whatever happened to the message (no list probing), and a relay outage must not turn
-    into an error page. ``unsubscribe`` is the ``List-Unsubscribe`` URL (empty: none).
+    Raises:
+        TemporaryDeliveryError: a 4xx reply or a lost connection (RFC 5321 §4.2.1): try again later.
+        PermanentDeliveryError: a 5xx reply, or an address or header that cannot be sent at all.
+        jinja2.TemplateError, MissingTranslation: a broken template or an untranslated string.
     """
     subject, text, html = render_notice(settings, kind, lang, name=name, email=email, unsubscribe_url=unsubscribe, **context)
     envelope = Envelope(
@@ -74,15 +77,29 @@ def send_notice(
         unsubscribe_url=unsubscribe,
         lang=lang,
     )
+    try:
+        message = build_message(envelope, text, html)
+        recipient = ascii_address(email)
+    except (HeaderInjection, ValueError) as exc:  # no relay will ever take it: permanent, not a bug to retry
+        raise PermanentDeliveryError(f"cannot build the message: {exc}") from exc
     own = mailer is None
     mailer = mailer or default_mailer(settings)
     try:
-        message = build_message(envelope, text, html)
-        mailer.send(parse_from(settings.from_address).addr_spec, ascii_address(email), to_bytes(message))
-        return True
-    except (DeliveryError, HeaderInjection, ValueError) as exc:
-        log.warning("%s notice not sent: %s", kind, exc)
-        return False
+        mailer.send(parse_from(settings.from_address).addr_spec, recipient, to_bytes(message))
     finally:
         if own:
             mailer.close()
+
+
+def send_notice(
+    settings: Settings, kind: str, email: str, name: str, lang: str, *, unsubscribe: str = "", mailer: Mailer | None = None, **context: Any
+) -> bool:
+    """`deliver_notice` once, without the queue: True when the relay (or outbox) took it; a refused or
+    failed send is logged and returns False. Subscription messages go through `newsletter.notice_queue`,
+    which retries; this is for callers that report the outcome to a person at once."""
+    try:
+        deliver_notice(settings, kind, email, name, lang, unsubscribe=unsubscribe, mailer=mailer, **context)
+        return True
+    except DeliveryError as exc:
+        log.warning("%s notice not sent: %s", kind, exc)
+        return False

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from newsletter import control, publishing, sweeper
+from newsletter import control, notice_queue, publishing, sweeper
 from newsletter.config import Settings
 from newsletter.db import session_factory
 from newsletter.delivery import ledger
@@ -141,8 +141,8 @@ def follow(
     deliveries per state) for ``stall_after`` seconds, e.g. to ask whether any worker is listening.
     ``on_deferred(count, last_error)`` is called whenever the number of deferred deliveries changes to a
     non-zero count, with the latest error of a deferred delivery ("" when none is recorded).
-    In the embedded mode this process is also the sweeper: deferred deliveries are re-sent here when
-    due, since no beat process runs.
+    In the embedded mode this process is also the sweeper: deferred deliveries (and due notices, see
+    `newsletter.notice_queue`) are re-sent here when due, since no beat process runs.
 
     Raises:
         KeyboardInterrupt: Ctrl-C (SIGINT) while following, raised between two polls, never lost
@@ -204,6 +204,7 @@ def _follow(
                 and time.monotonic() - last_sweep >= min(settings.sweep_interval, 1.0)
             ):
                 sweeper.sweep(session, settings, enqueue_send)
+                notice_queue.send_due(session, settings)  # no beat in this mode: this process retries notices too
                 last_sweep = time.monotonic()
         if deadline is not None and time.monotonic() > deadline:
             return PublishOutcome(issue.number, str(issue.status), "still running: gave up following", by_state)

@@ -1,8 +1,10 @@
 """Joining and leaving: double opt-in sign-up, confirmation, topics as separate lists, re-subscribing.
 
 A sign-up never reveals whether an address is known (no list probing): whatever the address's state,
-`plan_subscription` either plans a message to its owner or nothing, and the caller answers alike (the web
-sends the message after the response). Only the owner of the mailbox can act on what arrives there:
+`plan_subscription` either queues a message to its owner or nothing, and the caller answers alike (the web
+hands the queue on after the response, whatever was queued). Every message is queued in the same
+transaction as the change it accompanies and sent with retries (`newsletter.notice_queue`). Only the
+owner of the mailbox can act on what arrives there:
 
 - unknown address: a ``pending`` subscriber is stored (source and requested language and topics) and
   asked to confirm by a signed link that expires (``NEWSLETTER_CONFIRM_HOURS``);
@@ -19,17 +21,16 @@ others (`leave`), and leaving the last one leaves the list (CAN-SPAM, RFC 8058 Â
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from newsletter.config import Settings
-from newsletter.delivery.mailers import Mailer
 from newsletter.links import confirm_url, preferences_url, unsubscribe_url
 from newsletter.models import Issue, Subscriber, SubscriberStatus, Suppression, utcnow
-from newsletter.notices import send_notice
+from newsletter.notice_queue import dispatch, queue_notice
 from newsletter.segments import issue_topics
 from newsletter.subscribers import clean_name, normalise_address, normalise_lang, unsubscribe
 
@@ -96,25 +97,22 @@ def check_form(form: SignupForm) -> dict[str, str]:
     return problems
 
 
-@dataclass(frozen=True)
-class Notice:
-    """A message to send (`newsletter.notices.send_notice` arguments): decided now, sent later, so a
-    web request can answer before the relay is involved (the response time tells nothing either)."""
-
-    kind: str
-    email: str
-    name: str
-    lang: str
-    context: dict[str, object]
-
-    def send(self, settings: Settings, mailer: Mailer | None = None) -> bool:
-        """Send it; see `send_notice`."""
-        return send_notice(settings, self.kind, self.email, self.name, self.lang, mailer=mailer, **self.context)
+# Called with the ids of the notices a change queued, once it is committed (the default: `dispatch` now).
+# The web passes one that runs after the response, so the reply never waits on a relay.
+Handoff = Callable[[Sequence[int]], None]
 
 
-def plan_subscription(session: Session, settings: Settings, form: SignupForm) -> Notice | None:
-    """Store what a sign-up changes (see the module docstring) and commit; return the message it calls
-    for, or None. Callers show the same answer whatever this returns (no probing).
+def _hand_on(settings: Settings, handoff: Handoff | None, ids: Sequence[int]) -> None:
+    if handoff is not None:
+        handoff(list(ids))
+    elif ids:
+        dispatch(settings, list(ids))
+
+
+def plan_subscription(session: Session, settings: Settings, form: SignupForm) -> int | None:
+    """Store what a sign-up changes (see the module docstring) and the message it calls for, in one
+    transaction, and commit; return the queued notice's id, or None when nothing is sent. Callers show
+    the same answer whatever this returns (no probing) and hand the id on (`newsletter.notice_queue.dispatch`).
 
     Raises:
         ValueError: the form has problems (`check_form`); nothing was stored.
@@ -132,22 +130,27 @@ def plan_subscription(session: Session, settings: Settings, form: SignupForm) ->
             email=email, name=name, lang=lang, topics=topics, attributes={}, status=SubscriberStatus.PENDING, source=form.source
         )
         session.add(subscriber)
-        session.commit()
+        session.flush()  # its id goes into the confirmation link, committed together with the notice
     elif subscriber.status == SubscriberStatus.PENDING:
         subscriber.name, subscriber.lang, subscriber.topics, subscriber.source = name, lang, topics, form.source
-        session.commit()
     elif subscriber.status == SubscriberStatus.ACTIVE:
-        return Notice("already", email, subscriber.name, subscriber.lang, {"preferences_url": preferences_url(settings, subscriber.id)})
+        notice = queue_notice(session, settings, "already", email, subscriber.name, subscriber.lang, subscriber_id=subscriber.id,
+                              context={"preferences_url": preferences_url(settings, subscriber.id)})  # fmt: skip
+        session.commit()
+        return notice.id
     elif subscriber.status != SubscriberStatus.UNSUBSCRIBED or suppression not in (None, "unsubscribe"):
         return None  # bounced, complained or erased: the address is not mailed, whoever asks
     # An unsubscribed reader re-subscribing gets the request in the language just chosen.
     context: dict[str, object] = {"confirm_url": confirm_url(settings, subscriber.id), "hours": int(settings.confirm_hours)}
-    return Notice("confirm", email, name or subscriber.name, lang, context)
+    notice = queue_notice(session, settings, "confirm", email, name or subscriber.name, lang, subscriber_id=subscriber.id, context=context)
+    session.commit()
+    return notice.id
 
 
-def confirm_subscription(session: Session, settings: Settings, subscriber_id: int, *, mailer: Mailer | None = None) -> Subscriber | None:
+def confirm_subscription(session: Session, settings: Settings, subscriber_id: int, *, handoff: Handoff | None = None) -> Subscriber | None:
     """Confirm a sign-up (or a re-subscription): ``pending``/``unsubscribed`` -> ``active``, consent time
-    recorded, an unsubscribe suppression lifted, and a welcome message sent; commits.
+    recorded, an unsubscribe suppression lifted, and a welcome message queued in the same transaction;
+    commits, then hands the welcome on (``handoff``, default `dispatch` at once).
 
     Idempotent: an ``active`` subscriber stays as is and gets no second welcome. Bounced, complained or
     erased subscribers are left alone. Returns None for an unknown id.
@@ -165,10 +168,15 @@ def confirm_subscription(session: Session, settings: Settings, subscriber_id: in
         None,
         False,
     )
+    context = {
+        "unsubscribe": unsubscribe_url(settings, subscriber.id),
+        "preferences_url": preferences_url(settings, subscriber.id),
+        "archive_url": f"{settings.base_url}/?lang={subscriber.lang}",
+    }
+    notice = queue_notice(session, settings, "welcome", subscriber.email, subscriber.name, subscriber.lang, subscriber_id=subscriber.id,
+                          context=context)  # fmt: skip
     session.commit()
-    send_notice(settings, "welcome", subscriber.email, subscriber.name, subscriber.lang, mailer=mailer,
-                unsubscribe=unsubscribe_url(settings, subscriber.id), preferences_url=preferences_url(settings, subscriber.id),
-                archive_url=f"{settings.base_url}/?lang={subscriber.lang}")  # fmt: skip
+    _hand_on(settings, handoff, [notice.id])
     return subscriber
 
 
@@ -195,11 +203,12 @@ def leave(
     *,
     source: str = "page",
     acknowledge: bool = False,
-    mailer: Mailer | None = None,
+    handoff: Handoff | None = None,
 ) -> LeaveResult | None:
     """Leave ``topics`` (the ones the subscriber has), or the whole list when ``topics`` is empty or no
-    topic would be left; commits. ``acknowledge``: mail a goodbye note (only when the reader asked, never
-    for a one-click POST). Idempotent. Returns None for an unknown id.
+    topic would be left; commits. ``acknowledge``: queue a goodbye note in the same transaction (only
+    when the reader asked, never for a one-click POST), handed on by ``handoff`` (default: `dispatch`
+    at once) after the commit. Idempotent. Returns None for an unknown id.
     """
     subscriber = session.get(Subscriber, subscriber_id)
     if subscriber is None:
@@ -216,32 +225,32 @@ def leave(
     was_active = subscriber.status == SubscriberStatus.ACTIVE
     if wanted and left:
         subscriber.topics = []
-    unsubscribe(session, subscriber_id, source=source)
+    goodbye = None
     if acknowledge and was_active:
-        send_notice(settings, "goodbye", subscriber.email, subscriber.name, subscriber.lang, mailer=mailer,
-                    resubscribe_url=f"{settings.base_url}/subscribe?lang={subscriber.lang}")  # fmt: skip
+        context = {"resubscribe_url": f"{settings.base_url}/subscribe?lang={subscriber.lang}"}
+        goodbye = queue_notice(session, settings, "goodbye", subscriber.email, subscriber.name, subscriber.lang,
+                               subscriber_id=subscriber.id, context=context)  # fmt: skip
+    unsubscribe(session, subscriber_id, source=source)  # commits the goodbye with the change
+    if goodbye is not None:
+        _hand_on(settings, handoff, [goodbye.id])
     return LeaveResult(subscriber, left, unsubscribed=True)
 
 
-def send_confirmations(session: Session, settings: Settings, emails: Iterable[str], *, mailer: Mailer | None = None) -> int:
+def send_confirmations(session: Session, settings: Settings, emails: Iterable[str], *, handoff: Handoff | None = None) -> list[int]:
     """Ask each ``pending`` subscriber among ``emails`` to confirm (an import that does not assume
-    consent, ``newsletter subscribers import --confirm``). Returns how many requests the mailer took;
-    other statuses are skipped. One mailer connection serves them all.
+    consent, ``newsletter subscribers import --confirm``): one confirmation request each is queued, all
+    in one transaction, then handed on (``handoff``, default `dispatch`: sent here over one connection
+    in the embedded mode, by workers with a broker). Other statuses are skipped. Returns the notice ids.
     """
-    from newsletter.notices import default_mailer
-
-    own = mailer is None
-    mailer = mailer or default_mailer(settings)
-    sent = 0
-    try:
-        wanted = list(emails)
-        for start in range(0, len(wanted), 500):
-            chunk = wanted[start : start + 500]
-            query = select(Subscriber).where(Subscriber.email.in_(chunk), Subscriber.status == SubscriberStatus.PENDING)
-            for s in session.scalars(query.order_by(Subscriber.id)):
-                sent += send_notice(settings, "confirm", s.email, s.name, s.lang, mailer=mailer, confirm_url=confirm_url(settings, s.id),
-                                    hours=int(settings.confirm_hours))  # fmt: skip
-    finally:
-        if own:
-            mailer.close()
-    return sent
+    queued = []
+    wanted = list(emails)
+    for start in range(0, len(wanted), 500):
+        chunk = wanted[start : start + 500]
+        query = select(Subscriber).where(Subscriber.email.in_(chunk), Subscriber.status == SubscriberStatus.PENDING)
+        for s in session.scalars(query.order_by(Subscriber.id)):
+            context = {"confirm_url": confirm_url(settings, s.id), "hours": int(settings.confirm_hours)}
+            queued.append(queue_notice(session, settings, "confirm", s.email, s.name, s.lang, subscriber_id=s.id, context=context))
+    session.commit()
+    notice_ids = [n.id for n in queued]
+    _hand_on(settings, handoff, notice_ids)
+    return notice_ids

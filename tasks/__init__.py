@@ -1,6 +1,6 @@
 """Celery tasks (thin wrappers over `newsletter`). Run a worker with ``celery -A tasks worker``.
 
-`tasks.app` defines the app and the process's settings; `tasks.publish` defines the tasks on it. This
+`tasks.app` defines the app and the process's settings; `tasks.publish` and `tasks.notices` define the tasks on it. This
 module only wires them: importing it gives ``celery -A tasks`` the app with every task registered.
 """
 
@@ -8,8 +8,8 @@ module only wires them: importing it gives ``celery -A tasks`` the app with ever
 # imports newsletter.metrics, whose unlabelled counters take their storage when they are created.
 # isort: off
 from tasks.app import app
-from tasks import publish
+from tasks import notices, publish
 
 # isort: on
 
-__all__ = ["app", "publish"]
+__all__ = ["app", "notices", "publish"]

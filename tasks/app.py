@@ -112,6 +112,7 @@ def make_app(settings: Settings | None = None) -> Celery:
             "newsletter.plan_deliveries": {"queue": "plan"},
             "newsletter.sweep": {"queue": "plan"},
             "newsletter.send_batch": {"queue": "send"},
+            "newsletter.send_notice": {"queue": "send"},
         },
         broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT},
         broker_connection_retry_on_startup=True,

@@ -113,10 +113,14 @@ def send_batch(self: Task, issue_id: int, delivery_ids: list[int]) -> dict[str, 
 
 @app.task(name="newsletter.sweep")
 def sweep() -> dict[str, int]:
-    """Periodic (beat): re-enqueue due retries, expired claims and lost messages; finish done issues."""
+    """Periodic (beat): re-enqueue due retries, expired claims and lost messages (of deliveries and of
+    notices); finish done issues."""
+    from tasks.notices import enqueue_due_notices  # tasks.notices imports nothing of this module
+
     with _session() as session:
         result = sweeper.sweep(session, settings(), enqueue_send, start=start_pipeline)
-    return {"batches": sum(result.enqueued.values()), "finished": len(result.finished), "fired": len(result.fired)}
+    notices = enqueue_due_notices()
+    return {"batches": sum(result.enqueued.values()), "finished": len(result.finished), "fired": len(result.fired), "notices": notices}
 
 
 def start_pipeline(issue_id: int) -> None:

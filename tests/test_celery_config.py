@@ -19,6 +19,8 @@ def test_delivery_safety_settings(make_settings) -> None:
     # One exchange and routing key per queue: a message published for one queue lands in no other.
     assert [(q.exchange.name, q.routing_key) for q in conf.task_queues] == [("render", "render"), ("plan", "plan"), ("send", "send")]
     assert conf.task_routes["newsletter.send_batch"] == {"queue": "send"}
+    # Subscription messages go where the relay is reachable: the workers that send issues.
+    assert conf.task_routes["newsletter.send_notice"] == {"queue": "send"}
     assert conf.task_routes["newsletter.render_editions"] == {"queue": "render"}
     assert conf.task_routes["newsletter.plan_deliveries"] == {"queue": "plan"}
     assert conf.beat_schedule["sweep"]["task"] == "newsletter.sweep"

@@ -22,7 +22,7 @@ def test_down_to_nothing_and_up_again(db_url: str) -> None:
     command.downgrade(cfg, "base")
     assert current_revision(db_url) is None
     command.upgrade(cfg, "head")
-    assert current_revision(db_url) == head == "0012_deferred_article_text"
+    assert current_revision(db_url) == head == "0013_notice_queue"
 
 
 def test_schema_check_reads_what_alembic_reads(db_url: str) -> None:

@@ -23,6 +23,7 @@ COMMANDS = {
     "subscribers": ("subscribers", "subscribers", "Subscriber commands."),
     # cli.drafts adds edit, delete and test-send to the group that cli.issues defines.
     "issue": ("drafts", "issue", "Create, preview, publish and follow issues."),
+    "notices": ("notices", "notices", "Subscription messages (confirm, welcome, already, goodbye) queued, failed and sent."),
     "segment": ("segments", "segment", "Segments: rules that choose which subscribers an issue goes to."),
     "bounces": ("bounces", "bounces", "Bounce handling: VERP return paths come back as delivery status notifications."),
     "users": ("users", "users", "Editors who sign in to the admin pages (/admin)."),

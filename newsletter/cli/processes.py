@@ -35,16 +35,20 @@ def worker(click_ctx: click.Context, beat: bool, concurrency: int) -> None:
 @pass_ctx
 def sweep(ctx: Context) -> None:
     """Run one sweep now: re-enqueue due retries and expired claims, finish done issues."""
-    from newsletter import sweeper
+    from newsletter import notice_queue, sweeper
     from tasks.app import use_settings
+    from tasks.notices import enqueue_due_notices
     from tasks.publish import enqueue_send, start_pipeline
 
     use_settings(ctx.settings)
     with ctx.session() as session:
         result = sweeper.sweep(session, ctx.settings, enqueue_send, start=start_pipeline)
+        # Without a broker no worker runs: due notices are sent by this process.
+        notices = sum(notice_queue.send_due(session, ctx.settings).values()) if ctx.settings.embedded else enqueue_due_notices()
     fired = ", ".join(str(i) for i in result.fired) or "none"
     click.echo(
         f"fired scheduled issues: {fired}; enqueued {sum(result.enqueued.values())} batches; finished issues: {result.finished or 'none'}"
+        f"; notices handed on: {notices}"
     )
 
 

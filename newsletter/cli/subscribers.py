@@ -45,10 +45,20 @@ def subscribers_import(ctx: Context, file: Path, encoding: str, ask_confirm: boo
         except ValueError as exc:  # FileEncodingError, or a header without 'email'
             raise click.ClickException(str(exc)) from exc
         if ask_confirm:
+            from newsletter.notice_queue import status_counts
             from newsletter.signup import send_confirmations
 
-            asked = send_confirmations(session, ctx.settings, report.pending)
-            click.echo(f"{plural(asked, 'confirmation request')} sent ({len(report.pending) - asked} failed, see the log)")
+            ids = send_confirmations(session, ctx.settings, report.pending)
+            if not ctx.settings.embedded:  # the workers send them: nothing is known yet
+                click.echo(f"{plural(len(ids), 'confirmation request')} queued for the workers (see `newsletter notices list`)")
+            else:
+                by_status = status_counts(session, ids)
+                sent, failed = by_status.get("sent", 0), by_status.get("failed", 0)
+                waiting = by_status.get("queued", 0) + by_status.get("sending", 0)
+                click.echo(
+                    f"{plural(sent, 'confirmation request')} sent ({waiting} queued for a retry, {failed} failed"
+                    ", see `newsletter notices list`)"
+                )
     for error in report.errors:
         click.echo(f"{file}: {error}", err=True)
     click.echo(
@@ -71,7 +81,8 @@ SKIP_REASONS = {
 @click.argument("email")
 @pass_ctx
 def subscribers_show(ctx: Context, email: str) -> None:
-    """Show one subscriber: status, language, topics, attributes, suppression and recent deliveries."""
+    """Show one subscriber: status, language, topics, attributes, suppression, recent deliveries and
+    recent subscription messages (queued, sent or failed)."""
     from sqlalchemy import select
 
     from newsletter.models import Delivery, DeliveryStatus, Issue, Suppression
@@ -104,6 +115,11 @@ def subscribers_show(ctx: Context, email: str) -> None:
                 click.echo(f"  issue {number}: skipped: {skip_reason or 'no reason recorded'}" + (f" ({said})" if said else ""))
                 continue
             click.echo(f"  issue {number}: {status} after {plural(attempts, 'attempt')}" + (f" — {error}" if error else ""))
+        from newsletter.cli.notices import describe
+        from newsletter.notice_queue import of_subscriber
+
+        for notice in of_subscriber(session, subscriber.id, limit=5):
+            click.echo("  " + describe(notice))
 
 
 @subscribers.command("erase")

@@ -1,9 +1,11 @@
 """Joining: the sign-up form and its JSON twin, the confirmation page, and subscribing again.
 
 The sign-up answers alike whether or not the address is known (see `newsletter.signup`); its message is
-sent after the response. It is rate limited per client address (a 429 naming the wait) and per
-subscriber address (silently: the answer stays the same, only the message is not sent again). No GET
-changes anything: the confirmation link opens a page whose button POSTs (with the CSRF token).
+queued with the change and handed on after the response (`newsletter.notice_queue.dispatch`), by the
+same background task whether or not anything was queued. It is rate limited per client address (a 429
+naming the wait) and per subscriber address (silently: the answer stays the same, only the message is
+not sent again). No GET changes anything: the confirmation link opens a page whose button POSTs (with
+the CSRF token).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pydantic import BaseModel, Field
 from newsletter.i18n import N_
 from newsletter.links import preferences_url
 from newsletter.models import Subscriber, SubscriberStatus
+from newsletter.notice_queue import dispatch
 from newsletter.rendering import translator
 from newsletter.signup import SignupForm, check_form, confirm_subscription, known_topics, plan_subscription
 from newsletter.subscribers import normalise_address
@@ -47,9 +50,9 @@ def _address_key(email: str) -> str:
 
 
 def _signup(session: DB, web: WebState, request: Request, form: SignupForm, later: BackgroundTasks) -> int:
-    """Rate-limit, then act on a valid sign-up; its message is sent after the response (``later``), so
-    neither the answer nor its timing depends on the address. Returns seconds to wait when the client is
-    limited (0: done)."""
+    """Rate-limit, then act on a valid sign-up; its message, queued with the change, is handed on after the
+    response (``later``), so neither the answer nor its timing depends on the address. Returns seconds to
+    wait when the client is limited (0: done)."""
     client = f"ip:{_client(request)}"
     wait = web.signup_client_limiter.blocked(client)
     if wait:
@@ -57,11 +60,12 @@ def _signup(session: DB, web: WebState, request: Request, form: SignupForm, late
     web.signup_client_limiter.hit(client)
     key = _address_key(form.email)
     if web.signup_address_limiter.blocked(key):
-        return 0  # the same answer as any sign-up: a limit per address must not tell that the address is known
+        later.add_task(dispatch, web.settings, [])  # the same answer and path as any sign-up: a limit per address
+        return 0  # must not tell that the address is known
     web.signup_address_limiter.hit(key)
-    notice = plan_subscription(session, web.settings, form)
-    if notice is not None:
-        later.add_task(notice.send, web.settings)
+    notice_id = plan_subscription(session, web.settings, form)
+    # Always the same task, even with nothing queued: the path taken must not depend on the address.
+    later.add_task(dispatch, web.settings, [] if notice_id is None else [notice_id])
     return 0
 
 
@@ -175,12 +179,12 @@ def confirm_form(token: str, request: Request, web: State, session: DB) -> HTMLR
 
 
 @router.post("/confirm/{token}", response_class=HTMLResponse, dependencies=CSRF)
-def confirm_post(token: str, request: Request, web: State, session: DB) -> HTMLResponse:
-    """Confirm the sign-up (or re-subscription) and send the welcome message."""
+def confirm_post(token: str, request: Request, web: State, session: DB, later: BackgroundTasks) -> HTMLResponse:
+    """Confirm the sign-up (or re-subscription); the welcome message is queued and sent after the response."""
     found = _confirming(session, web, request, token)
     if isinstance(found, HTMLResponse):
         return found
-    subscriber = confirm_subscription(session, web.settings, found.id)
+    subscriber = confirm_subscription(session, web.settings, found.id, handoff=lambda ids: later.add_task(dispatch, web.settings, ids))
     if subscriber is None or subscriber.status != SubscriberStatus.ACTIVE:
         return message_page(web, request, found.lang, N_("Not subscribed"), N_("This address cannot be subscribed."), 409)
     link = (preferences_url(web.settings, subscriber.id), translator(subscriber.lang, True)("Manage preferences"))

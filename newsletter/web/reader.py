@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, BackgroundTasks, Form, Request
 from fastapi.responses import HTMLResponse
 
 from newsletter.links import preferences_url, unsubscribe_url
 from newsletter.models import Subscriber, SubscriberStatus
+from newsletter.notice_queue import dispatch
 from newsletter.rendering import translator
 from newsletter.signup import clean_topics, leave, topic_label, topics_of_issue
 from newsletter.subscribers import update_preferences
@@ -57,6 +58,7 @@ def unsubscribe_post(
     request: Request,
     web: State,
     session: DB,
+    later: BackgroundTasks,
     one_click: Annotated[str | None, Form(alias="List-Unsubscribe")] = None,
     scope: Annotated[str, Form()] = "topic",
     acknowledge: Annotated[str, Form()] = "",
@@ -65,7 +67,8 @@ def unsubscribe_post(
 
     An issue sent to a topic segment is left like a separate newsletter: its topics go, the others stay
     (the whole list goes when none is left). ``scope=all`` leaves everything. A goodbye message is sent
-    only when the reader ticked ``acknowledge``; a one-click POST never sends one.
+    only when the reader ticked ``acknowledge`` (queued with the change, sent after the response); a
+    one-click POST never sends one.
     """
     subscriber = token_subscriber(session, web, token, "unsubscribe")
     if subscriber is None:
@@ -73,7 +76,8 @@ def unsubscribe_post(
     issue_id = verify(web.settings.secret_keys, "unsubscribe", token)[1]
     topics = topics_of_issue(session, issue_id) if scope != "all" else ()
     source = "one-click" if one_click is not None else "page"
-    result = leave(session, web.settings, subscriber.id, topics, source=source, acknowledge=bool(acknowledge) and one_click is None)
+    result = leave(session, web.settings, subscriber.id, topics, source=source, acknowledge=bool(acknowledge) and one_click is None,
+                   handoff=lambda ids: later.add_task(dispatch, web.settings, ids))  # fmt: skip
     assert result is not None  # the subscriber exists
     _ = translator(subscriber.lang, True)
     if not result.unsubscribed:

@@ -10,6 +10,7 @@ from sqlalchemy import select
 
 from newsletter.erasure import erase_subscriber
 from newsletter.models import LANGUAGES, Delivery, Issue, SubscriberStatus, Suppression
+from newsletter.notice_queue import of_subscriber
 from newsletter.subscriber_admin import get_subscriber, search_subscribers
 from newsletter.subscribers import unsubscribe
 from newsletter.web.admin.common import back, flash, render
@@ -38,7 +39,8 @@ def search(
 
 @router.get("/subscribers/{subscriber_id}")
 def detail(request: Request, subscriber_id: Id, session: DB) -> Response:
-    """One subscriber: status, language, topics, attributes, suppression and latest deliveries."""
+    """One subscriber: status, language, topics, attributes, suppression, latest deliveries and subscription
+    messages (queued ones with their next attempt, failed ones with the relay's answer)."""
     s = get_subscriber(session, subscriber_id)
     if s is None:
         raise HTTPException(404, f"no subscriber {subscriber_id}")
@@ -50,7 +52,8 @@ def detail(request: Request, subscriber_id: Id, session: DB) -> Response:
         .order_by(Issue.number.desc())
         .limit(20)
     ).all()
-    return render(request, "subscriber.html", s=s, suppression=suppression, deliveries=deliveries)
+    notices = of_subscriber(session, s.id, limit=20)
+    return render(request, "subscriber.html", s=s, suppression=suppression, deliveries=deliveries, notices=notices)
 
 
 @router.post("/subscribers/{subscriber_id}/unsubscribe")

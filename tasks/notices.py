@@ -1,0 +1,47 @@
+"""The notice queue's tasks: send one queued subscription message (see `newsletter.notice_queue`)."""
+
+from __future__ import annotations
+
+import logging
+
+from celery import Task
+
+from newsletter import logs, notice_queue
+from newsletter.db import first_line, is_transient_db_error, session_factory
+from tasks.app import app, settings
+
+log = logging.getLogger(__name__)
+
+DB_RETRY_COUNTDOWN = 2.0  # seconds before a notice that found the database away is tried again
+DB_RETRIES = 60
+
+
+def enqueue_notice(notice_id: int) -> None:
+    """Hand one committed notice to the send queue."""
+    send_notice.delay(notice_id)
+
+
+@app.task(bind=True, name="newsletter.send_notice")
+def send_notice(self: Task, notice_id: int) -> str:
+    """See `newsletter.notice_queue.send_queued`; may run more than once for the same id (only the claim's
+    winner sends). Retries and lost messages are the sweeper's (`newsletter.sweep`), not Celery's: the
+    retry time lives in the row. The database being away is retried here shortly."""
+    s = settings()
+    with logs.bound(task_id=self.request.id), session_factory(s.database_url)() as session:
+        try:
+            return notice_queue.send_queued(session, s, notice_id)
+        except Exception as exc:
+            if not is_transient_db_error(exc):
+                raise
+            log.warning("notice id %s: database unreachable (%s); trying again shortly", notice_id, first_line(exc))
+            raise self.retry(exc=exc, countdown=DB_RETRY_COUNTDOWN, max_retries=DB_RETRIES) from exc
+
+
+def enqueue_due_notices() -> int:
+    """Enqueue every due notice (retries, lost hand-offs, expired claims); the number enqueued. Beat runs
+    this with each sweep."""
+    with session_factory(settings().database_url)() as session:
+        ids = notice_queue.due(session)
+    for notice_id in ids:
+        enqueue_notice(notice_id)
+    return len(ids)

@@ -1,0 +1,351 @@
+"""The notice queue: subscription messages survive a relay outage, are retried with backoff, fail for good
+on a permanent refusal, expire with their link, and are sent once however many workers claim them.
+
+A real SMTP server (aiosmtpd, tests.smtp_server) answers 451 or 550 on demand; SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections import Counter
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from newsletter import notice_queue
+from newsletter.db import session_factory
+from newsletter.erasure import erase_subscriber
+from newsletter.models import Notice, Subscriber, SubscriberStatus
+from newsletter.signup import SignupForm, confirm_subscription, plan_subscription
+from newsletter.web import create_app
+from tests.smtp_server import SMTPServer
+from tests.test_signup import _csrf
+
+
+class Relay:
+    """An aiosmtpd relay whose RCPT answer the test switches: None accepts, else the reply line."""
+
+    def __init__(self) -> None:
+        self.reply: str | None = None
+        self.server = SMTPServer(rcpt_fault=lambda _address, _attempt: self.reply)
+
+    @property
+    def recorder(self) -> Any:
+        return self.server.recorder
+
+
+@pytest.fixture
+def relay() -> Any:
+    r = Relay()
+    with r.server:
+        yield r
+    notice_queue.stop_retry_timers()  # a deferred notice must not be retried against the next test's database
+
+
+def _notices(db_url: str) -> list[Notice]:
+    with session_factory(db_url)() as session:
+        found = list(session.scalars(select(Notice).order_by(Notice.id)))
+        session.expunge_all()
+        return found
+
+
+def _sign_up(session: Any, settings: Any, email: str, **form: Any) -> int:
+    notice_id = plan_subscription(session, settings, SignupForm(email=email, **form))
+    assert notice_id is not None
+    return notice_id
+
+
+def test_web_sign_up_during_a_relay_outage_is_sent_once_when_the_relay_is_back(db_url: str, make_settings, relay: Relay) -> None:  # type: ignore[no-untyped-def]
+    settings = make_settings(db_url, SMTP_URL=relay.server.url)
+    client = TestClient(create_app(settings), base_url="https://testserver")
+    relay.reply = "451 4.3.0 try again later"
+    page = client.get("/subscribe")
+    done = client.post("/subscribe", data={"csrf_token": _csrf(page.text), "email": "ann@example.org", "name": "Ann"})
+    assert done.status_code == 200  # the same "check your inbox" page as ever
+    notice_queue.stop_retry_timers()  # this test is the sweeper (the process's own timer has a test of its own)
+    # The background task tried once, the relay refused: no message, but nothing lost either.
+    assert relay.recorder.messages == [] and relay.recorder.rejected["451"] == 1
+    [row] = _notices(db_url)
+    assert (row.kind, row.email, row.status, row.attempts, row.last_smtp_code) == ("confirm", "ann@example.org", "queued", 1, 451)
+    # The first retry waits uniform(0, NEWSLETTER_BACKOFF_BASE) after the attempt (full jitter).
+    assert row.next_attempt_at is not None and row.updated_at <= row.next_attempt_at <= row.updated_at + timedelta(
+        seconds=settings.retry.base
+    )
+    assert "try again later" in (row.last_error or "")
+
+    relay.reply = None
+    with session_factory(db_url)() as session:
+        later = row.next_attempt_at + timedelta(seconds=1)
+        assert notice_queue.send_due(session, settings, now=later) == Counter(sent=1)
+        assert notice_queue.send_due(session, settings, now=later + timedelta(hours=1)) == Counter()  # nothing left to send
+    assert relay.recorder.recipients() == Counter({"ann@example.org": 1})
+    [sent] = _notices(db_url)
+    assert (sent.status, sent.attempts, sent.last_error, sent.sent_at) == ("sent", 2, None, later)
+    # The link in the retried message works, and the welcome goes through the queue too.
+    link = re.search(r"https://news\.example\.org(/confirm/\S+)", relay.recorder.messages[0].get_body(("plain",)).get_content())
+    assert link is not None
+    confirm_page = client.get(link.group(1))
+    assert client.post(link.group(1), data={"csrf_token": _csrf(confirm_page.text)}).status_code == 200
+    assert [str(m["Subject"]) for m in relay.recorder.messages][1].startswith("Welcome")
+    assert [(n.kind, n.status) for n in _notices(db_url)] == [("confirm", "sent"), ("welcome", "sent")]
+
+
+def test_a_permanent_refusal_fails_and_is_never_retried(db_url: str, make_settings, relay: Relay) -> None:  # type: ignore[no-untyped-def]
+    settings = make_settings(db_url, SMTP_URL=relay.server.url)
+    relay.reply = "550 5.1.1 no such user"
+    with session_factory(db_url)() as session:
+        notice_id = _sign_up(session, settings, "gone@example.org")
+        assert notice_queue.send_queued(session, settings, notice_id) == "failed"
+        relay.reply = None
+        for hours in (1, 5, 23):  # however long the sweeper keeps running
+            assert notice_queue.send_due(session, settings, now=notice_queue.utcnow() + timedelta(hours=hours)) == Counter()
+        assert notice_queue.send_queued(session, settings, notice_id) == "not-claimed"
+    assert relay.recorder.attempts["gone@example.org"] == 1 and relay.recorder.messages == []
+    [row] = _notices(db_url)
+    assert (row.status, row.attempts, row.last_smtp_code, row.next_attempt_at) == ("failed", 1, 550, None)
+    assert "no such user" in (row.last_error or "")
+
+
+def test_transient_failures_give_up_after_the_last_attempt(db_url: str, make_settings, relay: Relay) -> None:  # type: ignore[no-untyped-def]
+    settings = make_settings(db_url, SMTP_URL=relay.server.url, NEWSLETTER_MAX_ATTEMPTS="3")
+    relay.reply = "421 4.7.0 too busy"
+    with session_factory(db_url)() as session:
+        notice_id = _sign_up(session, settings, "busy@example.org")
+        outcomes = []
+        now = notice_queue.utcnow()
+        for _ in range(5):
+            now += timedelta(hours=1)  # past any backoff (cap 1 h), within the 24 h window
+            outcomes.append(notice_queue.send_queued(session, settings, notice_id, now=now))
+    assert outcomes == ["deferred", "deferred", "failed", "not-claimed", "not-claimed"]
+    assert relay.recorder.attempts["busy@example.org"] == 3
+    [row] = _notices(db_url)
+    assert row.status == "failed" and row.attempts == 3 and (row.last_error or "").startswith("gave up after 3 attempts: 421")
+
+
+def test_a_confirmation_is_not_sent_after_its_link_expired(db_url: str, make_settings, relay: Relay) -> None:  # type: ignore[no-untyped-def]
+    import random
+
+    settings = make_settings(db_url, SMTP_URL=relay.server.url, NEWSLETTER_CONFIRM_HOURS="2", NEWSLETTER_BACKOFF_CAP="86400",
+                             NEWSLETTER_BACKOFF_BASE="86400")  # fmt: skip
+    relay.reply = "451 4.3.0 later"
+    with session_factory(db_url)() as session:
+        notice_id = _sign_up(session, settings, "late@example.org")
+        row = session.get_one(Notice, notice_id)
+        assert row.expires_at == row.created_at + timedelta(hours=2)  # the link's own expiry (links.confirm_url)
+        # The backoff draws 0.134 of a day (3.2 h, random.Random(1)): past the link's life, so no retry is planned.
+        assert random.Random(1).uniform(0, 86400) > 2 * 3600
+        outcome = notice_queue.send_queued(session, settings, notice_id, now=row.created_at, rng=random.Random(1))
+        relay.reply = None
+        assert outcome == "failed" and notice_queue.send_due(session, settings, now=row.created_at + timedelta(hours=1)) == Counter()
+    [row] = _notices(db_url)
+    assert (row.status, row.next_attempt_at) == ("failed", None)
+    assert (row.last_error or "").startswith("gave up after 1 attempt: 451")
+    assert relay.recorder.messages == []
+
+
+def test_an_expired_link_is_recorded_as_such(db_url: str, make_settings, relay: Relay) -> None:  # type: ignore[no-untyped-def]
+    settings = make_settings(db_url, SMTP_URL=relay.server.url, NEWSLETTER_CONFIRM_HOURS="1")
+    with session_factory(db_url)() as session:
+        notice_id = _sign_up(session, settings, "slow@example.org")  # the hand-off was lost; nothing tried
+        created = session.get_one(Notice, notice_id).created_at
+        assert notice_queue.send_due(session, settings, now=created + timedelta(hours=1, seconds=1)) == Counter(failed=1)
+    [row] = _notices(db_url)
+    assert (row.status, row.last_error, row.attempts) == ("failed", "expired before it could be sent", 1)
+    assert relay.recorder.attempts == Counter()
+
+
+def test_two_workers_claiming_at_once_send_each_notice_once(db_url: str, make_settings) -> None:  # type: ignore[no-untyped-def]
+    with SMTPServer(data_delay=0.05) as server:  # a slow relay: both claims happen while a send is under way
+        settings = make_settings(db_url, SMTP_URL=server.url)
+        with session_factory(db_url)() as session:
+            ids = [_sign_up(session, settings, f"r{i}@example.org") for i in range(6)]
+        outcomes: Counter[str] = Counter()
+        lock = threading.Lock()
+
+        def worker(barrier: threading.Barrier, notice_id: int) -> None:
+            with session_factory(db_url)() as session:
+                barrier.wait()
+                outcome = notice_queue.send_queued(session, settings, notice_id)
+            with lock:
+                outcomes[outcome] += 1
+
+        for notice_id in ids:
+            barrier = threading.Barrier(2)
+            threads = [threading.Thread(target=worker, args=(barrier, notice_id)) for _ in range(2)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(30)
+        assert outcomes == Counter({"sent": 6, "not-claimed": 6})
+        assert server.recorder.recipients() == Counter({f"r{i}@example.org": 1 for i in range(6)})
+    assert {(n.status, n.attempts) for n in _notices(db_url)} == {("sent", 1)}
+
+
+def test_the_sweep_picks_up_a_notice_whose_hand_off_was_lost(db_url: str, make_settings, relay: Relay) -> None:  # type: ignore[no-untyped-def]
+    settings = make_settings(db_url, SMTP_URL=relay.server.url)
+    with session_factory(db_url)() as session:
+        notice_id = _sign_up(session, settings, "lost@example.org")  # committed; the process "died" before the hand-off
+        created = session.get_one(Notice, notice_id).created_at
+        assert notice_queue.due(session, created + timedelta(seconds=5)) == []  # the hand-off may still be under way
+        assert notice_queue.due(session, created + notice_queue.DISPATCH_GRACE) == [notice_id]
+        # A worker that died holding the claim: once the lease expired, the sweep claims it again.
+        assert notice_queue.claim(session, settings, notice_id, created) is not None
+        assert notice_queue.due(session, created + timedelta(seconds=settings.lease_seconds - 1)) == []
+        later = created + timedelta(seconds=settings.lease_seconds + 1)
+        assert notice_queue.send_due(session, settings, now=later) == Counter(sent=1)
+    assert relay.recorder.recipients() == Counter({"lost@example.org": 1})
+
+
+def test_a_notice_no_longer_wanted_is_skipped(db_url: str, make_settings, relay: Relay) -> None:  # type: ignore[no-untyped-def]
+    settings = make_settings(db_url, SMTP_URL=relay.server.url)
+    handed: list[int] = []
+    with session_factory(db_url)() as session:
+        first = _sign_up(session, settings, "quick@example.org")
+        subscriber_id = session.scalar(select(Subscriber.id).where(Subscriber.email == "quick@example.org"))
+        assert subscriber_id is not None
+        # Confirmed (from a second request's link) before the first request went out: it is not sent any more.
+        confirm_subscription(session, settings, subscriber_id, handoff=handed.extend)
+        assert notice_queue.send_queued(session, settings, first) == "skipped"
+        assert notice_queue.send_queued(session, settings, handed[0]) == "sent"
+        # An erasure removes the subscriber's notices, sent or not: they hold the address and the name.
+        other = _sign_up(session, settings, "forget@example.org")
+        forget = session.scalar(select(Subscriber.id).where(Subscriber.email == "forget@example.org"))
+        assert forget is not None and erase_subscriber(session, forget)
+        assert session.get(Notice, other) is None
+    assert [str(m["Subject"]).startswith("Welcome") for m in relay.recorder.messages] == [True]
+    assert [(n.kind, n.status, n.last_error) for n in _notices(db_url)] == [
+        ("confirm", "skipped", "the subscriber confirmed already"),
+        ("welcome", "sent", None),
+    ]
+
+
+def test_an_active_address_gets_the_reminder_through_the_queue(db_url: str, make_settings, relay: Relay) -> None:  # type: ignore[no-untyped-def]
+    settings = make_settings(db_url, SMTP_URL=relay.server.url)
+    with session_factory(db_url)() as session:
+        session.add(Subscriber(email="on@example.org", name="On", lang="en", topics=[], attributes={}, status=SubscriberStatus.ACTIVE))
+        session.commit()
+        notice_id = _sign_up(session, settings, "on@Example.ORG")
+        assert notice_queue.send_queued(session, settings, notice_id) == "sent"
+    [row] = _notices(db_url)
+    assert (row.kind, row.status, row.subscriber_id is not None) == ("already", "sent", True)
+    assert "preferences_url" in row.context
+
+
+def test_failed_notices_are_shown_by_the_cli_and_counted_in_metrics(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, relay: Relay) -> None:
+    from newsletter.cli import main
+
+    env = {"NEWSLETTER_HOME": str(tmp_path / "home"), "NEWSLETTER_SECRET_KEY": "cli-secret", "NEWSLETTER_BASE_URL": "https://news.example.org",
+           "SMTP_URL": relay.server.url, "DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}"}  # fmt: skip
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.chdir(tmp_path)
+    assert CliRunner().invoke(main, ["db", "upgrade"]).exit_code == 0
+    csv_path = tmp_path / "people.csv"
+    csv_path.write_text("email,name,lang\nbad@example.org,Bad,en\nwait@example.org,Wait,en\nok@example.org,Ok,en\n", encoding="utf-8")
+    relay.reply = None
+    replies = {"bad@example.org": "550 5.1.1 unknown user", "wait@example.org": "451 4.7.1 greylisted"}
+    relay.server.controller.handler.rcpt_fault = lambda address, _attempt: replies.get(address)
+    result = CliRunner().invoke(main, ["subscribers", "import", "--confirm", str(csv_path)], catch_exceptions=False)
+    assert result.exit_code == 0
+    assert "1 confirmation request sent (1 queued for a retry, 1 failed, see `newsletter notices list`)" in result.output
+    shown = CliRunner().invoke(main, ["subscribers", "show", "bad@example.org"], catch_exceptions=False).output
+    assert "confirm notice to bad@example.org: failed" in shown and "after 1 attempt — 550 5.1.1 unknown user" in shown
+    shown = CliRunner().invoke(main, ["subscribers", "show", "wait@example.org"], catch_exceptions=False).output
+    assert "confirm notice to wait@example.org: queued, next attempt " in shown and "451 4.7.1 greylisted" in shown
+    listed = CliRunner().invoke(main, ["notices", "list"], catch_exceptions=False).output
+    assert listed.splitlines()[0] == "queued 1, sent 1, failed 1"
+    assert len(listed.splitlines()) == 3  # the sent one is not listed without --all
+    from newsletter.config import load_settings
+
+    metrics = TestClient(create_app(load_settings())).get("/metrics").text
+    assert 'newsletter_notices{kind="confirm",status="failed"} 1.0' in metrics
+    assert 'newsletter_notices{kind="confirm",status="queued"} 1.0' in metrics
+
+
+def _queued_tasks(client: Any, name: str) -> list[tuple[bytes, list[Any]]]:
+    """``(raw message, args)`` of the task messages named ``name`` waiting in the ``send`` queue."""
+    import base64
+    import json
+
+    found = []
+    for raw in client.lrange("send", 0, -1):
+        message = json.loads(raw)
+        if message["headers"]["task"] == name:
+            found.append((raw, json.loads(base64.b64decode(message["body"]))[0]))
+    return found
+
+
+def test_with_a_broker_the_notice_goes_to_the_send_queue_and_the_task_sends_it(  # type: ignore[no-untyped-def]
+    sqlite_url: str, make_settings, relay: Relay, redis_available: str
+) -> None:
+    import redis
+
+    from tasks.app import use_settings
+    from tasks.notices import enqueue_due_notices, send_notice
+
+    settings = make_settings(sqlite_url, SMTP_URL=relay.server.url, REDIS_URL=redis_available)
+    client = redis.Redis.from_url(redis_available)
+    try:
+        with session_factory(sqlite_url)() as session:
+            notice_id = _sign_up(session, settings, "queued@example.org")
+        notice_queue.dispatch(settings, [notice_id])  # what the web's background task does
+        mine = [(raw, args) for raw, args in _queued_tasks(client, "newsletter.send_notice") if args == [notice_id]]
+        assert len(mine) == 1 and relay.recorder.messages == []  # the web process sent nothing itself
+        for raw, _ in mine:
+            client.lrem("send", 1, raw)
+        assert send_notice(notice_id) == "sent"  # the task body, as a worker runs it
+        assert send_notice(notice_id) == "not-claimed"  # a redelivered message sends nothing
+        assert relay.recorder.recipients() == Counter({"queued@example.org": 1})
+        # Beat's sweep enqueues what is due (a lost hand-off) for the workers.
+        with session_factory(sqlite_url)() as session:
+            lost = _sign_up(session, settings, "lost@example.org")
+            session.get_one(Notice, lost).created_at -= notice_queue.DISPATCH_GRACE
+            session.commit()
+        assert enqueue_due_notices() == 1
+        mine = [(raw, args) for raw, args in _queued_tasks(client, "newsletter.send_notice") if args == [lost]]
+        assert len(mine) == 1
+        for raw, _ in mine:
+            client.lrem("send", 1, raw)
+    finally:
+        use_settings(make_settings(sqlite_url, REDIS_URL=""))
+
+
+def test_without_a_broker_the_web_process_retries_by_itself(sqlite_url: str, make_settings, relay: Relay) -> None:  # type: ignore[no-untyped-def]
+    import time
+
+    settings = make_settings(sqlite_url, SMTP_URL=relay.server.url, NEWSLETTER_BACKOFF_BASE="0.2", NEWSLETTER_BACKOFF_CAP="0.2")
+    client = TestClient(create_app(settings), base_url="https://testserver")
+    relay.reply = "451 4.3.0 try again later"
+    assert client.post("/subscriptions", json={"email": "patient@example.org"}).status_code == 202
+    assert relay.recorder.messages == [] and [n.status for n in _notices(sqlite_url)] == ["queued"]
+    relay.reply = None  # no further request, no sweep: the process's own timer sends it when due
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not relay.recorder.messages:
+        time.sleep(0.1)
+    assert relay.recorder.recipients() == Counter({"patient@example.org": 1})
+    deadline = time.monotonic() + 10  # the outcome is recorded just after the relay took it
+    while time.monotonic() < deadline and _notices(sqlite_url)[0].status != "sent":
+        time.sleep(0.1)
+    # Sent on the first attempt after the relay came back (a slow test may see one more 451 before that).
+    assert [(n.status, n.attempts) for n in _notices(sqlite_url)] == [("sent", 1 + relay.recorder.rejected["451"])]
+
+
+def test_the_admin_page_of_a_subscriber_shows_a_refused_confirmation(sqlite_url: str, make_settings, relay: Relay) -> None:  # type: ignore[no-untyped-def]
+    from tests.editor_setup import make_site, sign_in
+
+    site = make_site(make_settings(sqlite_url, SMTP_URL=relay.server.url))
+    relay.reply = "550 5.1.1 mailbox unavailable"
+    assert site.client.post("/subscriptions", json={"email": "nobody@example.org"}).status_code == 202
+    with session_factory(sqlite_url)() as session:
+        subscriber_id = session.scalar(select(Subscriber.id).where(Subscriber.email == "nobody@example.org"))
+    sign_in(site.client)
+    page = site.client.get(f"/admin/subscribers/{subscriber_id}").text
+    row = page[page.index("<h2>Subscription messages</h2>") :]
+    assert "<td>confirm</td><td>failed</td><td>1</td>" in row and "550 5.1.1 mailbox unavailable" in row
