@@ -87,6 +87,10 @@ def test_articles_edit_delete_test_send_publish_and_erase(cli_env: dict[str, str
         assert "subject: [TEST] " in out and "sent to proof@example.org" in out
         assert smtp.recorder.messages[0]["X-Newsletter-Test"] == "yes"
         assert "not a valid address" in invoke("issue", "test-send", "1", "--to", "nope", code=1)
+        # A list in one --to, as the admin form takes it (it was refused as one invalid address).
+        out = invoke("issue", "test-send", "1", "--to", "me@example.org, you@example.org", "--to", "me@example.org")
+        assert "sent to me@example.org" in out and "sent to you@example.org" in out
+        assert len(smtp.recorder.messages) == 3
         monkeypatch.delenv("SMTP_URL")
 
     with session_factory(_db())() as session:

@@ -99,16 +99,18 @@ def issue_delete(ctx: Context, number: int, yes: bool) -> None:
 @issue.command("test-send")
 @click.argument("number", type=int)
 @click.option("--lang", default="en", show_default=True, help="Edition language.")
-@click.option("--to", "addresses", multiple=True, required=True, metavar="ADDRESS", help="Recipient; repeatable (at most 10).")
+@click.option(
+    "--to", "addresses", multiple=True, required=True, metavar="ADDRESS", help="Recipient; repeatable or comma-separated (at most 10)."
+)
 @pass_ctx
 def issue_test_send(ctx: Context, number: int, lang: str, addresses: tuple[str, ...]) -> None:
     """Mail one edition of issue NUMBER to a few addresses as a test ([TEST] subject, X-Newsletter-Test
     header) through the configured SMTP relay or outbox. Never counted as a delivery."""
-    from newsletter.testsend import send_test
+    from newsletter.testsend import send_test, split_addresses
 
     with ctx.session() as session:
         try:
-            result = send_test(session, ctx.settings, get_issue(session, number), lang, list(addresses), "cli")
+            result = send_test(session, ctx.settings, get_issue(session, number), lang, split_addresses(addresses), "cli")
         except (IssueError, RenderError) as exc:
             raise click.ClickException(str(exc)) from exc
     click.echo(f"subject: {result.subject}")

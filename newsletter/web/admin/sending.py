@@ -12,7 +12,7 @@ from newsletter.issues import IssueError, get_issue
 from newsletter.models import IssueStatus
 from newsletter.previews import preview_edition
 from newsletter.rendering import RenderError
-from newsletter.testsend import MAX_RECIPIENTS, send_test
+from newsletter.testsend import MAX_RECIPIENTS, send_test, split_addresses
 from newsletter.web.admin.common import back, flash, is_htmx, render
 from newsletter.web.auth import Editor
 from newsletter.web.deps import DB, State
@@ -56,7 +56,7 @@ def test_send(
     addresses: Annotated[str, Form(max_length=5000)],
 ) -> Response:
     """Send the chosen edition as a test to the addresses given (one per line or comma-separated)."""
-    wanted = [a.strip() for a in addresses.replace(",", "\n").splitlines() if a.strip()]
+    wanted = split_addresses([addresses])
     try:
         result = send_test(session, web.settings, get_issue(session, number), lang, wanted, f"user:{user.email}")
         if result.sent:
