@@ -264,3 +264,19 @@ def test_ctrl_c_landing_in_a_weakref_callback_still_stops_following(tmp_path: Pa
         follow(settings, 1, progress, poll=0.05, timeout=5)
     assert fired and time.monotonic() - started < 4
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+
+
+def test_a_failed_issue_says_how_to_try_again(cli_env: dict[str, str], tmp_path: Path) -> None:  # noqa: F811
+    """Regression: a failed issue's status said only "issue 1: failed (...)"; publishing it again once the
+    cause is fixed is the way on (and works, nothing sent twice)."""
+    from newsletter.models import Issue, IssueStatus
+
+    setup_archive(tmp_path, "en@example.com,E,en,\n")
+    run("issue", "create", "--articles", "a1")
+    with session_factory(database_url(cli_env))() as session:  # as a worker records a render failure
+        session.execute(update(Issue).values(status=IssueStatus.FAILED, error="newsletter.render_editions: RenderError: boom"))
+        session.commit()
+    status = run("issue", "status", "1")
+    assert "issue 1: failed (newsletter.render_editions: RenderError: boom)" in status
+    assert "fix the cause, then run 'newsletter issue publish 1' again: messages already sent are not sent twice" in status
+    assert "issue 1: sent" in run("issue", "publish", "1", "--yes")

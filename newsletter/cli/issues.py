@@ -228,7 +228,10 @@ def issue_publish(ctx: Context, number: int, no_wait: bool, yes: bool, allow_no_
     print_status(ctx, number)
     click.echo(f"issue {number} {outcome.status}: {outcome.summary()}")
     if outcome.status != "sent":
-        raise click.ClickException(f"issue {number} ended {outcome.status}: {outcome.error}")
+        hint = ""
+        if outcome.status == "failed":
+            hint = "\n" + AGAIN.format(number=number)
+        raise click.ClickException(f"issue {number} ended {outcome.status}: {outcome.error}{hint}")
     if outcome.failed:
         raise click.ClickException(
             f"issue {number}: {plural(outcome.failed, 'delivery')} failed permanently "
@@ -236,6 +239,8 @@ def issue_publish(ctx: Context, number: int, no_wait: bool, yes: bool, allow_no_
         )
 
 
+# A failed issue can be published again; the ledger keeps what was already sent from being repeated.
+AGAIN = "fix the cause, then run 'newsletter issue publish {number}' again: messages already sent are not sent twice"
 NO_WORKER = (
     "no worker answers on the broker: the work waits in the queue until one runs; start one with "
     "'celery -A tasks worker -Q render,plan,send' and one 'celery -A tasks beat' (or 'newsletter worker --beat')"
@@ -356,6 +361,8 @@ def print_status(ctx: Context, number: int) -> None:
                    f"{rep.leases_until:%H:%M:%S} UTC")  # fmt: skip
     for email, error in rep.last_errors:
         click.echo(f"  last error: {email}: {error}")
+    if rep.status == "failed":
+        click.echo(f"  {AGAIN.format(number=number)}")
 
 
 @issue.command("status")
