@@ -227,11 +227,8 @@ def issue_publish(ctx: Context, number: int, no_wait: bool, yes: bool, allow_no_
         _interrupted(ctx, number, thread)
     print_status(ctx, number)
     click.echo(f"issue {number} {outcome.status}: {outcome.summary()}")
-    if outcome.status != "sent":
-        hint = ""
-        if outcome.status == "failed":
-            hint = "\n" + AGAIN.format(number=number)
-        raise click.ClickException(f"issue {number} ended {outcome.status}: {outcome.error}{hint}")
+    if outcome.status != "sent":  # print_status said how to go on after a failure
+        raise click.ClickException(f"issue {number} ended {outcome.status}: {outcome.error}")
     if outcome.failed:
         raise click.ClickException(
             f"issue {number}: {plural(outcome.failed, 'delivery')} failed permanently "
