@@ -110,6 +110,8 @@ def record_to_fields(record: dict[str, Any], rules: Sequence[SourceRules] = BUIL
     if not isinstance(title, str) or not title.strip():
         raise ValueError("missing 'title'")
     lang = record.get("lang")
+    if lang is None or lang == "":
+        raise ValueError(f"missing 'lang' (one of {', '.join(LANGUAGES)})")
     if lang not in LANGUAGES:
         raise ValueError(f"'lang' must be one of {', '.join(LANGUAGES)}, got {lang!r}")
     url = record.get("url") or record.get("source_url") or None

@@ -150,13 +150,20 @@ def import_subscribers(
     lines: dict[str, int] = {}
     with open_text(path, encoding, newline="") as handle:
         header = handle.readline()
-        reader = csv.DictReader(itertools.chain([header], handle), delimiter=header_delimiter(header))
+        delimiter = header_delimiter(header)
+        reader = csv.DictReader(itertools.chain([header], handle), delimiter=delimiter)
         if not reader.fieldnames or "email" not in [f.strip().lower() for f in reader.fieldnames]:
             found = ", ".join(repr(f) for f in reader.fieldnames or []) or "nothing"
             raise ValueError(f"{path}: the header must name an 'email' column (it names {found})")
         width = len(reader.fieldnames)
+        end = reader.line_num  # the line the previous record ended on (the header's)
         for raw in reader:
-            line = reader.line_num
+            start, line, end = end + 1, reader.line_num, reader.line_num
+            if line > start and any(("\n" in v or "\r" in v) and delimiter in v for v in raw.values() if isinstance(v, str)):
+                # A quote opened and not closed swallows the following rows into one cell (separators and all).
+                report.errors.append(f"lines {start}-{line}: a quoted cell runs over {line - start + 1} lines; is a closing quote "
+                                     f"missing on line {start}? (nothing from these lines was imported)")  # fmt: skip
+                continue
             if None in raw:  # csv.DictReader's restkey: cells beyond the header
                 report.errors.append(f"line {line}: {width + len(raw[None])} cells, but the header names {width} columns")  # type: ignore[index, arg-type]
                 continue

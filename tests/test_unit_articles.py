@@ -104,11 +104,13 @@ def test_import_reports_bad_lines_and_imports_the_rest(session, tmp_path: Path) 
         {"id": "no-title", "lang": "en"},                        # line 6: missing title
         {"id": "bad-date", "title": "T", "lang": "en", "published_at": "yesterday"},  # line 7
         good[2],                                                 # line 8
+        {"id": "no-lang", "title": "T"},                         # line 9: missing lang
     ]  # fmt: skip
     report = import_articles(session, _write(tmp_path / "mixed.jsonl", lines))
     assert report.created == 3
-    assert [e.line for e in report.errors] == [2, 4, 6, 7]
-    assert [e.record_id for e in report.errors] == [None, "fr-1", "no-title", "bad-date"]
+    assert [e.line for e in report.errors] == [2, 4, 6, 7, 9]
+    assert [e.record_id for e in report.errors] == [None, "fr-1", "no-title", "bad-date", "no-lang"]
+    assert report.errors[4].reason == "missing 'lang' (one of en, zh-Hans, zh-Hant)"  # was "..., got None"
     assert report.errors[0].reason == "invalid JSON: Expecting ',' delimiter (column 44)"  # no second "line" in it
     assert "'lang' must be one of en, zh-Hans, zh-Hant, got 'fr'" in report.errors[1].reason
     assert str(report.errors[1]).startswith("line 4 (id 'fr-1'): ")

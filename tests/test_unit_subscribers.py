@@ -208,3 +208,15 @@ def test_import_extra_columns_become_attributes_and_signed_up_sets_the_signup_da
     assert ann is not None and bob is not None
     assert ann.attributes == {"plan": "pro", "country": "US"} and bob.attributes == {"country": "CA"}
     assert ann.created_at == datetime(2026, 1, 15, tzinfo=UTC)
+
+
+def test_an_unclosed_quote_is_named_with_the_line_it_opens_on(session, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Regression: a quote never closed swallowed the next row into one cell, reported as "line 3: ...
+    contains a line break or NUL": the wrong line, and no word of the quote."""
+    path = tmp_path / "subs.csv"
+    path.write_text('email,name,lang,topics\n"quote@example.net,Q,en,\nfine@example.net,F,en,\n', encoding="utf-8", newline="")
+    report = import_subscribers(session, path)
+    assert report.errors == [
+        "lines 2-3: a quoted cell runs over 2 lines; is a closing quote missing on line 2? (nothing from these lines was imported)"
+    ]
+    assert report.created == 0
