@@ -72,7 +72,7 @@ def test_send(
 
 # Offered in the schedule form's time zone field: the IANA Area/Location names and UTC (not the system's
 # "localtime" or legacy aliases such as "EST5EDT"; they are still accepted when typed).
-ZONES = tuple(sorted(z for z in available_timezones() if "/" in z and not z.startswith(("Etc/", "SystemV/")))) + ("UTC",)
+ZONES = (*sorted(z for z in available_timezones() if "/" in z and not z.startswith(("Etc/", "SystemV/"))), "UTC")
 
 
 def _schedule_context(web: State, issue: Issue, values: dict[str, str] | None = None) -> dict[str, object]:
