@@ -1,5 +1,5 @@
-"""Admin pages: the issue list and the issue editor (articles searched and picked, reordered by drag or
-buttons, titles and notes per language, audience rule)."""
+"""Admin pages: the issue list (with each issue's title), the New draft form, and the issue editor
+(articles searched and picked, reordered by drag or buttons, titles and notes per language, audience rule)."""
 
 from __future__ import annotations
 
