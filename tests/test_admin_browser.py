@@ -13,8 +13,10 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import func, select
@@ -98,13 +100,17 @@ def test_editor_builds_previews_tests_and_publishes_an_issue(browser: Any, serve
     shot("issues")
 
     # A new draft, built from searched articles (htmx swaps the results and the article list in place).
-    page.get_by_role("button", name="New draft").click()
+    page.get_by_role("link", name="New draft").click()  # asks first: no empty draft on one click
+    page.wait_for_url(f"{base}/admin/issues/new")
+    page.get_by_role("button", name="Create issue 1").click()
     page.wait_for_url(f"{base}/admin/issues/1")
     page.get_by_label("Text").fill("ransomware")
     page.get_by_label("Language").select_option("en")
     page.get_by_role("button", name="Search").click()
     page.get_by_role("button", name="Add: Agency issues ransomware guidance for small water utilities").click()
     page.get_by_role("button", name="Add: Hospitals must report ransomware attacks within 72 hours").wait_for()
+    # The editions section follows the articles without a reload; what is typed in an edition stays.
+    page.locator("#edition-en").get_by_label("Title").fill("Typed, not saved yet")
     page.get_by_role("button", name="Add: Hospitals must report ransomware attacks within 72 hours").click()
     page.locator("#article-list li[data-id='sample-en-05']").wait_for()
     # Added articles are no longer offered in the results (adding one twice would be refused).
@@ -115,6 +121,10 @@ def test_editor_builds_previews_tests_and_publishes_an_issue(browser: Any, serve
     page.get_by_role("button", name="Search").click()
     page.get_by_role("button", name="Add: 多地启动关键信息基础设施网络安全检查").click()
     page.locator("#article-list li[data-id='sample-zh-Hans-01']").wait_for()
+    expect(page.locator("form.edition h3")).to_have_count(3)  # was still "Editions appear as you add articles…"
+    expect(page.locator("#edition-zh-Hans").get_by_label("Title")).to_be_visible()
+    expect(page.locator("#edition-en").get_by_label("Title")).to_have_value("Typed, not saved yet")
+    expect(page.locator("#issue-editions")).not_to_contain_text("Editions appear")
     assert _titles(page) == ["Agency issues ransomware guidance for small water utilities",
                              "Hospitals must report ransomware attacks within 72 hours under new rule", "多地启动关键信息基础设施网络安全检查"]  # fmt: skip
     shot("built")
@@ -177,8 +187,28 @@ def test_editor_builds_previews_tests_and_publishes_an_issue(browser: Any, serve
     with session_factory(server["url"])() as session:
         assert session.scalar(select(func.count()).select_from(Delivery)) == 0
 
-    # Publish: the page shows the recipient count and wants it confirmed.
+    # Schedule from the publish page: a past time is refused with the reason; then scheduled, shown, unscheduled.
     page.get_by_role("link", name="Publish").click()
+    expect(page.get_by_label("Time zone")).to_have_value("UTC")  # NEWSLETTER_TIMEZONE
+    page.get_by_label("Date").fill("2020-01-06")
+    page.get_by_label("Time", exact=True).fill("09:00")
+    page.get_by_role("button", name="Schedule").click()
+    expect(page.locator("#schedule-error")).to_contain_text("2020-01-06 09:00 (UTC) is in the past")
+    day = (datetime.now(UTC) + timedelta(days=30)).astimezone(ZoneInfo("Asia/Taipei")).date()
+    page.get_by_label("Date").fill(day.isoformat())
+    page.get_by_label("Time", exact=True).fill("09:30")
+    page.get_by_label("Time zone").fill("Asia/Taipei")
+    page.get_by_role("button", name="Schedule").click()
+    expect(page.locator("#scheduled-at")).to_have_text(f"{day} 09:30 Asia/Taipei")
+    shot("scheduled")
+    page.get_by_role("button", name="Unschedule").click()
+    page.get_by_text("Issue 1 is no longer scheduled: it is a draft again.").wait_for()
+    expect(page.locator("#scheduled-at")).to_have_count(0)
+    refused = [e for e in errors if (e.startswith("422 ") and e.endswith("/admin/issues/1/schedule")) or "422 (Unprocessable" in e]
+    assert refused and len(refused) <= 2, errors  # the refused past time (and the browser's note of it)
+    errors[:] = [e for e in errors if e not in refused]
+
+    # Publish: the page shows the recipient count and wants it confirmed.
     assert page.locator("#recipient-count").text_content() == "3"
     publish = page.get_by_role("button", name="Publish to 3 subscribers")
     publish.click()  # the checkbox is required: the browser refuses to submit

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import func, select
 
 from newsletter.db import session_factory
 from newsletter.models import Issue, Subscriber, SubscriberStatus
@@ -64,7 +67,7 @@ def test_pages_render_and_forms_work(sqlite_url: str, make_settings) -> None:  #
     assert "only a publishing or sending issue can be paused" in c.post("/admin/issues/1/pause", data={"csrf_token": token}).text
 
     # Drafts are deleted only with the box ticked.
-    c.post("/admin/issues", data={"csrf_token": token})
+    c.post("/admin/issues", data={"confirm": "yes", "csrf_token": token})
     assert "Tick the box" in c.post("/admin/issues/2/delete", data={"csrf_token": token}).text
     assert "Issue 2 deleted." in c.post("/admin/issues/2/delete", data={"confirm": "yes", "csrf_token": token}).text
 
@@ -84,7 +87,7 @@ def test_an_admin_address_that_names_no_page_is_an_html_page_not_json(sqlite_url
     browser = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
     for path, status, said in (
         ("/admin/issues/99", 404, "no issue number 99"),
-        ("/admin/issues/new", 422, "/admin/issues/new is not an address"),
+        ("/admin/issues/latest", 422, "/admin/issues/latest is not an address"),
     ):
         page = c.get(path, headers=browser)
         assert (page.status_code, page.headers["content-type"]) == (status, "text/html; charset=utf-8"), path
@@ -116,3 +119,95 @@ def test_saving_the_zh_hans_edition_converts_the_zh_hant_one_again(sqlite_url: s
     c.post("/admin/issues/1/editions/zh-Hans", data={"title": "信息周报", "note": "新的编者按：信息", "csrf_token": token})
     editions = {e["lang"]: e for e in c.get("/api/issues/1", headers=site.auth).json()["editions"]}
     assert (editions["zh-Hant"]["title"], editions["zh-Hant"]["editors_note"]) == ("資訊週報", "新的編者按：資訊")  # was 軟體週報 and ""
+
+
+def test_the_issue_list_shows_titles_and_a_new_draft_is_asked_for_first(sqlite_url: str, make_settings) -> None:  # type: ignore[no-untyped-def]
+    site = make_site(make_settings(sqlite_url))
+    c = site.client
+    c.post("/api/issues", json={"articles": ["sample-en-01"], "titles": {"en": "Week 48 in security"}}, headers=site.auth)
+    sign_in(c)
+    listing = c.get("/admin/issues").text
+    assert "Week 48 in security" in listing  # was only "Issue 1"
+    assert 'href="/admin/issues/new">New draft</a>' in listing and 'action="/admin/issues"' not in listing  # no one-click create
+    token = csrf_of(listing)
+
+    # A post without the confirmation (an old one-click form) creates nothing and shows the form.
+    stray = c.post("/admin/issues", data={"csrf_token": token})
+    assert stray.url.path == "/admin/issues/new" and "Create issue 2" in stray.text
+    with session_factory(sqlite_url)() as session:
+        assert session.scalar(select(func.count()).select_from(Issue)) == 1  # was 2
+    created = c.post("/admin/issues", data={"confirm": "yes", "csrf_token": token})
+    assert created.url.path == "/admin/issues/2" and "Issue 2 created" in created.text
+    assert '<td class="issue-title"><span class="meta">no articles yet</span>' in c.get("/admin/issues").text
+    # Asked again, the page points to the empty draft to continue it.
+    again = c.get("/admin/issues/new").text
+    assert '<a href="/admin/issues/2">2</a>' in again and "is a draft" in again and "Create issue 3" in again
+
+
+def test_adding_articles_updates_the_editions_section(sqlite_url: str, make_settings) -> None:  # type: ignore[no-untyped-def]
+    site = make_site(make_settings(sqlite_url))
+    c = site.client
+    c.post("/api/issues", json={}, headers=site.auth)
+    sign_in(c)
+    editor = c.get("/admin/issues/1").text
+    assert '<div id="issue-editions">' in editor and "Editions appear as you add articles" in editor
+    hx = {"HX-Request": "true", "X-CSRF-Token": csrf_of(editor)}
+    added = c.post("/admin/issues/1/articles", data={"article": "sample-zh-Hans-01"}, headers=hx).text
+    # The fragment swaps the editions section out of band: zh-Hans and its converted zh-Hant, with their fields.
+    oob = added[added.index('<div id="issue-editions" hx-swap-oob="outerHTML">') :]
+    assert 'id="edition-zh-Hans"' in oob and 'id="edition-zh-Hant"' in oob and "Editions appear" not in oob
+    assert 'id="edition-zh-Hans-texts" hx-preserve' in oob and 'id="edition-zh-Hant-texts-converted" hx-preserve' in oob
+    removed = c.post("/admin/issues/1/articles/remove", data={"article": "sample-zh-Hans-01"}, headers=hx).text
+    assert "Editions appear as you add articles" in removed[removed.index('<div id="issue-editions"') :]
+
+
+def test_scheduling_from_the_publish_page(sqlite_url: str, make_settings) -> None:  # type: ignore[no-untyped-def]
+    site = make_site(make_settings(sqlite_url, NEWSLETTER_TIMEZONE="Asia/Taipei"))
+    c = site.client
+    c.post("/api/issues", json={"articles": ["sample-en-01"]}, headers=site.auth)
+    c.post("/api/issues", json={}, headers=site.auth)
+    sign_in(c)
+    page = c.get("/admin/issues/1/publish").text
+    assert 'action="/admin/issues/1/schedule"' in page and 'name="tz" value="Asia/Taipei"' in page  # NEWSLETTER_TIMEZONE
+    token = csrf_of(page)
+
+    def post(path: str, **data: str):  # type: ignore[no-untyped-def]
+        return c.post(f"/admin/issues/{path}", data={**data, "csrf_token": token})
+
+    def status(number: int = 1) -> tuple[str, datetime | None]:
+        with session_factory(sqlite_url)() as session:
+            issue = session.scalars(select(Issue).where(Issue.number == number)).one()
+            return issue.status, issue.scheduled_at
+
+    # Refused: a time in the past, an unknown zone, a malformed date, an issue that could not publish; no CSRF token.
+    past = post("1/schedule", date="2020-01-06", time="09:00", tz="Asia/Taipei")
+    assert past.status_code == 422 and "Not scheduled: 2020-01-06 09:00 (Asia/Taipei) is in the past" in past.text
+    assert 'name="date" value="2020-01-06"' in past.text  # the form keeps what was typed
+    assert "Unknown time zone" not in past.text and status() == ("draft", None)
+    unknown = post("1/schedule", date="2099-01-06", time="09:00", tz="Mars/Olympus")
+    assert unknown.status_code == 422 and "unknown time zone &#39;Mars/Olympus&#39;" in unknown.text
+    assert "give the date as 2026-12-07" in post("1/schedule", date="06/01/2099", time="09:00", tz="UTC").text
+    empty = post("2/schedule", date="2099-01-06", time="09:00", tz="UTC")
+    assert empty.status_code == 422 and "issue 2 has no editions" in empty.text and status(2) == ("draft", None)
+    assert c.post("/admin/issues/1/schedule", data={"date": "2099-01-06", "time": "09:00", "tz": "UTC"}).status_code == 403
+    assert status() == ("draft", None)
+
+    # Scheduled at a local time in the zone given; the page shows it there and in UTC, the list in UTC.
+    day = (datetime.now(UTC) + timedelta(days=30)).astimezone(ZoneInfo("Asia/Taipei")).date()
+    done = post("1/schedule", date=day.isoformat(), time="09:30", tz="Asia/Taipei")
+    at = datetime(day.year, day.month, day.day, 9, 30, tzinfo=ZoneInfo("Asia/Taipei"))
+    assert done.url.path == "/admin/issues/1/publish" and f"Issue 1 is scheduled for {day} 09:30 Asia/Taipei" in done.text
+    assert status() == ("scheduled", at)
+    shown = " ".join(done.text.split())
+    assert f'<strong id="scheduled-at">{day} 09:30 Asia/Taipei</strong> ({at.astimezone(UTC):%Y-%m-%d %H:%M} UTC)' in shown
+    assert f"{at.astimezone(UTC):%Y-%m-%d %H:%M} UTC" in c.get("/admin/issues").text
+    assert c.get("/api/issues/1", headers=site.auth).json()["status"] == "scheduled"
+    # Rescheduled in another zone (the form shows the issue's own zone once scheduled).
+    moved = post("1/schedule", date=day.isoformat(), time="08:00", tz="+09:00").text
+    assert 'name="tz" value="+09:00"' in moved and f'<strong id="scheduled-at">{day} 08:00 +09:00</strong>' in moved
+    assert status() == ("scheduled", datetime(day.year, day.month, day.day, 8, 0, tzinfo=ZoneInfo("Asia/Tokyo")))
+
+    # Unscheduled: a draft again; a second time is refused with the reason.
+    back = post("1/unschedule")
+    assert "Issue 1 is no longer scheduled" in back.text and status() == ("draft", None) and 'id="scheduled-at"' not in back.text
+    assert "Not unscheduled: issue 1 is draft, not scheduled" in post("1/unschedule").text

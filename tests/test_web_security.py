@@ -89,7 +89,7 @@ def test_sign_in_session_cookie_and_csrf(site) -> None:  # type: ignore[no-untyp
     # Signed in, a form without the token is still refused; with it, it works.
     assert c.post("/admin/issues").status_code == 403
     token = csrf_of(c.get("/admin/issues").text)
-    created = c.post("/admin/issues", data={"csrf_token": token}, follow_redirects=False)
+    created = c.post("/admin/issues", data={"csrf_token": token, "confirm": "yes"}, follow_redirects=False)
     assert created.status_code == 303 and created.headers["location"] == "/admin/issues/1"
     assert c.post("/admin/issues", headers={"X-CSRF-Token": token}, follow_redirects=False).status_code == 303  # htmx sends the header
     # Another browser's cookie with this token does not pass.

@@ -1,5 +1,5 @@
-"""Admin pages: the issue list and the issue editor (articles searched and picked, reordered by drag or
-buttons, titles and notes per language, audience rule)."""
+"""Admin pages: the issue list (with each issue's title), the New draft form, and the issue editor
+(articles searched and picked, reordered by drag or buttons, titles and notes per language, audience rule)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from sqlalchemy import select
 from newsletter import issues
 from newsletter.articles import parse_datetime
 from newsletter.issues import IssueError, Selection, articles_by_external_id, get_issue, search_articles
-from newsletter.models import LANGUAGES, Issue
+from newsletter.models import LANGUAGES, Issue, IssueStatus
 from newsletter.web.admin.common import back, flash, is_htmx, render
 from newsletter.web.deps import DB, State
 
@@ -28,9 +28,26 @@ def issue_list(request: Request, session: DB) -> Response:
     return render(request, "issues.html", issues=list(session.scalars(select(Issue).order_by(Issue.number.desc()))))
 
 
+def _empty_drafts(session: DB) -> list[Issue]:
+    """Drafts without an article yet, lowest number first (what "New draft" offers to continue)."""
+    query = select(Issue).where(Issue.status == IssueStatus.DRAFT, ~Issue.items.any()).order_by(Issue.number)
+    return list(session.scalars(query))
+
+
+@router.get("/issues/new")
+def new_issue_form(request: Request, session: DB) -> Response:
+    """Ask before starting a draft: the number it will get, or the empty draft(s) to continue instead."""
+    return render(request, "new_issue.html", number=issues.next_number(session), empty=_empty_drafts(session))
+
+
 @router.post("/issues")
-def new_issue(request: Request, session: DB) -> Response:
-    """Start an empty draft and open it in the editor."""
+def new_issue(request: Request, session: DB, confirm: Annotated[str, Form()] = "") -> Response:
+    """Start an empty draft (confirmed on `new_issue_form`) and open it in the editor.
+
+    Without ``confirm=yes`` (an old one-click form, a stray post) nothing is created: back to the form.
+    """
+    if confirm != "yes":
+        return back("/admin/issues/new")
     issue = issues.create_issue(session, [])
     session.commit()
     flash(request, f"Issue {issue.number} created: search for articles and add them.")
@@ -92,7 +109,7 @@ def _articles_changed(request: Request, session: DB, number: int, error: str | N
         session.expire_all()
         issue = get_issue(session, number)
         return render(request, "_articles.html", 422 if error else 200, issue=issue, articles=issues.issue_article_list(issue),
-                      error=error, added=added)  # fmt: skip
+                      error=error, added=added, editions_oob=True)  # fmt: skip
     if error:
         flash(request, error, "error")
     return back(f"/admin/issues/{number}")
