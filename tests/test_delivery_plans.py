@@ -101,3 +101,57 @@ def test_a_send_batch_reads_its_rows_by_primary_key(pg_url: str, make_settings: 
                     assert node["Index Name"] in ("deliveries_pkey", "subscribers_pkey"), where
             checked += 1
         assert checked >= 3  # the claim, the subscribers' rows, the outcomes
+
+
+def test_the_sent_update_s_generic_plan_reads_by_primary_key(pg_url: str, make_settings: Any) -> None:
+    """Regression (profile of bench/publish.py): the sent UPDATE is a prepared statement, and PostgreSQL runs a
+    prepared statement with its generic plan once that looks no dearer. Written as ``status = 'sending' AND
+    claim_token = $4 AND id = $5``, with statistics taken before the claims (no row in ``sending``), the generic
+    plan read the rows through the (status, next_attempt_at) index: every row in ``sending`` and each one's dead
+    versions per message. The test of state and token is now a CASE, which only the primary key can serve."""
+    from newsletter.delivery import ledger
+
+    settings = make_settings(pg_url)
+    with session_factory(pg_url)() as session:
+        conn = session.connection()
+        conn.execute(text("ALTER TABLE deliveries SET (autovacuum_enabled = false)"))
+        conn.execute(
+            text(
+                "INSERT INTO subscribers (email, name, lang, topics, attributes, status, created_at, paused) "
+                "SELECT 'reader' || g || '@example.com', 'Reader ' || g, 'en', '[]', '{}', 'active', now(), false "
+                "FROM generate_series(1, 3000) g"
+            )
+        )
+        article = Article(
+            external_id="a1", title="T", summary="S", body_html="<p>x</p>", lang="en", published_at=datetime(2026, 1, 5, tzinfo=UTC)
+        )
+        session.add(article)
+        session.commit()
+        issue = create_issue(session, [article])
+        session.commit()
+        issue_id = issue.id
+        publishing.request_publish(session, settings, issue)
+        publishing.attach_related(session, settings, issue_id)
+        publishing.render_editions(session, settings, issue_id)
+        publishing.plan_deliveries(session, settings, issue_id, lambda *_: None)
+        session.execute(text("ANALYZE deliveries"))  # every row pending
+        session.commit()
+        ids = list(session.scalars(select(Delivery.id).where(Delivery.issue_id == issue_id).order_by(Delivery.id)))[:200]
+        claims = ledger.claim(session, issue_id, ids, lease_seconds=300)
+        assert len(claims) == 200
+
+        numbered = {"%(at)s": "$1", "%(now)s": "$2", "%(relay)s": "$3", "%(token)s": "$4", "%(id)s": "$5", "%(ids)s": "$5"}
+        forms = {"one": (ledger._SENT_ONE_PQ, str(claims[0].id)), "many": (ledger._SENT_MANY, "{" + f"{claims[1].id},{claims[2].id}" + "}")}
+        driver = session.connection().connection.driver_connection
+        for name, (statement, ids_value) in forms.items():
+            for placeholder, number in numbered.items():
+                statement = statement.replace(placeholder, number)
+            driver.execute("SET plan_cache_mode = force_generic_plan")
+            driver.execute(f"PREPARE sent_{name} AS {statement}")
+            args = ("2026-01-05 00:00:00+00", "2026-01-05 00:00:00+00", "relay", claims[0].token, ids_value)
+            literals = ", ".join(f"'{a}'" for a in args)  # plain values: no quotes inside
+            plan = driver.execute(f"EXPLAIN (FORMAT JSON) EXECUTE sent_{name} ({literals})").fetchone()[0]
+            nodes = list(_nodes((plan if isinstance(plan, list) else json.loads(plan))[0]["Plan"]))
+            used = [n.get("Index Name") for n in nodes if "Index Name" in n]
+            assert used == ["deliveries_pkey"], (name, [n["Node Type"] for n in nodes], used)
+        session.rollback()

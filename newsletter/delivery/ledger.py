@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import secrets
+import select as io_select
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -311,7 +312,12 @@ def _finish_statement(columns: tuple[str, ...], many: bool, uncount: bool) -> An
     """The Core UPDATE that moves claimed rows out of ``sending`` under our token, built once per shape.
 
     Every value is a bound parameter, so SQLAlchemy's compiled cache serves it and psycopg prepares it
-    on the server after a few executions: one round trip per message, no ORM unit of work.
+    on the server after a few executions: one round trip per message, no ORM unit of work. The test of
+    state and token is one `CASE`, as in `_claimable`: written as ``status = 'sending' AND …``, the
+    prepared statement's generic plan (PostgreSQL's choice after five executions, with statistics from
+    before the claims, where 'sending' is rare) reads the rows through the (status, next_attempt_at)
+    index, visiting every row in ``sending`` and their dead versions, instead of the primary key
+    (about 15% of PostgreSQL's CPU per sent row; tests/test_delivery_plans.py checks the plan).
     """
     key = (columns, many, uncount)
     stmt = _FINISH_STATEMENTS.get(key)
@@ -323,7 +329,7 @@ def _finish_statement(columns: tuple[str, ...], many: bool, uncount: bool) -> An
         ids = t.c.id.in_(bindparam("b_ids", expanding=True)) if many else t.c.id == bindparam("b_id")
         stmt = (
             update(t)
-            .where(ids, t.c.status == DeliveryStatus.SENDING, t.c.claim_token == bindparam("b_token"))
+            .where(ids, case((t.c.status == DeliveryStatus.SENDING, t.c.claim_token == bindparam("b_token")), else_=false()))
             .values(updated_at=bindparam("v_updated_at", type_=t.c.updated_at.type), claimed_until=None, **values)
         )
         if many:
@@ -395,15 +401,24 @@ def _apply(conn: Connection, claims: Sequence[Claim], values: dict[str, Any], un
     return done
 
 
+# The state and token test as one CASE, so that only the primary key can serve it (see `_finish_statement`).
 _SET_SENT = (
     f"UPDATE deliveries SET status = '{DeliveryStatus.SENT.value}', sent_at = %(at)s, updated_at = %(now)s, relay = %(relay)s,"
-    f" last_error = NULL, claimed_until = NULL WHERE status = '{DeliveryStatus.SENDING.value}' AND claim_token = %(token)s AND"
+    " last_error = NULL, claimed_until = NULL WHERE"
 )
-_SENT_ONE = _SET_SENT + " id = %(id)s"
-_SENT_MANY = _SET_SENT + " id = ANY(%(ids)s) RETURNING id"
+_IF_OURS = f" AND CASE WHEN status = '{DeliveryStatus.SENDING.value}' THEN claim_token = %(token)s ELSE false END"
+_SENT_ONE = _SET_SENT + " id = %(id)s" + _IF_OURS
+_SENT_MANY = _SET_SENT + " id = ANY(%(ids)s)" + _IF_OURS + " RETURNING id"
 
 
 _ISSUE_STATUS = "SELECT status FROM issues WHERE id = %(id)s"
+
+# The one-row sending -> sent UPDATE for libpq's own prepared statement (`OutcomeWriter.begin_sent`):
+# $1 sent_at, $2 updated_at, $3 relay, $4 claim token, $5 id; the same statement as `_SENT_ONE`.
+_SENT_ONE_PQ = _SENT_ONE.replace("%(at)s", "$1").replace("%(now)s", "$2").replace("%(relay)s", "$3")
+_SENT_ONE_PQ = _SENT_ONE_PQ.replace("%(token)s", "$4").replace("%(id)s", "$5")
+_SENT_ONE_NAME = b"newsletter_sent_one"
+_DUPLICATE_PREPARED = "42P05"  # SQLSTATE duplicate_prepared_statement: a pooled connection prepared it earlier
 
 
 def _on_driver(conn: Connection, sql: str, params: dict[str, Any]) -> Any:
@@ -444,6 +459,66 @@ def _sent_on_driver(conn: Connection, claims: Sequence[Claim], values: dict[str,
     return done
 
 
+def _pq_wait(pgconn: Any) -> None:
+    """Wait until libpq has a whole result of ``pgconn`` (or its end) to give, without holding the GIL.
+
+    Raises:
+        psycopg.OperationalError: the connection broke.
+    """
+    while True:
+        pgconn.consume_input()
+        if not pgconn.is_busy():
+            return
+        io_select.select([pgconn.socket], [], [], 1.0)
+
+
+class _StatementFailed(Exception):
+    """PostgreSQL refused a statement sent through libpq directly; ``sqlstate`` names why."""
+
+    def __init__(self, message: str, sqlstate: str) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+
+
+def _pq_rows(pgconn: Any) -> int:
+    """Read every result of the statement last sent on ``pgconn``; returns the rows it changed.
+
+    Raises:
+        psycopg.OperationalError: the connection broke; `_StatementFailed`: the statement failed.
+    """
+    from psycopg import pq
+
+    rows, failed = 0, None
+    while True:
+        _pq_wait(pgconn)
+        result = pgconn.get_result()
+        if result is None:
+            break
+        if result.status == pq.ExecStatus.COMMAND_OK:
+            rows += int(result.command_tuples or 0)
+        elif failed is None:
+            message = (result.error_message or b"").decode("utf-8", "replace").strip()
+            sqlstate = (result.error_field(pq.DiagnosticField.SQLSTATE) or b"").decode("ascii", "replace")
+            failed = _StatementFailed(message, sqlstate)
+    if failed is not None:
+        raise failed
+    return rows
+
+
+def _pq_prepare(pgconn: Any) -> None:
+    """Prepare `_SENT_ONE_PQ` as `_SENT_ONE_NAME` on ``pgconn`` (already there on a pooled connection: fine).
+
+    Raises:
+        psycopg.OperationalError: the connection broke; `_StatementFailed`: PostgreSQL refused it.
+    """
+    pgconn.send_prepare(_SENT_ONE_NAME, _SENT_ONE_PQ.encode())
+    try:
+        _pq_rows(pgconn)
+    except _StatementFailed as exc:
+        if exc.sqlstate != _DUPLICATE_PREPARED:
+            raise
+
+
 class OutcomeWriter:
     """Records accepted messages (sending -> sent) on one database connection held for a whole batch,
     in autocommit mode: one prepared UPDATE is one round trip and durable when it returns (no pool
@@ -461,6 +536,10 @@ class OutcomeWriter:
         # path (cache key, compiled cache, parameter and result processing) cost more CPU than the
         # statement itself (about 0.3 of the worker's 1-2 ms per message).
         self._raw = engine.dialect.name == "postgresql" and engine.dialect.driver == "psycopg"
+        # `begin_sent`'s record in flight: the claim, its values, and the libpq connection whose reply is
+        # unread (None: nothing was sent, or sending it failed and `end_sent` must find out).
+        self._pending: tuple[Claim, dict[str, Any], Any] | None = None
+        self._prepared_on: Any = None  # the libpq connection `_SENT_ONE_NAME` was prepared on
 
     @staticmethod
     def usable(engine: Engine) -> bool:
@@ -473,6 +552,7 @@ class OutcomeWriter:
         Raises:
             DBAPIError: a non-transient error, or the database stayed away ``retry_for`` seconds.
         """
+        self._expect_idle()
         if not claims:
             return set()
         values = {"status": DeliveryStatus.SENT, "sent_at": utcnow(), "relay": relay, "last_error": None}
@@ -483,6 +563,63 @@ class OutcomeWriter:
             return _apply(conn, claims, values, False, again)
 
         return self._retrying(record, f"{len(claims)} deliveries: recording sent")
+
+    def begin_sent(self, claim_: Claim, relay: str) -> None:
+        """Start recording one accepted message (sending -> sent) without waiting for the database:
+        on psycopg the prepared UPDATE goes out through libpq and its reply is left unread, so
+        PostgreSQL runs it while the caller talks to the relay. `end_sent` reads the reply; call it
+        before anything else on this writer. Never raises: a failure here is met by `end_sent`.
+        Elsewhere (SQLite) the record is only noted, and `end_sent` makes it.
+        """
+        self._expect_idle()
+        values = {"status": DeliveryStatus.SENT, "sent_at": utcnow(), "relay": relay, "last_error": None}
+        self._pending = (claim_, values, None)
+        if not self._raw:
+            return
+        try:
+            if self._conn is None:
+                self._conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            driver = self._conn.connection.driver_connection
+            assert driver is not None
+            pgconn = driver.pgconn
+            if self._prepared_on is not pgconn:
+                _pq_prepare(pgconn)
+                self._prepared_on = pgconn
+            at = values["sent_at"].isoformat().encode()
+            params = [at, utcnow().isoformat().encode(), relay.encode(), claim_.token.encode(), str(claim_.id).encode()]
+            pgconn.send_query_prepared(_SENT_ONE_NAME, params)
+            self._pending = (claim_, values, pgconn)
+        except Exception as exc:  # the connection broke (or is not as expected): end_sent records it afresh
+            log.warning("delivery %s: recording sent: %s; trying again on a fresh connection", claim_.id, first_line(exc))
+            self._pending = (claim_, values, False)
+
+    def end_sent(self) -> set[int]:
+        """Finish `begin_sent`: the claim's id once its record is committed, nothing when the claim was
+        taken over (or no record was begun). After a broken connection the record is made again on a
+        fresh one, where a row already sent under our token counts as recorded (the first UPDATE may
+        have been committed), for up to ``retry_for`` seconds.
+
+        Raises:
+            DBAPIError: a non-transient error, or the database stayed away ``retry_for`` seconds.
+        """
+        if self._pending is None:
+            return set()
+        claim_, values, pgconn = self._pending
+        self._pending = None
+        what = f"delivery {claim_.id}: recording sent"
+        if pgconn is None:  # not on psycopg: one synchronous statement, as `sent`
+            return self._retrying(lambda conn, again: _apply(conn, [claim_], values, False, again), what)
+        if pgconn is not False:
+            try:
+                return {claim_.id} if _pq_rows(pgconn) else set()
+            except Exception as exc:  # the reply is lost: whether it was committed is unknown
+                log.warning("%s: %s; trying again on a fresh connection", what, first_line(exc))
+        self._discard()
+        return self._retrying(lambda conn, again: _apply(conn, [claim_], values, False, True), what)
+
+    def _expect_idle(self) -> None:
+        if self._pending is not None:
+            raise RuntimeError("OutcomeWriter: end_sent() must be called before the connection is used again")
 
     def issue_status(self, issue_id: int) -> IssueStatus | None:
         """The issue's status, read on the held connection (the batch's check for a pause or cancel:
@@ -499,6 +636,7 @@ class OutcomeWriter:
                 row = conn.execute(select(Issue.status).where(Issue.id == issue_id)).first()
             return None if row is None else IssueStatus(row[0])
 
+        self._expect_idle()
         return self._retrying(read, f"issue id {issue_id}: status")
 
     def _retrying(self, action: Callable[[Connection, bool], T], what: str) -> T:
@@ -522,6 +660,7 @@ class OutcomeWriter:
                 pause, again = min(pause * 2, 1.0), True
 
     def _discard(self) -> None:
+        self._prepared_on = None
         conn, self._conn = self._conn, None
         if conn is not None:
             with contextlib.suppress(DBAPIError):
@@ -530,7 +669,10 @@ class OutcomeWriter:
                 conn.close()
 
     def close(self) -> None:
-        """Give the connection back to the pool."""
+        """Give the connection back to the pool (dropped instead while a reply of `begin_sent` is unread)."""
+        if self._pending is not None:
+            self._pending = None
+            self._discard()
         conn, self._conn = self._conn, None
         if conn is not None:
             with contextlib.suppress(DBAPIError):

@@ -154,6 +154,8 @@ def send_batch(
         context = _Context(settings, issue.id, issue.number, templates, suppressed, frozenset(issue_topics(issue.segment)))
         if callable(mailer_factory):
             _send_sequentially(session, context, claims, by_id, mailer_factory, keeper, outcomes)
+        elif mailer_factory.connections == 1:
+            _send_pipelined(session, context, claims, by_id, mailer_factory, keeper, outcomes)
         else:
             _send_concurrently(session, context, claims, by_id, mailer_factory, keeper, outcomes)
     return BatchResult(outcomes)
@@ -247,6 +249,94 @@ def _send_sequentially(
                 _auto_pause(session, ctx.settings, ctx.issue_id)
     finally:
         mailer.close()
+
+
+def _send_pipelined(
+    session: Session,
+    ctx: _Context,
+    claims: Sequence[ledger.Claim],
+    by_id: dict[int, _Row],
+    source: MailerSource,
+    keeper: ledger.LeaseKeeper,
+    outcomes: Counter[str],
+) -> None:
+    """One pooled connection, in this thread alone: message k's record is sent to the database
+    (`ledger.OutcomeWriter.begin_sent`, no wait) and its reply read once message k+1 was accepted, so
+    PostgreSQL's round trip overlaps the relay's. Before each send at most 1 accepted message is
+    unrecorded, at most 2 once it is accepted (the bound of `send_batch`), without the sender thread
+    and its handoffs (a queue put, an event per message and a GIL switch each way) of
+    `_send_concurrently`. Outcomes other than sent are recorded before the next message, as in
+    `_send_sequentially`.
+    """
+    mailer = source.get(wait=True)
+    assert mailer is not None  # get(wait=True) waits for a slot
+    engine = session.get_bind().engine
+    writer = ledger.OutcomeWriter(engine) if ledger.OutcomeWriter.usable(engine) else None
+    pending: _Outcome | None = None
+
+    def count(o: _Outcome) -> None:
+        keeper.done(o.claim.id)
+        metrics.record_outcome(o.result)
+        outcomes[o.result] += 1
+
+    def settle() -> None:
+        """Read the reply of the record in flight (if any) and count it."""
+        nonlocal pending
+        if pending is None or writer is None:
+            return
+        o, pending = pending, None
+        o.result = "sent" if o.claim.id in writer.end_sent() else "lost"
+        if o.result == "lost":
+            log.warning("delivery %s: sent, but its claim had been taken over", o.row.id)
+        count(o)
+
+    n = 0
+    try:
+        for n, claim_ in enumerate(claims):
+            if n and n % STATUS_CHECK_EVERY == 0:
+                settle()
+                if _should_stop(session, ctx.settings, ctx.issue_id, outcomes, writer):
+                    outcomes["released"] += _stop(session, ctx.issue_id, [c for c in claims[n:] if not keeper.lost(c.id)])
+                    break
+            if not keeper.wait_until_held(claim_.id, ctx.settings.lease_seconds / 2):
+                if keeper.lost(claim_.id):
+                    log.warning("delivery %s: claim taken over by another worker before sending; left to it", claim_.id)
+                    outcomes["lost"] += 1
+                    continue
+                settle()
+                log.warning("issue id %s: cannot renew claims; leaving %s unsent deliveries to the sweeper", ctx.issue_id, len(claims) - n)
+                outcomes["abandoned"] += len(claims) - n
+                break
+            row = by_id[claim_.id]
+            with logs.bound(delivery_id=row.id):
+                outcome = _deliver(ctx, row, claim_, mailer)
+            settle()  # message k-1's record, while k is accepted: at most 2 unrecorded
+            if outcome.kind == "sent" and writer is not None:
+                writer.begin_sent(outcome.claim, outcome.relay)
+                pending = outcome
+            else:
+                with logs.bound(delivery_id=row.id):
+                    _record(session, ctx.settings, outcome)
+                count(outcome)
+        else:
+            settle()
+            if outcomes["failed"] > outcomes["sent"]:
+                _auto_pause(session, ctx.settings, ctx.issue_id)
+    except BaseException:
+        # An error that is not a relay's answer (a bug, a broken pool): record what was accepted, hand back
+        # what was not sent (the claim in hand runs out and is swept), and let the task see the error.
+        with contextlib.suppress(Exception):
+            settle()
+            left = [c for c in claims[n + 1 :] if not keeper.lost(c.id)]
+            if left:
+                outcomes["released"] += _stop(session, ctx.issue_id, left)
+        raise
+    finally:
+        try:
+            mailer.close()
+        finally:
+            if writer is not None:
+                writer.close()
 
 
 def _send_concurrently(

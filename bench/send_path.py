@@ -1,0 +1,108 @@
+"""Benchmark: the send path alone, one process, one pooled connection, two ways in the same run.
+
+`send_batch` on one pooled SMTP connection (no ``?connections=``, as each pool process of a worker) records
+its accepted messages in one of two ways, alternating batch by batch so both see the same machine:
+
+* ``pipelined`` (the product): this thread sends message k+1 while PostgreSQL runs message k's UPDATE, sent
+  through libpq without waiting (`newsletter.delivery.send._send_pipelined`);
+* ``threaded`` (the previous way, still used with ``?connections=`` above 1): one sender thread hands each
+  outcome to the batch's thread, which writes it (`newsletter.delivery.send._send_concurrently`).
+
+It seeds a throw-away PostgreSQL database (as bench/publish.py: the shared corpora or ``--sample``, a third of
+the subscribers per language), renders and plans one issue in this process, starts ``smtp-sink`` on a free
+loopback port, then sends. Printed per way: CPU ms per message of this process, of PostgreSQL's server
+processes and of smtp-sink, wall ms per message, and the load average (the machine is usually shared: compare
+the two ways of the same run).
+
+    python bench/send_path.py                       # 6,000 subscribers
+    python bench/send_path.py --subscribers 3000 --sample
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _scratch_db import pg_database
+from publish import Sink, cpu_seconds, loadavg, pg_backends, seed, stop
+from sqlalchemy import select
+
+from newsletter import publishing
+from newsletter.config import load_settings
+from newsletter.db import session_factory
+from newsletter.delivery import send
+from newsletter.delivery.pool import pool_for
+from newsletter.models import Delivery, Issue
+
+BATCH = 100
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--subscribers", type=int, default=6000)
+    parser.add_argument("--sample", action="store_true", help="the bundled sample articles even when the shared corpora exist")
+    args = parser.parse_args()
+    print(f"load average at start: {loadavg()}  ({os.cpu_count()} CPUs)")
+    pipelined = send._send_pipelined
+    ways = {"pipelined": pipelined, "threaded": send._send_concurrently}
+    with tempfile.TemporaryDirectory() as tmp_name, pg_database() as url:
+        tmp = Path(tmp_name)
+        sink = Sink.start(tmp)
+        try:
+            (number,) = seed(url, args.subscribers, 1, args.sample)
+            smtp_url = f"smtp://127.0.0.1:{sink.port}"
+            settings = load_settings(
+                {"DATABASE_URL": url, "SMTP_URL": smtp_url, "NEWSLETTER_HOME": str(tmp / "home"),
+                 "NEWSLETTER_SECRET_KEY": "bench-secret-key", "NEWSLETTER_BASE_URL": "https://news.example.org"}
+            )  # fmt: skip
+            source = pool_for(smtp_url, None, settings.smtp_timeout)
+            with session_factory(url)() as session:
+                issue = session.scalar(select(Issue).where(Issue.number == number))
+                assert issue is not None
+                issue_id = issue.id
+                publishing.request_publish(session, settings, issue)
+                publishing.attach_related(session, settings, issue_id)
+                publishing.render_editions(session, settings, issue_id)
+                publishing.plan_deliveries(session, settings, issue_id, lambda *_: None)
+                ids = list(session.scalars(select(Delivery.id).where(Delivery.issue_id == issue_id).order_by(Delivery.id)))
+                batches = [ids[i : i + BATCH] for i in range(0, len(ids), BATCH)]
+                # The first two batches warm up (templates, prepared statements, the connection); not counted.
+                for batch in batches[:2]:
+                    send.send_batch(session, settings, issue_id, batch, source)
+                totals = {w: Counter[str]() for w in ways}
+                spent = {w: {"worker": 0.0, "postgres": 0.0, "smtp-sink": 0.0, "wall": 0.0} for w in ways}
+                for n, batch in enumerate(batches[2:]):
+                    way = "pipelined" if n % 2 == 0 else "threaded"
+                    send._send_pipelined = ways[way]  # type: ignore[assignment]
+                    backends = pg_backends(url)
+                    before = (time.process_time(), sum(cpu_seconds(p) for p in backends), cpu_seconds(sink.proc.pid), time.perf_counter())
+                    totals[way].update(send.send_batch(session, settings, issue_id, batch, source).outcomes)
+                    backends += [p for p in pg_backends(url) if p not in backends]
+                    after = (time.process_time(), sum(cpu_seconds(p) for p in backends), cpu_seconds(sink.proc.pid), time.perf_counter())
+                    for key, b, a in zip(("worker", "postgres", "smtp-sink", "wall"), before, after, strict=True):
+                        spent[way][key] += a - b
+                send._send_pipelined = pipelined  # type: ignore[assignment]
+        finally:
+            stop(sink.proc)
+    print(f"load average at end: {loadavg()}")
+    for way in ways:
+        sent = totals[way]["sent"]
+        per = {k: 1000 * v / max(sent, 1) for k, v in spent[way].items()}
+        print(
+            f"{way:>9}: {sent:,} sent ({dict(+totals[way])}); ms per message: CPU this process {per['worker']:.3f},"
+            f" PostgreSQL {per['postgres']:.3f}, smtp-sink {per['smtp-sink']:.3f}; wall {per['wall']:.3f}"
+            f" ({sent / max(spent[way]['wall'], 1e-9):,.0f} emails/s)"
+        )
+    p, t = (spent[w]["worker"] / max(totals[w]["sent"], 1) for w in ways)
+    print(f"pipelined/threaded CPU of this process: {p / t:.2f}")
+
+
+if __name__ == "__main__":
+    main()
