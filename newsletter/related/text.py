@@ -70,7 +70,13 @@ def group_of(lang: str) -> str:
 def clean(text: str) -> str:
     """Drop Markdown link targets (keeping the anchor text) and bare URLs: a link's address says nothing
     about the topic and would let the evaluation measure link parsing instead of relatedness."""
-    return _URL.sub(" ", _MD_LINK.sub(r"\1", text))
+    # Each pattern needs a fixed string ("](", "://" or "www."): a text without it is returned as it is, with
+    # no regex pass (an index text from `content.markdown_plain_text` has its links dropped already).
+    if "](" in text:
+        text = _MD_LINK.sub(r"\1", text)
+    if "://" in text or "www." in text:
+        text = _URL.sub(" ", text)
+    return text
 
 
 def _stem(word: str) -> str:
@@ -123,6 +129,9 @@ def _zh_terms(text: str) -> list[str]:
 _LOWER_TO_ASCII = ("\u0130", "\u212a")
 _APOSTROPHE_ANY_CASE = re.compile(r"['’][sS]\b|['’]")  # _APOSTROPHE before lower-casing
 _WORD_BYTES = re.compile(rb"[a-z0-9]+")
+# bytes.translate table: ASCII letters lower-cased, digits kept, every other byte a space, so that
+# ``data.translate(_WORD_TABLE).split()`` is ``_WORD_BYTES.findall(data.lower())`` (about 2x faster: no regex).
+_WORD_TABLE = bytes(c + 32 if 65 <= c <= 90 else c if 97 <= c <= 122 or 48 <= c <= 57 else 32 for c in range(256))
 
 
 def _word_terms(text: str) -> list[bytes]:
@@ -139,17 +148,11 @@ def _words(text: str) -> list[bytes]:
     if not text.isascii() and any(c in text for c in _LOWER_TO_ASCII):
         raw = [w.encode() for w in _WORD.findall(_APOSTROPHE.sub("", text.lower()))]
     else:
-        raw = _WORD_BYTES.findall(_APOSTROPHE_ANY_CASE.sub("", text).encode(errors="surrogatepass").lower())
-    # Each distinct word is looked up once per process (`_index_form`); map and filter run in C.
-    if len(_FORMS) >= _FORMS_LIMIT:  # cleared between texts only, never while one is being looked up
+        raw = _APOSTROPHE_ANY_CASE.sub("", text).encode(errors="surrogatepass").translate(_WORD_TABLE).split()
+    # Each distinct word is made into its index form once per process (`_Forms`); map and filter run in C.
+    if len(_FORMS) >= _FORMS_LIMIT:  # cleared between texts only (bounds memory)
         _FORMS.clear()
-    forms = list(map(_FORMS.get, raw))
-    if None in forms:  # new words: only those go through Python (set difference in C)
-        for word in set(raw).difference(_FORMS):
-            _index_form(word)
-        forms = list(map(_FORMS.get, raw))
-        if None in forms:  # another thread cleared the table meanwhile
-            forms = [_index_form(w) if f is None else f for w, f in zip(raw, forms, strict=True)]
+    forms = list(map(_FORMS.__getitem__, raw))
     return list(filter(None, forms))
 
 
@@ -166,13 +169,7 @@ def text_vector(text: str, group: str) -> TermVector:
         return TermVector(np.zeros(0, np.uint32), np.zeros(0, np.uint16))
     if len(_PREFIX_CRC) >= _FORMS_LIMIT:
         _PREFIX_CRC.clear()
-    prefixes = list(map(_PREFIX_CRC.get, words))
-    if None in prefixes:
-        for form in set(words).difference(_PREFIX_CRC):
-            _prefix_crc(form)
-        prefixes = list(map(_PREFIX_CRC.get, words))
-        if None in prefixes:  # another thread cleared the table meanwhile
-            prefixes = [_prefix_crc(w) if p is None else p for w, p in zip(words, prefixes, strict=True)]
+    prefixes = list(map(_PREFIX_CRC.__getitem__, words))
     # map() over two iterables stops at the shorter: the bigram (words[i], words[i + 1]) for every i.
     crcs = itertools.chain(map(zlib.crc32, words), map(zlib.crc32, words[1:], prefixes))
     hashed = np.fromiter(crcs, np.int64, 2 * len(words) - 1) % FEATURES
@@ -180,24 +177,34 @@ def text_vector(text: str, group: str) -> TermVector:
     return TermVector(ids.astype(np.uint32), np.minimum(counts, 65535).astype(np.uint16))
 
 
-_PREFIX_CRC: dict[bytes, int] = {}  # index form -> CRC-32 of the form and a space (see `text_vector`)
+class _PrefixCRCs(dict[bytes, int]):
+    """Index form -> CRC-32 of the form and a space (see `text_vector`), made on first lookup: a lookup
+    through ``__getitem__`` stays in C for a known form (a dict subclass calls ``__missing__`` only on a miss,
+    so one ``map`` pass over a text needs no second one for its new words)."""
+
+    def __missing__(self, form: bytes) -> int:
+        value = self[form] = zlib.crc32(form + b" ")
+        return value
 
 
-def _prefix_crc(form: bytes) -> int:
-    value = _PREFIX_CRC[form] = zlib.crc32(form + b" ")
-    return value
+class _Forms(dict[bytes, bytes]):
+    """Word -> its index form, b"" if not indexed (`_index_form`), made on first lookup (see `_PrefixCRCs`)."""
+
+    def __missing__(self, word: bytes) -> bytes:
+        form = self[word] = _index_form(word)
+        return form
 
 
-_FORMS: dict[bytes, bytes] = {}  # word -> its index form, b"" if not indexed (see `_index_form`)
+_PREFIX_CRC = _PrefixCRCs()
+_FORMS = _Forms()
 _FORMS_LIMIT = 1 << 20  # distinct words kept; past it the table starts again, between texts (bounds memory)
 
 
 def _index_form(word: bytes) -> bytes:
-    """``word`` as indexed: stemmed, or b"" for a stop word or a single character; remembered in `_FORMS`."""
+    """``word`` (lower-case ASCII letters and digits) as indexed: stemmed, or b"" for a stop word or a
+    single character."""
     text = word.decode()
-    form = _stem(text).encode() if len(text) > 1 and text not in STOP_WORDS else b""
-    _FORMS[word] = form
-    return form
+    return _stem(text).encode() if len(text) > 1 and text not in STOP_WORDS else b""
 
 
 def term_id(term: str) -> int:
