@@ -211,7 +211,13 @@ def html_plain_text(html: str) -> str:
 
 def strip_links(text: str) -> str:
     """Drop Markdown link targets and bare URLs, keeping anchor text: ``[a](u)`` -> ``a``."""
-    return _BARE_URL.sub("", _MD_LINK.sub(r"\1", text))
+    # A link needs "](" and a URL "://": without them the text is returned with no regex pass (most of an
+    # import's index texts; the regexes scan every character).
+    if "](" in text:
+        text = _MD_LINK.sub(r"\1", text)
+    if "://" in text:
+        text = _BARE_URL.sub("", text)
+    return text
 
 
 _SLUG = re.compile(r"[a-z0-9]+(?:[-_][a-z0-9]+)*")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import threading
 import zlib
 from collections import Counter
 from collections.abc import Sequence
@@ -141,61 +142,155 @@ def _word_terms(text: str) -> list[bytes]:
 
 
 def _words(text: str) -> list[bytes]:
-    """English words of a cleaned text (stemmed, without stop words and single characters) as UTF-8 bytes.
-    Equal to the str rules (`_APOSTROPHE`, `_WORD` on ``text.lower()``): apostrophes are dropped from the
-    str (whether "’s" ends a word depends on the next character, ASCII or not), then outside ASCII the
-    bytes only hold separators, as the str rules see them."""
-    if not text.isascii() and any(c in text for c in _LOWER_TO_ASCII):
-        raw = [w.encode() for w in _WORD.findall(_APOSTROPHE.sub("", text.lower()))]
-    else:
-        raw = _APOSTROPHE_ANY_CASE.sub("", text).encode(errors="surrogatepass").translate(_WORD_TABLE).split()
+    """English words of a cleaned text (stemmed, without stop words and single characters) as UTF-8 bytes."""
     # Each distinct word is made into its index form once per process (`_Forms`); map and filter run in C.
     if len(_FORMS) >= _FORMS_LIMIT:  # cleared between texts only (bounds memory)
         _FORMS.clear()
-    forms = list(map(_FORMS.__getitem__, raw))
-    return list(filter(None, forms))
+    return list(filter(None, map(_FORMS.__getitem__, _raw_words(text))))
+
+
+def _raw_words(text: str) -> list[bytes]:
+    """The words of a cleaned text before `_index_form`, lower-cased, as UTF-8 bytes. Equal to the str rules
+    (`_APOSTROPHE`, `_WORD` on ``text.lower()``): apostrophes are dropped from the str (whether "’s" ends a
+    word depends on the next character, ASCII or not), then outside ASCII the bytes only hold separators,
+    as the str rules see them."""
+    if not text.isascii() and any(c in text for c in _LOWER_TO_ASCII):
+        return [w.encode() for w in _WORD.findall(_APOSTROPHE.sub("", text.lower()))]
+    return _APOSTROPHE_ANY_CASE.sub("", text).encode(errors="surrogatepass").translate(_WORD_TABLE).split()
 
 
 def text_vector(text: str, group: str) -> TermVector:
-    """``vectorise(tokens(text, group))``, made faster for English: the CRC-32 of a bigram "a b" continues
-    the CRC-32 of "a " (kept per word) over "b", so no bigram string is built, and the hashed ids are
-    counted by numpy. Colliding terms are summed either way, so the vector is the same."""
+    """``vectorise(tokens(text, group))``, made faster for English: each distinct word is looked up once per
+    process in `_WordTable` (its index form's CRC-32, the CRC-32 of the form and a space, the form's length),
+    then the rest is array work: the CRC-32 of a bigram "a b" is CRC-32("a ") carried over len(b) zero bytes
+    (a linear map, from `_shift_tables`, as zlib's ``crc32_combine``) XOR CRC-32("b"), so no bigram string is
+    built, and the hashed ids are counted by numpy. Colliding terms are summed either way, so the vector is
+    the same (`tests/test_deferred_text.py` compares them)."""
     import numpy as np
 
     if group == "zh":
         return vectorise(tokens(text, group))
-    words = _words(clean(text)[:MAX_CHARS])
-    if not words:
+    raw = _raw_words(clean(text)[:MAX_CHARS])
+    table = _word_table()
+    if len(raw) <= 48:  # a title: plain lists cost less than the arrays' fixed overhead
+        forms = list(filter(None, map(table.forms.__getitem__, map(table.__getitem__, raw))))
+        crcs = list(map(zlib.crc32, forms))
+        prefixes = [zlib.crc32(b" ", c) for c in crcs]  # CRC-32 of the form and a space
+        return _counted_list([c & (FEATURES - 1) for c in itertools.chain(crcs, map(zlib.crc32, forms[1:], prefixes))])
+    slots = np.fromiter(map(table.__getitem__, raw), np.int32, len(raw))
+    slots = slots[slots.nonzero()]  # slot 0: a word not indexed
+    if not len(slots):
         return TermVector(np.zeros(0, np.uint32), np.zeros(0, np.uint16))
-    if len(_PREFIX_CRC) >= _FORMS_LIMIT:
-        _PREFIX_CRC.clear()
-    prefixes = list(map(_PREFIX_CRC.__getitem__, words))
-    # map() over two iterables stops at the shorter: the bigram (words[i], words[i + 1]) for every i.
-    crcs = itertools.chain(map(zlib.crc32, words), map(zlib.crc32, words[1:], prefixes))
-    hashed = np.fromiter(crcs, np.int64, 2 * len(words) - 1) % FEATURES
+    crc, prefix, size = table.columns
+    words = crc[slots]
+    before, after = prefix[slots[:-1]], size[slots[1:]]
+    shift = _shift_tables()
+    base = np.minimum(after, SHIFT_MAX) * 1024
+    bigrams = (
+        shift[base + (before & 255)]
+        ^ shift[base + 256 + ((before >> 8) & 255)]
+        ^ shift[base + 512 + ((before >> 16) & 255)]
+        ^ shift[base + 768 + (before >> 24)]
+        ^ words[1:]
+    )
+    for i in np.flatnonzero(after > SHIFT_MAX).tolist():  # a form longer than the tables: rare, done by zlib
+        bigrams[i] = zlib.crc32(table.forms[slots[i + 1]], int(before[i]))
+    return _counted(np.concatenate((words, bigrams)) & np.uint32(FEATURES - 1))
+
+
+def _counted_list(hashed: list[int]) -> TermVector:
+    """`_counted` of a short list."""
+    import numpy as np
+
+    counted = Counter(hashed)
+    ids = sorted(counted)
+    return TermVector(np.array(ids, np.uint32), np.array([min(counted[i], 65535) for i in ids], np.uint16))
+
+
+def _counted(hashed: np.ndarray) -> TermVector:
+    """The `TermVector` of hashed term ids (uint32, any order, repeats counted)."""
+    import numpy as np
+
     ids, counts = np.unique(hashed, return_counts=True)
-    return TermVector(ids.astype(np.uint32), np.minimum(counts, 65535).astype(np.uint16))
+    return TermVector(ids, np.minimum(counts, 65535).astype(np.uint16))
 
 
-class _PrefixCRCs(dict[bytes, int]):
-    """Index form -> CRC-32 of the form and a space (see `text_vector`), made on first lookup: a lookup
-    through ``__getitem__`` stays in C for a known form (a dict subclass calls ``__missing__`` only on a miss,
-    so one ``map`` pass over a text needs no second one for its new words)."""
+SHIFT_MAX = 64  # longest index form whose bigrams are made from `_shift_tables`
 
-    def __missing__(self, form: bytes) -> int:
-        value = self[form] = zlib.crc32(form + b" ")
-        return value
+
+@cache
+def _shift_tables() -> np.ndarray:
+    """``tables[L * 1024 + 256 * k + b]`` (uint32): the CRC-32 register ``b << 8k`` after L zero bytes, for
+    L <= `SHIFT_MAX`: CRC-32(a + b) is the XOR of CRC-32(b) and the four entries of CRC-32(a)'s bytes at
+    L = len(b) (the register is linear over GF(2); Williams, "A painless guide to CRC error detection
+    algorithms", 1993; zlib's ``crc32_combine``)."""
+    import numpy as np
+
+    byte_table = np.zeros(256, np.uint32)  # the reflected CRC-32 table (polynomial 0xEDB88320), as zlib's
+    for i in range(256):
+        c = i
+        for _ in range(8):
+            c = (c >> 1) ^ 0xEDB88320 if c & 1 else c >> 1
+        byte_table[i] = c
+    values = (np.arange(256, dtype=np.uint32)[None, :] << (8 * np.arange(4, dtype=np.uint32))[:, None]).ravel()
+    tables = [values]
+    for _ in range(SHIFT_MAX):  # one zero byte more each time
+        values = byte_table[values & 255] ^ (values >> 8)
+        tables.append(values)
+    return np.concatenate(tables)
+
+
+class _WordTable(dict[bytes, int]):
+    """Word (as `_raw_words` gives it) -> slot, made on first lookup (``__missing__``: a lookup through
+    ``__getitem__`` stays in C for a known word). Slot 0 stands for every word not indexed; a slot's index
+    form is ``forms[slot]`` and ``columns`` holds per slot its CRC-32, the CRC-32 of the form and a space
+    (uint32) and its length (int32), grown by doubling."""
+
+    def __init__(self) -> None:
+        import numpy as np
+
+        super().__init__()
+        self.forms: list[bytes] = [b""]
+        self.columns = (np.zeros(1024, np.uint32), np.zeros(1024, np.uint32), np.zeros(1024, np.int32))
+        self._lock = threading.Lock()  # threads may share the table: one adds a slot at a time
+
+    def __missing__(self, word: bytes) -> int:
+        import numpy as np
+
+        form = _index_form(word)
+        if not form:
+            self[word] = 0
+            return 0
+        with self._lock:
+            slot = len(self.forms)
+            if slot == len(self.columns[0]):
+                self.columns = tuple(np.concatenate((c, np.zeros_like(c))) for c in self.columns)  # type: ignore[assignment]
+            crc, prefix, size = self.columns
+            crc[slot], prefix[slot], size[slot] = zlib.crc32(form), zlib.crc32(form + b" "), len(form)
+            self.forms.append(form)
+            self[word] = slot  # published once its columns are written
+        return slot
+
+
+_WORD_TABLES: list[_WordTable] = []
+
+
+def _word_table() -> _WordTable:
+    """The process's `_WordTable`, started again (between texts) past `_FORMS_LIMIT` words (bounds memory)."""
+    if not _WORD_TABLES or len(_WORD_TABLES[-1]) >= _FORMS_LIMIT:
+        _WORD_TABLES[:] = [_WordTable()]
+    return _WORD_TABLES[-1]
 
 
 class _Forms(dict[bytes, bytes]):
-    """Word -> its index form, b"" if not indexed (`_index_form`), made on first lookup (see `_PrefixCRCs`)."""
+    """Word -> its index form, b"" if not indexed (`_index_form`), made on first lookup (``__missing__``: a
+    lookup through ``__getitem__`` stays in C for a known word, so one ``map`` pass reads a whole text)."""
 
     def __missing__(self, word: bytes) -> bytes:
         form = self[word] = _index_form(word)
         return form
 
 
-_PREFIX_CRC = _PrefixCRCs()
 _FORMS = _Forms()
 _FORMS_LIMIT = 1 << 20  # distinct words kept; past it the table starts again, between texts (bounds memory)
 
