@@ -295,6 +295,13 @@ _FORMS = _Forms()
 _FORMS_LIMIT = 1 << 20  # distinct words kept; past it the table starts again, between texts (bounds memory)
 
 
+def forget_words() -> None:
+    """Drop this process's word tables (`_FORMS`, `_WordTable`), as a new process starts: for benchmarks that
+    measure a first import in one process after another."""
+    _FORMS.clear()
+    _WORD_TABLES.clear()
+
+
 def _index_form(word: bytes) -> bytes:
     """``word`` (lower-case ASCII letters and digits) as indexed: stemmed, or b"" for a stop word or a
     single character."""
