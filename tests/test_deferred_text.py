@@ -152,15 +152,16 @@ def test_faster_tokeniser_gives_the_previous_terms_and_vectors(shared_data: Path
 
 
 def _edge_texts() -> list[str]:
-    """Texts at the edges of `text_vector`'s paths: 48 raw words or fewer (the list path) and more (arrays),
-    words longer than the 12 bytes and index forms longer than `T.SHIFT_MAX` (the zlib fallback), stems,
+    """Texts at the edges of `text_vector`'s paths: 24 indexed words or fewer (the list path) and more (arrays),
+    long words, index forms longer than `T.SHIFT_MAX` (the zlib fallback), stems,
     digits, stop words, non-ASCII separators, Chinese inside English, links and URLs."""
     rnd = random.Random(7)
     alphabet = "abcdefghijklmnopqrstuvwxyzABCXYZ0123456789 ’'-.,é東\n"
     long_form = "q" * (T.SHIFT_MAX + 1)
     return [
-        " ".join(["word"] * 48),
-        " ".join(["word"] * 49),
+        " ".join(["word"] * 24),
+        " ".join(["word"] * 25),
+        " ".join(["word", "the"] * 30),
         " ".join(f"w{i}" for i in range(60)),
         f"{long_form} tariffs {long_form}s policies {'y' * T.SHIFT_MAX} {'z' * (T.SHIFT_MAX - 1)} steel " * 20,
         "Policies POLICIES abcdefghijklm abcdefghijkl " * 30 + "supercalifragilisticexpialidocious " * 3,
