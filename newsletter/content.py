@@ -197,10 +197,16 @@ def markdown_plain_text(text: str) -> str:
     words only (`newsletter.related.text.tokens`). On the White House corpus the index terms equal those of
     the converted text (`html_to_text` of the sanitised HTML) for 95% of the articles; the others differ
     only where the index cuts a long text (`newsletter.related.text.MAX_CHARS`)."""
+    # Each pattern needs a fixed string ("<s" or "<S", "<", "![", "]:"): one without it is not run (a regex
+    # pass reads every character; an import makes this text for every article).
     if "<" in text:
-        text = _TAG.sub(_tag_gap, _SKIPPED.sub(" ", text))
-    if "]" in text:
-        text = _MD_REFERENCE.sub("", _MD_IMAGE.sub(" ", text))
+        if "<s" in text or "<S" in text:
+            text = _SKIPPED.sub(" ", text)
+        text = _TAG.sub(_tag_gap, text)
+    if "![" in text:
+        text = _MD_IMAGE.sub(" ", text)
+    if "]:" in text:
+        text = _MD_REFERENCE.sub("", text)
     return strip_links(unescape(text) if "&" in text else text)
 
 

@@ -124,6 +124,28 @@ def test_markdown_plain_text_keeps_no_script_nor_link_targets() -> None:
     assert "link" in text and "Mth" in text and "&" in text
 
 
+def test_plain_text_guards_skip_only_patterns_that_cannot_match(shared_data: Path) -> None:
+    """`markdown_plain_text` and `strip_links` run a regex only when its fixed string is in the text: the same
+    text as running every pattern, on the corpora and on random strings of the patterns' characters."""
+    from newsletter import content as C
+
+    def every_pattern(text: str) -> str:
+        if "<" in text:
+            text = C._TAG.sub(C._tag_gap, C._SKIPPED.sub(" ", text))
+        if "]" in text:
+            text = C._MD_REFERENCE.sub("", C._MD_IMAGE.sub(" ", text))
+        text = C.unescape(text) if "&" in text else text
+        return C._BARE_URL.sub("", C._MD_LINK.sub(r"\1", text))
+
+    rnd = random.Random(3)
+    texts = ["<SCRIPT>x</SCRIPT> a", "<sTyle>p{}", "x ![a](b) [r]: http://x.org\n [r]: y", "<s>strike</s> a]:b", "[a](u)://"]
+    texts += ["".join(rnd.choice("<>![]():/&;sSciptyle amp h\n") for _ in range(rnd.randrange(60))) for _ in range(5000)]
+    with (shared_data / "corpus-whitehouse" / "whitehouse_briefing_room.jsonl").open(encoding="utf-8") as handle:
+        texts += [json.loads(line)["body"] for n, line in enumerate(handle) if n % 5 == 0]
+    for text in texts:
+        assert C.markdown_plain_text(text) == every_pattern(text), text[:80]
+
+
 def _old_tokens(text: str) -> list[str]:
     text = T.clean(text)[: T.MAX_CHARS]
     words = [T._stem(w) for w in T._WORD.findall(T._APOSTROPHE.sub("", text.lower())) if len(w) > 1 and w not in T.STOP_WORDS]
