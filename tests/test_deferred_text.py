@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import json
 import random
+import sys
 import zlib
 from collections import Counter
 from pathlib import Path
@@ -217,8 +218,13 @@ def test_word_table_starts_again_past_its_limit_and_is_shared_by_threads(monkeyp
     assert len(T._word_table()) < 50 + 600
     monkeypatch.setattr(T, "_FORMS_LIMIT", 1 << 20)
     monkeypatch.setattr(T, "_WORD_TABLES", [])
-    with ThreadPoolExecutor(4) as pool:  # four threads growing one table
-        assert list(pool.map(lambda t: T.text_vector(t, "en").to_bytes(), texts * 3)) == expected * 3
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads switch between almost any two bytecodes
+    try:
+        with ThreadPoolExecutor(4) as pool:  # four threads growing one table
+            assert list(pool.map(lambda t: T.text_vector(t, "en").to_bytes(), texts * 3)) == expected * 3
+    finally:
+        sys.setswitchinterval(interval)
 
 
 def test_index_text_gives_the_terms_of_the_converted_text(shared_data: Path) -> None:
