@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import re
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from newsletter.content import html_plain_text, markdown_plain_text, sanitise_ht
 from newsletter.db import first_line
 from newsletter.models import LANGUAGES, Article
 from newsletter.summaries import BUILTIN_RULES, SourceRules
-from newsletter.textfiles import control_character, open_text
+from newsletter.textfiles import CONTROL, control_character, open_text
 
 # Column sizes (newsletter.models.Article): a longer value is refused per record, not by the database.
 LENGTH_LIMITS = {"id": 512, "category": 128, "translation_key": 512}
@@ -79,7 +80,9 @@ def parse_datetime(value: Any) -> datetime | None:
     return parsed.astimezone(UTC)
 
 
-def record_to_fields(record: dict[str, Any], rules: Sequence[SourceRules] = BUILTIN_RULES, *, defer: bool = False) -> dict[str, Any]:
+def record_to_fields(
+    record: dict[str, Any], rules: Sequence[SourceRules] = BUILTIN_RULES, *, defer: bool = False, screened: bool = False
+) -> dict[str, Any]:
     """Map one corpus record to `Article` column values (``summary`` and ``body_html`` by their public names).
 
     ``body_html`` (sanitised) wins over ``body`` (Markdown or plain paragraphs). Relative links and
@@ -92,12 +95,13 @@ def record_to_fields(record: dict[str, Any], rules: Sequence[SourceRules] = BUIL
     With ``defer`` (what `import_lines` does when ``rules`` are the deployment's), the HTML of a Markdown
     body and a missing summary are left pending (``text_pending``: ``""`` now, made on first use with the
     same functions, see `newsletter.article_text`). Everything that can refuse a record is still checked
-    here, and a body given as HTML is still sanitised here: nothing unsafe is ever stored.
+    here, and a body given as HTML is still sanitised here: nothing unsafe is ever stored. ``screened``
+    says the caller found no control character in the record (`screened`): the search is not repeated.
 
     Raises:
         ValueError: a required field is missing or malformed.
     """
-    for key, value in record.items():
+    for key, value in () if screened else record.items():
         if isinstance(value, str) and (where := control_character(value)):
             raise ValueError(f"{key!r} contains a control character ({where})")
     ext_id = record.get("id")
@@ -190,6 +194,19 @@ def column_values(fields: dict[str, Any]) -> dict[str, Any]:
     return {DERIVED.get(k, k): v for k, v in fields.items() if k != INDEX_KEY}
 
 
+# A character either check of a record refuses: `CONTROL` (`record_to_fields`) or a surrogate (`unstorable`).
+_REFUSED = re.compile(CONTROL.pattern.removesuffix("]") + "\ud800-\udfff]")
+
+
+def screened(record: dict[str, Any]) -> bool:
+    """Whether ``record`` certainly passes both character checks: no nested value, and no key or string
+    value holding a character of `_REFUSED` (one search per string instead of two on the import path)."""
+    for key, value in record.items():
+        if _REFUSED.search(key) or isinstance(value, dict | list) or (isinstance(value, str) and _REFUSED.search(value)):
+            return False
+    return True
+
+
 def parse_line(
     number: int, line: str, rules: Sequence[SourceRules] = BUILTIN_RULES, *, defer: bool = False, index: bool = False
 ) -> dict[str, Any] | ArticleError | None:
@@ -206,9 +223,12 @@ def parse_line(
         if not isinstance(record, dict):
             raise ValueError("not a JSON object")
         record_id = str(record.get("id")) if record.get("id") is not None else None
-        fields = record_to_fields(record, rules, defer=defer)
-        if unstorable(record):  # nested values and unpaired surrogates: PostgreSQL refuses them
-            raise ValueError("contains a NUL or an unpaired surrogate character")
+        if screened(record):  # one search for both checks below; else each names what it found
+            fields = record_to_fields(record, rules, defer=defer, screened=True)
+        else:
+            fields = record_to_fields(record, rules, defer=defer)
+            if unstorable(record):  # nested values and unpaired surrogates: PostgreSQL refuses them
+                raise ValueError("contains a NUL or an unpaired surrogate character")
         if index:
             from newsletter.related.store import entry_values
 

@@ -197,10 +197,16 @@ def markdown_plain_text(text: str) -> str:
     words only (`newsletter.related.text.tokens`). On the White House corpus the index terms equal those of
     the converted text (`html_to_text` of the sanitised HTML) for 95% of the articles; the others differ
     only where the index cuts a long text (`newsletter.related.text.MAX_CHARS`)."""
+    # Each pattern needs a fixed string ("<s" or "<S", "<", "![", "]:"): one without it is not run (a regex
+    # pass reads every character; an import makes this text for every article).
     if "<" in text:
-        text = _TAG.sub(_tag_gap, _SKIPPED.sub(" ", text))
-    if "]" in text:
-        text = _MD_REFERENCE.sub("", _MD_IMAGE.sub(" ", text))
+        if "<s" in text or "<S" in text:
+            text = _SKIPPED.sub(" ", text)
+        text = _TAG.sub(_tag_gap, text)
+    if "![" in text:
+        text = _MD_IMAGE.sub(" ", text)
+    if "]:" in text:
+        text = _MD_REFERENCE.sub("", text)
     return strip_links(unescape(text) if "&" in text else text)
 
 
@@ -211,7 +217,13 @@ def html_plain_text(html: str) -> str:
 
 def strip_links(text: str) -> str:
     """Drop Markdown link targets and bare URLs, keeping anchor text: ``[a](u)`` -> ``a``."""
-    return _BARE_URL.sub("", _MD_LINK.sub(r"\1", text))
+    # A link needs "](" and a URL "://": without them the text is returned with no regex pass (most of an
+    # import's index texts; the regexes scan every character).
+    if "](" in text:
+        text = _MD_LINK.sub(r"\1", text)
+    if "://" in text:
+        text = _BARE_URL.sub("", text)
+    return text
 
 
 _SLUG = re.compile(r"[a-z0-9]+(?:[-_][a-z0-9]+)*")

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import random
+import sys
 import zlib
 from collections import Counter
 from pathlib import Path
@@ -123,6 +125,28 @@ def test_markdown_plain_text_keeps_no_script_nor_link_targets() -> None:
     assert "link" in text and "Mth" in text and "&" in text
 
 
+def test_plain_text_guards_skip_only_patterns_that_cannot_match(shared_data: Path) -> None:
+    """`markdown_plain_text` and `strip_links` run a regex only when its fixed string is in the text: the same
+    text as running every pattern, on the corpora and on random strings of the patterns' characters."""
+    from newsletter import content as C
+
+    def every_pattern(text: str) -> str:
+        if "<" in text:
+            text = C._TAG.sub(C._tag_gap, C._SKIPPED.sub(" ", text))
+        if "]" in text:
+            text = C._MD_REFERENCE.sub("", C._MD_IMAGE.sub(" ", text))
+        text = C.unescape(text) if "&" in text else text
+        return C._BARE_URL.sub("", C._MD_LINK.sub(r"\1", text))
+
+    rnd = random.Random(3)
+    texts = ["<SCRIPT>x</SCRIPT> a", "<sTyle>p{}", "x ![a](b) [r]: http://x.org\n [r]: y", "<s>strike</s> a]:b", "[a](u)://"]
+    texts += ["".join(rnd.choice("<>![]():/&;sSciptyle amp h\n") for _ in range(rnd.randrange(60))) for _ in range(5000)]
+    with (shared_data / "corpus-whitehouse" / "whitehouse_briefing_room.jsonl").open(encoding="utf-8") as handle:
+        texts += [json.loads(line)["body"] for n, line in enumerate(handle) if n % 5 == 0]
+    for text in texts:
+        assert C.markdown_plain_text(text) == every_pattern(text), text[:80]
+
+
 def _old_tokens(text: str) -> list[str]:
     text = T.clean(text)[: T.MAX_CHARS]
     words = [T._stem(w) for w in T._WORD.findall(T._APOSTROPHE.sub("", text.lower())) if len(w) > 1 and w not in T.STOP_WORDS]
@@ -148,6 +172,59 @@ def test_faster_tokeniser_gives_the_previous_terms_and_vectors(shared_data: Path
         assert T.vectorise(T.term_bytes(text, "en")).to_bytes() == T.vectorise(old).to_bytes() == _old_vectorise(old)
         assert T.text_vector(text, "en").to_bytes() == _old_vectorise(old)
     assert zlib.crc32(b"new tariff") % T.FEATURES == T.term_id("new tariff")
+
+
+def _edge_texts() -> list[str]:
+    """Texts at the edges of `text_vector`'s paths: 24 indexed words or fewer (the list path) and more (arrays),
+    long words, index forms longer than `T.SHIFT_MAX` (the zlib fallback), stems,
+    digits, stop words, non-ASCII separators, Chinese inside English, links and URLs."""
+    rnd = random.Random(7)
+    alphabet = "abcdefghijklmnopqrstuvwxyzABCXYZ0123456789 ’'-.,é東\n"
+    long_form = "q" * (T.SHIFT_MAX + 1)
+    return [
+        " ".join(["word"] * 24),
+        " ".join(["word"] * 25),
+        " ".join(["word", "the"] * 30),
+        " ".join(f"w{i}" for i in range(60)),
+        f"{long_form} tariffs {long_form}s policies {'y' * T.SHIFT_MAX} {'z' * (T.SHIFT_MAX - 1)} steel " * 20,
+        "Policies POLICIES abcdefghijklm abcdefghijkl " * 30 + "supercalifragilisticexpialidocious " * 3,
+        "THE the The 123 1 a b cc dd ee US us is was gas bus " * 10,
+        "naïve résumé Ünited 東京 steel tariffs 关税 tariffs " * 9,
+        "See [the order](https://x.org/a) and https://y.org/b www.z.org plus [a] (b) " * 8,
+    ] + ["".join(rnd.choice(alphabet) for _ in range(rnd.randrange(0, 600))) for _ in range(300)]
+
+
+def test_array_tokeniser_gives_the_previous_vectors(shared_data: Path) -> None:
+    """`text_vector` (word table, bigram CRC-32 combined from tables) equals counting the str rules' terms,
+    on edge cases, random texts and the English corpora; Chinese vectors are `vectorise(tokens)` as before."""
+    with (shared_data / "corpus-bbc" / "bbc_news.jsonl").open(encoding="utf-8") as handle:
+        bbc = [r["title"] + "\n" + r["body"] for n, line in enumerate(handle) if n % 16 == 0 and (r := json.loads(line))]
+    for text in _edge_texts() + bbc:
+        assert T.text_vector(text, "en").to_bytes() == _old_vectorise(_old_tokens(text)), text[:80]
+    with (shared_data / "corpus-thucnews-titles" / "thucnews_titles_test.jsonl").open(encoding="utf-8") as handle:
+        titles = [json.loads(line)["title"] for n, line in enumerate(handle) if n % 50 == 0]
+    for text in [*titles, "電網安全新規 Grid rules 2026", ""]:
+        assert T.text_vector(text, "zh").to_bytes() == _old_vectorise(T.tokens(text, "zh"))
+
+
+def test_word_table_starts_again_past_its_limit_and_is_shared_by_threads(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from concurrent.futures import ThreadPoolExecutor
+
+    texts = _edge_texts()
+    expected = [_old_vectorise(_old_tokens(t)) for t in texts]
+    monkeypatch.setattr(T, "_FORMS_LIMIT", 50)  # a new table every few texts
+    monkeypatch.setattr(T, "_WORD_TABLES", [])
+    assert [T.text_vector(t, "en").to_bytes() for t in texts] == expected
+    assert len(T._word_table()) < 50 + 600
+    monkeypatch.setattr(T, "_FORMS_LIMIT", 1 << 20)
+    monkeypatch.setattr(T, "_WORD_TABLES", [])
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads switch between almost any two bytecodes
+    try:
+        with ThreadPoolExecutor(4) as pool:  # four threads growing one table
+            assert list(pool.map(lambda t: T.text_vector(t, "en").to_bytes(), texts * 3)) == expected * 3
+    finally:
+        sys.setswitchinterval(interval)
 
 
 def test_index_text_gives_the_terms_of_the_converted_text(shared_data: Path) -> None:

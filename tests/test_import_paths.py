@@ -12,7 +12,7 @@ from pathlib import Path
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from newsletter.articles import ArticleError, import_lines, read_jsonl
+from newsletter.articles import ArticleError, import_lines, parse_line, read_jsonl, screened
 from newsletter.erasure import erase_subscriber
 from newsletter.models import Article, Subscriber, SubscriberStatus
 from newsletter.subscribers import import_subscribers, unsubscribe
@@ -123,3 +123,25 @@ def test_rows_postgresql_refuses_in_a_copy_cost_only_themselves(pg_url: str, tmp
         assert (report.created, len(report.errors)) == (5, 1)
         assert report.errors[0].startswith("line 5: refused by the database") and "no_refused" in report.errors[0]
         assert sorted(session.scalars(select(Subscriber.name))) == ["P 0", "P 1", "P 2", "P 4", "P 5"]
+
+
+def test_one_search_screens_records_and_a_refused_one_keeps_its_own_error() -> None:
+    """`screened` passes a record only if neither character check (control characters, then NUL, unpaired
+    surrogates or nested values) would refuse it; a refused record gets each check's own message and line."""
+    good = {"id": "a", "title": "T’s title", "lang": "en", "body": "Tabs\tand\nnew lines, é, 東京", "n": 3, "x": None}
+    assert screened(good)
+    bad = {
+        "title": ({"title": "T\x07"}, "'title' contains a control character (U+0007 at position 2)"),
+        "body": ({"body": "b\x85"}, "'body' contains a control character (U+0085 at position 2)"),
+        "surrogate": ({"site": "lone \ud800"}, "contains a NUL or an unpaired surrogate character"),
+        "nested": ({"tags": ["x\x00"]}, "contains a NUL or an unpaired surrogate character"),
+        "key": ({"k\x00": "v"}, "contains a NUL or an unpaired surrogate character"),
+    }
+    for name, (change, message) in bad.items():
+        record = {**good, **change}
+        assert not screened(record), name
+        line = json.dumps(record, ensure_ascii=name == "surrogate")
+        error = parse_line(7, line)
+        assert isinstance(error, ArticleError) and (error.line, error.reason) == (7, message), name
+    assert not screened({**good, "meta": {"a": "b"}})  # nested: checked by `unstorable`, which passes it
+    assert isinstance(parse_line(1, json.dumps({**good, "meta": {"a": "b"}})), dict)
