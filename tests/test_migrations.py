@@ -46,8 +46,9 @@ def test_schema_check_reads_what_alembic_reads(db_url: str) -> None:
 def test_article_text_columns_are_compressed_with_lz4_on_postgresql(db_url: str) -> None:
     """0014: the long text columns of ``articles`` use LZ4 on a PostgreSQL built with it (pglz took half of
     the server's CPU time of an import), and go back to the default on downgrade."""
-    if not db_url.startswith("postgresql"):
-        pytest.skip("SQLite has no column compression")
+    if not db_url.startswith("postgresql"):  # SQLite has no column compression: the step is a no-op there
+        assert current_revision(db_url) == "0014_article_text_lz4"
+        return
     query = (
         "SELECT attname, attcompression FROM pg_attribute WHERE attrelid = 'articles'::regclass"
         " AND attname IN ('body_markdown', 'body_text', 'body_html', 'summary', 'title')"
