@@ -28,8 +28,10 @@ def resume_issue(session: Session, settings: Settings, issue: Issue, enqueue: En
     """Continue a paused issue exactly where it stopped; commits. Returns the batches enqueued.
 
     Every non-final delivery is enqueued again; sent ones are final, so nothing is sent twice, and
-    the ledger's claims make a message for a delivery already in flight a no-op. If planning had not
-    finished, the issue goes back to ``publishing`` and the caller must re-run the plan step.
+    the ledger's claims make a message for a delivery already in flight a no-op. Deferred deliveries are
+    due at once: an editor resumes after fixing what deferred them (a relay), and should not wait out the
+    backoff the old error set (their attempts still count towards ``NEWSLETTER_MAX_ATTEMPTS``). If planning
+    had not finished, the issue goes back to ``publishing`` and the caller must re-run the plan step.
 
     Raises:
         IssueError: the issue is not paused.
@@ -38,6 +40,9 @@ def resume_issue(session: Session, settings: Settings, issue: Issue, enqueue: En
         raise IssueStateError(f"issue {issue.number} is {issue.status}, not paused")
     issue.status = IssueStatus.SENDING if issue.planned_at else IssueStatus.PUBLISHING
     issue.error = None
+    session.execute(
+        update(Delivery).where(Delivery.issue_id == issue.id, Delivery.status == DeliveryStatus.DEFERRED).values(next_attempt_at=utcnow())
+    )
     session.commit()
     ids = planned_ids(session, issue.id, [DeliveryStatus.PENDING, DeliveryStatus.DEFERRED, DeliveryStatus.SENDING])
     ledger.mark_enqueued(session, ids)

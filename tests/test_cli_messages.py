@@ -280,3 +280,22 @@ def test_a_failed_issue_says_how_to_try_again(cli_env: dict[str, str], tmp_path:
     assert "issue 1: failed (newsletter.render_editions: RenderError: boom)" in status
     assert "fix the cause, then run 'newsletter issue publish 1' again: messages already sent are not sent twice" in status
     assert "issue 1: sent" in run("issue", "publish", "1", "--yes")
+
+
+def test_a_failed_issue_whose_addresses_all_bounced_does_not_say_publish_again(
+    cli_env: dict[str, str],  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Regression: a relay answering 550 to every recipient failed the issue, and the status said to publish
+    again, which then refused an empty audience: every address had been suppressed as a hard bounce."""
+    from tests.smtp_server import SMTPServer
+
+    setup_archive(tmp_path, "en1@example.com,E,en,\nen2@example.com,F,en,\n")
+    run("issue", "create", "--articles", "a1")
+    with SMTPServer(rcpt_fault=lambda _rcpt, _n: "550 5.1.1 no such user") as smtp:
+        monkeypatch.setenv("SMTP_URL", smtp.url)
+        failed = invoke("issue", "publish", "1", "--yes")
+    assert failed.exit_code == 1, failed.output
+    assert "every failed delivery (2) went to an address that is now suppressed" in failed.output
+    assert "publish 1' again" not in failed.output

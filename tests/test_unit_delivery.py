@@ -354,6 +354,28 @@ def test_pause_then_resume_enqueues_only_what_is_left(session, settings: Setting
         control.resume_issue(session, settings, issue, again)
 
 
+def test_resume_makes_deferred_deliveries_due_now(session, settings: Settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Regression: after the relay was fixed, `issue resume` waited out the backoff the old 451 had set
+    (3 minutes for 26 messages in a trial); resuming now makes deferred deliveries due at once."""
+    issue_id, rec = _publish(session, settings)
+    issue = session.get_one(Issue, issue_id)
+    control.pause_issue(session, issue)
+    later = datetime.now(UTC) + timedelta(hours=1)
+    deferred = rec.calls[0][1]
+    for delivery in _deliveries(session, issue_id):
+        if delivery.id in deferred:
+            delivery.status, delivery.next_attempt_at, delivery.attempts = DeliveryStatus.DEFERRED, later, 1
+    session.commit()
+    again = Recorder()
+    control.resume_issue(session, settings, issue, again)
+    outbox = tmp_path / "resume-now"
+    for _, batch in again.calls:
+        send_batch(session, settings, issue_id, batch, lambda: OutboxMailer(outbox))
+    states = Counter(d.status for d in _deliveries(session, issue_id))
+    assert states == Counter({DeliveryStatus.SENT: 4})
+    assert len(_outbox_files(outbox)) == 4
+
+
 def test_requeue_gives_failed_deliveries_another_round(session, settings: Settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     issue_id, rec = _publish(session, settings)
     outbox = tmp_path / "rq"

@@ -324,9 +324,11 @@ def _issue_number(settings: Settings, issue_id: int) -> int:
 
 
 def print_status(ctx: Context, number: int) -> None:
-    """Print `reports.report` for issue ``number``."""
+    """Print `reports.report` for issue ``number``, and after a failure what to do next."""
     with ctx.session() as session:
-        rep = reports.report(session, get_issue(session, number))
+        the_issue = get_issue(session, number)
+        rep = reports.report(session, the_issue)
+        suppressed = control.suppressed_failures(session, the_issue) if rep.status == "failed" else 0
     click.echo(f"issue {rep.number}: {rep.status}" + (f" ({rep.error})" if rep.error else ""))
     if rep.scheduled_at:
         click.echo(f"  scheduled for {rep.scheduled_at:%Y-%m-%d %H:%M:%S} UTC")
@@ -358,7 +360,13 @@ def print_status(ctx: Context, number: int) -> None:
                    f"{rep.leases_until:%H:%M:%S} UTC")  # fmt: skip
     for email, error in rep.last_errors:
         click.echo(f"  last error: {email}: {error}")
-    if rep.status == "failed":
+    failed = sum(n for (state, _), n in rep.counts.items() if state == "failed")
+    if rep.status == "failed" and failed and suppressed == failed:
+        # Publishing again would send nothing: every failure suppressed its address (a hard bounce).
+        click.echo(f"  every failed delivery ({failed}) went to an address that is now suppressed (hard bounce, complaint "
+                   "or unsubscribe), so publishing again sends them nothing; 'newsletter subscribers show ADDRESS' "
+                   "gives each reason")  # fmt: skip
+    elif rep.status == "failed":
         click.echo(f"  {AGAIN.format(number=number)}")
 
 
@@ -443,7 +451,7 @@ def issue_resume(ctx: Context, number: int, no_wait: bool) -> None:
         issue_id, batches, replan = resume_publish(ctx.settings, number)
     except IssueError as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(f"issue {number} resumed: {batches} batches queued" + (", planning restarted" if replan else ""))
+    click.echo(f"issue {number} resumed: {plural(batches, 'batch')} queued" + (", planning restarted" if replan else ""))
     if no_wait and not ctx.settings.embedded:
         return
     try:
