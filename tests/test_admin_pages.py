@@ -211,3 +211,17 @@ def test_scheduling_from_the_publish_page(sqlite_url: str, make_settings) -> Non
     back = post("1/unschedule")
     assert "Issue 1 is no longer scheduled" in back.text and status() == ("draft", None) and 'id="scheduled-at"' not in back.text
     assert "Not unscheduled: issue 1 is draft, not scheduled" in post("1/unschedule").text
+
+
+def test_the_publish_page_counts_one_subscriber_in_the_singular(sqlite_url: str, make_settings) -> None:  # type: ignore[no-untyped-def]
+    """Regression: with one recipient the confirmation and the button said "1 subscribers"."""
+    site = make_site(make_settings(sqlite_url))
+    c = site.client
+    c.post("/api/issues", json={"articles": ["sample-en-01"]}, headers=site.auth)
+    with session_factory(sqlite_url)() as session:
+        for subscriber in session.scalars(select(Subscriber).where(Subscriber.email != "ann@example.com")):
+            subscriber.status = SubscriberStatus.UNSUBSCRIBED
+        session.commit()
+    sign_in(c)
+    page = c.get("/admin/issues/1/publish").text
+    assert "to 1 subscriber now" in page and ">Publish to 1 subscriber<" in page and "1 subscribers" not in page
