@@ -235,6 +235,17 @@ def send_many(settings: Settings, session: Session, ids: Iterable[int], now: dat
     return outcomes
 
 
+def retry_now(session: Session, now: datetime | None = None) -> int:
+    """Make every queued retry due at ``now`` (default: the current time), e.g. once the relay that deferred
+    them is fixed, so they need not wait out their backoff; attempts still count towards the limit. Commits.
+    Returns how many were moved."""
+    moved = session.execute(
+        update(Notice).where(Notice.status == NoticeStatus.QUEUED, Notice.attempts > 0).values(next_attempt_at=now or utcnow())
+    ).rowcount
+    session.commit()
+    return int(moved or 0)
+
+
 def send_due(session: Session, settings: Settings, now: datetime | None = None) -> Counter[str]:
     """The embedded mode's sweep of notices (no beat runs there): send every `due` notice here."""
     return send_many(settings, session, due(session, now), now)

@@ -349,3 +349,33 @@ def test_the_admin_page_of_a_subscriber_shows_a_refused_confirmation(sqlite_url:
     page = site.client.get(f"/admin/subscribers/{subscriber_id}").text
     row = page[page.index("<h2>Subscription messages</h2>") :]
     assert "<td>confirm</td><td>failed</td><td>1</td>" in row and "550 5.1.1 mailbox unavailable" in row
+
+
+def test_send_due_now_retries_queued_notices_without_waiting_out_the_backoff(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, relay: Relay
+) -> None:
+    """Regression: once the relay was back, a queued confirmation waited for its backoff (two minutes in a
+    trial) and `notices send-due` said "no notice due"; `--now` retries it at once."""
+    from newsletter.cli import main
+
+    env = {"NEWSLETTER_HOME": str(tmp_path / "home"), "NEWSLETTER_SECRET_KEY": "cli-secret", "NEWSLETTER_BASE_URL": "https://news.example.org",
+           "SMTP_URL": relay.server.url, "DATABASE_URL": f"sqlite:///{tmp_path / 'now.db'}", "NEWSLETTER_BACKOFF_BASE": "3600"}  # fmt: skip
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert CliRunner().invoke(main, ["db", "upgrade"]).exit_code == 0
+    csv_path = tmp_path / "people.csv"
+    csv_path.write_text("email,name,lang\nwait@example.org,Wait,en\n", encoding="utf-8")
+    relay.reply = "451 4.7.1 greylisted"
+    assert CliRunner().invoke(main, ["subscribers", "import", "--confirm", str(csv_path)], catch_exceptions=False).exit_code == 0
+    notice_queue.stop_retry_timers()
+    relay.reply = None
+    waiting = CliRunner().invoke(main, ["notices", "send-due"], catch_exceptions=False).output
+    [row] = _notices(env["DATABASE_URL"])
+    if row.status == "queued":  # full jitter may have drawn a wait of a few seconds only; then it went out above
+        assert "no notice due" in waiting
+        now = CliRunner().invoke(main, ["notices", "send-due", "--now"], catch_exceptions=False).output
+        assert "1 queued notice due now" in now and "sent 1" in now
+    assert relay.recorder.recipients() == Counter({"wait@example.org": 1})
+    [sent] = _notices(env["DATABASE_URL"])
+    assert (sent.status, sent.attempts) == ("sent", 2)

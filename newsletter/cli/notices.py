@@ -47,15 +47,21 @@ def notices_list(ctx: Context, everything: bool, limit: int) -> None:
 
 
 @notices.command("send-due")
+@click.option(
+    "--now", "retry_all", is_flag=True, help="Retry every queued notice now, not when its backoff ends (e.g. the relay is fixed)."
+)
 @pass_ctx
-def notices_send_due(ctx: Context) -> None:
+def notices_send_due(ctx: Context, retry_all: bool) -> None:
     """Send the notices that are due now (retries, and first attempts whose hand-off was lost): in this
     process without a broker, else by enqueueing them for the workers. ``newsletter sweep`` does this too."""
-    from newsletter.notice_queue import send_due
+    from newsletter.notice_queue import retry_now, send_due
     from tasks.app import use_settings
     from tasks.notices import enqueue_due_notices
 
     use_settings(ctx.settings)
+    if retry_all:
+        with ctx.session() as session:
+            click.echo(f"{plural(retry_now(session), 'queued notice')} due now")
     if not ctx.settings.embedded:
         click.echo(f"{plural(enqueue_due_notices(), 'notice')} enqueued")
         return
