@@ -102,6 +102,9 @@ def test_schedule_command(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  #
     ok = runner.invoke(main, ["issue", "schedule", "1", "--at", "2030-01-01T09:00", "--tz", "Asia/Shanghai"])
     assert ok.exit_code == 0, ok.output
     assert "scheduled for 2030-01-01T09:00:00+08:00 (2030-01-01 01:00:00 UTC)" in ok.output
+    # The list and the status show it in the editor's zone too (they said only "01:00 UTC").
+    assert "at 2030-01-01 09:00 Asia/Shanghai (01:00 UTC)" in runner.invoke(main, ["issue", "list"]).output
+    assert "scheduled for 2030-01-01 09:00 Asia/Shanghai (01:00 UTC)" in runner.invoke(main, ["issue", "status", "1"]).output
     both = runner.invoke(main, ["issue", "schedule", "1", "--at", "2030-01-01T09:00+08:00", "--tz", "Asia/Tokyo"])
     assert both.exit_code == 2 and "not both" in both.output
     with session_factory(url)() as session:

@@ -121,13 +121,24 @@ def issue_create(
         click.echo(f"issue {new.number} created with {plural(len(chosen), 'article')}; editions: {langs}")
 
 
+def scheduled_time(when: datetime, zone_name: str | None) -> str:
+    """``2026-12-07 09:00 Asia/Taipei (01:00 UTC)``: a scheduled time in the zone the editor scheduled it in,
+    and in UTC; just ``… UTC`` when that zone is UTC or unknown."""
+    from newsletter.publishing import zone
+
+    utc = when.astimezone(UTC)
+    if not zone_name or zone_name in ("UTC", "+00:00"):
+        return f"{utc:%Y-%m-%d %H:%M} UTC"
+    return f"{when.astimezone(zone(zone_name)):%Y-%m-%d %H:%M} {zone_name} ({utc:%H:%M} UTC)"
+
+
 @issue.command("list")
 @pass_ctx
 def issue_list(ctx: Context) -> None:
     """List issues with their status, editions, article count and title (the first edition's, shortened)."""
     with ctx.session() as session:
         for item in session.scalars(select(Issue).order_by(Issue.number)):
-            when = f"  at {item.scheduled_at:%Y-%m-%d %H:%M} UTC" if item.scheduled_at else ""
+            when = f"  at {scheduled_time(item.scheduled_at, item.timezone)}" if item.scheduled_at else ""
             langs = ", ".join(e.lang for e in item.editions)
             title = _short(item.editions[0].title, LIST_TITLE) if item.editions else "(no edition)"
             click.echo(f"{item.number:>5}  {item.status:<10}  {title}  [{langs}; {plural(len(item.items), 'article')}]{when}")
@@ -329,9 +340,10 @@ def print_status(ctx: Context, number: int) -> None:
         the_issue = get_issue(session, number)
         rep = reports.report(session, the_issue)
         suppressed = control.suppressed_failures(session, the_issue) if rep.status == "failed" else 0
+        zone_name = the_issue.timezone
     click.echo(f"issue {rep.number}: {rep.status}" + (f" ({rep.error})" if rep.error else ""))
     if rep.scheduled_at:
-        click.echo(f"  scheduled for {rep.scheduled_at:%Y-%m-%d %H:%M:%S} UTC")
+        click.echo(f"  scheduled for {scheduled_time(rep.scheduled_at, zone_name)}")
     langs = sorted({lang for _, lang in rep.counts})
     states = ["pending", "sending", "deferred", "sent", "failed", "bounced", "skipped"]
     click.echo(f"  {'edition →':<10}" + "".join(f"{lang:>9}" for lang in langs) + f"{'total':>9}")
