@@ -17,8 +17,10 @@ from typing import Any
 
 import pytest
 from sqlalchemy import event, select, text
+from sqlalchemy.orm import Session
 
 from newsletter import publishing
+from newsletter.config import Settings
 from newsletter.db import session_factory
 from newsletter.delivery.mailers import OutboxMailer
 from newsletter.delivery.send import send_batch
@@ -33,6 +35,18 @@ def _nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
     yield plan
     for child in plan.get("Plans", []):
         yield from _nodes(child)
+
+
+def _planned(session: Session, settings: Settings, article: Article) -> tuple[int, list[int]]:
+    """A new issue of ``article`` taken through the publish steps up to planning (nothing enqueued):
+    ``(issue id, delivery ids in id order)``."""
+    issue = create_issue(session, [article])
+    session.commit()
+    publishing.request_publish(session, settings, issue)
+    publishing.attach_related(session, settings, issue.id)
+    publishing.render_editions(session, settings, issue.id)
+    publishing.plan_deliveries(session, settings, issue.id, lambda *_: None)
+    return issue.id, list(session.scalars(select(Delivery.id).where(Delivery.issue_id == issue.id).order_by(Delivery.id)))
 
 
 @pytest.mark.parametrize("analysed", [False, True], ids=["deliveries-never-analysed", "analysed-before-planning"])
@@ -59,14 +73,7 @@ def test_a_send_batch_reads_its_rows_by_primary_key(pg_url: str, make_settings: 
         # this issue was planned (earlier issues all sent: no pending row in the statistics).
         session.execute(text("ANALYZE" if analysed else "ANALYZE subscribers"))
         session.commit()
-        issue = create_issue(session, [article])
-        session.commit()
-        issue_id = issue.id
-        publishing.request_publish(session, settings, issue)
-        publishing.attach_related(session, settings, issue_id)
-        publishing.render_editions(session, settings, issue_id)
-        publishing.plan_deliveries(session, settings, issue_id, lambda *_: None)
-        ids = list(session.scalars(select(Delivery.id).where(Delivery.issue_id == issue_id).order_by(Delivery.id)))
+        issue_id, ids = _planned(session, settings, article)
         assert len(ids) == SUBSCRIBERS
         # Half the issue is sent, as in the middle of a publish.
         session.execute(text("UPDATE deliveries SET status = 'sent', sent_at = now() WHERE id <= :last"), {"last": ids[SUBSCRIBERS // 2]})
@@ -127,16 +134,10 @@ def test_the_sent_update_s_generic_plan_reads_by_primary_key(pg_url: str, make_s
         )
         session.add(article)
         session.commit()
-        issue = create_issue(session, [article])
-        session.commit()
-        issue_id = issue.id
-        publishing.request_publish(session, settings, issue)
-        publishing.attach_related(session, settings, issue_id)
-        publishing.render_editions(session, settings, issue_id)
-        publishing.plan_deliveries(session, settings, issue_id, lambda *_: None)
+        issue_id, ids = _planned(session, settings, article)
         session.execute(text("ANALYZE deliveries"))  # every row pending
         session.commit()
-        ids = list(session.scalars(select(Delivery.id).where(Delivery.issue_id == issue_id).order_by(Delivery.id)))[:200]
+        ids = ids[:200]
         claims = ledger.claim(session, issue_id, ids, lease_seconds=300)
         assert len(claims) == 200
 
