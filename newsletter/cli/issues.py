@@ -17,7 +17,7 @@ from newsletter.articles import parse_datetime
 from newsletter.cli.common import Context, pass_ctx, plural
 from newsletter.config import Settings
 from newsletter.db import session_factory
-from newsletter.issues import IssueError, Selection, articles_by_external_id, create_issue, get_issue, select_articles
+from newsletter.issues import IssueError, Selection, articles_by_external_id, create_issue, draft_warnings, get_issue, select_articles
 from newsletter.models import LANGUAGES, Issue
 from newsletter.rendering import RenderError
 
@@ -119,6 +119,8 @@ def issue_create(
             raise click.ClickException(str(exc)) from exc
         langs = ", ".join(f"{e.lang}{' (converted)' if e.converted_from else ''}" for e in new.editions)
         click.echo(f"issue {new.number} created with {plural(len(chosen), 'article')}; editions: {langs}")
+        for warning in draft_warnings(new, chosen):
+            click.echo(f"warning: {warning}", err=True)
 
 
 def scheduled_time(when: datetime, zone_name: str | None) -> str:
