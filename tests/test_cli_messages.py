@@ -299,3 +299,17 @@ def test_a_failed_issue_whose_addresses_all_bounced_does_not_say_publish_again(
     assert failed.exit_code == 1, failed.output
     assert "every failed delivery (2) went to an address that is now suppressed" in failed.output
     assert "publish 1' again" not in failed.output
+
+
+def test_rows_an_unclosed_quote_swallows_are_counted_as_rejected(cli_env: dict[str, str], tmp_path: Path) -> None:  # noqa: F811
+    """Regression: a quote opened on line 3 and never closed swallowed the 3 rows below it, yet the summary said
+    "1 rejected" — 4 rows were not imported."""
+    run("db", "upgrade")
+    path = tmp_path / "subs.csv"
+    rows = ["email,name,lang", "ok@example.net,OK,en", '"lost1@example.net,A,en', "lost2@example.net,B,en",
+            "lost3@example.net,C,en", "lost4@example.net,D,en"]  # fmt: skip
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    result = invoke("subscribers", "import", str(path))
+    assert result.exit_code == 1
+    assert "1 created, 0 updated, 0 unchanged, 0 merged, 4 rejected" in result.stdout
+    assert "lines 3-6: a quoted cell runs over 4 lines; is a closing quote missing on line 3?" in result.stderr
