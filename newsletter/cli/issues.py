@@ -17,6 +17,7 @@ from newsletter.articles import parse_datetime
 from newsletter.cli.common import Context, pass_ctx, plural
 from newsletter.config import Settings
 from newsletter.db import session_factory
+from newsletter.delivery import breaker
 from newsletter.issues import IssueError, Selection, articles_by_external_id, create_issue, get_issue, select_articles
 from newsletter.models import LANGUAGES, Issue
 from newsletter.rendering import RenderError
@@ -340,6 +341,7 @@ def print_status(ctx: Context, number: int) -> None:
         the_issue = get_issue(session, number)
         rep = reports.report(session, the_issue)
         suppressed = control.suppressed_failures(session, the_issue) if rep.status == "failed" else 0
+        held = breaker.held_count(session, the_issue.id) if rep.status == "failed" else 0
         zone_name = the_issue.timezone
     click.echo(f"issue {rep.number}: {rep.status}" + (f" ({rep.error})" if rep.error else ""))
     if rep.scheduled_at:
@@ -378,7 +380,7 @@ def print_status(ctx: Context, number: int) -> None:
         click.echo(f"  every failed delivery ({failed}) went to an address that is now suppressed (hard bounce, complaint "
                    "or unsubscribe), so publishing again sends them nothing; 'newsletter subscribers show ADDRESS' "
                    "gives each reason")  # fmt: skip
-    elif rep.status == "failed":
+    elif rep.status == "failed" and not held:  # with held deliveries the error says what to do (issue requeue)
         click.echo(f"  {AGAIN.format(number=number)}")
 
 
