@@ -421,6 +421,7 @@ def _send_concurrently(
                     got.append(results.get_nowait())
             running -= sum(1 for o in got if o is None)
             batch = [o for o in got if o is not None]
+            failed_before = outcomes["failed"]
             _record_many(session, ctx.settings, batch, writer, ctx.issue_id)
             for o in batch:
                 keeper.done(o.claim.id)
@@ -428,7 +429,9 @@ def _send_concurrently(
                 outcomes[o.result] += 1
                 o.recorded.set()
             before, recorded = recorded, recorded + len(batch)
-            checkpoint = recorded // STATUS_CHECK_EVERY > before // STATUS_CHECK_EVERY or _breaker_due(ctx.settings, outcomes)
+            checkpoint = recorded // STATUS_CHECK_EVERY > before // STATUS_CHECK_EVERY or _breaker_due(
+                ctx.settings, outcomes, failed_before
+            )
             if checkpoint and not stop.is_set() and _should_stop(session, ctx.settings, ctx.issue_id, outcomes, writer):
                 stop.set()
     finally:
@@ -468,12 +471,15 @@ def _should_stop(
     return status not in SENDABLE_ISSUE_STATES
 
 
-def _breaker_due(settings: Settings, outcomes: Counter[str]) -> bool:
+def _breaker_due(settings: Settings, outcomes: Counter[str], failed_before: int | None = None) -> bool:
     """True right after this batch's first `sweeper.first_failures_limit` outcomes all failed with none
-    sent: the relay may be refusing everyone, so the pause rules are checked now rather than at the next
-    `STATUS_CHECK_EVERY` (a small list would be through by then)."""
+    sent (``failed_before``: the failures counted before the outcomes just recorded, when several came
+    at once; else one came): the relay may be refusing everyone, so the pause rules are checked now
+    rather than at the next `STATUS_CHECK_EVERY` (a small list would be through by then)."""
     limit = first_failures_limit(settings)
-    return bool(limit) and outcomes["sent"] == 0 and outcomes["failed"] == limit
+    failed = outcomes["failed"]
+    before = failed - 1 if failed_before is None else failed_before
+    return bool(limit) and outcomes["sent"] == 0 and before < limit <= failed
 
 
 def _auto_pause(session: Session, settings: Settings, issue_id: int) -> bool:
