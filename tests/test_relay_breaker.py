@@ -18,6 +18,7 @@ from newsletter.delivery.pool import ConnectionPool, LocalSlots
 from newsletter.delivery.send import send_batch
 from newsletter.issues import create_issue
 from newsletter.models import Article, Delivery, DeliveryStatus, Issue, IssueStatus, Subscriber, SubscriberStatus, Suppression, utcnow
+from newsletter.suppressions import mark_bounced, suppress
 from tests.smtp_server import SMTPServer
 
 N = 20
@@ -211,3 +212,31 @@ def test_the_breaker_pauses_a_pooled_batch_too(session, db_url: str, make_settin
     # Each sender has at most 2 messages unrecorded (see send_batch), and a group of outcomes may cross 5.
     assert 5 <= tried <= 5 + 4 * connections < N and smtp.recorder.messages == []
     assert _suppressed(session) == set() and breaker.held_count(session, issue_id) == tried
+
+
+def test_suppressions_a_relay_refusing_everyone_made_can_be_released(session, db_url: str, make_settings: Callable[..., Settings]) -> None:  # type: ignore[no-untyped-def]
+    """The way back for a list suppressed before the breaker: the 20 suppressions made from the issue's own
+    refusals by a relay that accepted none are released (subscribers active again) and `requeue` sends the
+    issue to all 20; a suppression of another kind (a DSN's, an unsubscription) is kept."""
+    settings = make_settings(db_url, NEWSLETTER_PAUSE_AFTER_FIRST_FAILURES="0")
+    issue_id, batches = _publish(session, settings)
+    relay = Relay(broken=True)
+    with SMTPServer(rcpt_fault=relay) as smtp:
+        _send(session, settings, issue_id, batches.calls, smtp.url)
+        # What the sender did before the breaker: each refusal suppressed its address and bounced its reader.
+        for d in session.scalars(select(Delivery).where(Delivery.issue_id == issue_id)).all():
+            reason = "unsubscribe" if d.email == address(3) else "hard-bounce"
+            suppress(session, d.email, reason, f"{d.relay}: {d.last_error}")
+            mark_bounced(session, d.subscriber_id, d.email)
+        session.commit()
+        assert len(_suppressed(session)) == N and _bounced(session) == N
+        released = breaker.release_unvouched(session, issue_id)
+        session.commit()
+        assert released == [address(i) for i in range(N) if i != 3]
+        assert _suppressed(session) == {address(3)} and _bounced(session) == 1
+        relay.broken = False
+        again = Batches()
+        assert control.requeue_failed(session, settings, _issue(session, issue_id), again) == N - 1
+        _send(session, settings, issue_id, again.calls, smtp.url)
+        assert smtp.recorder.recipients() == {address(i): 1 for i in range(N) if i != 3}
+    assert breaker.release_unvouched(session, issue_id) == []  # the relay vouches now: nothing more to release

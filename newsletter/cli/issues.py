@@ -505,6 +505,26 @@ def issue_requeue(ctx: Context, number: int, no_wait: bool) -> None:
         print_status(ctx, number)
 
 
+@issue.command("unsuppress")
+@click.argument("number", type=int)
+@pass_ctx
+def issue_unsuppress(ctx: Context, number: int) -> None:
+    """Release the addresses issue NUMBER suppressed on the word of a relay that refused everyone.
+
+    Only suppressions made from this issue's own "no such user" refusals (hard-bounce) by a relay that
+    refused as many recipients as unknown as it accepted go; then 'issue requeue NUMBER' sends them.
+    """
+    with ctx.session() as session:
+        the_issue = get_issue(session, number)
+        released = breaker.release_unvouched(session, the_issue.id)
+        session.commit()
+    if released:
+        click.echo(f"issue {number}: {plural(len(released), 'address')} released (active again); send them the issue with: "
+                   f"newsletter issue requeue {number}")  # fmt: skip
+    else:
+        click.echo(f"issue {number}: nothing to release (no address was suppressed on the word of a relay that refused everyone)")
+
+
 @issue.command("cancel")
 @click.argument("number", type=int)
 @pass_ctx

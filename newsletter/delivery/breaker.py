@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import exists, func, literal, select, update
+from sqlalchemy import delete, exists, func, literal, select, update
 from sqlalchemy.orm import Session
 
-from newsletter.models import Delivery, DeliveryStatus, Suppression, utcnow
+from newsletter.models import Delivery, DeliveryStatus, Subscriber, SubscriberStatus, Suppression, utcnow
 from newsletter.suppressions import is_dead_address, mark_bounced, suppress
 
 log = logging.getLogger(__name__)
@@ -210,3 +210,40 @@ def held_message(kept: list[RelayTally], number: int, command: str) -> str:
         f"the addresses; check the relay (credentials, recipient verification), then "
         f"'newsletter issue {command} {number}' sends them again"
     )
+
+
+def release_unvouched(session: Session, issue_id: int) -> list[str]:
+    """Undo the suppressions the issue's refusals made on the word of a relay that does not vouch by the
+    issue's final tally (it refused as many as it accepted, or more): the way back for a list a relay
+    that refused everyone got suppressed (before this breaker, or while the relay turned bad). Only a
+    suppression made from that very refusal goes (reason ``hard-bounce``, detail ``"<relay>: <reply>"``
+    as `send` writes it), never one from a DSN, a complaint or an unsubscription; its subscriber, if
+    still ``bounced`` at that address, is ``active`` again. Does not commit. Returns the addresses released.
+    """
+    unvouched = {relay for relay, tally in tallies(session, issue_id).items() if not tally.vouches}
+    if not unvouched:
+        return []
+    rows = session.execute(
+        select(Delivery.subscriber_id, Delivery.email, Delivery.relay, Delivery.last_error, Suppression.detail)
+        .join(Suppression, Suppression.email == Delivery.email)
+        .where(
+            Delivery.issue_id == issue_id,
+            Delivery.status == DeliveryStatus.FAILED,
+            Delivery.relay.in_(unvouched),
+            *_PERMANENT,
+            Suppression.reason == "hard-bounce",
+        )
+        .order_by(Delivery.id)
+    ).all()
+    released = []
+    for r in rows:
+        if refused_as_unknown(r.last_error) and r.detail == f"{r.relay}: {r.last_error}"[:2000]:
+            session.execute(delete(Suppression).where(Suppression.email == r.email))
+            session.execute(
+                update(Subscriber)
+                .where(Subscriber.id == r.subscriber_id, Subscriber.email == r.email, Subscriber.status == SubscriberStatus.BOUNCED)
+                .values(status=SubscriberStatus.ACTIVE)
+                .execution_options(synchronize_session=False)
+            )
+            released.append(r.email)
+    return released
