@@ -232,7 +232,7 @@ def request_publish(session: Session, settings: Settings, issue: Issue) -> None:
     ).rowcount  # type: ignore[attr-defined]
     if won and again:
         # Published again after a relay refused everyone: what it refused as unknown was held, not
-        # suppressed, and goes out now (pending, never enqueued: the sweeper hands them to the send queue).
+        # suppressed, and goes out now (pending, never enqueued: planning hands them to the send queue).
         breaker.reopen_held(session, issue.id, enqueued_at=None)
     session.commit()
     session.refresh(issue)

@@ -341,7 +341,7 @@ def print_status(ctx: Context, number: int) -> None:
         the_issue = get_issue(session, number)
         rep = reports.report(session, the_issue)
         suppressed = control.suppressed_failures(session, the_issue) if rep.status == "failed" else 0
-        held = breaker.held_count(session, the_issue.id) if rep.status == "failed" else 0
+        held = breaker.held_count(session, the_issue.id)
         zone_name = the_issue.timezone
     click.echo(f"issue {rep.number}: {rep.status}" + (f" ({rep.error})" if rep.error else ""))
     if rep.scheduled_at:
@@ -374,6 +374,9 @@ def print_status(ctx: Context, number: int) -> None:
                    f"{rep.leases_until:%H:%M:%S} UTC")  # fmt: skip
     for email, error in rep.last_errors:
         click.echo(f"  last error: {email}: {error}")
+    if held and rep.status in ("publishing", "sending"):
+        click.echo(f"  held: {plural(held, 'delivery')} refused as unknown by a relay that had not yet accepted this issue's "
+                   "mail: not suppressed for now, decided when the issue ends")  # fmt: skip
     failed = sum(n for (state, _), n in rep.counts.items() if state == "failed")
     if rep.status == "failed" and failed and suppressed == failed:
         # Publishing again would send nothing: every failure suppressed its address (a hard bounce).
