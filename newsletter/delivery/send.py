@@ -121,8 +121,11 @@ def send_batch(
     and the database round trips overlap the SMTP ones (also with one connection).
 
     Every `STATUS_CHECK_EVERY` messages the issue's status is read again (a pause or cancel stops the
-    batch), and when this batch has failed more messages than it sent, the auto-pause rule is applied
-    (`sweeper.pause_if_failing`).
+    batch), and when this batch has failed more messages than it sent, the auto-pause rules are applied
+    (`sweeper.pause_if_failing`); also right after the batch's first `sweeper.first_failures_limit`
+    messages all failed, so that a relay refusing everyone stops a small list within a few messages.
+    A refusal of the address as unknown suppresses it only on the word of a relay that accepts this
+    issue's mail (`newsletter.delivery.breaker`); otherwise the delivery is held.
     """
     outcomes: Counter[str] = Counter()
     issue = session.get(Issue, issue_id)
