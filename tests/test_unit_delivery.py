@@ -899,3 +899,49 @@ def test_one_pooled_connection_sends_on_the_batch_s_own_thread(session, settings
     assert threads == {threading.get_ident()}
     assert source.most_unrecorded <= 1 and source.lent == 0
     assert {d.status for d in _deliveries(session, issue_id)} == {DeliveryStatus.SENT}
+
+
+def test_one_pooled_connection_pipelines_each_envelope_and_records_each_message_by_its_own_reply(  # type: ignore[no-untyped-def]
+    session, settings: Settings
+) -> None:
+    """A batch on one pooled SMTP connection sends each next message's MAIL/RCPT/DATA behind the current body (RFC
+    2920 §3.1). A refused next recipient fails that delivery alone, a 452 to a body defers that one alone, and a
+    connection lost between a body's reply and the next envelope's replies sends the next message once on a new
+    connection; the relay receives each accepted message once."""
+    from aiosmtpd.controller import Controller
+
+    from newsletter.delivery.mailers import SmtpMailer
+    from newsletter.delivery.pool import ConnectionPool, LocalSlots
+    from tests.smtp_server import Recorder, free_port
+    from tests.test_unit_mailers import _DroppingHandler
+
+    issue_id, rec = _publish(session, settings)
+    recorder, port = Recorder(), free_port()
+    handler = _DroppingHandler(
+        recorder,
+        {"dan@example.com"},  # dan's envelope goes out behind cat's refused body, and the connection drops there
+        rcpt_fault=lambda addr, attempt: "550 5.7.1 not for you" if addr == "bob@example.com" else None,
+        data_fault=lambda addr, attempt: "452 4.3.1 full" if addr == "cat@example.com" else None,
+    )
+    controller = Controller(handler, hostname="127.0.0.1", port=port, decode_data=False)
+    controller.start()
+    try:
+        pool = ConnectionPool(lambda: SmtpMailer(f"smtp://127.0.0.1:{port}"), LocalSlots(1), 1)
+        result = send_batch(session, settings, issue_id, sorted(rec.ids), pool)
+        pool.close_idle()
+    finally:
+        controller.stop()
+    assert +result.outcomes == Counter({"sent": 2, "failed": 1, "deferred": 1})
+    assert handler.drop_at_rcpt == set() and pool.opened == 1
+    rows = {d.email: d for d in _deliveries(session, issue_id)}
+    assert {
+        e: (r.status, r.last_smtp_code)
+        for e, r in rows.items()
+        if e in ("ann@example.com", "bob@example.com", "cat@example.com", "dan@example.com")
+    } == {
+        "ann@example.com": (DeliveryStatus.SENT, None),
+        "bob@example.com": (DeliveryStatus.FAILED, 550),
+        "cat@example.com": (DeliveryStatus.DEFERRED, 452),
+        "dan@example.com": (DeliveryStatus.SENT, None),
+    }
+    assert sorted(recorder.recipients().elements()) == ["ann@example.com", "dan@example.com"]
