@@ -1,12 +1,15 @@
 """Benchmark: the send path alone, one process, one pooled connection, two ways in the same run.
 
-`send_batch` on one pooled SMTP connection (no ``?connections=``, as each pool process of a worker) records
-its accepted messages in one of two ways, alternating batch by batch so both see the same machine:
+`send_batch` on one pooled SMTP connection (no ``?connections=``, as each pool process of a worker) sends its
+messages in one of two ways, alternating batch by batch so both see the same machine:
 
-* ``pipelined`` (the product): this thread sends message k+1 while PostgreSQL runs message k's UPDATE, sent
-  through libpq without waiting (`newsletter.delivery.send._send_pipelined`);
-* ``threaded`` (the previous way, still used with ``?connections=`` above 1): one sender thread hands each
-  outcome to the batch's thread, which writes it (`newsletter.delivery.send._send_concurrently`).
+* ``next-envelope`` (the product): message k+1's MAIL FROM / RCPT TO / DATA go out behind message k's body end
+  (RFC 2920 §3.1, `SmtpMailer.send`'s ``then``): one round trip per message;
+* ``per-message`` (main before it): each message's MAIL/RCPT/DATA in one write once the previous message's
+  reply came, then its body: two round trips per message.
+
+Both record as the product does: message k's UPDATE is sent through libpq without waiting and its reply read
+once message k+1 was accepted (`newsletter.delivery.send._send_pipelined`).
 
 It seeds a throw-away PostgreSQL database (as bench/publish.py: the shared corpora or ``--sample``, a third of
 the subscribers per language), renders and plans one issue in this process, starts ``smtp-sink`` on a free
@@ -38,7 +41,7 @@ from newsletter import publishing
 from newsletter.config import load_settings
 from newsletter.db import session_factory
 from newsletter.delivery import send
-from newsletter.delivery.pool import pool_for
+from newsletter.delivery.pool import ConnectionPool, PooledMailer, pool_for
 from newsletter.models import Delivery, Issue
 
 BATCH = 100
@@ -50,8 +53,7 @@ def main() -> None:
     parser.add_argument("--sample", action="store_true", help="the bundled sample articles even when the shared corpora exist")
     args = parser.parse_args()
     print(f"load average at start: {loadavg()}  ({os.cpu_count()} CPUs)")
-    pipelined = send._send_pipelined
-    ways = {"pipelined": pipelined, "threaded": send._send_concurrently}
+    ways = ("next-envelope", "per-message")
     with tempfile.TemporaryDirectory() as tmp_name, pg_database() as url:
         tmp = Path(tmp_name)
         sink = Sink.start(tmp)
@@ -62,7 +64,7 @@ def main() -> None:
                 {"DATABASE_URL": url, "SMTP_URL": smtp_url, "NEWSLETTER_HOME": str(tmp / "home"),
                  "NEWSLETTER_SECRET_KEY": "bench-secret-key", "NEWSLETTER_BASE_URL": "https://news.example.org"}
             )  # fmt: skip
-            source = pool_for(smtp_url, None, settings.smtp_timeout)
+            source = _Ways(pool_for(smtp_url, None, settings.smtp_timeout))
             with session_factory(url)() as session:
                 issue = session.scalar(select(Issue).where(Issue.number == number))
                 assert issue is not None
@@ -79,8 +81,8 @@ def main() -> None:
                 totals = {w: Counter[str]() for w in ways}
                 spent = {w: {"worker": 0.0, "postgres": 0.0, "smtp-sink": 0.0, "wall": 0.0} for w in ways}
                 for n, batch in enumerate(batches[2:]):
-                    way = "pipelined" if n % 2 == 0 else "threaded"
-                    send._send_pipelined = ways[way]  # type: ignore[assignment]
+                    way = ways[n % 2]
+                    source.pipelines = way == "next-envelope"
                     backends = pg_backends(url)
                     before = (time.process_time(), sum(cpu_seconds(p) for p in backends), cpu_seconds(sink.proc.pid), time.perf_counter())
                     totals[way].update(send.send_batch(session, settings, issue_id, batch, source).outcomes)
@@ -88,7 +90,6 @@ def main() -> None:
                     after = (time.process_time(), sum(cpu_seconds(p) for p in backends), cpu_seconds(sink.proc.pid), time.perf_counter())
                     for key, b, a in zip(("worker", "postgres", "smtp-sink", "wall"), before, after, strict=True):
                         spent[way][key] += a - b
-                send._send_pipelined = pipelined  # type: ignore[assignment]
         finally:
             stop(sink.proc)
     print(f"load average at end: {loadavg()}")
@@ -100,8 +101,21 @@ def main() -> None:
             f" PostgreSQL {per['postgres']:.3f}, smtp-sink {per['smtp-sink']:.3f}; wall {per['wall']:.3f}"
             f" ({sent / max(spent[way]['wall'], 1e-9):,.0f} emails/s)"
         )
-    p, t = (spent[w]["worker"] / max(totals[w]["sent"], 1) for w in ways)
-    print(f"pipelined/threaded CPU of this process: {p / t:.2f}")
+    (p, t), (pw, tw) = ((spent[w][k] / max(totals[w]["sent"], 1) for w in ways) for k in ("worker", "wall"))
+    print(f"next-envelope/per-message: CPU of this process {p / t:.2f}, wall {pw / tw:.2f}")
+
+
+class _Ways:
+    """The pool, lending its connections with the next message's envelope pipelined (`pipelines`) or not."""
+
+    def __init__(self, pool: ConnectionPool) -> None:
+        self.pool, self.connections, self.pipelines = pool, pool.connections, True
+
+    def get(self, wait: bool) -> PooledMailer | None:
+        mailer = self.pool.get(wait)
+        if mailer is not None:
+            mailer.pipelines = self.pipelines
+        return mailer
 
 
 if __name__ == "__main__":
