@@ -299,11 +299,12 @@ def _send_pipelined(
             log.warning("delivery %s: sent, but its claim had been taken over", o.row.id)
         count(o)
 
-    def finish(outcome: _Outcome) -> None:
-        """Record a sent message without waiting (its reply is read by the next `settle`), anything else now."""
+    def finish(outcome: _Outcome, status: bool = False) -> None:
+        """Record a sent message without waiting (its reply is read by the next `settle`; with ``status``
+        the same statement reads the issue's status for the next check), anything else now."""
         nonlocal pending
         if outcome.kind == "sent" and writer is not None:
-            writer.begin_sent(outcome.claim, outcome.relay)
+            writer.begin_sent(outcome.claim, outcome.relay, ctx.issue_id if status else None)
             pending = outcome
         else:
             with logs.bound(delivery_id=outcome.row.id):
@@ -318,7 +319,9 @@ def _send_pipelined(
         with logs.bound(delivery_id=ready.row.id):
             outcome = _transmit(ready, mailer, then if pipelines else None)
         settle()  # message k-1's record, while k is accepted: at most 2 unrecorded
-        finish(outcome)
+        # The record of the third message before a check reads the issue's status too: settled before the
+        # check, so the check costs no round trip of its own (else it reads the status itself).
+        finish(outcome, status=at % STATUS_CHECK_EVERY == STATUS_CHECK_EVERY - 3)
         finished.add(at)
         in_hand = None
 
@@ -326,8 +329,11 @@ def _send_pipelined(
     try:
         for n, claim_ in enumerate(claims):
             if n and n % STATUS_CHECK_EVERY == 0:
-                settle()
-                if _should_stop(session, ctx.settings, ctx.issue_id, outcomes, writer):
+                seen = writer.taken_status() if writer is not None else None
+                if seen is None:
+                    settle()
+                if _should_stop(session, ctx.settings, ctx.issue_id, outcomes, writer, seen):
+                    settle()
                     if current is not None:  # messages before n go out, as when each was sent before n's check
                         transmit(None)
                         settle()
@@ -493,15 +499,23 @@ def _wait_recorded(outcome: _Outcome, stop: threading.Event) -> None:
 
 
 def _should_stop(
-    session: Session, settings: Settings, issue_id: int, outcomes: Counter[str], writer: ledger.OutcomeWriter | None = None
+    session: Session,
+    settings: Settings,
+    issue_id: int,
+    outcomes: Counter[str],
+    writer: ledger.OutcomeWriter | None = None,
+    seen: tuple[IssueStatus | None] | None = None,
 ) -> bool:
     """True when the batch must stop: the issue was paused or cancelled, or this batch fails more than
     it sends and the issue's failures reach the auto-pause threshold (which pauses it). The status is
-    read on ``writer``'s connection when there is one (a prepared statement, not an ORM query)."""
+    ``seen`` when the caller read it with a record (`ledger.OutcomeWriter.taken_status`), else read on
+    ``writer``'s connection when there is one (a prepared statement, not an ORM query; the writer must
+    have no record in flight)."""
     if outcomes["failed"] > outcomes["sent"] and _auto_pause(session, settings, issue_id):
         return True
-    status = writer.issue_status(issue_id) if writer is not None else _issue_status(session, issue_id)
-    return status not in SENDABLE_ISSUE_STATES
+    if seen is None:
+        seen = (writer.issue_status(issue_id) if writer is not None else _issue_status(session, issue_id),)
+    return seen[0] not in SENDABLE_ISSUE_STATES
 
 
 def _auto_pause(session: Session, settings: Settings, issue_id: int) -> bool:
