@@ -1024,3 +1024,39 @@ def test_outcome_writer_reads_the_issue_status_with_a_begun_record(session, sett
         writer.close()
     rows = {r.id: r.status for r in _deliveries(session, issue_id)}
     assert (rows[a], rows[b], rows[c]) == (DeliveryStatus.SENDING, DeliveryStatus.SENT, DeliveryStatus.SENT)
+
+
+def test_sender_threads_pipeline_each_envelope_and_record_each_message_by_its_own_reply(  # type: ignore[no-untyped-def]
+    session, settings: Settings
+) -> None:
+    """``?connections=2``: each sender thread sends its next message's envelope behind its current body; a refused
+    recipient and a refused body are those messages' outcomes alone, and every accepted message arrives once."""
+    from aiosmtpd.controller import Controller
+
+    from newsletter.delivery.mailers import SmtpMailer
+    from newsletter.delivery.pool import ConnectionPool, LocalSlots
+    from tests.smtp_server import Handler, free_port
+    from tests.smtp_server import Recorder as Received
+
+    issue_id, rec = _publish(session, settings, readers=20)
+    received, port = Received(), free_port()
+    handler = Handler(
+        received,
+        rcpt_fault=lambda addr, attempt: "550 5.7.1 not for you" if addr in ("bob@example.com", "reader007@example.com") else None,
+        data_fault=lambda addr, attempt: "452 4.3.1 full" if addr in ("cat@example.com", "reader011@example.com") else None,
+    )
+    controller = Controller(handler, hostname="127.0.0.1", port=port, decode_data=False)
+    controller.start()
+    try:
+        pool = ConnectionPool(lambda: SmtpMailer(f"smtp://127.0.0.1:{port}"), LocalSlots(2), 2)
+        result = send_batch(session, settings, issue_id, sorted(rec.ids), pool)
+        pool.close_idle()
+    finally:
+        controller.stop()
+    refused = {"bob@example.com", "reader007@example.com", "cat@example.com", "reader011@example.com"}
+    assert +result.outcomes == Counter({"sent": 20, "failed": 2, "deferred": 2})
+    rows = {d.email: d for d in _deliveries(session, issue_id) if d.status != DeliveryStatus.SKIPPED}
+    assert {e: r.last_smtp_code for e, r in rows.items() if e in refused} == {
+        "bob@example.com": 550, "reader007@example.com": 550, "cat@example.com": 452, "reader011@example.com": 452
+    }  # fmt: skip
+    assert sorted(received.recipients().elements()) == sorted(set(rows) - refused)

@@ -395,7 +395,9 @@ def _send_concurrently(
     outcomes: Counter[str],
 ) -> None:
     """Up to ``source.connections`` sender threads, each on its own connection; this thread writes
-    the ledger (see `send_batch` for the bound on unrecorded messages)."""
+    the ledger (see `send_batch` for the bound on unrecorded messages). Each sender takes and builds its
+    next message before sending the current one, whose body the next envelope follows (as in
+    `_send_pipelined`); a message taken is sent, also after a stop (at most one per connection)."""
     work = deque(claims)
     stop = threading.Event()  # pause, cancel, or the ledger cannot be written
     abandon = threading.Event()  # claims may run out: leave the rest to the sweeper
@@ -406,6 +408,19 @@ def _send_concurrently(
     def sender(first: bool) -> None:
         mailer: Mailer | None = None
         handed: _Outcome | None = None
+        # As in `_send_pipelined`: the next message is taken and built before the current one is sent, so its
+        # envelope can go out behind the current body; a message taken is sent, also after a stop.
+        current: _Ready | None = None
+        after: _Ready | None = None
+
+        def hand(outcome: _Outcome) -> None:
+            """Give an outcome to the writer once the previous one is recorded (at most 2 unrecorded)."""
+            nonlocal handed
+            if handed is not None:
+                _wait_recorded(handed, stop)
+            handed = outcome
+            results.put(outcome)
+
         try:
             while mailer is None:  # a connection once the relay has a free slot, while work is left
                 if stop.is_set() or not work:
@@ -413,31 +428,45 @@ def _send_concurrently(
                 mailer = source.get(wait=False)
                 if mailer is None:
                     time.sleep(SLOT_POLL if first else EXTRA_SLOT_POLL)
-            while not stop.is_set():
-                try:
-                    claim_ = work.popleft()
-                except IndexError:
+            pipelines = bool(getattr(mailer, "pipelines", False))
+            while True:
+                after = None
+                while after is None and not stop.is_set():
+                    try:
+                        claim_ = work.popleft()
+                    except IndexError:
+                        break
+                    row = by_id[claim_.id]
+                    if not keeper.wait_until_held(claim_.id, ctx.settings.lease_seconds / 2):
+                        if keeper.lost(claim_.id):
+                            results.put(_Outcome(claim_, row, "lost", mailer.name))
+                            continue
+                        work.appendleft(claim_)
+                        abandon.set()
+                        stop.set()
+                        break
+                    with logs.bound(delivery_id=row.id):
+                        ready = _prepare(ctx, row, claim_, mailer.name)
+                    if isinstance(ready, _Outcome):
+                        hand(ready)
+                    else:
+                        after = ready
+                if current is not None:
+                    ready, current = current, None  # in hand: its outcome is unknown if this raises
+                    with logs.bound(delivery_id=ready.row.id):
+                        outcome = _transmit(ready, mailer, after if pipelines else None)
+                    hand(outcome)
+                if after is None:
                     break
-                row = by_id[claim_.id]
-                if not keeper.wait_until_held(claim_.id, ctx.settings.lease_seconds / 2):
-                    if keeper.lost(claim_.id):
-                        results.put(_Outcome(claim_, row, "lost", mailer.name))
-                        continue
-                    work.appendleft(claim_)
-                    abandon.set()
-                    stop.set()
-                    break
-                with logs.bound(delivery_id=row.id):
-                    outcome = _deliver(ctx, row, claim_, mailer)
-                if handed is not None:
-                    _wait_recorded(handed, stop)
-                handed = outcome
-                results.put(outcome)
+                current, after = after, None
             if handed is not None:
                 _wait_recorded(handed, stop)
         except BaseException as exc:  # re-raised by the batch's thread; the claim in hand runs out and is swept
             errors.append(exc)
             stop.set()
+            for taken in (after, current):  # taken, not sent: handed back with the rest
+                if taken is not None:
+                    work.appendleft(taken.claim)
         finally:
             if mailer is not None:
                 try:
