@@ -19,12 +19,14 @@ the two ways of the same run).
 
     python bench/send_path.py                       # 6,000 subscribers
     python bench/send_path.py --subscribers 3000 --sample
+    python bench/send_path.py --rtt-ms 2            # a relay 2 ms away (a proxy delays each direction by 1 ms)
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -34,7 +36,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _scratch_db import pg_database
-from publish import Sink, cpu_seconds, loadavg, pg_backends, seed, stop
+from publish import Sink, cpu_seconds, free_port, loadavg, pg_backends, seed, stop, wait_port
 from sqlalchemy import select
 
 from newsletter import publishing
@@ -51,15 +53,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--subscribers", type=int, default=6000)
     parser.add_argument("--sample", action="store_true", help="the bundled sample articles even when the shared corpora exist")
+    parser.add_argument(
+        "--rtt-ms", type=float, default=0.0, help="a relay this far away: a delaying proxy (bench/_delay_proxy.py) in front of smtp-sink"
+    )
     args = parser.parse_args()
-    print(f"load average at start: {loadavg()}  ({os.cpu_count()} CPUs)")
+    print(f"load average at start: {loadavg()}  ({os.cpu_count()} CPUs); relay round trip: {args.rtt_ms or 'loopback'} ms")
+    proxy: subprocess.Popen[bytes] | None = None
     ways = ("next-envelope", "per-message")
     with tempfile.TemporaryDirectory() as tmp_name, pg_database() as url:
         tmp = Path(tmp_name)
         sink = Sink.start(tmp)
         try:
             (number,) = seed(url, args.subscribers, 1, args.sample)
-            smtp_url = f"smtp://127.0.0.1:{sink.port}"
+            port = sink.port
+            if args.rtt_ms:
+                port = free_port()
+                proxy = subprocess.Popen(
+                    [sys.executable, str(Path(__file__).parent / "_delay_proxy.py"), str(port), str(sink.port), str(args.rtt_ms)]
+                )
+                wait_port(port)
+            smtp_url = f"smtp://127.0.0.1:{port}"
             settings = load_settings(
                 {"DATABASE_URL": url, "SMTP_URL": smtp_url, "NEWSLETTER_HOME": str(tmp / "home"),
                  "NEWSLETTER_SECRET_KEY": "bench-secret-key", "NEWSLETTER_BASE_URL": "https://news.example.org"}
@@ -92,6 +105,8 @@ def main() -> None:
                         spent[way][key] += a - b
         finally:
             stop(sink.proc)
+            if proxy is not None:
+                stop(proxy)
     print(f"load average at end: {loadavg()}")
     for way in ways:
         sent = totals[way]["sent"]
@@ -101,7 +116,7 @@ def main() -> None:
             f" PostgreSQL {per['postgres']:.3f}, smtp-sink {per['smtp-sink']:.3f}; wall {per['wall']:.3f}"
             f" ({sent / max(spent[way]['wall'], 1e-9):,.0f} emails/s)"
         )
-    (p, t), (pw, tw) = ((spent[w][k] / max(totals[w]["sent"], 1) for w in ways) for k in ("worker", "wall"))
+    (p, t), (pw, tw) = ([spent[w][k] / max(totals[w]["sent"], 1) for w in ways] for k in ("worker", "wall"))
     print(f"next-envelope/per-message: CPU of this process {p / t:.2f}, wall {pw / tw:.2f}")
 
 
