@@ -133,6 +133,16 @@ def test_a_refused_next_recipient_is_that_message_s_outcome_and_the_connection_g
     assert relay.received() == ["a@x.org", "b@x.org", "c@x.org"]
 
 
+def test_a_421_to_the_next_envelope_defers_that_message_as_without_pipelining() -> None:
+    """The relay answers the next RCPT with 421 and closes: the current message is sent, the next call raises the
+    421 (deferred, as the same reply to an envelope of its own would be), and the one after reconnects."""
+    with _Relay(rcpt=lambda addr, attempt: "421 4.7.0 too many connections" if addr == "busy@x.org" else None) as relay:
+        results = [relay.send("a@x.org", then="busy@x.org"), relay.send("busy@x.org"), relay.send("b@x.org")]
+    assert results == ["ok", "421:temporary", "ok"]
+    assert relay.received() == ["a@x.org", "b@x.org"]
+    assert relay.recorder.attempts["busy@x.org"] == 1
+
+
 def test_a_refused_body_is_its_own_outcome_and_the_next_envelope_stays_open() -> None:
     """452 to the current body: that message is deferred, and the next one, whose MAIL went out behind the
     refused body (a new transaction: no RSET), is sent on the same connection."""

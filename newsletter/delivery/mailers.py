@@ -312,7 +312,9 @@ class SmtpMailer:
                 self._drop()
             raise error from exc
         finally:
-            if self._conn is not None and self._conn.sock is None:  # closed on the way (lost after this body's reply)
+            # Closed on the way (lost after this body's reply): the next call reconnects, unless the relay
+            # refused the next envelope before closing (421): that call raises it, as without pipelining.
+            if self._conn is not None and self._conn.sock is None and self._conn._opened is None:
                 self._conn = None
 
     def check(self) -> None:
