@@ -136,6 +136,9 @@ class Settings:
     smtp_timeout: float = 30.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     pause_after_failures: int = 50  # auto-pause an issue with this many failures, more than its sent; 0: never
+    # Auto-pause an issue once a relay's first this-many attempts for it all failed and it accepted none
+    # (the relay refuses everyone: a small list never reaches `pause_after_failures`); 0: never.
+    pause_after_first_failures: int = 5
     log_format: str = "text"  # or "json"
     metrics_port: int | None = None  # a worker serves Prometheus metrics here when set
     zh_hant_conversion: str = "s2twp"  # OpenCC conversion of derived zh-Hant editions: s2twp, s2hk or s2t
@@ -530,6 +533,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         "smtp_timeout": check(lambda: _float(env, "SMTP_TIMEOUT", 30.0, 0.5, 600.0), 30.0),
         "retry": retry,
         "pause_after_failures": check(lambda: _int(env, "NEWSLETTER_PAUSE_AFTER_FAILURES", 50, 0, 10**9), 50),
+        "pause_after_first_failures": check(lambda: _int(env, "NEWSLETTER_PAUSE_AFTER_FIRST_FAILURES", 5, 0, 10**6), 5),
         "log_format": check(lambda: _log_format(env), "text"),
         "metrics_port": check(lambda: _int(env, "NEWSLETTER_METRICS_PORT", 0, 0, 65535), 0) or None,
         "configured": configured,

@@ -6,7 +6,7 @@ from sqlalchemy import exists, func, select, update
 from sqlalchemy.orm import Session
 
 from newsletter.config import Settings
-from newsletter.delivery import ledger
+from newsletter.delivery import breaker, ledger
 from newsletter.issues import IssueStateError
 from newsletter.models import Delivery, DeliveryStatus, Issue, IssueStatus, Suppression, utcnow
 from newsletter.publishing import Enqueue, finish_if_done, planned_ids
@@ -30,7 +30,9 @@ def resume_issue(session: Session, settings: Settings, issue: Issue, enqueue: En
     Every non-final delivery is enqueued again; sent ones are final, so nothing is sent twice, and
     the ledger's claims make a message for a delivery already in flight a no-op. Deferred deliveries are
     due at once: an editor resumes after fixing what deferred them (a relay), and should not wait out the
-    backoff the old error set (their attempts still count towards ``NEWSLETTER_MAX_ATTEMPTS``). If planning
+    backoff the old error set (their attempts still count towards ``NEWSLETTER_MAX_ATTEMPTS``). Held deliveries
+    (refused as unknown by a relay that did not vouch for it, e.g. one refusing everyone, which the
+    auto-pause stopped; see `newsletter.delivery.breaker`) are pending again with fresh attempts. If planning
     had not finished, the issue goes back to ``publishing`` and the caller must re-run the plan step.
 
     Raises:
@@ -43,6 +45,7 @@ def resume_issue(session: Session, settings: Settings, issue: Issue, enqueue: En
     session.execute(
         update(Delivery).where(Delivery.issue_id == issue.id, Delivery.status == DeliveryStatus.DEFERRED).values(next_attempt_at=utcnow())
     )
+    breaker.reopen_held(session, issue.id, enqueued_at=None)
     session.commit()
     ids = planned_ids(session, issue.id, [DeliveryStatus.PENDING, DeliveryStatus.DEFERRED, DeliveryStatus.SENDING])
     ledger.mark_enqueued(session, ids)

@@ -293,6 +293,17 @@ def issue_article_list(issue: Issue) -> list[Article]:
     return [item.article for item in sorted(issue.items, key=lambda i: i.position)]
 
 
+def draft_warnings(issue: Issue, articles: Sequence[Article] | None = None) -> list[str]:
+    """What an editor should look at before publishing draft ``issue`` (``articles``: its articles in order,
+    read again when None): one line per pair of articles that look like the same story filed twice
+    (`newsletter.related.duplicates`). Empty for an issue no longer a draft, whose articles are fixed."""
+    if issue.status != IssueStatus.DRAFT:
+        return []
+    from newsletter.related.duplicates import near_duplicates
+
+    return [pair.message() for pair in near_duplicates(issue_article_list(issue) if articles is None else articles)]
+
+
 def _locked_articles(session: Session, issue: Issue) -> list[Article]:
     """The issue's articles as stored now, with the issue row locked (PostgreSQL: SELECT … FOR UPDATE) until
     the caller commits, so two editors adding an article at once both keep theirs (no lost update)."""

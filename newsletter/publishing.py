@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from newsletter.article_text import derive_all
 from newsletter.config import Settings
 from newsletter.content import category_label, first_image, to_traditional
+from newsletter.delivery import breaker
 from newsletter.delivery.planning import id_ranges, plan_range
 from newsletter.issues import IssueError, IssueStateError
 from newsletter.models import (
@@ -203,7 +204,9 @@ PUBLISHABLE_STATES = (IssueStatus.DRAFT, IssueStatus.SCHEDULED, IssueStatus.FAIL
 def request_publish(session: Session, settings: Settings, issue: Issue) -> None:
     """Validate an issue (`check_publishable`) and move it to ``publishing``, freezing its audience; commits.
 
-    A failed (or scheduled) issue may be published now: the ledger makes a re-run send only what was not sent.
+    A failed (or scheduled) issue may be published now: the ledger makes a re-run send only what was not sent,
+    and the deliveries a relay refused as unknown without vouching for it (held, see
+    `newsletter.delivery.breaker`) are sent again.
     The move is one conditional UPDATE (``WHERE status IN ('draft', 'scheduled', 'failed')``), so of two
     publishes of the same issue at the same instant exactly one wins; the other gets `IssueError`.
 
@@ -213,6 +216,7 @@ def request_publish(session: Session, settings: Settings, issue: Issue) -> None:
     check_publishable(session, settings, issue)
     now = utcnow()
     highest = session.scalar(select(func.max(Subscriber.id))) or 0
+    again = issue.status == IssueStatus.FAILED and issue.planned_at is not None
     won = session.execute(
         update(Issue)
         .where(Issue.id == issue.id, Issue.status.in_(PUBLISHABLE_STATES))
@@ -226,6 +230,10 @@ def request_publish(session: Session, settings: Settings, issue: Issue) -> None:
         )
         .execution_options(synchronize_session=False)
     ).rowcount  # type: ignore[attr-defined]
+    if won and again:
+        # Published again after a relay refused everyone: what it refused as unknown was held, not
+        # suppressed, and goes out now (pending, never enqueued: planning hands them to the send queue).
+        breaker.reopen_held(session, issue.id, enqueued_at=None)
     session.commit()
     session.refresh(issue)
     if not won:
@@ -368,6 +376,11 @@ def finish_if_done(session: Session, issue_id: int) -> bool:
     It ends ``sent`` when at least one message went out or nothing failed, and ``failed`` (with the
     count and the last error in ``Issue.error``) when deliveries failed and none was sent: an issue
     nobody received is not reported as sent. One conditional UPDATE, so two finishers end it once.
+
+    Held deliveries (refused as unknown by a relay that had not vouched for its refusals, see
+    `newsletter.delivery.breaker`) are decided here, in the same transaction: suppressed when their
+    relay vouches over the whole issue, else left unsuppressed and named in ``Issue.error`` (which
+    relay refused how many of how many as unknown, and that ``issue requeue`` sends them again).
     """
     issue = session.get(Issue, issue_id)
     if issue is None or issue.status != IssueStatus.SENDING:
@@ -399,6 +412,12 @@ def finish_if_done(session: Session, issue_id: int) -> bool:
         .values(**values)
         .execution_options(synchronize_session=False)
     ).rowcount  # type: ignore[attr-defined]
+    if won and failed and (kept := breaker.settle_held(session, issue_id)):
+        # Nothing of these was suppressed: say so, and how to send them once the relay is fixed.
+        error = breaker.held_message(kept, issue.number, "requeue")
+        if values["status"] == IssueStatus.FAILED:
+            error = f"every delivery failed ({failed}): {error}"
+        session.execute(update(Issue).where(Issue.id == issue_id).values(error=error[:4000]).execution_options(synchronize_session=False))
     session.commit()
     if won:
         session.refresh(issue)

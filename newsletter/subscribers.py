@@ -84,6 +84,13 @@ class SubscriberImportReport:
     unchanged: int = 0
     errors: list[str] = field(default_factory=list)
     pending: list[str] = field(default_factory=list)  # addresses created as ``pending`` (to be asked to confirm)
+    swallowed: int = 0  # rows after the first that an unclosed quote ran over: rejected too, with one error
+
+    @property
+    def rejected(self) -> int:
+        """Rows not imported: one per error, plus each further row an unclosed quote swallowed (a row per
+        line: a quote that runs on to the end of the file swallows every row below it)."""
+        return len(self.errors) + self.swallowed
 
 
 CORE_COLUMNS = ("email", "name", "lang", "topics", "signed_up", "status")  # status (as exported) is never imported
@@ -163,6 +170,7 @@ def import_subscribers(
                 # A quote opened and not closed swallows the following rows into one cell (separators and all).
                 report.errors.append(f"lines {start}-{line}: a quoted cell runs over {line - start + 1} lines; is a closing quote "
                                      f"missing on line {start}? (nothing from these lines was imported)")  # fmt: skip
+                report.swallowed += line - start
                 continue
             if None in raw:  # csv.DictReader's restkey: cells beyond the header
                 report.errors.append(f"line {line}: {width + len(raw[None])} cells, but the header names {width} columns")  # type: ignore[index, arg-type]

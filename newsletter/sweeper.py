@@ -11,11 +11,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import Select, and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from newsletter.config import Settings
-from newsletter.delivery import ledger
+from newsletter.delivery import breaker, ledger
 from newsletter.models import FINAL_DELIVERY_STATES, Delivery, DeliveryStatus, Issue, IssueStatus, utcnow
 from newsletter.publishing import Enqueue, finish_if_done
 from newsletter.scheduling import fire_due_schedules
@@ -110,27 +110,69 @@ def skip_cancelled_leftovers(session: Session, now: datetime) -> int:
     return int(result.rowcount)  # type: ignore[attr-defined]
 
 
+def first_failures_limit(settings: Settings) -> int:
+    """K of the small-list rule: pause once a relay's first K final answers for an issue were all
+    permanent failures (``NEWSLETTER_PAUSE_AFTER_FIRST_FAILURES``, never above
+    ``NEWSLETTER_PAUSE_AFTER_FAILURES``; 0 when either is 0, i.e. auto-pause is off)."""
+    if settings.pause_after_failures <= 0 or settings.pause_after_first_failures <= 0:
+        return 0
+    return min(settings.pause_after_first_failures, settings.pause_after_failures)
+
+
+@dataclass
+class _Counts:
+    """One issue's deliveries: failed, sent and open in all, and per relay (failed, accepted)."""
+
+    failed: int = 0
+    sent: int = 0
+    open: int = 0
+    relays: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+
+def _counts(session: Session, issue_ids: Select[tuple[int]] | list[int]) -> dict[int, _Counts]:
+    failed = func.count().filter(Delivery.status == DeliveryStatus.FAILED)
+    sent = func.count().filter(Delivery.status == DeliveryStatus.SENT)
+    accepted = func.count().filter(Delivery.status.in_(breaker.ACCEPTED_STATES))
+    still_open = func.count().filter(Delivery.status.not_in(FINAL_DELIVERY_STATES))
+    out: dict[int, _Counts] = {}
+    for issue_id, relay, n_failed, n_sent, n_accepted, n_open in session.execute(
+        select(Delivery.issue_id, Delivery.relay, failed, sent, accepted, still_open)
+        .where(Delivery.issue_id.in_(issue_ids))
+        .group_by(Delivery.issue_id, Delivery.relay)
+    ):
+        c = out.setdefault(issue_id, _Counts())
+        c.failed, c.sent, c.open = c.failed + n_failed, c.sent + n_sent, c.open + n_open
+        if relay is not None:
+            c.relays[relay] = (n_failed, n_accepted)
+    return out
+
+
+def _pause_for(session: Session, settings: Settings, issue_id: int, c: _Counts) -> bool:
+    """Apply the two auto-pause rules to one issue's counts; True if this call paused it."""
+    limit = first_failures_limit(settings)
+    if limit and c.open:
+        # A relay that refused its first K recipients and accepted none refuses everyone: pause before it
+        # gets through a small list (the threshold rule below needs 50 failures).
+        for relay, (n_failed, n_accepted) in sorted(c.relays.items()):
+            if n_accepted == 0 and n_failed >= limit:
+                return _pause(session, issue_id, n_failed, c.sent, relay=relay)
+    if settings.pause_after_failures > 0 and c.failed >= settings.pause_after_failures and c.failed > c.sent:
+        return _pause(session, issue_id, c.failed, c.sent)
+    return False
+
+
 def auto_pause_failing(session: Session, settings: Settings) -> list[int]:
     """Pause every issue under way whose permanent failures reach ``settings.pause_after_failures`` and
-    outnumber its sent messages — a relay refusing everything, not a few dead addresses — instead of
-    burning the whole list against it. The reason goes into ``Issue.error``; `resume` continues. Commits.
-    Returns the ids paused. (The sender applies the same rule during a batch: `pause_if_failing`.)
+    outnumber its sent messages — a relay refusing everything, not a few dead addresses — or one of
+    whose relays refused its first `first_failures_limit` recipients and accepted none (the same on a
+    small list, which never reaches 50 failures), instead of burning the whole list against it. The
+    reason goes into ``Issue.error``; `resume` continues. Commits. Returns the ids paused. (The sender
+    applies the same rules during a batch: `pause_if_failing`.)
     """
     if settings.pause_after_failures <= 0:
         return []
-    failed = func.count().filter(Delivery.status == DeliveryStatus.FAILED)
-    sent = func.count().filter(Delivery.status == DeliveryStatus.SENT)
-    rows = session.execute(
-        select(Delivery.issue_id, failed, sent)
-        .join(Issue, Issue.id == Delivery.issue_id)
-        .where(Issue.status.in_([IssueStatus.PUBLISHING, IssueStatus.SENDING]))
-        .group_by(Delivery.issue_id)
-    ).all()
-    return [
-        issue_id
-        for issue_id, n_failed, n_sent in rows
-        if n_failed >= settings.pause_after_failures and n_failed > n_sent and _pause(session, issue_id, n_failed, n_sent)
-    ]
+    under_way = select(Issue.id).where(Issue.status.in_([IssueStatus.PUBLISHING, IssueStatus.SENDING]))
+    return [issue_id for issue_id, c in _counts(session, under_way).items() if _pause_for(session, settings, issue_id, c)]
 
 
 def pause_if_failing(session: Session, settings: Settings, issue_id: int) -> bool:
@@ -141,34 +183,43 @@ def pause_if_failing(session: Session, settings: Settings, issue_id: int) -> boo
     """
     if settings.pause_after_failures <= 0:
         return False
-    n_failed, n_sent, n_open = session.execute(
-        select(
-            func.count().filter(Delivery.status == DeliveryStatus.FAILED),
-            func.count().filter(Delivery.status == DeliveryStatus.SENT),
-            func.count().filter(Delivery.status.not_in(FINAL_DELIVERY_STATES)),
-        ).where(Delivery.issue_id == issue_id)
-    ).one()
-    if n_failed >= settings.pause_after_failures and n_failed > n_sent and n_open:
-        return _pause(session, issue_id, n_failed, n_sent)
-    return False
+    c = _counts(session, [issue_id]).get(issue_id)
+    if c is None or not c.open:
+        session.commit()  # end the read transaction
+        return False
+    return _pause_for(session, settings, issue_id, c)
 
 
-def _pause(session: Session, issue_id: int, n_failed: int, n_sent: int) -> bool:
+def _pause(session: Session, issue_id: int, n_failed: int, n_sent: int, relay: str | None = None) -> bool:
     last = session.scalar(
         select(Delivery.last_error)
-        .where(Delivery.issue_id == issue_id, Delivery.status == DeliveryStatus.FAILED)
+        .where(Delivery.issue_id == issue_id, Delivery.status == DeliveryStatus.FAILED, *([Delivery.relay == relay] if relay else []))
         .order_by(Delivery.updated_at.desc())
         .limit(1)
     )
+    if relay is None:
+        error = f"auto-paused: {n_failed} failed vs {n_sent} sent; last error: {last}"
+        if held := breaker.held_count(session, issue_id):
+            error += f"; {held} refused as unknown by a relay that did not vouch for them are held, not suppressed"
+    else:
+        number = session.scalar(select(Issue.number).where(Issue.id == issue_id))
+        held = breaker.held_count(session, issue_id)
+        error = f"auto-paused: relay {relay} refused the first {n_failed} recipients and accepted none (last error: {last}); "
+        if held:
+            error += f"no address was suppressed: the {held} refused as unknown are held; "
+        error += f"check the relay (credentials, recipient verification), then 'newsletter issue resume {number}'"
+        error += " sends the held ones and the rest" if held else " sends the rest"
+        if n_failed > held:
+            error += f", and then 'newsletter issue requeue {number}' the other {n_failed - held} failed"
     won = session.execute(
         update(Issue)
         .where(Issue.id == issue_id, Issue.status.in_([IssueStatus.PUBLISHING, IssueStatus.SENDING]))
-        .values(status=IssueStatus.PAUSED, error=f"auto-paused: {n_failed} failed vs {n_sent} sent; last error: {last}")
+        .values(status=IssueStatus.PAUSED, error=error[:4000])
         .execution_options(synchronize_session=False)
     ).rowcount  # type: ignore[attr-defined]
     session.commit()
     if won:
-        log.warning("issue id %s auto-paused: %s failed vs %s sent", issue_id, n_failed, n_sent)
+        log.warning("issue id %s %s", issue_id, error)
     return bool(won)
 
 

@@ -282,20 +282,46 @@ def test_a_failed_issue_says_how_to_try_again(cli_env: dict[str, str], tmp_path:
     assert "issue 1: sent" in run("issue", "publish", "1", "--yes")
 
 
-def test_a_failed_issue_whose_addresses_all_bounced_does_not_say_publish_again(
+def test_a_relay_refusing_every_address_as_unknown_suppresses_nobody_and_says_so(
     cli_env: dict[str, str],  # noqa: F811
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Regression: a relay answering 550 to every recipient failed the issue, and the status said to publish
-    again, which then refused an empty audience: every address had been suppressed as a hard bounce."""
+    """Regression: a relay answering 550 5.1.1 to every recipient failed the issue and suppressed every
+    address as a hard bounce (the status then said so). A relay that refuses everyone says nothing about
+    the addresses: nothing is suppressed, the status says in one line which relay refused how many, and
+    `issue requeue` sends them once the relay is fixed."""
     from tests.smtp_server import SMTPServer
 
     setup_archive(tmp_path, "en1@example.com,E,en,\nen2@example.com,F,en,\n")
     run("issue", "create", "--articles", "a1")
-    with SMTPServer(rcpt_fault=lambda _rcpt, _n: "550 5.1.1 no such user") as smtp:
+    broken = [True]
+    with SMTPServer(rcpt_fault=lambda _rcpt, _n: "550 5.1.1 no such user" if broken[0] else None) as smtp:
         monkeypatch.setenv("SMTP_URL", smtp.url)
         failed = invoke("issue", "publish", "1", "--yes")
-    assert failed.exit_code == 1, failed.output
-    assert "every failed delivery (2) went to an address that is now suppressed" in failed.output
-    assert "publish 1' again" not in failed.output
+        assert failed.exit_code == 1, failed.output
+        assert (
+            f"relay 127.0.0.1:{smtp.port} refused 2 of 2 recipients as unknown (550 5.1.1 no such user) and accepted 0: "
+            "no address was suppressed (2 held)"
+        ) in failed.output
+        assert "then 'newsletter issue requeue 1' sends them again" in failed.output
+        assert "now suppressed" not in failed.output and "publish 1' again" not in failed.output
+        status = run("subscribers", "show", "en1@example.com")
+        assert "active" in status and "hard-bounce" not in status
+        broken[0] = False
+        assert "issue 1: sent" in run("issue", "requeue", "1")
+        assert smtp.recorder.recipients() == {"en1@example.com": 1, "en2@example.com": 1}
+
+
+def test_rows_an_unclosed_quote_swallows_are_counted_as_rejected(cli_env: dict[str, str], tmp_path: Path) -> None:  # noqa: F811
+    """Regression: a quote opened on line 3 and never closed swallowed the 3 rows below it, yet the summary said
+    "1 rejected" — 4 rows were not imported."""
+    run("db", "upgrade")
+    path = tmp_path / "subs.csv"
+    rows = ["email,name,lang", "ok@example.net,OK,en", '"lost1@example.net,A,en', "lost2@example.net,B,en",
+            "lost3@example.net,C,en", "lost4@example.net,D,en"]  # fmt: skip
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    result = invoke("subscribers", "import", str(path))
+    assert result.exit_code == 1
+    assert "1 created, 0 updated, 0 unchanged, 0 merged, 4 rejected" in result.stdout
+    assert "lines 3-6: a quoted cell runs over 4 lines; is a closing quote missing on line 3?" in result.stderr

@@ -584,7 +584,10 @@ def test_auto_pause_holds_back_the_rest_even_when_the_issue_would_finish_between
 
     from newsletter.models import utcnow
 
-    settings = make_settings(db_url, NEWSLETTER_PAUSE_AFTER_FAILURES="5", NEWSLETTER_BATCH_SIZE="100")
+    # The threshold rule alone (the first-failures rule has its own test in tests/test_relay_breaker.py).
+    settings = make_settings(
+        db_url, NEWSLETTER_PAUSE_AFTER_FAILURES="5", NEWSLETTER_PAUSE_AFTER_FIRST_FAILURES="0", NEWSLETTER_BATCH_SIZE="100"
+    )
     _seed(session)
     session.execute(insert(Subscriber), [{"email": f"more{i}@example.org", "name": "", "lang": "en", "topics": [], "attributes": {},
                                           "status": "active", "created_at": utcnow()} for i in range(20)])  # fmt: skip
@@ -623,7 +626,9 @@ def test_auto_pause_holds_back_the_rest_even_when_the_issue_would_finish_between
 def test_sweeper_auto_pauses_an_issue_its_relay_refuses(session, db_url: str, make_settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from newsletter import sweeper
 
-    settings = make_settings(db_url, NEWSLETTER_PAUSE_AFTER_FAILURES="2", NEWSLETTER_BATCH_SIZE="2")
+    settings = make_settings(
+        db_url, NEWSLETTER_PAUSE_AFTER_FAILURES="2", NEWSLETTER_PAUSE_AFTER_FIRST_FAILURES="0", NEWSLETTER_BATCH_SIZE="2"
+    )
     issue_id, rec = _publish(session, settings)
     refused = {e: (554, "5.7.1 Relay access denied") for e in ("ann@example.com", "bob@example.com", "cat@example.com")}
     send_batch(session, settings, issue_id, rec.ids, lambda: RefusingMailer(refused, tmp_path / "ob"))

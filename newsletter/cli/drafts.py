@@ -71,6 +71,8 @@ def issue_edit(
         click.echo(f"issue {number}: {plural(len(draft.items), 'article')}; editions: {langs}")
         for n, article in enumerate(issues.issue_article_list(draft), 1):
             click.echo(f"  {n:>3}. {article.external_id}  [{article.lang}]  {article.title}")
+        for warning in issues.draft_warnings(draft):
+            click.echo(f"warning: {warning}", err=True)
 
 
 @issue.command("delete")

@@ -17,7 +17,8 @@ from newsletter.articles import parse_datetime
 from newsletter.cli.common import Context, pass_ctx, plural
 from newsletter.config import Settings
 from newsletter.db import session_factory
-from newsletter.issues import IssueError, Selection, articles_by_external_id, create_issue, get_issue, select_articles
+from newsletter.delivery import breaker
+from newsletter.issues import IssueError, Selection, articles_by_external_id, create_issue, draft_warnings, get_issue, select_articles
 from newsletter.models import LANGUAGES, Issue
 from newsletter.rendering import RenderError
 
@@ -119,6 +120,8 @@ def issue_create(
             raise click.ClickException(str(exc)) from exc
         langs = ", ".join(f"{e.lang}{' (converted)' if e.converted_from else ''}" for e in new.editions)
         click.echo(f"issue {new.number} created with {plural(len(chosen), 'article')}; editions: {langs}")
+        for warning in draft_warnings(new, chosen):
+            click.echo(f"warning: {warning}", err=True)
 
 
 def scheduled_time(when: datetime, zone_name: str | None) -> str:
@@ -340,6 +343,7 @@ def print_status(ctx: Context, number: int) -> None:
         the_issue = get_issue(session, number)
         rep = reports.report(session, the_issue)
         suppressed = control.suppressed_failures(session, the_issue) if rep.status == "failed" else 0
+        held = breaker.held_count(session, the_issue.id)
         zone_name = the_issue.timezone
     click.echo(f"issue {rep.number}: {rep.status}" + (f" ({rep.error})" if rep.error else ""))
     if rep.scheduled_at:
@@ -372,13 +376,16 @@ def print_status(ctx: Context, number: int) -> None:
                    f"{rep.leases_until:%H:%M:%S} UTC")  # fmt: skip
     for email, error in rep.last_errors:
         click.echo(f"  last error: {email}: {error}")
+    if held and rep.status in ("publishing", "sending"):
+        click.echo(f"  held: {plural(held, 'delivery')} refused as unknown by a relay that had not yet accepted this issue's "
+                   "mail: not suppressed for now, decided when the issue ends")  # fmt: skip
     failed = sum(n for (state, _), n in rep.counts.items() if state == "failed")
     if rep.status == "failed" and failed and suppressed == failed:
         # Publishing again would send nothing: every failure suppressed its address (a hard bounce).
         click.echo(f"  every failed delivery ({failed}) went to an address that is now suppressed (hard bounce, complaint "
                    "or unsubscribe), so publishing again sends them nothing; 'newsletter subscribers show ADDRESS' "
                    "gives each reason")  # fmt: skip
-    elif rep.status == "failed":
+    elif rep.status == "failed" and not held:  # with held deliveries the error says what to do (issue requeue)
         click.echo(f"  {AGAIN.format(number=number)}")
 
 
@@ -501,6 +508,26 @@ def issue_requeue(ctx: Context, number: int, no_wait: bool) -> None:
         except KeyboardInterrupt:
             _interrupted(ctx, number)
         print_status(ctx, number)
+
+
+@issue.command("unsuppress")
+@click.argument("number", type=int)
+@pass_ctx
+def issue_unsuppress(ctx: Context, number: int) -> None:
+    """Release the addresses issue NUMBER suppressed on the word of a relay that refused everyone.
+
+    Only suppressions made from this issue's own "no such user" refusals (hard-bounce) by a relay that
+    refused as many recipients as unknown as it accepted go; then 'issue requeue NUMBER' sends them.
+    """
+    with ctx.session() as session:
+        the_issue = get_issue(session, number)
+        released = breaker.release_unvouched(session, the_issue.id)
+        session.commit()
+    if released:
+        click.echo(f"issue {number}: {plural(len(released), 'address')} released (active again); send them the issue with: "
+                   f"newsletter issue requeue {number}")  # fmt: skip
+    else:
+        click.echo(f"issue {number}: nothing to release (no address was suppressed on the word of a relay that refused everyone)")
 
 
 @issue.command("cancel")

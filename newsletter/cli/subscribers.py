@@ -63,7 +63,7 @@ def subscribers_import(ctx: Context, file: Path, encoding: str, ask_confirm: boo
         click.echo(f"{file}: {error}", err=True)
     click.echo(
         f"{report.created} created, {report.updated} updated, {report.unchanged} unchanged, "
-        f"{report.merged} merged, {len(report.errors)} rejected"
+        f"{report.merged} merged, {report.rejected} rejected"
     )
     if report.errors:
         sys.exit(1)

@@ -20,7 +20,7 @@ from newsletter import dkim, logs, metrics
 from newsletter.bounces import verp_address
 from newsletter.config import Settings
 from newsletter.db import in_values
-from newsletter.delivery import ledger
+from newsletter.delivery import breaker, ledger
 from newsletter.delivery.backoff import next_attempt
 from newsletter.delivery.errors import DeliveryError, PermanentDeliveryError
 from newsletter.delivery.mailers import Envelope, Mailer
@@ -31,7 +31,7 @@ from newsletter.models import Edition, Issue, IssueStatus, Subscriber, Subscribe
 from newsletter.rendering import greeting
 from newsletter.segments import issue_topics
 from newsletter.suppressions import is_dead_address, mark_bounced, suppress
-from newsletter.sweeper import pause_if_failing
+from newsletter.sweeper import first_failures_limit, pause_if_failing
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +121,11 @@ def send_batch(
     and the database round trips overlap the SMTP ones (also with one connection).
 
     Every `STATUS_CHECK_EVERY` messages the issue's status is read again (a pause or cancel stops the
-    batch), and when this batch has failed more messages than it sent, the auto-pause rule is applied
-    (`sweeper.pause_if_failing`).
+    batch), and when this batch has failed more messages than it sent, the auto-pause rules are applied
+    (`sweeper.pause_if_failing`); also right after the batch's first `sweeper.first_failures_limit`
+    messages all failed, so that a relay refusing everyone stops a small list within a few messages.
+    A refusal of the address as unknown suppresses it only on the word of a relay that accepts this
+    issue's mail (`newsletter.delivery.breaker`); otherwise the delivery is held.
     """
     outcomes: Counter[str] = Counter()
     issue = session.get(Issue, issue_id)
@@ -225,7 +228,11 @@ def _send_sequentially(
     assert mailer is not None  # get(wait=True) waits for a slot
     try:
         for n, claim_ in enumerate(claims):
-            if n and n % STATUS_CHECK_EVERY == 0 and _should_stop(session, ctx.settings, ctx.issue_id, outcomes):
+            if (
+                n
+                and (n % STATUS_CHECK_EVERY == 0 or _breaker_due(ctx.settings, outcomes))
+                and _should_stop(session, ctx.settings, ctx.issue_id, outcomes)
+            ):
                 outcomes["released"] += _stop(session, ctx.issue_id, [c for c in claims[n:] if not keeper.lost(c.id)])
                 break
             if not keeper.wait_until_held(claim_.id, ctx.settings.lease_seconds / 2):
@@ -240,7 +247,7 @@ def _send_sequentially(
                 break
             row = by_id[claim_.id]
             with logs.bound(delivery_id=row.id):
-                outcome = _record(session, ctx.settings, _deliver(ctx, row, claim_, mailer))
+                outcome = _record(session, ctx.settings, _deliver(ctx, row, claim_, mailer), ctx.issue_id)
             keeper.done(claim_.id)
             metrics.record_outcome(outcome)
             outcomes[outcome] += 1
@@ -308,7 +315,7 @@ def _send_pipelined(
             pending = outcome
         else:
             with logs.bound(delivery_id=outcome.row.id):
-                _record(session, ctx.settings, outcome)
+                _record(session, ctx.settings, outcome, ctx.issue_id)
             count(outcome)
 
     def transmit(then: _Ready | None) -> None:
@@ -328,10 +335,10 @@ def _send_pipelined(
     n = 0
     try:
         for n, claim_ in enumerate(claims):
-            if n and n % STATUS_CHECK_EVERY == 0:
-                seen = writer.taken_status() if writer is not None else None
-                if seen is None:
-                    settle()
+            if n and (n % STATUS_CHECK_EVERY == 0 or _breaker_due(ctx.settings, outcomes)):
+                seen = writer.taken_status() if writer is not None and n % STATUS_CHECK_EVERY == 0 else None
+                if seen is None or outcomes["failed"] >= outcomes["sent"]:
+                    settle()  # the counts agree with the database before a pause rule is applied
                 if _should_stop(session, ctx.settings, ctx.issue_id, outcomes, writer, seen):
                     settle()
                     if current is not None:  # messages before n go out, as when each was sent before n's check
@@ -492,14 +499,17 @@ def _send_concurrently(
                     got.append(results.get_nowait())
             running -= sum(1 for o in got if o is None)
             batch = [o for o in got if o is not None]
-            _record_many(session, ctx.settings, batch, writer)
+            failed_before = outcomes["failed"]
+            _record_many(session, ctx.settings, batch, writer, ctx.issue_id)
             for o in batch:
                 keeper.done(o.claim.id)
                 metrics.record_outcome(o.result)
                 outcomes[o.result] += 1
                 o.recorded.set()
             before, recorded = recorded, recorded + len(batch)
-            checkpoint = recorded // STATUS_CHECK_EVERY > before // STATUS_CHECK_EVERY
+            checkpoint = recorded // STATUS_CHECK_EVERY > before // STATUS_CHECK_EVERY or _breaker_due(
+                ctx.settings, outcomes, failed_before
+            )
             if checkpoint and not stop.is_set() and _should_stop(session, ctx.settings, ctx.issue_id, outcomes, writer):
                 stop.set()
     finally:
@@ -545,6 +555,17 @@ def _should_stop(
     if seen is None:
         seen = (writer.issue_status(issue_id) if writer is not None else _issue_status(session, issue_id),)
     return seen[0] not in SENDABLE_ISSUE_STATES
+
+
+def _breaker_due(settings: Settings, outcomes: Counter[str], failed_before: int | None = None) -> bool:
+    """True right after this batch's first `sweeper.first_failures_limit` outcomes all failed with none
+    sent (``failed_before``: the failures counted before the outcomes just recorded, when several came
+    at once; else one came): the relay may be refusing everyone, so the pause rules are checked now
+    rather than at the next `STATUS_CHECK_EVERY` (a small list would be through by then)."""
+    limit = first_failures_limit(settings)
+    failed = outcomes["failed"]
+    before = failed - 1 if failed_before is None else failed_before
+    return bool(limit) and outcomes["sent"] == 0 and before < limit <= failed
 
 
 def _auto_pause(session: Session, settings: Settings, issue_id: int) -> bool:
@@ -623,7 +644,7 @@ def _transmit(ready: _Ready, mailer: Mailer, then: _Ready | None = None) -> _Out
     return _Outcome(ready.claim, ready.row, "sent", mailer.name)
 
 
-def _record(session: Session, settings: Settings, o: _Outcome) -> str:
+def _record(session: Session, settings: Settings, o: _Outcome, issue_id: int) -> str:
     """Commit one outcome; returns its name for the counts (``lost`` when the claim was taken over)."""
     if o.kind == "sent":
         if ledger.mark_sent(session, o.claim, o.relay):
@@ -635,14 +656,16 @@ def _record(session: Session, settings: Settings, o: _Outcome) -> str:
         o.result = f"skipped:{o.reason}" if ledger.mark_skipped(session, o.claim, o.reason) else "lost"
     elif o.kind == "error":
         assert o.error is not None
-        o.result = _record_failure(session, settings, o.row, o.claim, o.error, o.relay)
+        o.result = _record_failure(session, settings, issue_id, o.row, o.claim, o.error, o.relay)
     else:
         log.warning("delivery %s: claim taken over by another worker before sending; left to it", o.row.id)
         o.result = "lost"
     return o.result
 
 
-def _record_many(session: Session, settings: Settings, batch: Sequence[_Outcome], writer: ledger.OutcomeWriter | None) -> None:
+def _record_many(
+    session: Session, settings: Settings, batch: Sequence[_Outcome], writer: ledger.OutcomeWriter | None, issue_id: int
+) -> None:
     """Commit several outcomes: the messages sent in one statement (on ``writer``'s autocommit
     connection, else with one COMMIT), the rest one by one."""
     sent = [o for o in batch if o.kind == "sent"]
@@ -659,7 +682,7 @@ def _record_many(session: Session, settings: Settings, batch: Sequence[_Outcome]
     for o in batch:
         if o.kind != "sent":
             with logs.bound(delivery_id=o.row.id):
-                _record(session, settings, o)
+                _record(session, settings, o, issue_id)
 
 
 def _issue_status(session: Session, issue_id: int) -> IssueStatus | None:
@@ -678,16 +701,27 @@ def _stop(session: Session, issue_id: int, claims: Sequence[ledger.Claim]) -> in
     return len(claims)
 
 
-def _record_failure(session: Session, settings: Settings, delivery: _Row, claim_: ledger.Claim, exc: DeliveryError, relay: str) -> str:
+def _record_failure(
+    session: Session, settings: Settings, issue_id: int, delivery: _Row, claim_: ledger.Claim, exc: DeliveryError, relay: str
+) -> str:
     if isinstance(exc, PermanentDeliveryError):
         if ledger.mark_failed(session, claim_, str(exc), exc.smtp_code, relay) and is_dead_address(exc.enhanced_code):
-            # The relay says the mailbox does not exist: as final as a hard bounce, so never again.
-            def bounce() -> None:
-                suppress(session, delivery.email, "hard-bounce", f"{relay}: {exc}")
-                mark_bounced(session, delivery.subscriber_id, delivery.email)
+            # The relay says the mailbox does not exist: as final as a hard bounce, so never again, but only
+            # on the word of a relay that shows it accepts mail (one refusing everyone says nothing about the
+            # address): otherwise the delivery is held, decided when the issue ends (`breaker.settle_held`).
+            def bounce() -> bool:
+                trusted = breaker.relay_vouches_now(session, issue_id, relay)
+                if trusted:
+                    suppress(session, delivery.email, "hard-bounce", f"{relay}: {exc}")
+                    mark_bounced(session, delivery.subscriber_id, delivery.email)
                 session.commit()
+                return trusted
 
-            ledger.retrying(session, bounce, f"delivery {delivery.id}: suppressing a dead address")
+            if not ledger.retrying(session, bounce, f"delivery {delivery.id}: suppressing a dead address"):
+                log.warning(
+                    "delivery %s: %s refused the address as unknown but has not shown it accepts this issue's mail: "
+                    "held, not suppressed (%s)", delivery.id, relay, exc,
+                )  # fmt: skip
         log.info("delivery %s failed permanently: %s", delivery.id, exc)
         return "failed"
     now = utcnow()

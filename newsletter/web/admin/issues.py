@@ -69,8 +69,10 @@ def _editor(request: Request, session: DB, number: int, status_code: int = 200, 
     form = {k: params.get(k, "") for k in ("q", "lang", "category", "since", "until")}
     offset = max(0, int(params.get("offset", "0") or 0)) if params.get("offset", "0").isdigit() else 0
     results, total, search_error = _search(session, offset=offset, **form) if any(form.values()) else ([], 0, None)
-    return render(request, "issue.html", status_code, issue=issue, articles=issues.issue_article_list(issue), languages=LANGUAGES,
-                  form=form, results=results, total=total, offset=offset, search_error=search_error,
+    articles = issues.issue_article_list(issue)
+    return render(request, "issue.html", status_code, issue=issue, articles=articles, languages=LANGUAGES,
+                  warnings=issues.draft_warnings(issue, articles), form=form, results=results, total=total, offset=offset,
+                  search_error=search_error,
                   segment_text=json.dumps(issue.segment, ensure_ascii=False, indent=1) if issue.segment else "", **extra)  # fmt: skip
 
 
@@ -108,8 +110,9 @@ def _articles_changed(request: Request, session: DB, number: int, error: str | N
     if is_htmx(request):
         session.expire_all()
         issue = get_issue(session, number)
-        return render(request, "_articles.html", 422 if error else 200, issue=issue, articles=issues.issue_article_list(issue),
-                      error=error, added=added, editions_oob=True)  # fmt: skip
+        articles = issues.issue_article_list(issue)
+        return render(request, "_articles.html", 422 if error else 200, issue=issue, articles=articles,
+                      warnings=issues.draft_warnings(issue, articles), error=error, added=added, editions_oob=True)  # fmt: skip
     if error:
         flash(request, error, "error")
     return back(f"/admin/issues/{number}")

@@ -121,17 +121,19 @@ class IssueOut(BaseModel):
     finished_at: datetime | None
     editions: list[EditionOut]
     articles: list[ArticleOut]
+    warnings: list[str] = Field(default_factory=list, description="a draft's articles that look like one story filed twice")
 
     @classmethod
     def of(cls, i: Issue) -> IssueOut:
-        from newsletter.issues import issue_article_list
+        from newsletter.issues import draft_warnings, issue_article_list
 
+        articles = issue_article_list(i)
         return cls(
             number=i.number, status=str(i.status), error=i.error, segment=i.segment, created_at=i.created_at,
             scheduled_at=i.scheduled_at, published_at=i.published_at, finished_at=i.finished_at,
             editions=[EditionOut(lang=e.lang, title=e.title, editors_note=e.editors_note, converted_from=e.converted_from,
                                  subject=e.subject) for e in i.editions],
-            articles=[ArticleOut.of(a) for a in issue_article_list(i)],
+            articles=[ArticleOut.of(a) for a in articles], warnings=draft_warnings(i, articles),
         )  # fmt: skip
 
 
