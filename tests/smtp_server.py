@@ -52,9 +52,21 @@ class Handler:
     its own (the delay does not hold up the others)."""
 
     def __init__(
-        self, recorder: Recorder, rcpt_fault: Fault | None = None, data_fault: Fault | None = None, data_delay: float = 0.0
+        self,
+        recorder: Recorder,
+        rcpt_fault: Fault | None = None,
+        data_fault: Fault | None = None,
+        data_delay: float = 0.0,
+        pipelining: bool = True,
     ) -> None:
         self.recorder, self.rcpt_fault, self.data_fault, self.data_delay = recorder, rcpt_fault, data_fault, data_delay
+        self.pipelining = pipelining
+
+    async def handle_EHLO(self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]) -> list[str]:
+        """Announce PIPELINING (RFC 2920) as real relays do (aiosmtpd reads pipelined commands in order but
+        does not say so), unless told not to."""
+        session.host_name = hostname
+        return [*responses[:-1], "250-PIPELINING", responses[-1]] if self.pipelining else responses
 
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: Any) -> str:
         with self.recorder.lock:
@@ -88,11 +100,13 @@ class Handler:
 class SMTPServer:
     """Context manager running the server on 127.0.0.1 on a free port."""
 
-    def __init__(self, rcpt_fault: Fault | None = None, data_fault: Fault | None = None, data_delay: float = 0.0) -> None:
+    def __init__(
+        self, rcpt_fault: Fault | None = None, data_fault: Fault | None = None, data_delay: float = 0.0, pipelining: bool = True
+    ) -> None:
         self.recorder = Recorder()
         self.port = free_port()
         self.controller = Controller(
-            Handler(self.recorder, rcpt_fault, data_fault, data_delay), hostname="127.0.0.1", port=self.port, decode_data=False
+            Handler(self.recorder, rcpt_fault, data_fault, data_delay, pipelining), hostname="127.0.0.1", port=self.port, decode_data=False
         )
 
     @property

@@ -176,14 +176,6 @@ def measured_ok(recorder: Recorder, total: int) -> bool:
     return sorted(recorder.recipients().elements()) == sorted(email_of(i) for i in range(total))
 
 
-class _PipeliningHandler(Handler):
-    """The test relay, announcing PIPELINING (RFC 2920) so `SmtpMailer` sends MAIL, RCPT and DATA in one write."""
-
-    async def handle_EHLO(self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]) -> list[str]:
-        session.host_name = hostname
-        return [*responses[:-1], "250-PIPELINING", responses[-1]]
-
-
 @pytest.mark.parametrize("pipelining", [True, False])
 def test_smtp_mailer_outcomes_with_and_without_pipelining(pipelining: bool) -> None:
     """Accepted, refused at RCPT (permanent), refused at DATA (temporary) and a 421 that closes: the same
@@ -196,9 +188,9 @@ def test_smtp_mailer_outcomes_with_and_without_pipelining(pipelining: bool) -> N
     def data(addr: str, attempt: int) -> str | None:
         return {"busy@example.org": "451 4.3.0 try later", "closing@example.org": "421 4.3.2 shutting down"}.get(addr)
 
-    cls = _PipeliningHandler if pipelining else Handler
     port = free_port()
-    controller = Controller(cls(recorder, rcpt_fault=rcpt, data_fault=data), hostname="127.0.0.1", port=port, decode_data=False)
+    handler = Handler(recorder, rcpt_fault=rcpt, data_fault=data, pipelining=pipelining)
+    controller = Controller(handler, hostname="127.0.0.1", port=port, decode_data=False)
     controller.start()
     body = b"Subject: t\r\n\r\n.leading dot\r\n..two\r\nend.\r\n"
     outcomes: list[str] = []
@@ -226,3 +218,21 @@ def test_smtp_mailer_outcomes_with_and_without_pipelining(pipelining: bool) -> N
     assert outcomes == ["ok", "550:permanent", "ok", "451:temporary", "ok", "421:temporary", "ok"]
     assert len(recorder.raw) == 4  # a, b, c and d
     assert all(raw.replace(b"\r\n", b"\n") == body.replace(b"\r\n", b"\n") for raw in recorder.raw)
+
+
+def test_a_slow_rate_limit_turns_off_pipelining_the_next_envelope() -> None:
+    """The relay waits for a body whose envelope went out ahead: not for longer than `PIPELINE_MAX_WAIT`, so a
+    ``?rate=`` that could hold a message back that long (rate x wait < connections) sends without it."""
+    from newsletter.delivery.pool import PIPELINE_MAX_WAIT
+    from newsletter.delivery.ratelimit import LocalTokenBucket
+
+    def lent(rate: float | None, connections: int) -> bool:
+        limiter = LocalTokenBucket(rate) if rate is not None else None
+        pool = ConnectionPool(lambda: SmtpMailer("smtp://127.0.0.1:9"), LocalSlots(connections), connections, limiter)
+        mailer = pool.get(wait=True)
+        assert mailer is not None
+        return mailer.pipelines
+
+    assert lent(None, 1) and lent(None, 50)
+    assert lent(5.0, 50) and not lent(4.0, 50)  # 50 connections share 5 (4) messages/s: 10 s (12.5 s) between bodies
+    assert not lent(0.05, 1) and PIPELINE_MAX_WAIT == 10.0

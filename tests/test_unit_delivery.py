@@ -64,9 +64,12 @@ def _seed(session) -> None:  # type: ignore[no-untyped-def]
     session.commit()
 
 
-def _publish(session, settings: Settings) -> tuple[int, Recorder]:  # type: ignore[no-untyped-def]
-    """Seed, create issue 1 with e1 and z1, and run the publish steps up to planning."""
+def _publish(session, settings: Settings, readers: int = 0) -> tuple[int, Recorder]:  # type: ignore[no-untyped-def]
+    """Seed (and ``readers`` more English readers), create issue 1 with e1 and z1, and run the publish steps up to planning."""
     _seed(session)
+    if readers:
+        session.add_all([Subscriber(email=f"reader{i:03d}@example.com", name=f"Reader {i}", lang="en") for i in range(readers)])
+        session.commit()
     articles = list(session.scalars(select(Article).where(Article.external_id.in_(["e1", "z1"])).order_by(Article.external_id)))
     issue = create_issue(session, articles)
     session.commit()
@@ -904,3 +907,161 @@ def test_one_pooled_connection_sends_on_the_batch_s_own_thread(session, settings
     assert threads == {threading.get_ident()}
     assert source.most_unrecorded <= 1 and source.lent == 0
     assert {d.status for d in _deliveries(session, issue_id)} == {DeliveryStatus.SENT}
+
+
+def test_one_pooled_connection_pipelines_each_envelope_and_records_each_message_by_its_own_reply(  # type: ignore[no-untyped-def]
+    session, settings: Settings
+) -> None:
+    """A batch on one pooled SMTP connection sends each next message's MAIL/RCPT/DATA behind the current body (RFC
+    2920 §3.1). A refused next recipient fails that delivery alone, a 452 to a body defers that one alone, and a
+    connection lost between a body's reply and the next envelope's replies sends the next message once on a new
+    connection; the relay receives each accepted message once."""
+    from aiosmtpd.controller import Controller
+
+    from newsletter.delivery.mailers import SmtpMailer
+    from newsletter.delivery.pool import ConnectionPool, LocalSlots
+    from tests.smtp_server import Recorder, free_port
+    from tests.test_unit_mailers import _DroppingHandler
+
+    issue_id, rec = _publish(session, settings)
+    recorder, port = Recorder(), free_port()
+    handler = _DroppingHandler(
+        recorder,
+        {"dan@example.com"},  # dan's envelope goes out behind cat's refused body, and the connection drops there
+        rcpt_fault=lambda addr, attempt: "550 5.7.1 not for you" if addr == "bob@example.com" else None,
+        data_fault=lambda addr, attempt: "452 4.3.1 full" if addr == "cat@example.com" else None,
+    )
+    controller = Controller(handler, hostname="127.0.0.1", port=port, decode_data=False)
+    controller.start()
+    try:
+        pool = ConnectionPool(lambda: SmtpMailer(f"smtp://127.0.0.1:{port}"), LocalSlots(1), 1)
+        result = send_batch(session, settings, issue_id, sorted(rec.ids), pool)
+        pool.close_idle()
+    finally:
+        controller.stop()
+    assert +result.outcomes == Counter({"sent": 2, "failed": 1, "deferred": 1})
+    assert handler.drop_at_rcpt == set() and pool.opened == 1
+    rows = {d.email: d for d in _deliveries(session, issue_id)}
+    assert {
+        e: (r.status, r.last_smtp_code)
+        for e, r in rows.items()
+        if e in ("ann@example.com", "bob@example.com", "cat@example.com", "dan@example.com")
+    } == {
+        "ann@example.com": (DeliveryStatus.SENT, None),
+        "bob@example.com": (DeliveryStatus.FAILED, 550),
+        "cat@example.com": (DeliveryStatus.DEFERRED, 452),
+        "dan@example.com": (DeliveryStatus.SENT, None),
+    }
+    assert sorted(recorder.recipients().elements()) == ["ann@example.com", "dan@example.com"]
+
+
+def test_a_pause_mid_batch_stops_a_pooled_connection_at_the_check_without_a_status_round_trip(  # type: ignore[no-untyped-def]
+    session, settings: Settings, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The editor pauses while the 5th message is at the relay: the batch on one pooled connection stops at the
+    check before its 11th message (`STATUS_CHECK_EVERY`), the 10th (whose envelope may be out already) sent, the
+    rest handed back. On PostgreSQL the status came with the 8th message's record (one statement), so the check
+    read nothing on its own; elsewhere it reads the status itself."""
+    from aiosmtpd.controller import Controller
+
+    from newsletter.db import session_factory
+    from newsletter.delivery.mailers import SmtpMailer
+    from newsletter.delivery.pool import ConnectionPool, LocalSlots
+    from newsletter.delivery.send import STATUS_CHECK_EVERY
+    from tests.smtp_server import Handler, free_port
+    from tests.smtp_server import Recorder as Received
+
+    issue_id, _ = _publish(session, settings, readers=26)
+    readers = sorted(i for i, e in session.execute(select(Delivery.id, Delivery.email).where(Delivery.email.like("reader%"))))
+    assert len(readers) == 26 and STATUS_CHECK_EVERY == 10
+    others = session_factory(db_url)
+
+    def pause_at_the_fifth(address: str, attempt: int) -> None:
+        if address == "reader004@example.com":
+            with others() as s:
+                control.pause_issue(s, s.get_one(Issue, issue_id))
+        return None
+
+    reads: list[int] = []
+    read_status = ledger.OutcomeWriter.issue_status
+    monkeypatch.setattr(ledger.OutcomeWriter, "issue_status", lambda self, i: reads.append(i) or read_status(self, i))
+    received, port = Received(), free_port()
+    controller = Controller(Handler(received, data_fault=pause_at_the_fifth), hostname="127.0.0.1", port=port, decode_data=False)
+    controller.start()
+    try:
+        pool = ConnectionPool(lambda: SmtpMailer(f"smtp://127.0.0.1:{port}"), LocalSlots(1), 1)
+        result = send_batch(session, settings, issue_id, readers, pool)
+        pool.close_idle()
+    finally:
+        controller.stop()
+    assert +result.outcomes == Counter({"sent": 10, "released": 16})
+    assert sorted(received.recipients().elements()) == [f"reader{i:03d}@example.com" for i in range(10)]
+    assert reads == ([] if db_url.startswith("postgresql") else [issue_id])
+    states = Counter(d.status for d in _deliveries(session, issue_id) if d.email.startswith("reader"))
+    assert states == Counter({DeliveryStatus.SENT: 10, DeliveryStatus.PENDING: 16})
+
+
+def test_outcome_writer_reads_the_issue_status_with_a_begun_record(session, settings: Settings) -> None:  # type: ignore[no-untyped-def]
+    """`OutcomeWriter.begin_sent(..., status_of=issue)`: on PostgreSQL the same statement records the message and
+    reads the issue's status (also when the claim was taken over, and None for an issue that is gone), given
+    once by `taken_status`; elsewhere nothing is read (the batch then reads the status itself)."""
+    issue_id, rec = _publish(session, settings)
+    a, b, c, _ = rec.ids
+    t0 = datetime.now(UTC)
+    (stale,) = ledger.claim(session, issue_id, [a], lease_seconds=10, now=t0 - timedelta(seconds=60))
+    ledger.claim(session, issue_id, [a], lease_seconds=300)  # taken over
+    held = ledger.claim(session, issue_id, [b, c], lease_seconds=300)
+    postgres = session.get_bind().dialect.name == "postgresql"
+    writer = ledger.OutcomeWriter(session.get_bind().engine)
+    try:
+        writer.begin_sent(held[0], "relay-c", status_of=issue_id)
+        assert writer.end_sent() == {b}
+        assert writer.taken_status() == ((IssueStatus.SENDING,) if postgres else None)
+        assert writer.taken_status() is None  # once
+        control.pause_issue(session, session.get_one(Issue, issue_id))
+        writer.begin_sent(stale, "relay-c", status_of=issue_id)
+        assert writer.end_sent() == set()
+        assert writer.taken_status() == ((IssueStatus.PAUSED,) if postgres else None)
+        writer.begin_sent(held[1], "relay-c", status_of=issue_id + 1000)
+        assert writer.end_sent() == {c}
+        assert writer.taken_status() == ((None,) if postgres else None)
+    finally:
+        writer.close()
+    rows = {r.id: r.status for r in _deliveries(session, issue_id)}
+    assert (rows[a], rows[b], rows[c]) == (DeliveryStatus.SENDING, DeliveryStatus.SENT, DeliveryStatus.SENT)
+
+
+def test_sender_threads_pipeline_each_envelope_and_record_each_message_by_its_own_reply(  # type: ignore[no-untyped-def]
+    session, settings: Settings
+) -> None:
+    """``?connections=2``: each sender thread sends its next message's envelope behind its current body; a refused
+    recipient and a refused body are those messages' outcomes alone, and every accepted message arrives once."""
+    from aiosmtpd.controller import Controller
+
+    from newsletter.delivery.mailers import SmtpMailer
+    from newsletter.delivery.pool import ConnectionPool, LocalSlots
+    from tests.smtp_server import Handler, free_port
+    from tests.smtp_server import Recorder as Received
+
+    issue_id, rec = _publish(session, settings, readers=20)
+    received, port = Received(), free_port()
+    handler = Handler(
+        received,
+        rcpt_fault=lambda addr, attempt: "550 5.7.1 not for you" if addr in ("bob@example.com", "reader007@example.com") else None,
+        data_fault=lambda addr, attempt: "452 4.3.1 full" if addr in ("cat@example.com", "reader011@example.com") else None,
+    )
+    controller = Controller(handler, hostname="127.0.0.1", port=port, decode_data=False)
+    controller.start()
+    try:
+        pool = ConnectionPool(lambda: SmtpMailer(f"smtp://127.0.0.1:{port}"), LocalSlots(2), 2)
+        result = send_batch(session, settings, issue_id, sorted(rec.ids), pool)
+        pool.close_idle()
+    finally:
+        controller.stop()
+    refused = {"bob@example.com", "reader007@example.com", "cat@example.com", "reader011@example.com"}
+    assert +result.outcomes == Counter({"sent": 20, "failed": 2, "deferred": 2})
+    rows = {d.email: d for d in _deliveries(session, issue_id) if d.status != DeliveryStatus.SKIPPED}
+    assert {e: r.last_smtp_code for e, r in rows.items() if e in refused} == {
+        "bob@example.com": 550, "reader007@example.com": 550, "cat@example.com": 452, "reader011@example.com": 452
+    }  # fmt: skip
+    assert sorted(received.recipients().elements()) == sorted(set(rows) - refused)

@@ -418,6 +418,12 @@ _ISSUE_STATUS = "SELECT status FROM issues WHERE id = %(id)s"
 _SENT_ONE_PQ = _SENT_ONE.replace("%(at)s", "$1").replace("%(now)s", "$2").replace("%(relay)s", "$3")
 _SENT_ONE_PQ = _SENT_ONE_PQ.replace("%(token)s", "$4").replace("%(id)s", "$5")
 _SENT_ONE_NAME = b"newsletter_sent_one"
+# The same UPDATE with the batch's pause/cancel check riding on it (`OutcomeWriter.begin_sent` with an issue id,
+# $6): one row, the rows updated and the issue's status (NULL when the issue is gone).
+_SENT_ONE_STATUS_PQ = (
+    f"WITH sent AS ({_SENT_ONE_PQ} RETURNING 1) SELECT (SELECT count(*) FROM sent), (SELECT status FROM issues WHERE id = $6)"
+)
+_SENT_ONE_STATUS_NAME = b"newsletter_sent_one_status"
 _DUPLICATE_PREPARED = "42P05"  # SQLSTATE duplicate_prepared_statement: a pooled connection prepared it earlier
 
 
@@ -480,8 +486,9 @@ class _StatementFailed(Exception):
         self.sqlstate = sqlstate
 
 
-def _pq_rows(pgconn: Any) -> int:
-    """Read every result of the statement last sent on ``pgconn``; returns the rows it changed.
+def _pq_rows(pgconn: Any, values: list[bytes | None] | None = None) -> int:
+    """Read every result of the statement last sent on ``pgconn``; returns the rows it changed. A statement
+    that returns rows (`_SENT_ONE_STATUS_PQ`) puts its first row's values in ``values``.
 
     Raises:
         psycopg.OperationalError: the connection broke; `_StatementFailed`: the statement failed.
@@ -496,6 +503,9 @@ def _pq_rows(pgconn: Any) -> int:
             break
         if result.status == pq.ExecStatus.COMMAND_OK:
             rows += int(result.command_tuples or 0)
+        elif result.status == pq.ExecStatus.TUPLES_OK:
+            if values is not None and result.ntuples:
+                values[:] = [result.get_value(0, i) for i in range(result.nfields)]
         elif failed is None:
             message = (result.error_message or b"").decode("utf-8", "replace").strip()
             sqlstate = (result.error_field(pq.DiagnosticField.SQLSTATE) or b"").decode("ascii", "replace")
@@ -506,17 +516,19 @@ def _pq_rows(pgconn: Any) -> int:
 
 
 def _pq_prepare(pgconn: Any) -> None:
-    """Prepare `_SENT_ONE_PQ` as `_SENT_ONE_NAME` on ``pgconn`` (already there on a pooled connection: fine).
+    """Prepare `_SENT_ONE_PQ` as `_SENT_ONE_NAME` and `_SENT_ONE_STATUS_PQ` as `_SENT_ONE_STATUS_NAME` on
+    ``pgconn`` (already there on a pooled connection: fine).
 
     Raises:
         psycopg.OperationalError: the connection broke; `_StatementFailed`: PostgreSQL refused it.
     """
-    pgconn.send_prepare(_SENT_ONE_NAME, _SENT_ONE_PQ.encode())
-    try:
-        _pq_rows(pgconn)
-    except _StatementFailed as exc:
-        if exc.sqlstate != _DUPLICATE_PREPARED:
-            raise
+    for name, sql in ((_SENT_ONE_NAME, _SENT_ONE_PQ), (_SENT_ONE_STATUS_NAME, _SENT_ONE_STATUS_PQ)):
+        pgconn.send_prepare(name, sql.encode())
+        try:
+            _pq_rows(pgconn)
+        except _StatementFailed as exc:
+            if exc.sqlstate != _DUPLICATE_PREPARED:
+                raise
 
 
 class OutcomeWriter:
@@ -539,6 +551,8 @@ class OutcomeWriter:
         # `begin_sent`'s record in flight: the claim, its values, and the libpq connection whose reply is
         # unread (None: nothing was sent, or sending it failed and `end_sent` must find out).
         self._pending: tuple[Claim, dict[str, Any], Any] | None = None
+        self._status_of: int | None = None  # the issue whose status the record in flight reads too
+        self._status: tuple[IssueStatus | None] | None = None  # read by the last `end_sent`, not yet taken
         self._prepared_on: Any = None  # the libpq connection `_SENT_ONE_NAME` was prepared on
 
     @staticmethod
@@ -564,16 +578,21 @@ class OutcomeWriter:
 
         return self._retrying(record, f"{len(claims)} deliveries: recording sent")
 
-    def begin_sent(self, claim_: Claim, relay: str) -> None:
+    def begin_sent(self, claim_: Claim, relay: str, status_of: int | None = None) -> None:
         """Start recording one accepted message (sending -> sent) without waiting for the database:
         on psycopg the prepared UPDATE goes out through libpq and its reply is left unread, so
         PostgreSQL runs it while the caller talks to the relay. `end_sent` reads the reply; call it
         before anything else on this writer. Never raises: a failure here is met by `end_sent`.
         Elsewhere (SQLite) the record is only noted, and `end_sent` makes it.
+
+        With ``status_of`` (an issue id), the same statement reads that issue's status, which
+        `taken_status` then gives (a batch's pause/cancel check without a round trip of its own); on
+        psycopg only, and not when `end_sent` has to record again on a fresh connection.
         """
         self._expect_idle()
         values = {"status": DeliveryStatus.SENT, "sent_at": utcnow(), "relay": relay, "last_error": None}
         self._pending = (claim_, values, None)
+        self._status_of = status_of if self._raw else None
         if not self._raw:
             return
         try:
@@ -587,7 +606,10 @@ class OutcomeWriter:
                 self._prepared_on = pgconn
             at = values["sent_at"].isoformat().encode()
             params = [at, utcnow().isoformat().encode(), relay.encode(), claim_.token.encode(), str(claim_.id).encode()]
-            pgconn.send_query_prepared(_SENT_ONE_NAME, params)
+            if self._status_of is None:
+                pgconn.send_query_prepared(_SENT_ONE_NAME, params)
+            else:
+                pgconn.send_query_prepared(_SENT_ONE_STATUS_NAME, [*params, str(self._status_of).encode()])
             self._pending = (claim_, values, pgconn)
         except Exception as exc:  # the connection broke (or is not as expected): end_sent records it afresh
             log.warning("delivery %s: recording sent: %s; trying again on a fresh connection", claim_.id, first_line(exc))
@@ -605,17 +627,28 @@ class OutcomeWriter:
         if self._pending is None:
             return set()
         claim_, values, pgconn = self._pending
-        self._pending = None
+        status_of, self._pending, self._status_of = self._status_of, None, None
         what = f"delivery {claim_.id}: recording sent"
         if pgconn is None:  # not on psycopg: one synchronous statement, as `sent`
             return self._retrying(lambda conn, again: _apply(conn, [claim_], values, False, again), what)
         if pgconn is not False:
             try:
-                return {claim_.id} if _pq_rows(pgconn) else set()
+                if status_of is None:
+                    return {claim_.id} if _pq_rows(pgconn) else set()
+                row: list[bytes | None] = []
+                _pq_rows(pgconn, row)
+                self._status = (IssueStatus(row[1].decode()) if row[1] is not None else None,)
+                return {claim_.id} if int(row[0] or 0) else set()
             except Exception as exc:  # the reply is lost: whether it was committed is unknown
                 log.warning("%s: %s; trying again on a fresh connection", what, first_line(exc))
         self._discard()
         return self._retrying(lambda conn, again: _apply(conn, [claim_], values, False, True), what)
+
+    def taken_status(self) -> tuple[IssueStatus | None] | None:
+        """The issue status read by the last `end_sent` of a record begun with ``status_of`` (a 1-tuple:
+        the status, None when the issue is gone), once; None when no status was read since the last call."""
+        status, self._status = self._status, None
+        return status
 
     def _expect_idle(self) -> None:
         if self._pending is not None:
@@ -671,7 +704,7 @@ class OutcomeWriter:
     def close(self) -> None:
         """Give the connection back to the pool (dropped instead while a reply of `begin_sent` is unread)."""
         if self._pending is not None:
-            self._pending = None
+            self._pending, self._status_of = None, None
             self._discard()
         conn, self._conn = self._conn, None
         if conn is not None:

@@ -9,9 +9,10 @@ import smtplib
 import socket
 import ssl
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Protocol
+from typing import NamedTuple, Protocol
 from urllib.parse import unquote, urlsplit
 
 from newsletter.delivery.errors import classify_exception
@@ -102,21 +103,43 @@ def quoteaddr(address: str) -> str:
     return f"<{address}>" if _PLAIN_ADDRESS.fullmatch(address) else smtplib.quoteaddr(address)
 
 
-def _stuffed(msg: bytes) -> bytes:
+def _stuffed(msg: bytes, tail: bytes = b"") -> bytes:
     """The DATA payload with its end marker: dot-stuffing (RFC 5321 §4.5.2) by ``bytes.replace``
     instead of smtplib's regular expression over the whole message (12% of a worker's time at 115 kB),
-    built with one copy so it goes out in one write."""
+    built with one copy so it goes out in one write; ``tail`` (the next message's pipelined commands)
+    follows the end marker in the same buffer."""
     if isinstance(msg, DotFree):  # no line starts with "." (the message template vouches for it)
         q: bytes = msg
     else:
         q = msg.replace(b"\n.", b"\n..")
         if q[:1] == b".":
             q = b"." + q
-    return q + (b".\r\n" if q[-2:] == b"\r\n" else b"\r\n.\r\n")
+    return b"".join((q, b".\r\n" if q[-2:] == b"\r\n" else b"\r\n.\r\n", tail))
+
+
+class Envelope(NamedTuple):
+    """The next message of a `SmtpMailer.send` whose MAIL FROM, RCPT TO and DATA may be pipelined behind
+    the current message's body (``size`` in bytes, for the SIZE parameter of RFC 1870)."""
+
+    sender: str
+    recipient: str
+    size: int
+
+
+@dataclass
+class _Opened:
+    """A pipelined envelope whose replies were read: either the relay waits for its body (``error`` None,
+    after 354) or it was refused (``error`` is what `send_one` raises for that message; the transaction
+    was already reset)."""
+
+    envelope: Envelope
+    error: smtplib.SMTPException | None
 
 
 class _Fast:
     """smtplib.SMTP with a faster DATA and one-recipient sends in one round trip less per command."""
+
+    _opened: _Opened | None = None  # the next message's envelope, pipelined behind the last body
 
     def data(self, msg: bytes | str) -> tuple[int, bytes]:
         """`smtplib.SMTP.data`, with `_stuffed` for bytes."""
@@ -130,43 +153,97 @@ class _Fast:
         conn.send(_stuffed(msg))
         return conn.getreply()
 
-    def send_one(self, sender: str, recipient: str, msg: bytes) -> None:
-        """``sendmail(sender, [recipient], msg)``; when the relay offers PIPELINING (RFC 2920) MAIL, RCPT
-        and DATA go out in one write and their replies are read together: 2 round trips per message
-        instead of 4. Raises what `smtplib.SMTP.sendmail` raises for the same replies (after RSET, or
-        closing on 421)."""
+    def opened_for(self, sender: str, recipient: str) -> bool | None:
+        """None when no envelope is pipelined; else whether it is the one of this (sender, recipient)."""
+        opened = self._opened
+        if opened is None:
+            return None
+        return opened.envelope.sender == sender and opened.envelope.recipient == recipient
+
+    def _envelope(self, e: Envelope) -> bytes:
         conn: smtplib.SMTP = self  # type: ignore[assignment]
-        conn.ehlo_or_helo_if_needed()
-        if not conn.has_extn("pipelining"):
-            conn.sendmail(sender, [recipient], msg)
-            return
-        size = f" SIZE={len(msg)}" if conn.has_extn("size") else ""
-        conn.send(f"MAIL FROM:{quoteaddr(sender)}{size}\r\nRCPT TO:{quoteaddr(recipient)}\r\nDATA\r\n".encode("ascii"))
+        size = f" SIZE={e.size}" if conn.has_extn("size") else ""
+        return f"MAIL FROM:{quoteaddr(e.sender)}{size}\r\nRCPT TO:{quoteaddr(e.recipient)}\r\nDATA\r\n".encode("ascii")
+
+    def _read_envelope(self, e: Envelope) -> smtplib.SMTPException | None:
+        """Read the three replies to a pipelined envelope, in order (RFC 2920 §3.1). None when the relay
+        waits for the body (354); else the error `smtplib.SMTP.sendmail` would raise, after ending the
+        transaction (RSET, or closing on 421) so the connection is ready for the next message."""
+        conn: smtplib.SMTP = self  # type: ignore[assignment]
         mail, rcpt, data = conn.getreply(), conn.getreply(), conn.getreply()
         if mail[0] != 250:
             self._failed(mail[0], data[0])
-            raise smtplib.SMTPSenderRefused(mail[0], mail[1], sender)
+            return smtplib.SMTPSenderRefused(mail[0], mail[1], e.sender)
         if rcpt[0] not in (250, 251):
             self._failed(rcpt[0], data[0])
-            raise smtplib.SMTPRecipientsRefused({recipient: rcpt})
+            return smtplib.SMTPRecipientsRefused({e.recipient: rcpt})
         if data[0] != 354:
             self._failed(data[0], data[0])
-            raise smtplib.SMTPDataError(*data)
-        conn.send(_stuffed(msg))
+            return smtplib.SMTPDataError(*data)
+        return None
+
+    def send_one(self, sender: str, recipient: str, msg: bytes, then: Envelope | None = None) -> None:
+        """``sendmail(sender, [recipient], msg)``; when the relay offers PIPELINING (RFC 2920) MAIL, RCPT
+        and DATA go out in one write and their replies are read together: 2 round trips per message
+        instead of 4. Raises what `smtplib.SMTP.sendmail` raises for the same replies (after RSET, or
+        closing on 421).
+
+        With ``then``, the next message's MAIL, RCPT and DATA follow this body's end in the same write
+        (RFC 2920 §3.1: DATA may end a group, and the body's "." is followed by the next group), so a
+        message after the first costs one round trip. The replies are read in order: this body's first
+        (this message's outcome comes from its own reply alone), then the next envelope's, kept for the
+        next call, which must send that message (`opened_for`): after a 354 the relay waits for its
+        body, and only closing the connection ends that transaction unsent (RFC 5321 §3.8). A refused
+        next envelope is raised by that next call, its transaction already reset. If the connection
+        breaks after this body's reply, this message's outcome stands and the next one has no envelope
+        open (the caller reconnects); on a 421 for this body the connection is closed.
+        """
+        conn: smtplib.SMTP = self  # type: ignore[assignment]
+        opened, self._opened = self._opened, None
+        if opened is not None:
+            # Only this class opens envelopes, only with PIPELINING; `SmtpMailer` drops a connection whose
+            # open envelope is not this message's.
+            assert opened.envelope.sender == sender and opened.envelope.recipient == recipient, "another message's envelope is open"
+            if opened.error is not None:
+                raise opened.error
+        else:
+            conn.ehlo_or_helo_if_needed()
+            if not conn.has_extn("pipelining"):
+                conn.sendmail(sender, [recipient], msg)
+                return
+            here = Envelope(sender, recipient, len(msg))
+            conn.send(self._envelope(here))
+            error = self._read_envelope(here)
+            if error is not None:
+                raise error
+        conn.send(_stuffed(msg, self._envelope(then) if then is not None else b""))
         code, resp = conn.getreply()
+        if then is not None and code != 421:
+            try:
+                self._opened = _Opened(then, self._read_envelope(then))
+            except (smtplib.SMTPException, OSError):
+                # The connection broke between the two: this message's reply stands; the next one is sent
+                # afresh on a new connection.
+                self._opened = None
+                with contextlib.suppress(OSError):
+                    conn.close()
         if code != 250:
-            self._failed(code, 0)
+            # After the reply to the body the relay has ended this transaction (RFC 5321 §4.1.1.4), so a
+            # pipelined next MAIL needs no RSET; without one, RSET as smtplib does.
+            self._failed(code, 0, reset=then is None)
             raise smtplib.SMTPDataError(code, resp)
 
-    def _failed(self, code: int, data_code: int) -> None:
+    def _failed(self, code: int, data_code: int, reset: bool = True) -> None:
         conn: smtplib.SMTP = self  # type: ignore[assignment]
         if code == 421:
+            self._opened = None
             conn.close()
             return
         if data_code == 354:  # the relay is waiting for a message we will not send: end it empty, then reset
             conn.send(b".\r\n")
             conn.getreply()
-        conn._rset()  # type: ignore[attr-defined]
+        if reset:
+            conn._rset()  # type: ignore[attr-defined]
 
 
 class _SMTP(_Fast, smtplib.SMTP):
@@ -196,6 +273,7 @@ class SmtpMailer:
         self.local_hostname = local_hostname
         self.name = f"{self.host}:{self.port}"
         self._conn: _SMTP | _SMTP_SSL | None = None
+        self.pipelines = True  # `send` takes ``then`` (the next message's envelope)
 
     def _connect(self) -> _SMTP | _SMTP_SSL:
         if self.scheme == "smtps":
@@ -210,13 +288,22 @@ class SmtpMailer:
             conn.login(self.username, self.password or "")
         return conn
 
-    def send(self, sender: str, recipient: str, message: bytes) -> None:
+    def send(self, sender: str, recipient: str, message: bytes, then: Envelope | None = None) -> None:
         """See `Mailer.send`. On a connection-level failure the connection is dropped, so the next
-        call reconnects; a refused recipient keeps the connection (RSET) for the rest of the batch."""
+        call reconnects; a refused recipient keeps the connection (RSET) for the rest of the batch.
+
+        ``then`` is the message the caller will send next: when the relay offers PIPELINING its MAIL,
+        RCPT and DATA go out behind this body (`_Fast.send_one`), and the next call must be that
+        message; any other use of the connection first (another message, `check`, `close`) drops it,
+        since the relay waits for that body and only a closed connection abandons it (RFC 5321 §3.8).
+        Errors are this message's only; the next message's refusal is raised by the next call.
+        """
         try:
+            if self._conn is not None and self._conn.opened_for(sender, recipient) is False:
+                self._drop()
             if self._conn is None:
                 self._conn = self._connect()
-            self._conn.send_one(sender, recipient, message)
+            self._conn.send_one(sender, recipient, message, then)
         except (smtplib.SMTPException, OSError) as exc:
             error = classify_exception(exc, recipient, self.name)
             # smtplib already sent RSET after a refused MAIL, RCPT or DATA; only a closing (421) or
@@ -224,10 +311,17 @@ class SmtpMailer:
             if error.smtp_code in (421, None):
                 self._drop()
             raise error from exc
+        finally:
+            # Closed on the way (lost after this body's reply): the next call reconnects, unless the relay
+            # refused the next envelope before closing (421): that call raises it, as without pipelining.
+            if self._conn is not None and self._conn.sock is None and self._conn._opened is None:
+                self._conn = None
 
     def check(self) -> None:
         """NOOP on an open connection that sat idle; a dead one is dropped, so the next send reconnects
         (a pooled connection the relay closed meanwhile must not defer a message)."""
+        if self._conn is not None and self._conn._opened is not None:
+            self._drop()  # an envelope left open (see `send`): NOOP would go into its body
         if self._conn is not None:
             try:
                 code, _ = self._conn.noop()
@@ -243,7 +337,10 @@ class SmtpMailer:
                 conn.close()
 
     def close(self) -> None:
-        """QUIT politely; a connection that already broke is just closed."""
+        """QUIT politely; a connection that already broke, or with an envelope left open (see `send`), is
+        just closed."""
+        if self._conn is not None and self._conn._opened is not None:
+            self._drop()
         conn, self._conn = self._conn, None
         if conn is not None:
             try:

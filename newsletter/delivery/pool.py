@@ -27,7 +27,7 @@ from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 from newsletter.delivery.errors import DeliveryError
-from newsletter.delivery.mailers import Mailer, SmtpMailer
+from newsletter.delivery.mailers import Envelope, Mailer, SmtpMailer
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,9 @@ IDLE_SECONDS = 1.0  # a pooled connection unused this long is closed and its slo
 CHECK_AFTER = 0.25  # seconds idle after which a reused connection is checked with NOOP first
 SLOT_POLL = 0.05  # seconds between tries for a slot while all are taken
 MAX_CONNECTIONS = 1000
+# Seconds a relay may be kept waiting for a body whose envelope was pipelined (RFC 5321 §4.5.3.2 gives a
+# client 3 minutes per data block; a ``?rate=`` slower than connections / this sends without pipelining).
+PIPELINE_MAX_WAIT = 10.0
 
 # KEYS[1] the slot set, KEYS[2] the waiters; ARGV: member, limit, ttl ms. Expired members are dropped
 # first, so a dead worker's slots come back. Returns 1 when the member now holds a slot; else the
@@ -173,12 +176,20 @@ class PooledMailer:
     def __init__(self, pool: ConnectionPool, inner: Mailer, slot: str) -> None:
         self.pool, self.inner, self.slot, self.name = pool, inner, slot, inner.name
         self.idle_since = time.monotonic()
+        # The next message's envelope may go out behind this one's body (`SmtpMailer.send`'s ``then``) unless
+        # a rate limit could keep the relay waiting for that body longer than `PIPELINE_MAX_WAIT`.
+        rate = getattr(pool.limiter, "rate", None) if pool.limiter is not None else float("inf")
+        self.pipelines = bool(getattr(inner, "pipelines", False)) and rate is not None and rate * PIPELINE_MAX_WAIT >= pool.connections
 
-    def send(self, sender: str, recipient: str, message: bytes) -> None:
-        """See `Mailer.send`; the pool's rate limit (if any) is taken first."""
+    def send(self, sender: str, recipient: str, message: bytes, then: Envelope | None = None) -> None:
+        """See `Mailer.send` (and `SmtpMailer.send` for ``then``, passed on when `pipelines`); the pool's
+        rate limit (if any) is taken first."""
         if self.pool.limiter is not None:
             self.pool.limiter.acquire()
-        self.inner.send(sender, recipient, message)
+        if then is not None and self.pipelines:
+            self.inner.send(sender, recipient, message, then)  # type: ignore[call-arg]
+        else:
+            self.inner.send(sender, recipient, message)
 
     def close(self) -> None:
         """Return the connection to its pool (it stays open for the next batch)."""

@@ -23,7 +23,7 @@ from newsletter.db import in_values
 from newsletter.delivery import breaker, ledger
 from newsletter.delivery.backoff import next_attempt
 from newsletter.delivery.errors import DeliveryError, PermanentDeliveryError
-from newsletter.delivery.mailers import Mailer
+from newsletter.delivery.mailers import Envelope, Mailer
 from newsletter.links import preferences_url, unsubscribe_url
 from newsletter.message_template import MessageTemplate, edition_template
 from newsletter.mime import HeaderInjection, ascii_address
@@ -277,9 +277,18 @@ def _send_pipelined(
     """
     mailer = source.get(wait=True)
     assert mailer is not None  # get(wait=True) waits for a slot
+    pipelines = bool(getattr(mailer, "pipelines", False))
     engine = session.get_bind().engine
     writer = ledger.OutcomeWriter(engine) if ledger.OutcomeWriter.usable(engine) else None
     pending: _Outcome | None = None
+    # Message k is built before message k-1 is sent, so that k's envelope can go out behind k-1's body (one
+    # round trip per message, `SmtpMailer.send`'s ``then``). Every decision not to send k (a pause or cancel,
+    # a lost or stale claim, a skip) is therefore taken before its envelope leaves: an envelope that went out
+    # is always followed by its body.
+    current: _Ready | None = None  # built, not sent (its envelope may be out)
+    at = -1  # the index of `current` in claims
+    in_hand: int | None = None  # the index of the message being sent or recorded (unknown outcome on an error)
+    finished: set[int] = set()  # indices of the claims sent (or refused) and recorded, or skipped
 
     def count(o: _Outcome) -> None:
         keeper.done(o.claim.id)
@@ -297,35 +306,72 @@ def _send_pipelined(
             log.warning("delivery %s: sent, but its claim had been taken over", o.row.id)
         count(o)
 
+    def finish(outcome: _Outcome, status: bool = False) -> None:
+        """Record a sent message without waiting (its reply is read by the next `settle`; with ``status``
+        the same statement reads the issue's status for the next check), anything else now."""
+        nonlocal pending
+        if outcome.kind == "sent" and writer is not None:
+            writer.begin_sent(outcome.claim, outcome.relay, ctx.issue_id if status else None)
+            pending = outcome
+        else:
+            with logs.bound(delivery_id=outcome.row.id):
+                _record(session, ctx.settings, outcome, ctx.issue_id)
+            count(outcome)
+
+    def transmit(then: _Ready | None) -> None:
+        """Send `current` (with ``then``'s envelope behind it when the mailer pipelines) and record it."""
+        nonlocal current, in_hand
+        assert current is not None
+        ready, current, in_hand = current, None, at
+        with logs.bound(delivery_id=ready.row.id):
+            outcome = _transmit(ready, mailer, then if pipelines else None)
+        settle()  # message k-1's record, while k is accepted: at most 2 unrecorded
+        # The record of the third message before a check reads the issue's status too: settled before the
+        # check, so the check costs no round trip of its own (else it reads the status itself).
+        finish(outcome, status=at % STATUS_CHECK_EVERY == STATUS_CHECK_EVERY - 3)
+        finished.add(at)
+        in_hand = None
+
     n = 0
     try:
         for n, claim_ in enumerate(claims):
             if n and (n % STATUS_CHECK_EVERY == 0 or _breaker_due(ctx.settings, outcomes)):
-                settle()
-                if _should_stop(session, ctx.settings, ctx.issue_id, outcomes, writer):
+                seen = writer.taken_status() if writer is not None and n % STATUS_CHECK_EVERY == 0 else None
+                if seen is None or outcomes["failed"] >= outcomes["sent"]:
+                    settle()  # the counts agree with the database before a pause rule is applied
+                if _should_stop(session, ctx.settings, ctx.issue_id, outcomes, writer, seen):
+                    settle()
+                    if current is not None:  # messages before n go out, as when each was sent before n's check
+                        transmit(None)
+                        settle()
                     outcomes["released"] += _stop(session, ctx.issue_id, [c for c in claims[n:] if not keeper.lost(c.id)])
+                    finished.update(range(len(claims)))
                     break
             if not keeper.wait_until_held(claim_.id, ctx.settings.lease_seconds / 2):
                 if keeper.lost(claim_.id):
                     log.warning("delivery %s: claim taken over by another worker before sending; left to it", claim_.id)
                     outcomes["lost"] += 1
                     continue
+                if current is not None:
+                    transmit(None)
                 settle()
                 log.warning("issue id %s: cannot renew claims; leaving %s unsent deliveries to the sweeper", ctx.issue_id, len(claims) - n)
                 outcomes["abandoned"] += len(claims) - n
+                finished.update(range(len(claims)))
                 break
             row = by_id[claim_.id]
             with logs.bound(delivery_id=row.id):
-                outcome = _deliver(ctx, row, claim_, mailer)
-            settle()  # message k-1's record, while k is accepted: at most 2 unrecorded
-            if outcome.kind == "sent" and writer is not None:
-                writer.begin_sent(outcome.claim, outcome.relay)
-                pending = outcome
-            else:
-                with logs.bound(delivery_id=row.id):
-                    _record(session, ctx.settings, outcome, ctx.issue_id)
-                count(outcome)
+                ready = _prepare(ctx, row, claim_, mailer.name)
+            if isinstance(ready, _Outcome):  # nothing to send: recorded now, `current` still goes first
+                finish(ready)
+                finished.add(n)
+                continue
+            if current is not None:
+                transmit(ready)
+            current, at = ready, n
         else:
+            if current is not None:
+                transmit(None)
             settle()
             if outcomes["failed"] > outcomes["sent"]:
                 _auto_pause(session, ctx.settings, ctx.issue_id)
@@ -334,7 +380,7 @@ def _send_pipelined(
         # what was not sent (the claim in hand runs out and is swept), and let the task see the error.
         with contextlib.suppress(Exception):
             settle()
-            left = [c for c in claims[n + 1 :] if not keeper.lost(c.id)]
+            left = [c for i, c in enumerate(claims) if i not in finished and i != in_hand and not keeper.lost(c.id)]
             if left:
                 outcomes["released"] += _stop(session, ctx.issue_id, left)
         raise
@@ -356,7 +402,9 @@ def _send_concurrently(
     outcomes: Counter[str],
 ) -> None:
     """Up to ``source.connections`` sender threads, each on its own connection; this thread writes
-    the ledger (see `send_batch` for the bound on unrecorded messages)."""
+    the ledger (see `send_batch` for the bound on unrecorded messages). Each sender takes and builds its
+    next message before sending the current one, whose body the next envelope follows (as in
+    `_send_pipelined`); a message taken is sent, also after a stop (at most one per connection)."""
     work = deque(claims)
     stop = threading.Event()  # pause, cancel, or the ledger cannot be written
     abandon = threading.Event()  # claims may run out: leave the rest to the sweeper
@@ -367,6 +415,19 @@ def _send_concurrently(
     def sender(first: bool) -> None:
         mailer: Mailer | None = None
         handed: _Outcome | None = None
+        # As in `_send_pipelined`: the next message is taken and built before the current one is sent, so its
+        # envelope can go out behind the current body; a message taken is sent, also after a stop.
+        current: _Ready | None = None
+        after: _Ready | None = None
+
+        def hand(outcome: _Outcome) -> None:
+            """Give an outcome to the writer once the previous one is recorded (at most 2 unrecorded)."""
+            nonlocal handed
+            if handed is not None:
+                _wait_recorded(handed, stop)
+            handed = outcome
+            results.put(outcome)
+
         try:
             while mailer is None:  # a connection once the relay has a free slot, while work is left
                 if stop.is_set() or not work:
@@ -374,31 +435,45 @@ def _send_concurrently(
                 mailer = source.get(wait=False)
                 if mailer is None:
                     time.sleep(SLOT_POLL if first else EXTRA_SLOT_POLL)
-            while not stop.is_set():
-                try:
-                    claim_ = work.popleft()
-                except IndexError:
+            pipelines = bool(getattr(mailer, "pipelines", False))
+            while True:
+                after = None
+                while after is None and not stop.is_set():
+                    try:
+                        claim_ = work.popleft()
+                    except IndexError:
+                        break
+                    row = by_id[claim_.id]
+                    if not keeper.wait_until_held(claim_.id, ctx.settings.lease_seconds / 2):
+                        if keeper.lost(claim_.id):
+                            results.put(_Outcome(claim_, row, "lost", mailer.name))
+                            continue
+                        work.appendleft(claim_)
+                        abandon.set()
+                        stop.set()
+                        break
+                    with logs.bound(delivery_id=row.id):
+                        ready = _prepare(ctx, row, claim_, mailer.name)
+                    if isinstance(ready, _Outcome):
+                        hand(ready)
+                    else:
+                        after = ready
+                if current is not None:
+                    ready, current = current, None  # in hand: its outcome is unknown if this raises
+                    with logs.bound(delivery_id=ready.row.id):
+                        outcome = _transmit(ready, mailer, after if pipelines else None)
+                    hand(outcome)
+                if after is None:
                     break
-                row = by_id[claim_.id]
-                if not keeper.wait_until_held(claim_.id, ctx.settings.lease_seconds / 2):
-                    if keeper.lost(claim_.id):
-                        results.put(_Outcome(claim_, row, "lost", mailer.name))
-                        continue
-                    work.appendleft(claim_)
-                    abandon.set()
-                    stop.set()
-                    break
-                with logs.bound(delivery_id=row.id):
-                    outcome = _deliver(ctx, row, claim_, mailer)
-                if handed is not None:
-                    _wait_recorded(handed, stop)
-                handed = outcome
-                results.put(outcome)
+                current, after = after, None
             if handed is not None:
                 _wait_recorded(handed, stop)
         except BaseException as exc:  # re-raised by the batch's thread; the claim in hand runs out and is swept
             errors.append(exc)
             stop.set()
+            for taken in (after, current):  # taken, not sent: handed back with the rest
+                if taken is not None:
+                    work.appendleft(taken.claim)
         finally:
             if mailer is not None:
                 try:
@@ -463,15 +538,23 @@ def _wait_recorded(outcome: _Outcome, stop: threading.Event) -> None:
 
 
 def _should_stop(
-    session: Session, settings: Settings, issue_id: int, outcomes: Counter[str], writer: ledger.OutcomeWriter | None = None
+    session: Session,
+    settings: Settings,
+    issue_id: int,
+    outcomes: Counter[str],
+    writer: ledger.OutcomeWriter | None = None,
+    seen: tuple[IssueStatus | None] | None = None,
 ) -> bool:
     """True when the batch must stop: the issue was paused or cancelled, or this batch fails more than
     it sends and the issue's failures reach the auto-pause threshold (which pauses it). The status is
-    read on ``writer``'s connection when there is one (a prepared statement, not an ORM query)."""
+    ``seen`` when the caller read it with a record (`ledger.OutcomeWriter.taken_status`), else read on
+    ``writer``'s connection when there is one (a prepared statement, not an ORM query; the writer must
+    have no record in flight)."""
     if outcomes["failed"] > outcomes["sent"] and _auto_pause(session, settings, issue_id):
         return True
-    status = writer.issue_status(issue_id) if writer is not None else _issue_status(session, issue_id)
-    return status not in SENDABLE_ISSUE_STATES
+    if seen is None:
+        seen = (writer.issue_status(issue_id) if writer is not None else _issue_status(session, issue_id),)
+    return seen[0] not in SENDABLE_ISSUE_STATES
 
 
 def _breaker_due(settings: Settings, outcomes: Counter[str], failed_before: int | None = None) -> bool:
@@ -489,18 +572,40 @@ def _auto_pause(session: Session, settings: Settings, issue_id: int) -> bool:
     return ledger.retrying(session, lambda: pause_if_failing(session, settings, issue_id), f"issue id {issue_id}: auto-pause check")
 
 
+@dataclass(frozen=True)
+class _Ready:
+    """One claim's message, built and not yet sent."""
+
+    claim: ledger.Claim
+    row: _Row
+    sender: str  # the VERP return path (RFC 5321 §4.1.1.2)
+    recipient: str
+    raw: bytes
+
+    @property
+    def envelope(self) -> Envelope:
+        return Envelope(self.sender, self.recipient, len(self.raw))
+
+
 def _deliver(ctx: _Context, row: _Row, claim_: ledger.Claim, mailer: Mailer) -> _Outcome:
     """Build and send one message; touches no database (sender threads call it)."""
+    ready = _prepare(ctx, row, claim_, mailer.name)
+    return ready if isinstance(ready, _Outcome) else _transmit(ready, mailer)
+
+
+def _prepare(ctx: _Context, row: _Row, claim_: ledger.Claim, relay: str) -> _Ready | _Outcome:
+    """One claim's message, or its outcome when there is nothing to send (a skip, or a message that
+    cannot be built: a permanent error). Touches no database and no relay."""
     settings = ctx.settings
     if row.subscriber_status != SubscriberStatus.ACTIVE:
-        return _Outcome(claim_, row, "skip", mailer.name, reason=str(row.subscriber_status))
+        return _Outcome(claim_, row, "skip", relay, reason=str(row.subscriber_status))
     if row.paused:
-        return _Outcome(claim_, row, "skip", mailer.name, reason="paused")
+        return _Outcome(claim_, row, "skip", relay, reason="paused")
     if ctx.topics and not ctx.topics & set(row.topics or ()):
         # The reader left this issue's topic after planning: a topic is a newsletter of its own.
-        return _Outcome(claim_, row, "skip", mailer.name, reason="left-topic")
+        return _Outcome(claim_, row, "skip", relay, reason="left-topic")
     if row.email in ctx.suppressed:
-        return _Outcome(claim_, row, "skip", mailer.name, reason="suppressed")
+        return _Outcome(claim_, row, "skip", relay, reason="suppressed")
     template = ctx.templates.get(row.lang, "not rendered")
     try:
         if isinstance(template, str):
@@ -520,11 +625,23 @@ def _deliver(ctx: _Context, row: _Row, claim_: ledger.Claim, mailer: Mailer) -> 
                 raw = dkim.sign(raw, settings.dkim)
         except (HeaderInjection, ValueError) as exc:
             raise PermanentDeliveryError(f"subscriber {row.subscriber_id}: cannot build message: {exc}") from exc
-        with metrics.SEND_SECONDS.time():
-            mailer.send(verp_address(settings, row.id), ascii_address(row.email), raw)  # RFC 5321 §4.1.1.2 return path
+        return _Ready(claim_, row, verp_address(settings, row.id), ascii_address(row.email), raw)  # RFC 5321 §4.1.1.2 return path
     except DeliveryError as exc:
-        return _Outcome(claim_, row, "error", exc.relay or mailer.name, error=exc)
-    return _Outcome(claim_, row, "sent", mailer.name)
+        return _Outcome(claim_, row, "error", exc.relay or relay, error=exc)
+
+
+def _transmit(ready: _Ready, mailer: Mailer, then: _Ready | None = None) -> _Outcome:
+    """Send a built message; with ``then`` (only to a mailer that `pipelines`), the next message's envelope
+    goes out behind it (`SmtpMailer.send`), and the next transmit must be ``then``'s."""
+    try:
+        with metrics.SEND_SECONDS.time():
+            if then is None:
+                mailer.send(ready.sender, ready.recipient, ready.raw)
+            else:
+                mailer.send(ready.sender, ready.recipient, ready.raw, then.envelope)  # type: ignore[call-arg]
+    except DeliveryError as exc:
+        return _Outcome(ready.claim, ready.row, "error", exc.relay or mailer.name, error=exc)
+    return _Outcome(ready.claim, ready.row, "sent", mailer.name)
 
 
 def _record(session: Session, settings: Settings, o: _Outcome, issue_id: int) -> str:
