@@ -562,7 +562,7 @@ def real_mode(args: argparse.Namespace, tmp: Path) -> None:
             }  # fmt: skip
             settings = load_settings(env_vars)
             wenv = {**os.environ, **env_vars, **instrument_env(tmp, events)}
-            workers = start_workers("tasks", wenv, args.workers, args.concurrency, tmp, "render,plan,send")
+            workers = start_workers("tasks", wenv, args.workers, args.concurrency, tmp, "render,plan,send,notices")
             others = {"redis": redis_proc.pid, "smtp-sink": sink.proc.pid}
             results = []
             for i, number in enumerate(numbers, 1):

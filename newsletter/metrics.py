@@ -35,7 +35,7 @@ SEND_SECONDS = Histogram(
 )
 RETRIES = Counter("newsletter_retries_total", "Transient failures scheduled for a retry")
 
-QUEUES = ("render", "plan", "send")
+QUEUES = ("render", "plan", "send", "notices")  # tasks.app.QUEUES (this module never imports Celery)
 log = logging.getLogger(__name__)
 
 

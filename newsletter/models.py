@@ -455,6 +455,8 @@ class Notice(Base):
     expires_at: Mapped[datetime]
     claimed_until: Mapped[datetime | None]
     claim_token: Mapped[str | None] = mapped_column(String(32))  # fences a late outcome of an expired claim
+    # When a send task for it was last handed to the broker: beat hands a due notice on once, not at every sweep.
+    enqueued_at: Mapped[datetime | None]
     last_error: Mapped[str | None] = mapped_column(Text)
     last_smtp_code: Mapped[int | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -12,6 +12,11 @@ jitter (`newsletter.delivery.backoff.next_attempt`, the same `RetryPolicy`), per
 address that cannot be sent to) become ``failed`` and are never retried. The sweeper (beat, or
 `send_due` in the embedded mode) picks up due retries and notices whose first send was lost.
 
+With a broker, notices have a queue of their own (``notices``, `tasks.app.QUEUES`), so a confirmation never
+waits behind an issue's send batches. Each hand-off to the broker is noted in the row (``enqueued_at``,
+`mark_enqueued`): beat hands a due notice on once, and again only when it becomes due anew (a retry, an
+expired claim) or when that hand-off went unclaimed for `REHANDOFF_AFTER` (the broker lost it).
+
 A notice expires: a confirmation request once its link no longer works (``NEWSLETTER_CONFIRM_HOURS``),
 the others after the retry window (``NEWSLETTER_RETRY_WINDOW``); an expired notice is ``failed``, never
 sent late. A notice that is no longer wanted when its turn comes (the subscriber confirmed meanwhile,
@@ -46,6 +51,12 @@ log = logging.getLogger(__name__)
 # hand-off itself (harmless, one claim wins, but a wasted task).
 DISPATCH_GRACE = timedelta(seconds=60)
 DUE_BATCH = 200  # notices one sweep hands on at most; the next sweep takes the rest
+# A hand-off that no worker claimed within this time was lost (Redis restarted empty, or no worker consumes the
+# notices queue): the sweeper hands it on again. On the queue of its own a notice is claimed within seconds.
+REHANDOFF_AFTER = timedelta(minutes=5)
+# SMTP round trips one notice's send may take at most (connect, EHLO, STARTTLS, EHLO, AUTH, MAIL, RCPT, DATA,
+# the message, QUIT), each bounded by SMTP_TIMEOUT: its claim must outlast them all (no LeaseKeeper renews it).
+NOTICE_SMTP_STEPS = 10
 OPEN_STATES = (NoticeStatus.QUEUED, NoticeStatus.SENDING)
 
 
@@ -92,6 +103,13 @@ def queue_notice(
     return notice
 
 
+def lease_seconds(settings: Settings) -> float:
+    """How long a notice's claim lasts (seconds): ``NEWSLETTER_LEASE_SECONDS``, but at least one whole send at
+    the SMTP timeout (`NOTICE_SMTP_STEPS` x ``SMTP_TIMEOUT``; 300 s by default), since nothing renews it while
+    the relay is slow and a claim that ran out mid-send would let the sweeper send the notice a second time."""
+    return max(settings.lease_seconds, NOTICE_SMTP_STEPS * settings.smtp_timeout)
+
+
 def _claimable(now: datetime) -> Any:
     due = and_(Notice.status == NoticeStatus.QUEUED, or_(Notice.next_attempt_at.is_(None), Notice.next_attempt_at <= now))
     return or_(due, and_(Notice.status == NoticeStatus.SENDING, Notice.claimed_until < now))
@@ -100,8 +118,8 @@ def _claimable(now: datetime) -> Any:
 def claim(session: Session, settings: Settings, notice_id: int, now: datetime | None = None) -> str | None:
     """Claim notice ``notice_id`` for one send attempt: its claim token, or None when it is not due or
     another worker holds it. One conditional UPDATE: of two claimers at once exactly one wins. The claim
-    lasts ``settings.lease_seconds``; a worker that dies holding it lets the sweeper claim it again once
-    it expired (the message may then go out twice, if the relay had taken it: at least once). Commits."""
+    lasts `lease_seconds`; a worker that dies holding it lets the sweeper claim it again once it expired
+    (the message may then go out twice, if the relay had taken it: at least once). Commits."""
     now = now or utcnow()
     token = uuid.uuid4().hex
     won = session.execute(
@@ -110,7 +128,7 @@ def claim(session: Session, settings: Settings, notice_id: int, now: datetime | 
         .values(
             status=NoticeStatus.SENDING,
             claim_token=token,
-            claimed_until=now + timedelta(seconds=settings.lease_seconds),
+            claimed_until=now + timedelta(seconds=lease_seconds(settings)),
             attempts=Notice.attempts + 1,
             updated_at=now,
         )
@@ -211,13 +229,35 @@ def send_queued(
 
 
 def due(session: Session, now: datetime | None = None, limit: int = DUE_BATCH) -> list[int]:
-    """Ids of notices a sweep should send now, oldest first: queued retries that are due, first attempts
-    whose hand-off was lost (queued over `DISPATCH_GRACE` ago), and claims whose lease expired."""
+    """Ids of notices a sweep should send (or hand on) now, oldest first: queued retries that are due, first
+    attempts whose hand-off was lost (never handed on, queued over `DISPATCH_GRACE` ago), and claims whose
+    lease expired; each only if it was not handed to the broker since it became due (``enqueued_at``), unless
+    that hand-off is older than `REHANDOFF_AFTER` and still unclaimed (the broker lost it). So beat, which
+    runs every ``NEWSLETTER_SWEEP_INTERVAL``, enqueues a notice once however long the workers take to get to
+    it (call `mark_enqueued` with what was handed on)."""
     now = now or utcnow()
-    lost = or_(Notice.attempts > 0, Notice.created_at <= now - DISPATCH_GRACE)
-    retry = and_(Notice.status == NoticeStatus.QUEUED, Notice.next_attempt_at <= now, lost)
-    expired_claim = and_(Notice.status == NoticeStatus.SENDING, Notice.claimed_until < now)
+    stale = Notice.enqueued_at < now - REHANDOFF_AFTER
+    never = Notice.enqueued_at.is_(None)
+    first_lost = and_(never, or_(Notice.attempts > 0, Notice.created_at <= now - DISPATCH_GRACE))
+    retry = and_(
+        Notice.status == NoticeStatus.QUEUED,
+        Notice.next_attempt_at <= now,
+        or_(first_lost, Notice.enqueued_at < Notice.next_attempt_at, stale),
+    )
+    expired_claim = and_(
+        Notice.status == NoticeStatus.SENDING, Notice.claimed_until < now, or_(never, Notice.enqueued_at < Notice.claimed_until, stale)
+    )
     return list(session.scalars(select(Notice.id).where(or_(retry, expired_claim)).order_by(Notice.id).limit(limit)))
+
+
+def mark_enqueued(session: Session, ids: Sequence[int], now: datetime | None = None) -> None:
+    """Note that a send task for each of ``ids`` was handed to the broker (see `due`); commits. Leaves
+    ``updated_at`` alone: a hand-off is no change of the notice."""
+    if ids:
+        session.execute(
+            update(Notice).where(Notice.id.in_(list(ids))).values(enqueued_at=now or utcnow()).execution_options(synchronize_session=False)
+        )
+        session.commit()
 
 
 def send_many(settings: Settings, session: Session, ids: Iterable[int], now: datetime | None = None) -> Counter[str]:
@@ -317,14 +357,20 @@ def dispatch(settings: Settings, ids: Sequence[int]) -> None:
         from tasks.notices import enqueue_notice
 
         use_settings(settings)
+        handed: list[int] = []
         try:
             for notice_id in ids:
                 enqueue_notice(notice_id)
+                handed.append(notice_id)
         except Exception as exc:
             if not is_broker_error(exc):
                 raise
             # An outage, not a bug: one line, no traceback per sign-up; beat enqueues them once the broker is back.
             log.warning("notices %s not handed on, the broker is away (%s); the sweeper sends them", list(ids), str(exc).splitlines()[0])
+        finally:
+            if handed:  # so that beat does not hand them on again while they wait for a worker
+                with session_factory(settings.database_url)() as session:
+                    mark_enqueued(session, handed)
     except Exception:
         log.exception("notices %s not handed on; the sweeper sends them", list(ids))
 

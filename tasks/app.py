@@ -50,7 +50,9 @@ _prepare_multiprocess_metrics()
 # away retries after 2 s), so it only needs to exceed the longest task run: a send batch of
 # NEWSLETTER_BATCH_SIZE messages.
 VISIBILITY_TIMEOUT = 2 * 3600
-QUEUES = ("render", "plan", "send")
+# Every worker consumes all of them unless told otherwise (`-Q`). Subscription messages have a queue of their
+# own: on `send` a sign-up's confirmation waited behind every batch of a large publish.
+QUEUES = ("render", "plan", "send", "notices")
 
 _startup_errors: list[SettingsError] = []  # why the environment's settings could not be loaded at import
 _override: list[Settings] = []
@@ -112,7 +114,7 @@ def make_app(settings: Settings | None = None) -> Celery:
             "newsletter.plan_deliveries": {"queue": "plan"},
             "newsletter.sweep": {"queue": "plan"},
             "newsletter.send_batch": {"queue": "send"},
-            "newsletter.send_notice": {"queue": "send"},
+            "newsletter.send_notice": {"queue": "notices"},
         },
         broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT},
         broker_connection_retry_on_startup=True,

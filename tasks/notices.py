@@ -17,7 +17,8 @@ DB_RETRIES = 60
 
 
 def enqueue_notice(notice_id: int) -> None:
-    """Hand one committed notice to the send queue."""
+    """Hand one committed notice to the ``notices`` queue (its own: a confirmation never waits behind an
+    issue's send batches). The caller notes the hand-off (`notice_queue.mark_enqueued`)."""
     send_notice.delay(notice_id)
 
 
@@ -38,10 +39,16 @@ def send_notice(self: Task, notice_id: int) -> str:
 
 
 def enqueue_due_notices() -> int:
-    """Enqueue every due notice (retries, lost hand-offs, expired claims); the number enqueued. Beat runs
-    this with each sweep."""
+    """Enqueue every due notice (retries, lost hand-offs, expired claims) not already handed on since it
+    became due (`notice_queue.due`), and note each hand-off in its row; the number enqueued. Beat runs this
+    with each sweep: a notice waiting for a worker is enqueued once, not once per sweep."""
     with session_factory(settings().database_url)() as session:
         ids = notice_queue.due(session)
-    for notice_id in ids:
-        enqueue_notice(notice_id)
+        handed: list[int] = []
+        try:
+            for notice_id in ids:
+                enqueue_notice(notice_id)
+                handed.append(notice_id)
+        finally:
+            notice_queue.mark_enqueued(session, handed)
     return len(ids)

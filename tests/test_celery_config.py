@@ -15,12 +15,14 @@ def test_delivery_safety_settings(make_settings) -> None:
     assert conf.worker_prefetch_multiplier == 1
     assert conf.task_serializer == "json" and list(conf.accept_content) == ["json"]
     assert conf.task_always_eager is False
-    assert [q.name for q in conf.task_queues] == ["render", "plan", "send"]
+    assert [q.name for q in conf.task_queues] == ["render", "plan", "send", "notices"]
     # One exchange and routing key per queue: a message published for one queue lands in no other.
-    assert [(q.exchange.name, q.routing_key) for q in conf.task_queues] == [("render", "render"), ("plan", "plan"), ("send", "send")]
+    assert [(q.exchange.name, q.routing_key) for q in conf.task_queues] == [
+        ("render", "render"), ("plan", "plan"), ("send", "send"), ("notices", "notices"),
+    ]  # fmt: skip
     assert conf.task_routes["newsletter.send_batch"] == {"queue": "send"}
-    # Subscription messages go where the relay is reachable: the workers that send issues.
-    assert conf.task_routes["newsletter.send_notice"] == {"queue": "send"}
+    # Subscription messages have a queue of their own: on `send` they waited behind every batch of a publish.
+    assert conf.task_routes["newsletter.send_notice"] == {"queue": "notices"}
     assert conf.task_routes["newsletter.render_editions"] == {"queue": "render"}
     assert conf.task_routes["newsletter.plan_deliveries"] == {"queue": "plan"}
     assert conf.beat_schedule["sweep"]["task"] == "newsletter.sweep"

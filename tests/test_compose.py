@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-REQUIRED_SERVICES = {"redis", "postgres", "migrate", "worker", "beat", "web", "mailpit"}
-APP_SERVICES = ("migrate", "worker", "beat", "web")
+REQUIRED_SERVICES = {"redis", "postgres", "migrate", "worker", "notices", "beat", "web", "mailpit"}
+APP_SERVICES = ("migrate", "worker", "notices", "beat", "web")
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +37,14 @@ def _command(service: dict[str, Any]) -> list[str]:
     return command.split() if isinstance(command, str) else list(command or [])
 
 
+def _queues(command: list[str]) -> list[str]:
+    queues_arg = next((arg.split("=", 1)[1] for arg in command if arg.startswith(("-Q=", "--queues="))), None)
+    if queues_arg is None:
+        flag = next(i for i, arg in enumerate(command) if arg in ("-Q", "--queues"))
+        queues_arg = command[flag + 1]
+    return queues_arg.split(",")
+
+
 def test_compose_file_matches_the_compose_spec(compose: dict[str, Any], validator: jsonschema.Draft7Validator) -> None:
     errors = sorted(validator.iter_errors(compose), key=lambda e: list(e.absolute_path))
     assert not errors, "\n".join(f"{'/'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}" for e in errors)
@@ -49,11 +57,10 @@ def test_required_services_and_wiring(compose: dict[str, Any]) -> None:
 
     worker = _command(services["worker"])
     assert worker[:4] == ["celery", "-A", "tasks", "worker"]
-    queues_arg = next((arg.split("=", 1)[1] for arg in worker if arg.startswith(("-Q=", "--queues="))), None)
-    if queues_arg is None:
-        flag = next(i for i, arg in enumerate(worker) if arg in ("-Q", "--queues"))
-        queues_arg = worker[flag + 1]
-    assert set(queues_arg.split(",")) == {"render", "plan", "send"}
+    assert set(_queues(worker)) == {"render", "plan", "send", "notices"}
+    # A worker of its own for subscription messages: a confirmation never waits for a send batch to end.
+    notices = _command(services["notices"])
+    assert notices[:4] == ["celery", "-A", "tasks", "worker"] and _queues(notices) == ["notices"]
     assert _command(services["beat"])[:4] == ["celery", "-A", "tasks", "beat"]
     assert _command(services["migrate"]) == ["newsletter", "db", "upgrade"]
 
@@ -68,7 +75,7 @@ def test_required_services_and_wiring(compose: dict[str, Any]) -> None:
         assert env["NEWSLETTER_SECRET_KEY"].startswith("${NEWSLETTER_SECRET_KEY:?"), name
 
     assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
-    for name in ("worker", "beat", "web"):
+    for name in ("worker", "notices", "beat", "web"):
         depends = services[name]["depends_on"]
         assert depends["migrate"]["condition"] == "service_completed_successfully", name
         assert "redis" in depends, name

@@ -357,7 +357,7 @@ def test_broker_down_at_publish_and_no_worker_listening_are_one_line_each(pg_url
         warning = "".join(errors)
         waited = (warned_at[0] if warned_at else float("inf")) - queued_at
         print(f"\nno worker: warned {waited:.1f} s after the publish was queued")
-        assert "no worker answers on the broker" in warning and "celery -A tasks worker -Q render,plan,send" in warning
+        assert "no worker answers on the broker" in warning and "celery -A tasks worker -Q render,plan,send,notices" in warning
         assert waited < 20  # STALL_WARNING_SECONDS (15) and a one-second ping
         assert proc.returncode == 130 and "stopped following; the workers go on" in warning
         with session_factory(pg_url)() as session:  # still queued for the first worker that comes

@@ -132,7 +132,7 @@ class Fleet:
 
     def start_worker(self, name: str) -> None:
         self.workers[name] = self._spawn(
-            ["worker", "-Q", "render,plan,send", "-c", str(CONCURRENCY), "-n", f"{name}-{self.count}@%h", "--loglevel=INFO",
+            ["worker", "-Q", "render,plan,send,notices", "-c", str(CONCURRENCY), "-n", f"{name}-{self.count}@%h", "--loglevel=INFO",
              "--without-gossip", "--without-mingle", "--without-heartbeat"], name,
         )  # fmt: skip
 

@@ -88,7 +88,7 @@ def worker_env(pg_url: str, redis_available: str, tmp_path: Path) -> dict[str, s
 def start_worker(env: dict[str, str], log: Path, beat_schedule: Path) -> subprocess.Popen[bytes]:
     """``celery -A tasks worker -B`` as its own process group, logging to ``log``."""
     cmd = [sys.executable, "-m", "celery", "-A", "tasks", "worker", "-B", "-s", str(beat_schedule),
-           "-Q", "render,plan,send", "-c", "2", "--loglevel=INFO", "--without-gossip", "--without-mingle"]  # fmt: skip
+           "-Q", "render,plan,send,notices", "-c", "2", "--loglevel=INFO", "--without-gossip", "--without-mingle"]  # fmt: skip
     return subprocess.Popen(
         cmd, cwd=ROOT, env={**os.environ, **env}, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True
     )

@@ -196,8 +196,10 @@ def test_the_sweep_picks_up_a_notice_whose_hand_off_was_lost(db_url: str, make_s
         assert notice_queue.due(session, created + notice_queue.DISPATCH_GRACE) == [notice_id]
         # A worker that died holding the claim: once the lease expired, the sweep claims it again.
         assert notice_queue.claim(session, settings, notice_id, created) is not None
-        assert notice_queue.due(session, created + timedelta(seconds=settings.lease_seconds - 1)) == []
-        later = created + timedelta(seconds=settings.lease_seconds + 1)
+        lease = notice_queue.lease_seconds(settings)  # at least a whole send at the SMTP timeout: nothing renews it
+        assert lease == max(settings.lease_seconds, notice_queue.NOTICE_SMTP_STEPS * settings.smtp_timeout)
+        assert notice_queue.due(session, created + timedelta(seconds=lease - 1)) == []
+        later = created + timedelta(seconds=lease + 1)
         assert notice_queue.send_due(session, settings, now=later) == Counter(sent=1)
     assert relay.recorder.recipients() == Counter({"lost@example.org": 1})
 
@@ -270,19 +272,19 @@ def test_failed_notices_are_shown_by_the_cli_and_counted_in_metrics(tmp_path: Pa
 
 
 def _queued_tasks(client: Any, name: str) -> list[tuple[bytes, list[Any]]]:
-    """``(raw message, args)`` of the task messages named ``name`` waiting in the ``send`` queue."""
+    """``(raw message, args)`` of the task messages named ``name`` waiting in the ``notices`` queue."""
     import base64
     import json
 
     found = []
-    for raw in client.lrange("send", 0, -1):
+    for raw in client.lrange("notices", 0, -1):
         message = json.loads(raw)
         if message["headers"]["task"] == name:
             found.append((raw, json.loads(base64.b64decode(message["body"]))[0]))
     return found
 
 
-def test_with_a_broker_the_notice_goes_to_the_send_queue_and_the_task_sends_it(  # type: ignore[no-untyped-def]
+def test_with_a_broker_the_notice_goes_to_the_notices_queue_and_the_task_sends_it(  # type: ignore[no-untyped-def]
     sqlite_url: str, make_settings, relay: Relay, redis_available: str
 ) -> None:
     import redis
@@ -299,7 +301,7 @@ def test_with_a_broker_the_notice_goes_to_the_send_queue_and_the_task_sends_it( 
         mine = [(raw, args) for raw, args in _queued_tasks(client, "newsletter.send_notice") if args == [notice_id]]
         assert len(mine) == 1 and relay.recorder.messages == []  # the web process sent nothing itself
         for raw, _ in mine:
-            client.lrem("send", 1, raw)
+            client.lrem("notices", 1, raw)
         assert send_notice(notice_id) == "sent"  # the task body, as a worker runs it
         assert send_notice(notice_id) == "not-claimed"  # a redelivered message sends nothing
         assert relay.recorder.recipients() == Counter({"queued@example.org": 1})
@@ -312,7 +314,7 @@ def test_with_a_broker_the_notice_goes_to_the_send_queue_and_the_task_sends_it( 
         mine = [(raw, args) for raw, args in _queued_tasks(client, "newsletter.send_notice") if args == [lost]]
         assert len(mine) == 1
         for raw, _ in mine:
-            client.lrem("send", 1, raw)
+            client.lrem("notices", 1, raw)
     finally:
         use_settings(make_settings(sqlite_url, REDIS_URL=""))
 
@@ -379,3 +381,118 @@ def test_send_due_now_retries_queued_notices_without_waiting_out_the_backoff(
     assert relay.recorder.recipients() == Counter({"wait@example.org": 1})
     [sent] = _notices(env["DATABASE_URL"])
     assert (sent.status, sent.attempts) == ("sent", 2)
+
+
+def test_beat_hands_a_due_notice_on_once_however_often_it_sweeps(  # type: ignore[no-untyped-def]
+    sqlite_url: str, make_settings, relay: Relay, redis_available: str
+) -> None:
+    """Regression: every sweep (beat, every NEWSLETTER_SWEEP_INTERVAL) enqueued each due notice again while the
+    workers were busy (one sweep after another put the same confirmation on the queue; only the claim kept it
+    from going out more than once). Now the hand-off is noted in the row and a notice is handed on once."""
+    import redis
+
+    from tasks.app import use_settings
+    from tasks.notices import enqueue_due_notices, send_notice
+
+    settings = make_settings(sqlite_url, SMTP_URL=relay.server.url, REDIS_URL=redis_available)
+    client = redis.Redis.from_url(redis_available)
+    client.delete("notices")
+    try:
+        with session_factory(sqlite_url)() as session:
+            lost = _sign_up(session, settings, "lost@example.org")  # its process died before the hand-off
+            session.get_one(Notice, lost).created_at -= notice_queue.DISPATCH_GRACE
+            session.commit()
+            handed = _sign_up(session, settings, "handed@example.org")
+        notice_queue.dispatch(settings, [handed])  # handed on at once, as the web does; a worker will take it
+        for _ in range(5):  # five sweeps while no worker got to them
+            enqueue_due_notices()
+        queued = Counter(args[0] for _, args in _queued_tasks(client, "newsletter.send_notice"))
+        assert queued == Counter({lost: 1, handed: 1})
+        assert send_notice(lost) == "sent" and send_notice(handed) == "sent"
+        assert relay.recorder.recipients() == Counter({"lost@example.org": 1, "handed@example.org": 1})
+    finally:
+        client.delete("notices")
+        use_settings(make_settings(sqlite_url, REDIS_URL=""))
+
+
+def test_a_handed_on_notice_is_due_again_only_when_due_anew_or_its_hand_off_was_lost(db_url: str, make_settings, relay: Relay) -> None:  # type: ignore[no-untyped-def]
+    settings = make_settings(db_url, SMTP_URL=relay.server.url)
+    with session_factory(db_url)() as session:
+        notice_id = _sign_up(session, settings, "later@example.org")
+        t0 = session.get_one(Notice, notice_id).created_at
+        notice_queue.mark_enqueued(session, [notice_id], t0)
+        for seconds in (0, 61, 299):  # handed on; the workers have not got to it yet
+            assert notice_queue.due(session, t0 + timedelta(seconds=seconds)) == []
+        # Not claimed five minutes after its hand-off: the broker lost it (Redis restarted empty).
+        assert notice_queue.due(session, t0 + notice_queue.REHANDOFF_AFTER + timedelta(seconds=1)) == [notice_id]
+        # A retry is due again when its time comes, once.
+        relay.reply = "451 4.3.0 try again later"
+        assert notice_queue.send_queued(session, settings, notice_id, now=t0 + timedelta(seconds=1)) == "deferred"
+        retry_at = session.get_one(Notice, notice_id, populate_existing=True).next_attempt_at
+        assert retry_at is not None
+        assert notice_queue.due(session, retry_at - timedelta(seconds=0.5)) == []
+        assert notice_queue.due(session, retry_at) == [notice_id]
+        notice_queue.mark_enqueued(session, [notice_id], retry_at)
+        assert notice_queue.due(session, retry_at + timedelta(seconds=30)) == []
+        # A claim whose worker died is due once its lease ran out, and handed on once.
+        assert notice_queue.claim(session, settings, notice_id, retry_at + timedelta(seconds=1)) is not None
+        expired = retry_at + timedelta(seconds=notice_queue.lease_seconds(settings) + 2)
+        assert notice_queue.due(session, expired) == [notice_id]
+        notice_queue.mark_enqueued(session, [notice_id], expired)
+        assert notice_queue.due(session, expired + timedelta(seconds=30)) == []
+
+
+@pytest.mark.integration
+def test_a_confirmation_goes_out_within_seconds_while_a_worker_sends_a_large_issue(  # type: ignore[no-untyped-def]
+    pg_url: str, make_settings, redis_available: str, tmp_path: Path
+) -> None:
+    """Regression: notices went to the ``send`` queue, so a sign-up during a publish waited behind every
+    batch of it (minutes at 100,000 subscribers). On the ``notices`` queue it waits at most for one batch in
+    progress to end. One `celery worker` (two processes, all queues, as documented), a relay answering each
+    DATA after 0.2 s: the issue's 15 batches of 20 take about 30 s; the confirmation must arrive within 8 s."""
+    import os
+    import signal
+    import time
+
+    import redis
+
+    from newsletter.runner import follow, start_publish
+    from tasks.app import use_settings
+    from tests.test_fault_operations import draft_issue
+    from tests.test_integration_worker import start_worker
+
+    redis.Redis.from_url(redis_available).flushdb()
+    total = 300
+    with SMTPServer(data_delay=0.2) as smtp:
+        env = {"DATABASE_URL": pg_url, "REDIS_URL": redis_available, "SMTP_URL": smtp.url, "NEWSLETTER_HOME": str(tmp_path / "home"),
+               "NEWSLETTER_SECRET_KEY": "notice-secret", "NEWSLETTER_BASE_URL": "https://news.example.org",
+               "NEWSLETTER_BATCH_SIZE": "20", "NEWSLETTER_SWEEP_INTERVAL": "1"}  # fmt: skip
+        settings = make_settings(pg_url, **env)
+        number = draft_issue(pg_url, total)
+        worker = start_worker(env, tmp_path / "worker.log", tmp_path / "beat-schedule")
+        try:
+            issue_id, _ = start_publish(settings, number)
+            deadline = time.monotonic() + 120
+            while len(smtp.recorder.messages) < 10:  # both processes are on batches, 13 more wait on `send`
+                assert time.monotonic() < deadline and worker.poll() is None, (tmp_path / "worker.log").read_text()[-3000:]
+                time.sleep(0.05)
+            with session_factory(pg_url)() as session:
+                notice_id = _sign_up(session, settings, "newcomer@example.org")
+            started = time.monotonic()
+            notice_queue.dispatch(settings, [notice_id])  # what the web's background task does
+            while "newcomer@example.org" not in smtp.recorder.recipients():
+                assert time.monotonic() - started < 60, "no confirmation"
+                time.sleep(0.05)
+            waited = time.monotonic() - started
+            issue_messages = sum(1 for m in list(smtp.recorder.messages) if str(m["To"].addresses[0].addr_spec) != "newcomer@example.org")
+            outcome = follow(settings, issue_id, timeout=120)
+        finally:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait()
+            use_settings(make_settings(pg_url, REDIS_URL=""))
+        print(f"\nconfirmation during a publish of {total} at 0.2 s per message: arrived after {waited:.1f} s, "
+              f"with {issue_messages} of the issue's {total} messages sent")  # fmt: skip
+        assert issue_messages < total - 40, "the publish must still be under way"
+        assert waited < 8.0
+        assert outcome.status == "sent", outcome
+        assert smtp.recorder.recipients()["newcomer@example.org"] == 1

@@ -254,7 +254,7 @@ def issue_publish(ctx: Context, number: int, no_wait: bool, yes: bool, allow_no_
 AGAIN = "fix the cause, then run 'newsletter issue publish {number}' again: messages already sent are not sent twice"
 NO_WORKER = (
     "no worker answers on the broker: the work waits in the queue until one runs; start one with "
-    "'celery -A tasks worker -Q render,plan,send' and one 'celery -A tasks beat' (or 'newsletter worker --beat')"
+    "'celery -A tasks worker -Q render,plan,send,notices' and one 'celery -A tasks beat' (or 'newsletter worker --beat')"
 )
 
 

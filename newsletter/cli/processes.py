@@ -15,16 +15,18 @@ from newsletter.cli.common import settings as cli_settings
 @click.option("--concurrency", "-c", type=int, default=2, show_default=True)
 @click.pass_context
 def worker(click_ctx: click.Context, beat: bool, concurrency: int) -> None:
-    """Run a Celery worker on the render, plan and send queues (needs REDIS_URL).
+    """Run a Celery worker on the render, plan, send and notices queues (needs REDIS_URL).
 
-    Extra arguments are passed on to celery worker.
+    Extra arguments are passed on to celery worker (a later -Q wins: '-Q notices' for a worker of
+    subscription messages only).
     """
     settings = cli_settings()
     if settings.embedded:
         raise click.ClickException("REDIS_URL is not set: without a broker, 'newsletter issue publish' runs the tasks in-process")
     from tasks import app
+    from tasks.app import QUEUES
 
-    argv = ["worker", "--loglevel=INFO", f"--concurrency={concurrency}", "-Q", "render,plan,send"]
+    argv = ["worker", "--loglevel=INFO", f"--concurrency={concurrency}", "-Q", ",".join(QUEUES)]
     if beat:
         settings.home.mkdir(parents=True, exist_ok=True)
         argv += ["--beat", "--schedule", str(settings.home / "celerybeat-schedule")]
