@@ -131,7 +131,9 @@ class Settings:
     list_id: str
     batch_size: int = 100
     plan_chunk_size: int = 10000
-    lease_seconds: float = 300.0
+    # A claim's lease: renewed every quarter of it while its worker sends, so it only bounds how long a dead
+    # worker's claims wait (and, after a PostgreSQL restart, how long every claim is safe from takeover).
+    lease_seconds: float = 60.0
     sweep_interval: float = 30.0
     smtp_timeout: float = 30.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
@@ -528,7 +530,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         "list_id": check(lambda: _list_id(env), ""),
         "batch_size": check(lambda: _int(env, "NEWSLETTER_BATCH_SIZE", 100, 1, 10000), 100),
         "plan_chunk_size": check(lambda: _int(env, "NEWSLETTER_PLAN_CHUNK", 10000, 10, 100000), 10000),
-        "lease_seconds": check(lambda: _float(env, "NEWSLETTER_LEASE_SECONDS", 300.0, 1.0, 86400.0), 300.0),
+        "lease_seconds": check(lambda: _float(env, "NEWSLETTER_LEASE_SECONDS", 60.0, 1.0, 86400.0), 60.0),
         "sweep_interval": check(lambda: _float(env, "NEWSLETTER_SWEEP_INTERVAL", 30.0, 0.1, 3600.0), 30.0),
         "smtp_timeout": check(lambda: _float(env, "SMTP_TIMEOUT", 30.0, 0.5, 600.0), 30.0),
         "retry": retry,

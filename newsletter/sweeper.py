@@ -63,10 +63,10 @@ def sweep(
     if start is not None:
         result.restarted = restart_stalled_pipelines(session, now, requeue_after, start)
     result.auto_paused = auto_pause_failing(session, settings)
-    result.exhausted = ledger.fail_exhausted_claims(session, now, settings.retry.max_attempts)
+    result.exhausted = ledger.fail_exhausted_claims(session, now, settings.retry.max_attempts, settings.lease_seconds)
     sending = set(session.scalars(select(Issue.id).where(Issue.status == IssueStatus.SENDING)))
     due: dict[int, list[int]] = defaultdict(list)
-    for issue_id, delivery_id in ledger.due_for_enqueue(session, now, requeue_after):
+    for issue_id, delivery_id in ledger.due_for_enqueue(session, now, requeue_after, lease_seconds=settings.lease_seconds):
         if issue_id in sending:
             due[issue_id].append(delivery_id)
     for issue_id, ids in due.items():

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 import sys
 import tempfile
 from functools import cache
@@ -29,6 +30,8 @@ from kombu import Exchange, Queue, pools
 
 from newsletter import logs
 from newsletter.config import Settings, SettingsError, load_settings
+
+log = logging.getLogger(__name__)
 
 
 def _prepare_multiprocess_metrics() -> None:
@@ -282,6 +285,56 @@ def _fresh_connections_after_fork(**_: Any) -> None:
     from newsletter.db import get_engine
 
     get_engine(settings().database_url).dispose(close=False)
+
+
+# A random secret of this worker's main process, made before its pool forks (so every pool process has it):
+# each pool process's claim tokens begin with a mark made of it and its pid (`ledger.holder_mark`), by which the
+# main process names the claims of a pool process it saw die (`release_dead_claims`).
+_holder_secret: list[bytes] = []
+
+
+@worker_init.connect
+def _make_holder_secret(**_: Any) -> None:
+    _holder_secret[:] = [secrets.token_bytes(16)]
+
+
+@worker_process_init.connect
+def _mark_claim_tokens(**_: Any) -> None:
+    from newsletter.delivery import ledger
+
+    if _holder_secret:
+        ledger.set_holder(ledger.holder_mark(_holder_secret[0], os.getpid()))
+
+
+def release_dead_claims(delivery_ids: list[int], pid: int) -> int:
+    """In a worker's main process: end at once the leases of the claims among ``delivery_ids`` that its pool
+    process ``pid`` held when it died (Celery's WorkerLostError: killed, out of memory), so that the task
+    message Celery gives back (``task_reject_on_worker_lost``) takes them over at once instead of finding
+    them busy and leaving them to the sweeper once their lease ran out. Returns how many; 0 when the
+    database does not answer within a few seconds (the leases then run out as before). Never raises.
+    """
+    from sqlalchemy import create_engine
+    from sqlalchemy.orm import Session
+    from sqlalchemy.pool import NullPool
+
+    from newsletter.db import first_line, normalise_url
+    from newsletter.delivery import ledger
+
+    if not _holder_secret or not delivery_ids:
+        return 0
+    url = normalise_url(settings().database_url)
+    # A connection of its own, closed after: this process forks the replacement pool process, which must
+    # inherit no socket; and a database that is away must not hold the worker's event loop for long.
+    connect_args = {"connect_timeout": 3, "options": "-c statement_timeout=5000"} if url.startswith("postgresql") else {}
+    engine = create_engine(url, poolclass=NullPool, connect_args=connect_args)
+    try:
+        with Session(engine) as session:
+            return ledger.expire_claims_of(session, delivery_ids, ledger.holder_mark(_holder_secret[0], pid))
+    except Exception as exc:
+        log.warning("pool process %s died holding deliveries; their claims run out with their lease (%s)", pid, first_line(exc))
+        return 0
+    finally:
+        engine.dispose()
 
 
 @worker_process_shutdown.connect

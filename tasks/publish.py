@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
+from billiard.exceptions import WorkerLostError
 from celery import Task, chain
+from celery.worker.request import Request
 
 from newsletter import logs, publishing, sweeper
 from newsletter.config import Settings
@@ -14,7 +17,7 @@ from newsletter.delivery.mailers import Mailer, open_mailer
 from newsletter.delivery.pool import pool_for
 from newsletter.delivery.send import MailerSource
 from newsletter.delivery.send import send_batch as send_batch_fn
-from tasks.app import app, is_broker_error, settings
+from tasks.app import app, is_broker_error, release_dead_claims, settings
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +93,27 @@ DB_RETRY_COUNTDOWN = 2.0  # seconds before a send batch that found the database 
 DB_RETRIES = 60
 
 
-@app.task(bind=True, name="newsletter.send_batch")
+class SendBatchRequest(Request):  # type: ignore[misc]
+    """A send batch as the worker's main process sees it: when its pool process dies under it (SIGKILL, the
+    OOM killer), the claims that process held are released (`tasks.app.release_dead_claims`) before Celery
+    gives the message back (``task_reject_on_worker_lost``), so the batch goes on at once on another process
+    instead of a lease later. (Celery sends no ``task_failure`` signal for a message it requeues.)"""
+
+    def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False) -> Any:
+        exc = getattr(exc_info.exception, "exc", exc_info.exception)  # Celery may wrap it (ExceptionWithTraceback)
+        if isinstance(exc, WorkerLostError) and self.worker_pid:
+            args = list(self.args or ()) + [self.kwargs.get(k) for k in ("issue_id", "delivery_ids") if k in (self.kwargs or {})]
+            ids = args[1] if len(args) > 1 and isinstance(args[1], list) else []
+            released = release_dead_claims([int(i) for i in ids], self.worker_pid)
+            log.warning("send batch %s: pool process %s died (%s); %s claims released for the redelivered task",
+                        self.id, self.worker_pid, exc, released)  # fmt: skip
+        return super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
+
+
+@app.task(bind=True, name="newsletter.send_batch", Request=SendBatchRequest)
 def send_batch(self: Task, issue_id: int, delivery_ids: list[int]) -> dict[str, int]:
-    """May run more than once for the same ids: see `newsletter.delivery.send.send_batch`.
+    """May run more than once for the same ids: see `newsletter.delivery.send.send_batch`. When the pool
+    process running it dies, the worker's main process releases its claims (`SendBatchRequest`).
 
     When the database is away before anything was claimed (or at the end, finishing the issue), the
     task runs again a little later: re-running it is harmless, and the batch does not wait for the

@@ -262,6 +262,48 @@ def test_a_database_restart_mid_send_loses_and_repeats_nothing(
     assert count(url, issue_id, DeliveryStatus.SENT) == total
 
 
+def test_after_a_database_restart_longer_than_the_lease_no_claim_is_taken_from_its_living_holder(
+    private_pg: PostgresCluster, make_settings
+) -> None:  # type: ignore[no-untyped-def]
+    """Regression: with leases renewed every quarter lease, PostgreSQL down for longer than a lease left every
+    claim looking expired when it came back, and a second worker could take over a claim whose message the
+    relay had accepted (its holder still retrying the record, RECORD_RETRY_SECONDS) and send it again. For a
+    lease after the restart no claim counts as run out: the holder renews and records; a claim nobody renews
+    is taken over once that lease has passed."""
+    from newsletter.delivery import ledger
+
+    url = private_pg.url
+    lease = 2.0
+    settings = make_settings(url, NEWSLETTER_LEASE_SECONDS=str(lease))
+    number = draft_issue(url, 4)
+    factory = session_factory(url)
+    with factory() as session:
+        issue = session.scalar(select(Issue).where(Issue.number == number))
+        assert issue is not None
+        publishing.request_publish(session, settings, issue)
+        publishing.attach_related(session, settings, issue.id)
+        publishing.render_editions(session, settings, issue.id)
+        planned: list[int] = []
+        publishing.plan_deliveries(session, settings, issue.id, lambda _issue, ids: planned.extend(ids))
+        issue_id = issue.id
+        time.sleep(lease)  # the server has been up longer than a lease: claims can run out as usual
+        living = ledger.claim(session, issue_id, planned[:3], lease)  # a worker sending; the relay took the first
+        (abandoned,) = ledger.claim(session, issue_id, planned[3:], lease)  # its worker died
+    private_pg.restart("fast", down=lease + 1.5)  # longer than the lease: every claim ran out while it was down
+    started = time.monotonic()
+    with factory() as session:
+        taken = ledger.retrying(session, lambda: ledger.claim(session, issue_id, planned, lease), "take over")
+        assert taken == [], "a claim was taken over right after the restart"
+        assert ledger.renew(session, living, lease) == set(planned[:3])  # the holder is back: its claims are its own
+        assert ledger.mark_sent(session, living[0], "relay:25")
+    wait_until(lambda: time.monotonic() - started > lease + 0.5, 10, "a lease after the restart")
+    with factory() as session:
+        (late,) = ledger.claim(session, issue_id, [abandoned.id], lease)  # nobody renewed this one: taken over now
+        assert late.token != abandoned.token
+        assert ledger.mark_sent(session, abandoned, "relay:25") is False
+    get_engine(url).dispose()
+
+
 # -- 3. the broker lost during planning, or down at publish ------------------------------------------
 def test_redis_lost_during_planning_resumes_by_itself(pg_url: str, redis_server: RedisServer, tmp_path: Path) -> None:
     """Redis is killed while the worker plans (rows partly planned, send tasks partly enqueued) and

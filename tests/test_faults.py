@@ -303,3 +303,56 @@ def test_pause_then_crash_then_resume_sends_each_message_once(
             )
         assert skipped == 0
         print(f"\npaused after {paused_at} of {total}; resumed after a worker crash; duplicates: 0")
+
+
+def _pool_processes(pid: int) -> list[int]:
+    return [int(c) for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()]
+
+
+def test_a_batch_whose_pool_process_was_killed_goes_on_at_once(
+    pg_url: str, redis_server: RedisServer, make_settings, tmp_path: Path
+) -> None:
+    """Regression: a worker's pool process killed mid-batch (SIGKILL, the OOM killer) left its claims held
+    until their lease ran out; the task message Celery gives back (reject on worker lost) found them busy and
+    was dropped, so the rest of the batch waited for the lease and a sweep (5 minutes and more by default).
+    Now the worker's main process ends the dead process's leases before it gives the message back: with the
+    default lease and no sweeper at all (no beat), the batch is finished within seconds."""
+    total = 40
+    with SMTPServer(data_delay=0.1) as smtp:  # one batch of 40 messages: about 4 s on one connection
+        env = {"DATABASE_URL": pg_url, "REDIS_URL": redis_server.url, "SMTP_URL": smtp.url, "NEWSLETTER_HOME": str(tmp_path / "home"),
+               "NEWSLETTER_SECRET_KEY": "lost-secret", "NEWSLETTER_BASE_URL": "https://news.example.org",
+               "NEWSLETTER_BATCH_SIZE": str(total)}  # fmt: skip
+        settings = make_settings(pg_url, **env)
+        assert settings.lease_seconds == 60  # the default
+        factory = session_factory(pg_url)
+        with factory() as session:
+            add_subscribers(session, total, ("en",))
+            article = Article(external_id="lost1", title="Grid", summary="x", body_html="<p>x</p>", body_text="x", lang="en",
+                              published_at=utcnow())  # fmt: skip
+            session.add(article)
+            session.flush()
+            number = create_issue(session, [article]).number
+            session.commit()
+        fleet = Fleet(env, tmp_path)
+        try:
+            fleet.start_worker("a")  # and no beat: nothing else would pick the batch up
+            issue_id, _ = start_publish(settings, number)
+            deadline = time.monotonic() + 120
+            while len(smtp.recorder.messages) < 8:
+                assert time.monotonic() < deadline, "the batch did not start"
+                time.sleep(0.02)
+            for pid in _pool_processes(fleet.workers["a"].pid):
+                os.kill(pid, signal.SIGKILL)
+            killed, at_kill = time.monotonic(), len(smtp.recorder.messages)
+            outcome = follow(settings, issue_id, timeout=30)
+            took = time.monotonic() - killed
+        finally:
+            fleet.stop_all()
+        log = "".join(p.read_text(errors="replace") for p in tmp_path.glob("a-*.log"))
+        duplicates = sum(n - 1 for n in smtp.recorder.by_message_id().values() if n > 1)
+        print(f"\npool process killed after {at_kill} of {total} messages: the batch finished {took:.1f} s later; duplicates: {duplicates}")
+    assert outcome.status == "sent", (outcome, log[-3000:])
+    assert set(smtp.recorder.recipients()) == {email_of(i) for i in range(total)}
+    assert duplicates <= 2  # the message in flight at the kill, at most 2 per connection
+    assert "claims released for the redelivered task" in log
+    assert took < 20

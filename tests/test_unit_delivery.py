@@ -803,6 +803,38 @@ def test_an_edition_rendered_again_is_sent_as_rendered_again(session, settings: 
     assert dan.get_body(("plain",)).get_content().startswith("Second rendering.")
 
 
+def test_a_dead_pool_process_s_claims_are_ended_by_its_mark_and_no_one_else_s(session, settings: Settings) -> None:  # type: ignore[no-untyped-def]
+    """A worker's main process that saw its pool process die ends that process's leases (tokens beginning with
+    its mark), so the redelivered batch takes them over at once; claims of any other process stay held, and
+    the dead holder's token records nothing after the takeover."""
+    issue_id, rec = _publish(session, settings)
+    a, b, c, d = rec.ids
+    secret = b"worker secret 16"
+    dead, alive = ledger.holder_mark(secret, 4242), ledger.holder_mark(secret, 4243)
+    assert dead != alive != ledger.holder_mark(b"other worker 16b", 4242) and len(dead) == ledger.HOLDER_MARK_LENGTH
+    try:
+        ledger.set_holder(dead)
+        held = ledger.claim(session, issue_id, [a, b], lease_seconds=300)
+        ledger.set_holder(alive)
+        others = ledger.claim(session, issue_id, [c], lease_seconds=300)
+    finally:
+        ledger.set_holder("")
+    assert all(len(x.token) == ledger.TOKEN_LENGTH for x in held + others)
+    assert held[0].token.startswith(dead) and others[0].token.startswith(alive)
+    assert ledger.mark_sent(session, held[0], "relay-a")  # recorded before the kill
+    # Busy until the main process ends the dead one's leases: then taken over at once, by another token.
+    assert ledger.claim(session, issue_id, [a, b, c], lease_seconds=300) == []
+    assert ledger.expire_claims_of(session, [a, b, c, d], dead) == 1  # b only: a is sent, c is alive's, d unclaimed
+    assert ledger.expire_claims_of(session, [a, b, c, d], dead) == 0  # already ended
+    assert ledger.expire_claims_of(session, [b], "") == 0  # no mark: nothing to name
+    (taken,) = ledger.claim(session, issue_id, [a, b, c], lease_seconds=300)
+    assert taken.id == b and taken.token != held[1].token
+    assert ledger.mark_sent(session, held[1], "relay-a") is False  # the dead holder's late record is fenced out
+    assert ledger.renew(session, others, 300) == {c}  # the living one's claim is untouched
+    with pytest.raises(ValueError):
+        ledger.set_holder("not hex!")
+
+
 def test_outcome_writer_records_like_mark_sent_many_and_only_under_the_current_claim(session, settings: Settings) -> None:  # type: ignore[no-untyped-def]
     """The batch's writer (on PostgreSQL: prepared statements sent by psycopg itself, not SQLAlchemy's Core) leaves
     the same rows as `ledger.mark_sent_many`, one id or several per statement, and records nothing under a stale token."""
@@ -810,7 +842,9 @@ def test_outcome_writer_records_like_mark_sent_many_and_only_under_the_current_c
     a, b, c, d = rec.ids
     t0 = datetime.now(UTC)
     (stale,) = ledger.claim(session, issue_id, [a], lease_seconds=10, now=t0 - timedelta(seconds=60))
-    (current,) = ledger.claim(session, issue_id, [a], lease_seconds=300)  # the stale claim ran out and was taken over
+    # The stale claim ran out and was taken over (with a short lease: on PostgreSQL a lease is taken over only
+    # once the server has been up that long, ledger._expired, and the shared one may have just started).
+    (current,) = ledger.claim(session, issue_id, [a], lease_seconds=10)
     pair = ledger.claim(session, issue_id, [b, c], lease_seconds=300)
     (reference,) = ledger.claim(session, issue_id, [d], lease_seconds=300)
     writer = ledger.OutcomeWriter(session.get_bind().engine)
@@ -854,7 +888,7 @@ def test_outcome_writer_begun_records_match_sent_and_survive_a_broken_connection
     a, b, c, d = rec.ids
     t0 = datetime.now(UTC)
     (stale,) = ledger.claim(session, issue_id, [a], lease_seconds=10, now=t0 - timedelta(seconds=60))
-    (current,) = ledger.claim(session, issue_id, [a], lease_seconds=300)
+    (current,) = ledger.claim(session, issue_id, [a], lease_seconds=10)  # short: see the test above
     others = ledger.claim(session, issue_id, [b, c, d], lease_seconds=300)
     engine = session.get_bind().engine
     writer = ledger.OutcomeWriter(engine)

@@ -12,13 +12,19 @@ A claim sets a lease (``claimed_until``) and a fencing token (``claim_token``). 
 alive the lease is kept renewed by a `LeaseKeeper`, also in the middle of a slow SMTP transaction; only
 a claim whose lease ran out (its worker died) may be taken again, and taking it changes the token, so
 the old holder can neither renew nor record anything afterwards. An outcome the relay gave is recorded
-even across a database restart (`RECORD_RETRY_SECONDS`, on a fresh connection) while the claim is held.
-A delivery is claimed at most ``max_attempts`` times.
+even across a database restart (`RECORD_RETRY_SECONDS`, on a fresh connection) while the claim is held:
+for a lease after a PostgreSQL restart no claim counts as run out (`_expired`), since no holder could
+renew while the server was down. A delivery is claimed at most ``max_attempts`` times.
+
+A token begins with its holder's mark when the process has one (`set_holder`: a Celery pool process);
+the worker's main process, which sees its pool process die, ends that process's leases at once
+(`expire_claims_of`) instead of leaving them to run out.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import secrets
 import select as io_select
@@ -91,7 +97,49 @@ def insert_ignore(session: Session, rows: Sequence[dict[str, Any]]) -> int:
     return len(session.execute(stmt, list(rows)).all())
 
 
-def _claimable(issue_id: int, now: datetime) -> Any:
+# This process's mark, the start of every claim token it makes ("" for none): see `set_holder`.
+_holder = ""
+TOKEN_LENGTH = 32  # hex characters: the claim_token column's width
+HOLDER_MARK_LENGTH = 12  # hex characters of a token naming its holder; the other 20 (80 bits) are random
+
+
+def holder_mark(secret: bytes, pid: int) -> str:
+    """The mark of pool process ``pid`` of the worker whose random ``secret`` this is: what its claim tokens
+    begin with. Only that worker's main process knows the secret, so only it can name (and end) a dead pool
+    process's claims; two workers on two machines with the same pid never share a mark."""
+    return hashlib.blake2b(secret + pid.to_bytes(8, "big"), digest_size=HOLDER_MARK_LENGTH // 2).hexdigest()
+
+
+def set_holder(mark: str) -> None:
+    """Begin every claim token this process makes from now on with ``mark`` (`holder_mark`; "" for none)."""
+    global _holder
+    if len(mark) > HOLDER_MARK_LENGTH or any(c not in "0123456789abcdef" for c in mark):
+        raise ValueError(f"not a holder mark: {mark!r}")
+    _holder = mark
+
+
+def new_token() -> str:
+    """A fresh claim token: this process's mark, then random hex (`TOKEN_LENGTH` characters in all)."""
+    return _holder + secrets.token_hex((TOKEN_LENGTH - len(_holder)) // 2)
+
+
+def _expired(dialect: str, now: datetime, lease_seconds: float) -> Any:
+    """SQL: a ``sending`` row's claim ran out, so its holder is taken to be dead.
+
+    Its lease ended before ``now``, and, on PostgreSQL, the server has been up for at least a lease: during
+    a restart no holder can renew (its `LeaseKeeper` retries every half second) nor record an outcome the
+    relay already gave (`RECORD_RETRY_SECONDS`), so a lease that ran out while the server was down says
+    nothing about its holder. Without this, a restart longer than the lease let a second worker take over a
+    claim whose message the relay had accepted and send it again. A fail-over to a standby that was started
+    long before is not seen here: a lease is what protects a claim then.
+    """
+    ran_out = Delivery.claimed_until < now
+    if dialect != "postgresql":
+        return ran_out
+    return and_(ran_out, func.pg_postmaster_start_time() < now - timedelta(seconds=lease_seconds))
+
+
+def _claimable(issue_id: int, now: datetime, dialect: str = "", lease_seconds: float = 0.0) -> Any:
     """The claim's test of a row's issue and state, written as one CASE so that no index can serve it.
 
     The claim names its rows by id: the primary key is the only index it should use. Written as plain
@@ -104,7 +152,7 @@ def _claimable(issue_id: int, now: datetime) -> Any:
     due = case(
         (Delivery.status == DeliveryStatus.PENDING, true()),
         (Delivery.status == DeliveryStatus.DEFERRED, Delivery.next_attempt_at <= now),
-        (Delivery.status == DeliveryStatus.SENDING, Delivery.claimed_until < now),
+        (Delivery.status == DeliveryStatus.SENDING, _expired(dialect, now, lease_seconds)),
         else_=false(),
     )
     return case((Delivery.issue_id == issue_id, due), else_=false())
@@ -158,8 +206,9 @@ def claim_rows(
         return []
     now = now or utcnow()
     lease = now + timedelta(seconds=lease_seconds)
-    token = secrets.token_hex(16)
-    where = [in_values(session, Delivery.id, ids), _claimable(issue_id, now)]
+    token = new_token()
+    dialect = session.get_bind().dialect.name
+    where = [in_values(session, Delivery.id, ids), _claimable(issue_id, now, dialect, lease_seconds)]
     if max_attempts is not None:
         where.append(Delivery.attempts < max_attempts)
     stmt = (
@@ -747,9 +796,39 @@ def release(session: Session, claims: Sequence[Claim]) -> None:
     _finish_many(session, claims, {"status": DeliveryStatus.PENDING}, uncount=True)
 
 
-def fail_exhausted_claims(session: Session, now: datetime, max_attempts: int) -> int:
-    """Fail the deliveries whose claim ran out (their worker died) after their last allowed attempt,
-    instead of trying them a ``max_attempts + 1``-th time; commits. Returns the count.
+def expire_claims_of(session: Session, ids: Sequence[int], mark: str, now: datetime | None = None) -> int:
+    """End now the leases of the claims among ``ids`` that a dead process held (tokens beginning with its
+    ``mark``, see `holder_mark`), so that they are taken over at once instead of when their lease runs out;
+    commits. Returns how many. Only the caller knows the holder is dead (a worker's main process whose pool
+    process was killed): a living holder's claims must never be named here.
+
+    The fencing is unchanged: the rows stay ``sending`` with their token until someone claims them, as when a
+    lease runs out, so the dead process's last record still lands if PostgreSQL had received it, and a message
+    the relay accepted just before the kill may go out again (at most 2 per connection, as ever).
+    """
+    if not ids or not mark:
+        return 0
+    now = now or utcnow()
+    expired = session.scalars(
+        update(Delivery)
+        .where(
+            in_values(session, Delivery.id, ids),
+            Delivery.status == DeliveryStatus.SENDING,
+            Delivery.claim_token.startswith(mark, autoescape=True),
+            Delivery.claimed_until > now,
+        )
+        .values(claimed_until=now)
+        .returning(Delivery.id)
+        .execution_options(synchronize_session=False)
+    ).all()
+    session.commit()
+    return len(expired)
+
+
+def fail_exhausted_claims(session: Session, now: datetime, max_attempts: int, lease_seconds: float = 0.0) -> int:
+    """Fail the deliveries whose claim ran out (their worker died, see `_expired`; ``lease_seconds`` is the
+    lease) after their last allowed attempt, instead of trying them a ``max_attempts + 1``-th time; commits.
+    Returns the count.
 
     Whether that last attempt reached the relay is unknown; the reason says so, and `issue requeue`
     can send them again after a look.
@@ -758,7 +837,7 @@ def fail_exhausted_claims(session: Session, now: datetime, max_attempts: int) ->
         update(Delivery)
         .where(
             Delivery.status == DeliveryStatus.SENDING,
-            Delivery.claimed_until < now,
+            _expired(session.get_bind().dialect.name, now, lease_seconds),
             Delivery.attempts >= max_attempts,
             Delivery.issue_id.not_in(select(Issue.id).where(Issue.status == IssueStatus.CANCELLED)),  # skipped instead
         )
@@ -785,16 +864,21 @@ def mark_enqueued(session: Session, ids: Sequence[int], now: datetime | None = N
         )
 
 
-def due_for_enqueue(session: Session, now: datetime, requeue_after: float, limit: int = 10000) -> list[tuple[int, int]]:
+def due_for_enqueue(
+    session: Session, now: datetime, requeue_after: float, limit: int = 10000, lease_seconds: float | None = None
+) -> list[tuple[int, int]]:
     """``(issue_id, delivery_id)`` pairs whose send task must be (re-)enqueued, in id order.
 
     Due: a deferred row whose retry time has come and that was not enqueued since it was deferred;
-    an expired claim (its worker died); a pending row never enqueued; and a pending row enqueued
+    an expired claim (its worker died, see `_expired`; ``lease_seconds`` defaults to ``requeue_after``);
+    a pending row never enqueued; and a pending row enqueued
     longer than ``requeue_after`` seconds ago when its whole issue made no progress in that time (its
     broker message was lost, e.g. Redis restarted). A pending row waiting its turn behind a
     rate-limited relay is not due while the issue moves: re-enqueueing it would only add empty claims.
     """
     stale = now - timedelta(seconds=requeue_after)
+    dialect = session.get_bind().dialect.name
+    lease_seconds = requeue_after if lease_seconds is None else lease_seconds
     never_or_stale = or_(Delivery.enqueued_at.is_(None), Delivery.enqueued_at < stale)
     other = Delivery.__table__.alias("progress")
     stalled_issues = select(Issue.id).where(
@@ -810,7 +894,7 @@ def due_for_enqueue(session: Session, now: datetime, requeue_after: float, limit
                     Delivery.next_attempt_at <= now,
                     or_(never_or_stale, Delivery.enqueued_at < Delivery.next_attempt_at),
                 ),
-                and_(Delivery.status == DeliveryStatus.SENDING, Delivery.claimed_until < now, never_or_stale),
+                and_(Delivery.status == DeliveryStatus.SENDING, _expired(dialect, now, lease_seconds), never_or_stale),
                 and_(Delivery.status == DeliveryStatus.PENDING, Delivery.enqueued_at.is_(None)),
                 and_(Delivery.status == DeliveryStatus.PENDING, Delivery.enqueued_at < stale, Delivery.issue_id.in_(stalled_issues)),
             )
