@@ -23,6 +23,18 @@ from newsletter.scheduling import fire_due_schedules
 log = logging.getLogger(__name__)
 
 
+# Leases without progress after which a publish step or a queued batch counts as lost (its worker died, or the
+# broker lost its message) and is enqueued again: 300 s at the default lease of 60 s, as before leases were cut
+# from 300 s. A publish step heartbeats only between steps, and one of a large issue (the related index's first
+# fit on a big archive, a loaded machine) can take minutes: restarting it every lease would run it twice over.
+STALL_LEASES = 5
+
+
+def stall_seconds(settings: Settings) -> float:
+    """Seconds without progress after which the sweeper takes a publish step or a queued batch for lost."""
+    return STALL_LEASES * settings.lease_seconds
+
+
 @dataclass
 class SweepResult:
     """What one sweep did: batches enqueued per issue, and issues finished."""
@@ -51,7 +63,7 @@ def sweep(
     Safe to run from several processes at once: a delivery enqueued twice is claimed once.
     """
     now = now or utcnow()
-    requeue_after = settings.lease_seconds if requeue_after is None else requeue_after
+    requeue_after = stall_seconds(settings) if requeue_after is None else requeue_after
     result = SweepResult()
     if start is not None:
         for issue_id in fire_due_schedules(session, now):

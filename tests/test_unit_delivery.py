@@ -560,8 +560,8 @@ def test_the_sweeper_leaves_a_rate_limited_backlog_in_the_queue_while_the_issue_
     from newsletter import sweeper
 
     issue_id, rec = _publish(session, settings)
-    lease = settings.lease_seconds
-    long_ago = datetime.now(UTC) - timedelta(seconds=lease * 2)  # planned and enqueued two leases ago
+    lease = sweeper.stall_seconds(settings)  # the stall window
+    long_ago = datetime.now(UTC) - timedelta(seconds=lease * 2)  # planned and enqueued two windows ago
     session.execute(update(Delivery).where(Delivery.issue_id == issue_id).values(enqueued_at=long_ago, updated_at=long_ago))
     session.commit()
     (first,) = ledger.claim(session, issue_id, rec.ids[:1], lease)
@@ -572,6 +572,27 @@ def test_the_sweeper_leaves_a_rate_limited_backlog_in_the_queue_while_the_issue_
     stalled = Recorder()
     result = sweeper.sweep(session, settings, stalled, now=datetime.now(UTC) + timedelta(seconds=lease * 1.5))
     assert sorted(stalled.ids) == sorted(rec.ids[1:])  # nothing moved for a lease: the messages were lost
+
+
+def test_the_sweeper_hands_a_dead_worker_s_claims_out_once_their_lease_ran_out(session, settings: Settings) -> None:  # type: ignore[no-untyped-def]
+    """A batch enqueued and claimed, then its worker died: the sweep after the lease ran out enqueues it again
+    (a lease, not the stall window of 5 leases after its enqueue), and the sweeps after that do not, while that
+    task waits in the queue."""
+    from newsletter import sweeper
+
+    issue_id, rec = _publish(session, settings)  # planned and enqueued
+    t0 = datetime.now(UTC)
+    lease = settings.lease_seconds
+    assert len(ledger.claim(session, issue_id, rec.ids, lease, now=t0)) == len(rec.ids)  # then its worker died
+    assert sweeper.sweep(session, settings, Recorder(), now=t0 + timedelta(seconds=lease - 1)).enqueued == {}
+    expired = t0 + timedelta(seconds=lease + 1)
+    first = Recorder()
+    assert sweeper.sweep(session, settings, first, now=expired).enqueued == {issue_id: 2}  # batches of 2
+    assert sorted(first.ids) == sorted(rec.ids)
+    for seconds in (1, lease, sweeper.stall_seconds(settings) - 1):
+        again = Recorder()
+        sweeper.sweep(session, settings, again, now=expired + timedelta(seconds=seconds))
+        assert again.calls == [], seconds
 
 
 def test_auto_pause_holds_back_the_rest_even_when_the_issue_would_finish_between_sweeps(
@@ -651,15 +672,18 @@ def test_sweeper_restarts_a_pipeline_whose_worker_died(session, settings: Settin
     publishing.request_publish(session, settings, issue)  # enqueued; then its worker died before any step ran
     started: list[int] = []
     now = datetime.now(UTC)
-    # Within a lease of the last heartbeat, nothing happens; after it, the pipeline is enqueued once.
-    assert sweeper.sweep(session, settings, Recorder(), now=now + timedelta(seconds=10), start=started.append).restarted == []
-    later = now + timedelta(seconds=settings.lease_seconds + 1)
+    # Within the stall window (5 leases) of the last heartbeat, nothing happens; after it, the pipeline is enqueued once.
+    stall = sweeper.stall_seconds(settings)
+    assert stall == 5 * settings.lease_seconds
+    for seconds in (10, settings.lease_seconds + 1, stall - 1):  # a step may take minutes without a heartbeat
+        assert sweeper.sweep(session, settings, Recorder(), now=now + timedelta(seconds=seconds), start=started.append).restarted == []
+    later = now + timedelta(seconds=stall + 1)
     assert sweeper.sweep(session, settings, Recorder(), now=later, start=started.append).restarted == [issue.id]
     assert sweeper.sweep(session, settings, Recorder(), now=later, start=started.append).restarted == []
     assert started == [issue.id]
     # A step that makes progress keeps it from being restarted.
     publishing.attach_related(session, settings, issue.id)
-    assert sweeper.restart_stalled_pipelines(session, datetime.now(UTC), settings.lease_seconds, started.append) == []
+    assert sweeper.restart_stalled_pipelines(session, datetime.now(UTC), stall, started.append) == []
 
 
 class LendingSource:

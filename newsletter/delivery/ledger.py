@@ -870,7 +870,8 @@ def due_for_enqueue(
     """``(issue_id, delivery_id)`` pairs whose send task must be (re-)enqueued, in id order.
 
     Due: a deferred row whose retry time has come and that was not enqueued since it was deferred;
-    an expired claim (its worker died, see `_expired`; ``lease_seconds`` defaults to ``requeue_after``);
+    an expired claim (its worker died, see `_expired`; ``lease_seconds`` defaults to ``requeue_after``) not
+    enqueued since it ran out;
     a pending row never enqueued; and a pending row enqueued
     longer than ``requeue_after`` seconds ago when its whole issue made no progress in that time (its
     broker message was lost, e.g. Redis restarted). A pending row waiting its turn behind a
@@ -894,7 +895,13 @@ def due_for_enqueue(
                     Delivery.next_attempt_at <= now,
                     or_(never_or_stale, Delivery.enqueued_at < Delivery.next_attempt_at),
                 ),
-                and_(Delivery.status == DeliveryStatus.SENDING, _expired(dialect, now, lease_seconds), never_or_stale),
+                # Enqueued before the claim ran out (the task that claimed it, or earlier) or long ago: not
+                # once per sweep while the task enqueued for it waits in the queue.
+                and_(
+                    Delivery.status == DeliveryStatus.SENDING,
+                    _expired(dialect, now, lease_seconds),
+                    or_(never_or_stale, Delivery.enqueued_at < Delivery.claimed_until),
+                ),
                 and_(Delivery.status == DeliveryStatus.PENDING, Delivery.enqueued_at.is_(None)),
                 and_(Delivery.status == DeliveryStatus.PENDING, Delivery.enqueued_at < stale, Delivery.issue_id.in_(stalled_issues)),
             )
