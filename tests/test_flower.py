@@ -50,7 +50,7 @@ def test_flower_lists_the_worker_and_its_tasks(sqlite_url: str, redis_available:
             time.sleep(1)
         name = next(n for n in workers if n.startswith("flowertest@"))
         assert "newsletter.send_batch" in workers[name]["registered"]
-        assert {q["name"] for q in workers[name]["active_queues"]} == {"render", "plan", "send"}
+        assert {q["name"] for q in workers[name]["active_queues"]} == {"render", "plan", "send", "notices"}  # every queue by default
     finally:
         for proc in procs:
             os.killpg(proc.pid, signal.SIGTERM)

@@ -444,7 +444,7 @@ def test_a_handed_on_notice_is_due_again_only_when_due_anew_or_its_hand_off_was_
 
 @pytest.mark.integration
 def test_a_confirmation_goes_out_within_seconds_while_a_worker_sends_a_large_issue(  # type: ignore[no-untyped-def]
-    pg_url: str, make_settings, redis_available: str, tmp_path: Path
+    pg_url: str, make_settings, tmp_path: Path
 ) -> None:
     """Regression: notices went to the ``send`` queue, so a sign-up during a publish waited behind every
     batch of it (minutes at 100,000 subscribers). On the ``notices`` queue it waits at most for one batch in
@@ -454,14 +454,15 @@ def test_a_confirmation_goes_out_within_seconds_while_a_worker_sends_a_large_iss
     import signal
     import time
 
-    import redis
-
     from newsletter.runner import follow, start_publish
     from tasks.app import use_settings
     from tests.test_fault_operations import draft_issue
+    from tests.test_faults import RedisServer
     from tests.test_integration_worker import start_worker
 
-    redis.Redis.from_url(redis_available).flushdb()
+    redis_server = RedisServer(tmp_path)  # a private one: nothing else may flush the queued batches
+    redis_server.start()
+    redis_available = redis_server.url
     total = 300
     with SMTPServer(data_delay=0.2) as smtp:
         env = {"DATABASE_URL": pg_url, "REDIS_URL": redis_available, "SMTP_URL": smtp.url, "NEWSLETTER_HOME": str(tmp_path / "home"),
@@ -490,6 +491,7 @@ def test_a_confirmation_goes_out_within_seconds_while_a_worker_sends_a_large_iss
             os.killpg(worker.pid, signal.SIGKILL)
             worker.wait()
             use_settings(make_settings(pg_url, REDIS_URL=""))
+            redis_server.stop()
         print(f"\nconfirmation during a publish of {total} at 0.2 s per message: arrived after {waited:.1f} s, "
               f"with {issue_messages} of the issue's {total} messages sent")  # fmt: skip
         assert issue_messages < total - 40, "the publish must still be under way"

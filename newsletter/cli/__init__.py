@@ -29,7 +29,7 @@ COMMANDS = {
     "users": ("users", "users", "Editors who sign in to the admin pages (/admin)."),
     "tokens": ("users", "tokens", "Bearer tokens for the editor API (/api, see /docs)."),
     "related": ("related", "related", 'Related-articles ("You might also like") index commands.'),
-    "worker": ("processes", "worker", "Run a Celery worker on the render, plan and send queues (needs REDIS_URL)."),
+    "worker": ("processes", "worker", "Run a Celery worker on the render, plan, send and notices queues (needs REDIS_URL)."),
     "sweep": ("processes", "sweep", "Run one sweep now: re-enqueue due retries and expired claims, finish done issues."),
     "web": (
         "processes",
