@@ -28,7 +28,6 @@ from __future__ import annotations
 import logging
 import random
 import threading
-import uuid
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
@@ -40,6 +39,7 @@ from sqlalchemy.orm import Session
 from newsletter.config import Settings
 from newsletter.delivery.backoff import next_attempt
 from newsletter.delivery.errors import DeliveryError, PermanentDeliveryError, TemporaryDeliveryError
+from newsletter.delivery.ledger import new_token
 from newsletter.delivery.mailers import Mailer
 from newsletter.models import Notice, NoticeStatus, Subscriber, SubscriberStatus, Suppression, utcnow
 from newsletter.notices import KINDS, default_mailer, deliver_notice
@@ -121,7 +121,7 @@ def claim(session: Session, settings: Settings, notice_id: int, now: datetime | 
     lasts `lease_seconds`; a worker that dies holding it lets the sweeper claim it again once it expired
     (the message may then go out twice, if the relay had taken it: at least once). Commits."""
     now = now or utcnow()
-    token = uuid.uuid4().hex
+    token = new_token()  # begins with this process's mark, if it has one: see `expire_claim_of`
     won = session.execute(
         update(Notice)
         .where(Notice.id == notice_id, _claimable(now))
@@ -137,6 +137,30 @@ def claim(session: Session, settings: Settings, notice_id: int, now: datetime | 
     ).first()
     session.commit()
     return token if won is not None else None
+
+
+def expire_claim_of(session: Session, notice_id: int, mark: str, now: datetime | None = None) -> int:
+    """End now the claim of notice ``notice_id`` if a dead process held it (its token begins with that
+    process's ``mark``, `newsletter.delivery.ledger.holder_mark`), so that it is claimed again at once; commits.
+    Returns 1 if ended, else 0. The row stays ``sending`` under its token until then, as when a claim runs out.
+    Only the caller knows the holder is dead (a worker's main process that saw its pool process die)."""
+    if not mark:
+        return 0
+    now = now or utcnow()
+    ended = session.execute(
+        update(Notice)
+        .where(
+            Notice.id == notice_id,
+            Notice.status == NoticeStatus.SENDING,
+            Notice.claim_token.startswith(mark, autoescape=True),
+            Notice.claimed_until > now,
+        )
+        .values(claimed_until=now)
+        .returning(Notice.id)
+        .execution_options(synchronize_session=False)
+    ).first()
+    session.commit()
+    return int(ended is not None)
 
 
 def _finish(session: Session, notice_id: int, token: str, now: datetime, status: NoticeStatus, **values: Any) -> bool:

@@ -14,8 +14,9 @@ import os
 import secrets
 import sys
 import tempfile
+from collections.abc import Callable
 from functools import cache
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from celery import Celery
 from celery.signals import (
@@ -30,6 +31,9 @@ from kombu import Exchange, Queue, pools
 
 from newsletter import logs
 from newsletter.config import Settings, SettingsError, load_settings
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 log = logging.getLogger(__name__)
 
@@ -306,12 +310,14 @@ def _mark_claim_tokens(**_: Any) -> None:
         ledger.set_holder(ledger.holder_mark(_holder_secret[0], os.getpid()))
 
 
-def release_dead_claims(delivery_ids: list[int], pid: int) -> int:
-    """In a worker's main process: end at once the leases of the claims among ``delivery_ids`` that its pool
-    process ``pid`` held when it died (Celery's WorkerLostError: killed, out of memory), so that the task
-    message Celery gives back (``task_reject_on_worker_lost``) takes them over at once instead of finding
-    them busy and leaving them to the sweeper once their lease ran out. Returns how many; 0 when the
-    database does not answer within a few seconds (the leases then run out as before). Never raises.
+def release_dead_claims(pid: int, release: Callable[[Session, str], int], what: str) -> int:
+    """In a worker's main process: end at once the leases of the claims its pool process ``pid`` held when it
+    died (Celery's WorkerLostError: killed, out of memory), so that the task message Celery gives back
+    (``task_reject_on_worker_lost``) takes them over at once instead of finding them busy and leaving them to
+    the sweeper once their lease ran out. ``release(session, mark)`` ends the leases of the task's rows whose
+    token begins with ``mark`` (`ledger.expire_claims_of`, `notice_queue.expire_claim_of`) and returns how
+    many; ``what`` names them in a log line. Returns how many; 0 when the database does not answer within a
+    few seconds (the leases then run out as before). Never raises.
     """
     from sqlalchemy import create_engine
     from sqlalchemy.orm import Session
@@ -320,7 +326,7 @@ def release_dead_claims(delivery_ids: list[int], pid: int) -> int:
     from newsletter.db import first_line, normalise_url
     from newsletter.delivery import ledger
 
-    if not _holder_secret or not delivery_ids:
+    if not _holder_secret:
         return 0
     url = normalise_url(settings().database_url)
     # A connection of its own, closed after: this process forks the replacement pool process, which must
@@ -329,12 +335,21 @@ def release_dead_claims(delivery_ids: list[int], pid: int) -> int:
     engine = create_engine(url, poolclass=NullPool, connect_args=connect_args)
     try:
         with Session(engine) as session:
-            return ledger.expire_claims_of(session, delivery_ids, ledger.holder_mark(_holder_secret[0], pid))
+            return release(session, ledger.holder_mark(_holder_secret[0], pid))
     except Exception as exc:
-        log.warning("pool process %s died holding deliveries; their claims run out with their lease (%s)", pid, first_line(exc))
+        log.warning("pool process %s died holding %s; their claims run out with their lease (%s)", pid, what, first_line(exc))
         return 0
     finally:
         engine.dispose()
+
+
+def lost_worker_pid(request: Any, exc_info: Any) -> int | None:
+    """The pid of the pool process that died under ``request`` (a Celery ``Request`` failing with
+    WorkerLostError), else None."""
+    from billiard.exceptions import WorkerLostError
+
+    exc = getattr(exc_info.exception, "exc", exc_info.exception)  # Celery may wrap it (ExceptionWithTraceback)
+    return request.worker_pid if isinstance(exc, WorkerLostError) and request.worker_pid else None
 
 
 @worker_process_shutdown.connect

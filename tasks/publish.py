@@ -6,18 +6,18 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from billiard.exceptions import WorkerLostError
 from celery import Task, chain
 from celery.worker.request import Request
 
 from newsletter import logs, publishing, sweeper
 from newsletter.config import Settings
 from newsletter.db import first_line, is_transient_db_error, session_factory
+from newsletter.delivery import ledger
 from newsletter.delivery.mailers import Mailer, open_mailer
 from newsletter.delivery.pool import pool_for
 from newsletter.delivery.send import MailerSource
 from newsletter.delivery.send import send_batch as send_batch_fn
-from tasks.app import app, is_broker_error, release_dead_claims, settings
+from tasks.app import app, is_broker_error, lost_worker_pid, release_dead_claims, settings
 
 log = logging.getLogger(__name__)
 
@@ -100,13 +100,12 @@ class SendBatchRequest(Request):  # type: ignore[misc]
     instead of a lease later. (Celery sends no ``task_failure`` signal for a message it requeues.)"""
 
     def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False) -> Any:
-        exc = getattr(exc_info.exception, "exc", exc_info.exception)  # Celery may wrap it (ExceptionWithTraceback)
-        if isinstance(exc, WorkerLostError) and self.worker_pid:
+        pid = lost_worker_pid(self, exc_info)
+        if pid is not None:
             args = list(self.args or ()) + [self.kwargs.get(k) for k in ("issue_id", "delivery_ids") if k in (self.kwargs or {})]
-            ids = args[1] if len(args) > 1 and isinstance(args[1], list) else []
-            released = release_dead_claims([int(i) for i in ids], self.worker_pid)
-            log.warning("send batch %s: pool process %s died (%s); %s claims released for the redelivered task",
-                        self.id, self.worker_pid, exc, released)  # fmt: skip
+            ids = [int(i) for i in args[1]] if len(args) > 1 and isinstance(args[1], list) else []
+            released = release_dead_claims(pid, lambda session, mark: ledger.expire_claims_of(session, ids, mark), "deliveries")
+            log.warning("send batch %s: pool process %s died; %s claims released for the redelivered task", self.id, pid, released)
         return super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
 
 

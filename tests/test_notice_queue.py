@@ -498,3 +498,62 @@ def test_a_confirmation_goes_out_within_seconds_while_a_worker_sends_a_large_iss
         assert waited < 8.0
         assert outcome.status == "sent", outcome
         assert smtp.recorder.recipients()["newcomer@example.org"] == 1
+
+
+@pytest.mark.integration
+def test_a_notice_whose_pool_process_was_killed_goes_out_at_once(pg_url: str, make_settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A worker's pool process killed while it sends a confirmation (the relay holds its RCPT): the worker's main
+    process ends that process's claim before Celery gives the task back, so the confirmation goes out within
+    seconds, not when its claim (at least 10 x SMTP_TIMEOUT: 300 s) ran out and a sweep came by (no beat runs
+    here). The message the dead process was sending never reached DATA: one copy at the relay."""
+    import os
+    import signal
+    import time
+
+    from tasks.app import use_settings
+    from tests.test_faults import Fleet, RedisServer, _pool_processes
+
+    redis_server = RedisServer(tmp_path)
+    redis_server.start()
+    held = threading.Event()
+
+    def slow_first_rcpt(_address: str, attempt: int) -> str | None:
+        if attempt == 1:
+            held.set()
+            time.sleep(3)  # the relay thinks; the sender is killed meanwhile
+        return None
+
+    try:
+        with SMTPServer(rcpt_fault=slow_first_rcpt) as smtp:
+            env = {"DATABASE_URL": pg_url, "REDIS_URL": redis_server.url, "SMTP_URL": smtp.url, "NEWSLETTER_HOME": str(tmp_path / "home"),
+                   "NEWSLETTER_SECRET_KEY": "notice-secret", "NEWSLETTER_BASE_URL": "https://news.example.org"}  # fmt: skip
+            settings = make_settings(pg_url, **env)
+            fleet = Fleet(env, tmp_path)
+            try:
+                fleet.start_worker("n")
+                with session_factory(pg_url)() as session:
+                    notice_id = _sign_up(session, settings, "killed@example.org")
+                notice_queue.dispatch(settings, [notice_id])
+                assert held.wait(120), "the worker never sent the confirmation"
+                for pid in _pool_processes(fleet.workers["n"].pid):
+                    os.kill(pid, signal.SIGKILL)
+                killed = time.monotonic()
+                while "killed@example.org" not in smtp.recorder.recipients():
+                    assert time.monotonic() - killed < 30, "the confirmation waits for its claim to run out"
+                    time.sleep(0.05)
+                took = time.monotonic() - killed
+                while _notices(pg_url)[0].status != "sent":  # recorded just after the relay took it
+                    assert time.monotonic() - killed < 40, _notices(pg_url)[0].status
+                    time.sleep(0.05)
+            finally:
+                fleet.stop_all()
+                use_settings(make_settings(pg_url, REDIS_URL=""))
+            log = "".join(p.read_text(errors="replace") for p in tmp_path.glob("n-*.log"))
+            print(f"\nconfirmation's pool process killed: sent again {took:.1f} s later")
+            assert smtp.recorder.recipients() == Counter({"killed@example.org": 1})
+    finally:
+        redis_server.stop()
+    assert "claim released for the redelivered task" in log
+    assert took < 15
+    [row] = _notices(pg_url)
+    assert (row.status, row.attempts) == ("sent", 2)
