@@ -331,7 +331,7 @@ def plan_deliveries(session: Session, settings: Settings, issue_id: int, enqueue
         planned += inserted
         session.execute(update(Issue).where(Issue.id == issue_id).values(pipeline_heartbeat_at=now))  # progress
         session.commit()
-        log.debug("issue %s: planned %s deliveries up to subscriber %s", issue_id, planned, hi)
+        log.debug("issue %s: planned %s deliveries up to subscriber %s", issue.number, planned, hi, extra={"issue_id": issue_id})
         for start in range(0, len(ids), settings.batch_size):
             try:
                 enqueue(issue_id, ids[start : start + settings.batch_size])
@@ -347,7 +347,7 @@ def plan_deliveries(session: Session, settings: Settings, issue_id: int, enqueue
                 )
                 session.commit()
                 raise
-    log.info("issue %s: planned %s deliveries in %.1f s", issue_id, planned, time.monotonic() - started)
+    log.info("issue %s: planned %s deliveries in %.1f s", issue.number, planned, time.monotonic() - started, extra={"issue_id": issue_id})
     # The issue may have been paused or cancelled while its batches were sent (the embedded worker sends
     # them inside `enqueue`): move it on only from `publishing`, in one UPDATE, then read it afresh.
     session.execute(
