@@ -214,9 +214,23 @@ def create_issue(
     for position, article in enumerate(articles):
         issue.items.append(IssueArticle(article_id=article.id, position=position))
     _sync_editions(issue, [a.lang for a in articles], titles, notes, convert_traditional, conversion, phrases)
+    # A text for a language the articles give no edition would be dropped without a word; `set_texts`
+    # refuses it, and so does creation (before anything is added to the session).
+    _check_text_langs(issue, titles, notes)
     session.add(issue)
     session.flush()
     return issue
+
+
+def _check_text_langs(issue: Issue, titles: Mapping[str, str], notes: Mapping[str, str]) -> None:
+    """Raises `IssueError` naming the field (``titles.fr``) when a title or note is for a language the
+    issue has no edition of."""
+    editions = [e.lang for e in issue.editions]
+    for kind, values in (("titles", titles), ("notes", notes)):
+        for lang in values:
+            if lang not in editions:
+                has = ", ".join(editions) or "none yet: add articles first"
+                raise IssueError(f"issue {issue.number} has no {lang} edition (editions: {has})", f"{kind}.{lang}")
 
 
 def _sync_editions(
@@ -413,12 +427,8 @@ def update_texts(
     titles, notes = dict(titles or {}), dict(notes or {})
     check_texts(titles, notes)
     check_links([], notes)
+    _check_text_langs(issue, titles, notes)
     editions = {e.lang: e for e in issue.editions}
-    for kind, values in (("titles", titles), ("notes", notes)):
-        for lang in values:
-            if lang not in editions:
-                has = ", ".join(editions) or "none yet: add articles first"
-                raise IssueError(f"issue {issue.number} has no {lang} edition (editions: {has})", f"{kind}.{lang}")
     titles = {lang: " ".join(title.split()) for lang, title in titles.items()}
     _follow_zh_hans(editions, titles, notes, conversion, phrases)
     for lang, title in titles.items():

@@ -39,6 +39,9 @@ def test_articles_and_draft_editing(db_url: str, make_settings) -> None:  # type
     created = c.post(
         "/api/issues", json={"articles": ["sample-en-01", "sample-en-02", "sample-zh-Hans-01"], "titles": {"en": "Week 47"}}, headers=h
     )
+    # A title for a language the articles give no edition was dropped without a word (edit refuses it)
+    foreign = c.post("/api/issues", json={"articles": ["sample-en-01"], "titles": {"zh-Hans": "一周"}}, headers=h)
+    assert foreign.status_code == 422 and foreign.json()["errors"][0]["field"] == "titles.zh-Hans", foreign.json()
     assert created.status_code == 201 and created.headers["location"] == f"/api/issues/{created.json()['number']}"
     issue = created.json()
     n = issue["number"]

@@ -325,3 +325,16 @@ def test_rows_an_unclosed_quote_swallows_are_counted_as_rejected(cli_env: dict[s
     assert result.exit_code == 1
     assert "1 created, 0 updated, 0 unchanged, 0 merged, 4 rejected" in result.stdout
     assert "lines 3-6: a quoted cell runs over 4 lines; is a closing quote missing on line 3?" in result.stderr
+
+
+def test_issue_create_refuses_a_title_for_a_language_without_an_edition(cli_env: dict[str, str], tmp_path: Path) -> None:  # noqa: F811
+    """Regression: `issue create --latest 3 --lang en --title fr=Semaine` created the issue and dropped the
+    French title without a word; `issue edit` refuses the same title. Now create refuses it too."""
+    setup_archive(tmp_path)
+    result = invoke("issue", "create", "--latest", "3", "--lang", "en", "--title", "fr=Semaine")
+    assert result.exit_code == 1, result.output
+    assert "Error: issue 1 has no fr edition (editions: en)" in result.output
+    note = invoke("issue", "create", "--articles", "a1", "--note", "zh-Hans=编者按")
+    assert note.exit_code == 1 and "issue 1 has no zh-Hans edition (editions: en)" in note.output, note.output
+    assert "draft" not in run("issue", "list")  # nothing created
+    assert "issue 1 created" in run("issue", "create", "--articles", "a1", "--title", "en=Week 47")
