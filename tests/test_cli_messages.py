@@ -338,3 +338,17 @@ def test_issue_create_refuses_a_title_for_a_language_without_an_edition(cli_env:
     assert note.exit_code == 1 and "issue 1 has no zh-Hans edition (editions: en)" in note.output, note.output
     assert "draft" not in run("issue", "list")  # nothing created
     assert "issue 1 created" in run("issue", "create", "--articles", "a1", "--title", "en=Week 47")
+
+
+@pytest.mark.parametrize("end", ["\n", ""])
+def test_an_unclosed_quote_on_the_last_line_is_rejected(cli_env: dict[str, str], tmp_path: Path, end: str) -> None:  # noqa: F811
+    """Regression: `cr2@example.org,"unterminated,en,` as the last line was imported with the rest of the line
+    as the name and the default language (csv ends a quoted cell left open at the end of the file)."""
+    run("db", "upgrade")
+    path = tmp_path / "subs.csv"
+    path.write_text('email,name,lang\nok@example.net,OK,en\ncr2@example.org,"unterminated,en,' + end, encoding="utf-8")
+    result = invoke("subscribers", "import", str(path))
+    assert result.exit_code == 1, result.output
+    assert "1 created, 0 updated, 0 unchanged, 0 merged, 1 rejected" in result.stdout
+    assert "line 3: a quoted cell runs to the end of the file; is a closing quote missing on line 3?" in result.stderr
+    assert invoke("subscribers", "show", "cr2@example.org").exit_code != 0
