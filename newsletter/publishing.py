@@ -38,7 +38,7 @@ from newsletter.models import (
     utcnow,
 )
 from newsletter.rendering import ArticleView, EditionContent, check_edition, render_edition
-from newsletter.segments import SegmentError, audience, audience_conditions, count_audience, edition_for
+from newsletter.segments import SegmentError, audience, audience_conditions, count_audience, edition_for, why_empty
 from newsletter.summaries import summarise
 
 log = logging.getLogger(__name__)
@@ -189,7 +189,7 @@ def check_publishable(session: Session, settings: Settings, issue: Issue) -> Non
     except SegmentError as exc:
         raise IssueError(f"issue {issue.number}: bad segment: {exc}", "segment") from exc
     if size == 0:
-        raise IssueError(f"issue {issue.number}: the audience is empty (no active, unsuppressed subscribers)")
+        raise IssueError(f"issue {issue.number}: the audience is empty: {why_empty(session, issue.segment)}")
 
 
 def freeze_audience(session: Session, issue: Issue) -> None:

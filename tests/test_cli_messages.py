@@ -352,3 +352,21 @@ def test_an_unclosed_quote_on_the_last_line_is_rejected(cli_env: dict[str, str],
     assert "1 created, 0 updated, 0 unchanged, 0 merged, 1 rejected" in result.stdout
     assert "line 3: a quoted cell runs to the end of the file; is a closing quote missing on line 3?" in result.stderr
     assert invoke("subscribers", "show", "cr2@example.org").exit_code != 0
+
+
+def test_an_empty_audience_says_why(cli_env: dict[str, str], tmp_path: Path) -> None:  # noqa: F811
+    """Regression: `segment preview '{"topics": {"any": ["securty"]}}'` said only "0 subscribers in the
+    audience", and publishing an issue whose segment matched nobody said "the audience is empty (no active,
+    unsuppressed subscribers)" with active subscribers on the list."""
+    setup_archive(tmp_path, "a@example.com,A,en,security\nb@example.com,B,en,economy;security\nc@example.com,C,en,\n")
+    typo = run("segment", "preview", '{"topics": {"any": ["securty"]}}')
+    assert typo == "0 subscribers in the audience: no subscriber has topic 'securty' (known: economy, security)\n", typo
+    nobody = run("segment", "preview", '{"topics": {"all": ["economy"]}, "languages": ["zh-Hans"]}')
+    assert nobody == "0 subscribers in the audience: the segment matched none of the 3 active subscribers\n", nobody
+    assert run("segment", "preview", '{"topics": {"any": ["economy"]}}').startswith("1 subscriber in the audience\n")
+    run("issue", "create", "--articles", "a1", "--segment", '{"topics": {"any": ["securty", "sport"]}}')
+    refused = invoke("issue", "publish", "1", "--yes")
+    assert refused.exit_code == 1, refused.output
+    assert (
+        "Error: issue 1: the audience is empty: no subscriber has topics 'securty', 'sport' (known: economy, security)\n"
+    ) in refused.output, refused.output
