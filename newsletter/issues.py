@@ -159,17 +159,19 @@ def check_links(articles: Sequence[Article], notes: Mapping[str, str]) -> None:
     in an editor's note (Markdown), an article's URL or its body.
 
     Raises:
-        IssueError: naming every note and article at fault.
+        IssueError: naming every note and article at fault; its ``field`` is the first one's (``notes.en``,
+            or ``articles``).
     """
-    found = [f"editor's note ({lang}): {p}" for lang, text in notes.items() for p in markdown_link_problems(text)]
+    found = [(f"notes.{lang}", f"editor's note ({lang}): {p}") for lang, text in notes.items() for p in markdown_link_problems(text)]
     for article in articles:
         url = article.url or ""
         problems = link_problems(f'<a href="{escape(url, quote=True)}">x</a>') if url else []
         problems = [f"its URL is {p.removeprefix('a ')}" for p in problems]
         problems += [f"its body has {p}" for p in link_problems(article.body_html or "")]
-        found += [f"article {article.external_id}: {p}" for p in problems]
+        found += [("articles", f"article {article.external_id}: {p}") for p in problems]
     if found:
-        raise IssueError("bad links: " + "; ".join(found[:10]) + (" …" if len(found) > 10 else ""))
+        texts = [text for _, text in found]
+        raise IssueError("bad links: " + "; ".join(texts[:10]) + (" …" if len(texts) > 10 else ""), found[0][0])
 
 
 def zh_hant_options(settings: Settings) -> dict[str, Any]:

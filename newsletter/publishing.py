@@ -208,7 +208,8 @@ def request_publish(session: Session, settings: Settings, issue: Issue) -> None:
     and the deliveries a relay refused as unknown without vouching for it (held, see
     `newsletter.delivery.breaker`) are sent again.
     The move is one conditional UPDATE (``WHERE status IN ('draft', 'scheduled', 'failed')``), so of two
-    publishes of the same issue at the same instant exactly one wins; the other gets `IssueError`.
+    publishes of the same issue at the same instant exactly one wins; the other gets `IssueStateError`
+    (a conflict: HTTP 409).
 
     Raises:
         IssueError, RenderError: see `check_publishable`, or another publish won the race; nothing was changed.
@@ -236,8 +237,8 @@ def request_publish(session: Session, settings: Settings, issue: Issue) -> None:
         breaker.reopen_held(session, issue.id, enqueued_at=None)
     session.commit()
     session.refresh(issue)
-    if not won:
-        raise IssueError(f"issue {issue.number} is already being published ({issue.status})")
+    if not won:  # another publish of this issue got there first: a conflict with its state, not bad input
+        raise IssueStateError(f"issue {issue.number} is already being published ({issue.status})")
 
 
 def attach_related(session: Session, settings: Settings, issue_id: int, k: int = RELATED_PER_ARTICLE) -> dict[str, int]:

@@ -247,3 +247,52 @@ def test_publish_with_the_broker_down_is_a_503_and_changes_nothing(sqlite_url: s
     assert down.status_code == 503 and down.headers["content-type"] == PROBLEM and down.headers["retry-after"] == "30"
     assert "cannot reach the broker" in down.json()["detail"]
     assert c.get(f"/api/issues/{n}", headers=h).json()["status"] == "draft"
+
+
+def test_a_publish_that_loses_the_race_is_a_409(pg_url: str, make_settings) -> None:  # type: ignore[no-untyped-def]
+    """Regression: of two publish POSTs at once, the second got "422 Invalid input: issue 2 is already being
+    published"; it is a conflict with the issue's state (409). On PostgreSQL, the other publish holds the
+    issue's row (its UPDATE not yet committed) while this one runs its checks; it commits once this one
+    waits on the row, and this one's conditional UPDATE then finds the issue publishing."""
+    import threading
+
+    from sqlalchemy import create_engine, text, update
+
+    site = make_site(make_settings(pg_url))
+    c, h = site.client, site.auth
+    n = c.post("/api/issues", json={"articles": ["sample-en-01"]}, headers=h).json()["number"]
+    recipients = c.get(f"/api/issues/{n}/audience", headers=h).json()["recipients"]
+    engine = create_engine(pg_url)
+    answer: list = []
+    with engine.connect() as other, engine.connect() as watch:
+        other.execute(update(Issue).where(Issue.number == n).values(status="publishing"))  # the first publish, uncommitted
+        post = threading.Thread(
+            target=lambda: answer.append(c.post(f"/api/issues/{n}/publish", json={"confirm": True, "recipients": recipients}, headers=h))
+        )
+        post.start()
+        waiting = "select count(*) from pg_stat_activity where wait_event_type = 'Lock' and datname = current_database()"
+        for _ in range(200):
+            if watch.execute(text(waiting)).scalar() or not post.is_alive():
+                break
+            watch.rollback()
+            post.join(0.05)
+        other.commit()
+        post.join(30)
+    engine.dispose()
+    [lost] = answer
+    assert lost.status_code == 409 and lost.headers["content-type"] == PROBLEM, lost.text
+    assert lost.json()["detail"] == f"issue {n} is already being published (publishing)"
+
+
+def test_a_bad_link_in_a_note_names_the_field(sqlite_url: str, make_settings) -> None:  # type: ignore[no-untyped-def]
+    """Regression: a `javascript:` link in an editor's note gave a 422 without `errors[].field` (the README
+    promises the field at fault)."""
+    site = make_site(make_settings(sqlite_url))
+    c, h = site.client, site.auth
+    note = {"en": "Read [this](javascript:alert(1))."}
+    created = c.post("/api/issues", json={"articles": ["sample-en-01"], "notes": note}, headers=h)
+    assert created.status_code == 422 and created.json()["errors"][0]["field"] == "notes.en", created.json()
+    n = c.post("/api/issues", json={"articles": ["sample-en-01"]}, headers=h).json()["number"]
+    patched = c.patch(f"/api/issues/{n}", json={"notes": note}, headers=h)
+    assert patched.status_code == 422 and patched.json()["errors"][0]["field"] == "notes.en", patched.json()
+    assert "editor's note (en): " in patched.json()["errors"][0]["detail"]
