@@ -370,3 +370,65 @@ def test_an_empty_audience_says_why(cli_env: dict[str, str], tmp_path: Path) -> 
     assert (
         "Error: issue 1: the audience is empty: no subscriber has topics 'securty', 'sport' (known: economy, security)\n"
     ) in refused.output, refused.output
+
+
+def test_pausing_a_paused_issue_says_why_it_is_paused(cli_env: dict[str, str], tmp_path: Path) -> None:  # noqa: F811
+    """Regression: `issue pause 8` on an issue the sweeper had auto-paused said only "issue 8 is paused; only a
+    publishing or sending issue can be paused": not why, nor how to go on."""
+    from newsletter.models import Issue, IssueStatus
+
+    setup_archive(tmp_path, "en@example.com,E,en,\n")
+    run("issue", "create", "--articles", "a1")
+    run("issue", "publish", "1", "--yes")
+    with session_factory(database_url(cli_env))() as session:  # as the sweeper leaves it
+        error = "auto-paused: 12 failed vs 3 sent; last error: 554 5.7.1 relay access denied"
+        session.execute(update(Issue).values(status=IssueStatus.PAUSED, error=error))
+        session.commit()
+    result = invoke("issue", "pause", "1")
+    assert result.exit_code == 1
+    assert result.output == (
+        "Error: issue 1 is already paused (auto-paused: 12 failed vs 3 sent; last error: 554 5.7.1 relay access denied); "
+        "continue with: newsletter issue resume 1\n"
+    ), result.output
+    with session_factory(database_url(cli_env))() as session:  # an editor's pause: no reason recorded
+        session.execute(update(Issue).values(error=None))
+        session.commit()
+    assert (
+        "issue 1 is already paused (paused by an editor); continue with: newsletter issue resume 1" in invoke("issue", "pause", "1").output
+    )
+
+
+def test_following_a_resumed_issue_does_not_repeat_the_old_deferral(tmp_path: Path, make_settings) -> None:  # type: ignore[no-untyped-def]
+    """Regression: `issue resume` printed "3 deferred, will retry: relay refuses connections" while the
+    issue went on to finish: a resume makes every deferred delivery due at once, and their error was the
+    one from before the resume. Only deliveries waiting for a later retry are said to be deferred."""
+    from datetime import timedelta
+
+    from newsletter import publishing
+    from newsletter.models import Delivery, DeliveryStatus, Issue, IssueStatus, utcnow
+    from newsletter.runner import follow
+
+    url = sqlite_draft(tmp_path / "follow.db", 3)
+    settings = make_settings(url)
+    with session_factory(url)() as session:  # planned, every delivery deferred by a relay that was down, resumed
+        session.execute(update(Issue).values(status=IssueStatus.PUBLISHING, audience_max_subscriber_id=3))
+        session.commit()
+        issue_id = session.scalar(select(Issue.id))
+        publishing.render_editions(session, settings, issue_id)
+        assert publishing.plan_deliveries(session, settings, issue_id, lambda *_: None) == 3
+        refused = "ConnectionRefusedError: [Errno 111] Connection refused"
+        session.execute(update(Delivery).values(status=DeliveryStatus.DEFERRED, last_error=refused, next_attempt_at=utcnow()))
+        session.commit()
+    said: list[tuple[int, str]] = []
+    outcome = follow(settings, issue_id, on_deferred=lambda n, error: said.append((n, error)), poll=0.05, timeout=30)
+    assert outcome.status == "sent" and said == [], (outcome, said)  # the embedded follower sent them at once
+
+    with session_factory(url)() as session:  # one waits for a later retry: that one is said, with its error
+        session.execute(update(Issue).values(status=IssueStatus.SENDING, finished_at=None))
+        later = utcnow() + timedelta(hours=1)
+        first = session.scalar(select(Delivery.id).order_by(Delivery.id))
+        session.execute(update(Delivery).where(Delivery.id == first).values(status=DeliveryStatus.DEFERRED, last_error=refused,
+                                                                            next_attempt_at=later))  # fmt: skip
+        session.commit()
+    follow(settings, issue_id, on_deferred=lambda n, error: said.append((n, error)), poll=0.05, timeout=0.3)
+    assert said == [(1, refused)]
