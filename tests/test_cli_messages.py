@@ -432,3 +432,55 @@ def test_following_a_resumed_issue_does_not_repeat_the_old_deferral(tmp_path: Pa
         session.commit()
     follow(settings, issue_id, on_deferred=lambda n, error: said.append((n, error)), poll=0.05, timeout=0.3)
     assert said == [(1, refused)]
+
+
+def test_status_counts_claimed_deliveries_once(tmp_path: Path, make_settings, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """Regression: `issue status` showed "sending 116" in the table and "in flight: 17 claimed by workers"
+    below it: two reads of the ledger, with a batch claimed (a whole batch goes ``sending`` at once) in
+    between. A worker claiming here between the report's statements plays that batch."""
+    import sqlite3
+    from datetime import timedelta
+
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    from newsletter import publishing, reports
+    from newsletter.models import Delivery, DeliveryStatus, Issue, IssueStatus, utcnow
+
+    path = tmp_path / "status.db"
+    url = sqlite_draft(path, 5)
+    settings = make_settings(url)
+    lease = utcnow() + timedelta(minutes=5)
+    with session_factory(url)() as session:
+        session.execute(update(Issue).values(status=IssueStatus.PUBLISHING, audience_max_subscriber_id=5))
+        session.commit()
+        issue_id = session.scalar(select(Issue.id))
+        publishing.plan_deliveries(session, settings, issue_id, lambda *_: None)
+        first = session.scalar(select(Delivery.id).order_by(Delivery.id))
+        session.execute(update(Delivery).where(Delivery.id == first).values(status=DeliveryStatus.SENDING, claimed_until=lease))
+        session.commit()
+
+    claimed: list[bool] = []
+
+    def another_batch_claims(conn, cursor, statement, *_args) -> None:  # type: ignore[no-untyped-def]
+        if "claimed_until" in statement and not claimed:
+            claimed.append(True)
+            with sqlite3.connect(path) as raw:  # a worker's claim, committed between two statements of the report
+                raw.execute("UPDATE deliveries SET status = 'sending', claimed_until = ? WHERE status = 'pending'", (lease.isoformat(" "),))
+
+    event.listen(Engine, "after_cursor_execute", another_batch_claims)
+    try:
+        with session_factory(url)() as session:
+            rep = reports.report(session, session.get_one(Issue, issue_id))
+    finally:
+        event.remove(Engine, "after_cursor_execute", another_batch_claims)
+    assert claimed and rep.claimed == rep.by_state()["sending"], (rep.claimed, rep.by_state())
+
+    for key, value in {"DATABASE_URL": url, "NEWSLETTER_HOME": str(tmp_path), "NEWSLETTER_SECRET_KEY": "status-key",
+                       "NEWSLETTER_BASE_URL": "https://news.example.org"}.items():  # fmt: skip
+        monkeypatch.setenv(key, value)
+    for key in ("REDIS_URL", "SMTP_URL", "NEWSLETTER_OUTBOX"):
+        monkeypatch.delenv(key, raising=False)
+    out = run("issue", "status", "1")
+    assert "  sending           5        5\n" in out, out
+    assert "  sending: 5 claimed by batches under way (being sent or waiting their turn in their batch)" in out

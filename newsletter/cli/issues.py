@@ -372,8 +372,9 @@ def print_status(ctx: Context, number: int) -> None:
         tries = ", ".join(f"{n} after {a} attempt{'s' if a != 1 else ''}" for a, n in sorted(rep.retry_attempts.items()))
         click.echo(f"  retry queue: {rep.retry_queue} deferred ({tries}); next retry at {when}")
     if rep.claimed and rep.leases_until:
-        click.echo(f"  in flight: {rep.claimed} claimed by workers; if a worker died, the sweeper retakes them after "
-                   f"{rep.leases_until:%H:%M:%S} UTC")  # fmt: skip
+        # The "sending" row of the table: a batch claims all its deliveries at once, then sends them in turn.
+        click.echo(f"  sending: {rep.claimed} claimed by batches under way (being sent or waiting their turn in their batch); "
+                   f"if a worker died, the sweeper retakes them after {rep.leases_until:%H:%M:%S} UTC")  # fmt: skip
     for email, error in rep.last_errors:
         click.echo(f"  last error: {email}: {error}")
     if held and rep.status in ("publishing", "sending"):
