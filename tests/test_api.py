@@ -153,8 +153,10 @@ def test_test_send_publish_control_and_status(db_url: str, make_settings) -> Non
         m = c.post("/api/issues", json={"articles": ["sample-en-02"]}, headers=h).json()["number"]
         naive = c.put(f"/api/issues/{m}/schedule", json={"at": "2099-01-01T09:00:00"}, headers=h)
         assert naive.status_code == 422 and naive.json()["errors"][0]["field"] == "at"
-        scheduled = c.put(f"/api/issues/{m}/schedule", json={"at": (utcnow() + timedelta(days=1)).isoformat()}, headers=h)
+        at = utcnow() + timedelta(days=1)
+        scheduled = c.put(f"/api/issues/{m}/schedule", json={"at": at.isoformat()}, headers=h)
         assert scheduled.json()["status"] == "scheduled"
+        assert scheduled.json()["detail"] == f"scheduled for {at:%Y-%m-%d %H:%M} UTC", scheduled.json()  # as the CLI says it
         assert c.patch(f"/api/issues/{m}", json={"titles": {"en": "x"}}, headers=h).status_code == 409  # unschedule first
         assert c.delete(f"/api/issues/{m}/schedule", headers=h).json()["status"] == "draft"
         assert c.post(f"/api/issues/{m}/pause", headers=h).status_code == 409

@@ -484,3 +484,52 @@ def test_status_counts_claimed_deliveries_once(tmp_path: Path, make_settings, mo
     out = run("issue", "status", "1")
     assert "  sending           5        5\n" in out, out
     assert "  sending: 5 claimed by batches under way (being sent or waiting their turn in their batch)" in out
+
+
+def test_a_mistyped_command_group_gets_a_suggestion(cli_env: dict[str, str]) -> None:  # noqa: F811
+    """Regression: `newsletter subscriber show x` said "No such command 'subscriber'." with no "Did you mean
+    'subscribers'?" (the top-level commands load lazily, and click suggests only from those loaded)."""
+    result = invoke("subscriber", "show", "x")
+    assert result.exit_code == 2
+    assert "Error: No such command 'subscriber'. Did you mean 'subscribers'?" in result.output, result.output
+    assert "Did you mean 'create'?" in invoke("issue", "craete").output  # subcommands did already
+
+
+def test_the_progress_bar_starts_at_the_planned_count(tmp_path: Path, make_settings, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """Regression: the publish progress bar started at "0/1" (its length before planning counted the deliveries)."""
+    from newsletter.cli import issues as cli_issues
+    from newsletter.models import Issue, IssueStatus
+
+    url = sqlite_draft(tmp_path / "bar.db", 3)
+    settings = make_settings(url)
+    with session_factory(url)() as session:
+        session.execute(update(Issue).values(status=IssueStatus.PUBLISHING, audience_max_subscriber_id=3))
+        session.commit()
+        issue_id = session.scalar(select(Issue.id))
+    shown: list[tuple[int, int]] = []
+    real_progressbar = cli_issues.click.progressbar
+
+    def progressbar(*args, **kwargs):  # type: ignore[no-untyped-def]  # click's own bar; what it was opened with is noted
+        shown.append((kwargs.get("length"), 0))
+        return real_progressbar(*args, **kwargs)
+
+    monkeypatch.setattr(cli_issues.click, "progressbar", progressbar)
+
+    def plan_later() -> None:  # the pipeline plans a moment after the bar starts following
+        from newsletter import publishing
+        from tasks.publish import enqueue_send  # in-process (no REDIS_URL): the batches are sent right here
+
+        time.sleep(0.3)
+        with session_factory(url)() as session:
+            publishing.render_editions(session, settings, issue_id)
+            publishing.plan_deliveries(session, settings, issue_id, enqueue_send)
+
+    import threading
+
+    planner = threading.Thread(target=plan_later)
+    planner.start()
+    try:
+        cli_issues.follow_with_bar(settings, issue_id)
+    finally:
+        planner.join()
+    assert shown == [(3, 0)], shown  # opened once, with the planned count
