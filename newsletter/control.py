@@ -18,6 +18,12 @@ def pause_issue(session: Session, issue: Issue) -> None:
     Raises:
         IssueError: the issue is not publishing or sending.
     """
+    if issue.status == IssueStatus.PAUSED:
+        # Issue.error holds why the sweeper paused it (an editor's pause leaves none); its text may already
+        # say how to go on (a relay refusing everyone), so the resume hint is added only when it does not.
+        why = issue.error or "paused by an editor"
+        hint = "" if "issue resume" in why else f"; continue with: newsletter issue resume {issue.number}"
+        raise IssueStateError(f"issue {issue.number} is already paused ({why}){hint}")
     if issue.status not in (IssueStatus.PUBLISHING, IssueStatus.SENDING):
         raise IssueStateError(f"issue {issue.number} is {issue.status}; only a publishing or sending issue can be paused")
     issue.status = IssueStatus.PAUSED

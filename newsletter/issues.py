@@ -159,17 +159,19 @@ def check_links(articles: Sequence[Article], notes: Mapping[str, str]) -> None:
     in an editor's note (Markdown), an article's URL or its body.
 
     Raises:
-        IssueError: naming every note and article at fault.
+        IssueError: naming every note and article at fault; its ``field`` is the first one's (``notes.en``,
+            or ``articles``).
     """
-    found = [f"editor's note ({lang}): {p}" for lang, text in notes.items() for p in markdown_link_problems(text)]
+    found = [(f"notes.{lang}", f"editor's note ({lang}): {p}") for lang, text in notes.items() for p in markdown_link_problems(text)]
     for article in articles:
         url = article.url or ""
         problems = link_problems(f'<a href="{escape(url, quote=True)}">x</a>') if url else []
         problems = [f"its URL is {p.removeprefix('a ')}" for p in problems]
         problems += [f"its body has {p}" for p in link_problems(article.body_html or "")]
-        found += [f"article {article.external_id}: {p}" for p in problems]
+        found += [("articles", f"article {article.external_id}: {p}") for p in problems]
     if found:
-        raise IssueError("bad links: " + "; ".join(found[:10]) + (" …" if len(found) > 10 else ""))
+        texts = [text for _, text in found]
+        raise IssueError("bad links: " + "; ".join(texts[:10]) + (" …" if len(texts) > 10 else ""), found[0][0])
 
 
 def zh_hant_options(settings: Settings) -> dict[str, Any]:
@@ -214,9 +216,23 @@ def create_issue(
     for position, article in enumerate(articles):
         issue.items.append(IssueArticle(article_id=article.id, position=position))
     _sync_editions(issue, [a.lang for a in articles], titles, notes, convert_traditional, conversion, phrases)
+    # A text for a language the articles give no edition would be dropped without a word; `set_texts`
+    # refuses it, and so does creation (before anything is added to the session).
+    _check_text_langs(issue, titles, notes)
     session.add(issue)
     session.flush()
     return issue
+
+
+def _check_text_langs(issue: Issue, titles: Mapping[str, str], notes: Mapping[str, str]) -> None:
+    """Raises `IssueError` naming the field (``titles.fr``) when a title or note is for a language the
+    issue has no edition of."""
+    editions = [e.lang for e in issue.editions]
+    for kind, values in (("titles", titles), ("notes", notes)):
+        for lang in values:
+            if lang not in editions:
+                has = ", ".join(editions) or "none yet: add articles first"
+                raise IssueError(f"issue {issue.number} has no {lang} edition (editions: {has})", f"{kind}.{lang}")
 
 
 def _sync_editions(
@@ -413,12 +429,8 @@ def update_texts(
     titles, notes = dict(titles or {}), dict(notes or {})
     check_texts(titles, notes)
     check_links([], notes)
+    _check_text_langs(issue, titles, notes)
     editions = {e.lang: e for e in issue.editions}
-    for kind, values in (("titles", titles), ("notes", notes)):
-        for lang in values:
-            if lang not in editions:
-                has = ", ".join(editions) or "none yet: add articles first"
-                raise IssueError(f"issue {issue.number} has no {lang} edition (editions: {has})", f"{kind}.{lang}")
     titles = {lang: " ".join(title.split()) for lang, title in titles.items()}
     _follow_zh_hans(editions, titles, notes, conversion, phrases)
     for lang, title in titles.items():

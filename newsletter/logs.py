@@ -68,6 +68,23 @@ class TextFormatter(logging.Formatter):
         return f"{line} {extra}" if extra else line
 
 
+def issue_name(session: Any, issue_id: int) -> str:
+    """How logs name the issue with internal id ``issue_id``: ``"issue 4"``, by the number editors see.
+
+    Ids and numbers differ once a draft was deleted, and editors only know numbers; the id stays in the
+    record's ``issue_id`` field. ``session`` is a SQLAlchemy `Session`; one primary-key read (none when
+    the session holds the issue). Never raises: naming an issue in a log must not break the work, so
+    when the row is gone or the database cannot answer, the name is ``"issue id 5"``.
+    """
+    from newsletter.models import Issue  # imported here: this module is imported by everything, models included
+
+    try:
+        issue = session.get(Issue, issue_id)
+    except Exception:
+        return f"issue id {issue_id}"
+    return f"issue {issue.number}" if issue is not None else f"issue id {issue_id}"
+
+
 def install(handler: logging.Handler, fmt: str = "text") -> None:
     """Give ``handler`` the context filter and the formatter for ``fmt`` (``text`` or ``json``)."""
     handler.addFilter(ContextFilter())

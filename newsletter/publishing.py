@@ -38,7 +38,7 @@ from newsletter.models import (
     utcnow,
 )
 from newsletter.rendering import ArticleView, EditionContent, check_edition, render_edition
-from newsletter.segments import SegmentError, audience, audience_conditions, count_audience, edition_for
+from newsletter.segments import SegmentError, audience, audience_conditions, count_audience, edition_for, why_empty
 from newsletter.summaries import summarise
 
 log = logging.getLogger(__name__)
@@ -189,7 +189,7 @@ def check_publishable(session: Session, settings: Settings, issue: Issue) -> Non
     except SegmentError as exc:
         raise IssueError(f"issue {issue.number}: bad segment: {exc}", "segment") from exc
     if size == 0:
-        raise IssueError(f"issue {issue.number}: the audience is empty (no active, unsuppressed subscribers)")
+        raise IssueError(f"issue {issue.number}: the audience is empty: {why_empty(session, issue.segment)}")
 
 
 def freeze_audience(session: Session, issue: Issue) -> None:
@@ -208,7 +208,8 @@ def request_publish(session: Session, settings: Settings, issue: Issue) -> None:
     and the deliveries a relay refused as unknown without vouching for it (held, see
     `newsletter.delivery.breaker`) are sent again.
     The move is one conditional UPDATE (``WHERE status IN ('draft', 'scheduled', 'failed')``), so of two
-    publishes of the same issue at the same instant exactly one wins; the other gets `IssueError`.
+    publishes of the same issue at the same instant exactly one wins; the other gets `IssueStateError`
+    (a conflict: HTTP 409).
 
     Raises:
         IssueError, RenderError: see `check_publishable`, or another publish won the race; nothing was changed.
@@ -236,8 +237,8 @@ def request_publish(session: Session, settings: Settings, issue: Issue) -> None:
         breaker.reopen_held(session, issue.id, enqueued_at=None)
     session.commit()
     session.refresh(issue)
-    if not won:
-        raise IssueError(f"issue {issue.number} is already being published ({issue.status})")
+    if not won:  # another publish of this issue got there first: a conflict with its state, not bad input
+        raise IssueStateError(f"issue {issue.number} is already being published ({issue.status})")
 
 
 def attach_related(session: Session, settings: Settings, issue_id: int, k: int = RELATED_PER_ARTICLE) -> dict[str, int]:
@@ -331,7 +332,7 @@ def plan_deliveries(session: Session, settings: Settings, issue_id: int, enqueue
         planned += inserted
         session.execute(update(Issue).where(Issue.id == issue_id).values(pipeline_heartbeat_at=now))  # progress
         session.commit()
-        log.debug("issue %s: planned %s deliveries up to subscriber %s", issue_id, planned, hi)
+        log.debug("issue %s: planned %s deliveries up to subscriber %s", issue.number, planned, hi, extra={"issue_id": issue_id})
         for start in range(0, len(ids), settings.batch_size):
             try:
                 enqueue(issue_id, ids[start : start + settings.batch_size])
@@ -347,7 +348,7 @@ def plan_deliveries(session: Session, settings: Settings, issue_id: int, enqueue
                 )
                 session.commit()
                 raise
-    log.info("issue %s: planned %s deliveries in %.1f s", issue_id, planned, time.monotonic() - started)
+    log.info("issue %s: planned %s deliveries in %.1f s", issue.number, planned, time.monotonic() - started, extra={"issue_id": issue_id})
     # The issue may have been paused or cancelled while its batches were sent (the embedded worker sends
     # them inside `enqueue`): move it on only from `publishing`, in one UPDATE, then read it afresh.
     session.execute(

@@ -44,7 +44,13 @@ class IssueReport:
 
 
 def report(session: Session, issue: Issue, errors: int = 5) -> IssueReport:
-    """Counts, per-relay outcomes, the retry queue and the latest errors of an issue."""
+    """Counts, per-relay outcomes, the retry queue and the latest errors of an issue.
+
+    ``claimed`` is the ``sending`` count of ``counts`` itself, not a second count: each statement reads
+    the ledger afresh, and a batch claimed in between (a whole batch goes ``sending`` at once) made the
+    two disagree (``sending 116`` in the table, "in flight: 17" below it).
+    """
+    counts = ledger.counts(session, issue.id)
     last = session.execute(
         select(Delivery.email, Delivery.last_error)
         .where(Delivery.issue_id == issue.id, Delivery.last_error.is_not(None))
@@ -60,11 +66,10 @@ def report(session: Session, issue: Issue, errors: int = 5) -> IssueReport:
     queue, next_at = session.execute(
         select(func.count(), func.min(Delivery.next_attempt_at)).where(Delivery.issue_id == issue.id, deferred)
     ).one()
-    claimed, leases_until = session.execute(
-        select(func.count(), func.max(Delivery.claimed_until)).where(
-            Delivery.issue_id == issue.id, Delivery.status == DeliveryStatus.SENDING
-        )
-    ).one()
+    claimed = sum(n for (state, _lang), n in counts.items() if state == DeliveryStatus.SENDING)
+    leases_until = session.scalar(
+        select(func.max(Delivery.claimed_until)).where(Delivery.issue_id == issue.id, Delivery.status == DeliveryStatus.SENDING)
+    )
     skips = session.execute(
         select(Delivery.skip_reason, func.count())
         .where(Delivery.issue_id == issue.id, Delivery.status == DeliveryStatus.SKIPPED)
@@ -77,7 +82,7 @@ def report(session: Session, issue: Issue, errors: int = 5) -> IssueReport:
         issue.number,
         str(issue.status),
         issue.error,
-        ledger.counts(session, issue.id),
+        counts,
         [(e, m or "") for e, m in last],
         by_relay={(r, str(st)): n for r, st, n in relays},
         retry_queue=queue or 0,

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from newsletter import control, notice_queue, publishing, sweeper
@@ -18,7 +18,7 @@ from newsletter.config import Settings
 from newsletter.db import session_factory
 from newsletter.delivery import ledger
 from newsletter.issues import get_issue
-from newsletter.models import FINAL_DELIVERY_STATES, Delivery, DeliveryStatus, Issue, IssueStatus
+from newsletter.models import FINAL_DELIVERY_STATES, Delivery, DeliveryStatus, Issue, IssueStatus, utcnow
 
 Progress = Callable[[int, int], None]  # (final deliveries, total deliveries)
 
@@ -139,8 +139,9 @@ def follow(
 
     ``on_stall(seconds)`` is called once when nothing has moved (issue status, pipeline heartbeat,
     deliveries per state) for ``stall_after`` seconds, e.g. to ask whether any worker is listening.
-    ``on_deferred(count, last_error)`` is called whenever the number of deferred deliveries changes to a
-    non-zero count, with the latest error of a deferred delivery ("" when none is recorded).
+    ``on_deferred(count, last_error)`` is called whenever the number of deferred deliveries waiting for a
+    retry changes to a non-zero count, with the latest error of one of them ("" when none is recorded);
+    deferred deliveries already due (all of them right after a resume) are about to be sent, not waiting.
     In the embedded mode this process is also the sweeper: deferred deliveries (and due notices, see
     `newsletter.notice_queue`) are re-sent here when due, since no beat process runs.
 
@@ -188,9 +189,9 @@ def _follow(
                 progress(done, sum(counts.values()))
             if issue.status in (IssueStatus.SENT, IssueStatus.FAILED, IssueStatus.PAUSED, IssueStatus.CANCELLED):
                 return PublishOutcome(issue.number, str(issue.status), issue.error, by_state)
-            deferred = by_state.get(DeliveryStatus.DEFERRED, 0)
+            deferred, error = _waiting_deferred(session, issue_id) if by_state.get(DeliveryStatus.DEFERRED) else (0, "")
             if on_deferred is not None and deferred and deferred != deferred_seen:
-                on_deferred(deferred, _last_deferred_error(session, issue_id))
+                on_deferred(deferred, error)
             deferred_seen = deferred
             state = (issue.status, issue.pipeline_heartbeat_at, sorted(by_state.items()))
             if state != seen:
@@ -211,15 +212,18 @@ def _follow(
         stop.wait(poll)
 
 
-def _last_deferred_error(session: Session, issue_id: int) -> str:
-    """The latest recorded error of a deferred delivery of the issue ("" when none)."""
+def _waiting_deferred(session: Session, issue_id: int) -> tuple[int, str]:
+    """``(count, latest error)`` of the issue's deferred deliveries that wait for a retry (their next
+    attempt is in the future; error "" when none is recorded). A deferred delivery already due is about
+    to be sent (a resume makes every deferred one due): its error is from before and says nothing now."""
+    waiting = (Delivery.issue_id == issue_id, Delivery.status == DeliveryStatus.DEFERRED, Delivery.next_attempt_at > utcnow())
+    count = session.scalar(select(func.count()).select_from(Delivery).where(*waiting)) or 0
+    if not count:
+        return 0, ""
     error = session.scalar(
-        select(Delivery.last_error)
-        .where(Delivery.issue_id == issue_id, Delivery.status == DeliveryStatus.DEFERRED, Delivery.last_error.is_not(None))
-        .order_by(Delivery.updated_at.desc())
-        .limit(1)
+        select(Delivery.last_error).where(*waiting, Delivery.last_error.is_not(None)).order_by(Delivery.updated_at.desc()).limit(1)
     )
-    return error or ""
+    return count, error or ""
 
 
 def resume_publish(settings: Settings, number: int, *, background: bool = False) -> tuple[int, int, bool]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -14,6 +14,18 @@ from newsletter.models import Issue, IssueStatus, utcnow
 from newsletter.publishing import check_publishable, freeze_audience
 
 log = logging.getLogger(__name__)
+
+
+def describe_time(when: datetime, zone_name: str | None) -> str:
+    """``2026-12-07 09:00 Asia/Taipei (01:00 UTC)``: a scheduled time in the zone the editor scheduled it in
+    (``Issue.timezone``: a zone name or an offset such as ``+08:00``), and in UTC; just ``… UTC`` when that
+    zone is UTC or unknown. The one format of every schedule message (CLI, API, admin pages)."""
+    from newsletter.publishing import zone
+
+    utc = when.astimezone(UTC)
+    if not zone_name or zone_name in ("UTC", "+00:00"):
+        return f"{utc:%Y-%m-%d %H:%M} UTC"
+    return f"{when.astimezone(zone(zone_name)):%Y-%m-%d %H:%M} {zone_name} ({utc:%H:%M} UTC)"
 
 
 def schedule_issue(session: Session, settings: Settings, issue: Issue, at: datetime, now: datetime | None = None) -> None:

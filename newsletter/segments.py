@@ -445,3 +445,42 @@ def issue_topics(segment: Mapping[str, Any] | None) -> tuple[str, ...]:
         return ()
     found = [t for mode in ("any", "all") for t in raw.get(mode) or () if isinstance(t, str)]
     return tuple(dict.fromkeys(found))
+
+
+def rule_topics(rule: Rule) -> tuple[str, ...]:
+    """The topics ``rule`` asks subscribers to have, in order of appearance: those under a ``not`` are
+    left out (a topic nobody has cannot make a ``not`` select nobody)."""
+    if isinstance(rule, Topics):
+        return rule.topics
+    if isinstance(rule, And | Or):
+        return tuple(dict.fromkeys(t for r in rule.rules for t in rule_topics(r)))
+    return ()
+
+
+KNOWN_SHOWN = 10  # topics listed in `why_empty`'s "known: …"
+
+
+def why_empty(session: Session, segment: Segment = None) -> str:
+    """One line saying why ``segment`` selects nobody, for a message that already says it does:
+    the topics it names that no active subscriber has (with those they have, for a typo), else how many
+    active, unsuppressed subscribers the rule passed over. Reads every active subscriber's topics (only
+    called when the audience is empty, so never in a hot path).
+
+    Raises:
+        SegmentError: ``segment`` is not a valid rule.
+    """
+    rule = segment if isinstance(segment, Rule) else parse_segment(segment)
+    everyone = count_audience(session)
+    if everyone == 0:
+        return "no active, unsuppressed subscribers"
+    named = rule_topics(rule)
+    if named:
+        seen: set[str] = set()
+        for topics in session.scalars(select(Subscriber.topics).where(Subscriber.status == SubscriberStatus.ACTIVE)):
+            seen.update(t for t in topics or () if isinstance(t, str))
+        if missing := [t for t in named if t not in seen]:
+            known = sorted(seen)
+            shown = ", ".join(known[:KNOWN_SHOWN]) + ("…" if len(known) > KNOWN_SHOWN else "") if known else "none"
+            which = "topic" if len(missing) == 1 else "topics"
+            return f"no subscriber has {which} {', '.join(repr(t) for t in missing)} (known: {shown})"
+    return f"the segment matched none of the {everyone:,} active subscribers"

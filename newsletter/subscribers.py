@@ -6,6 +6,7 @@ import csv
 import importlib
 import itertools
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -126,6 +127,24 @@ def header_delimiter(header: str) -> str:
         return ","
 
 
+class _Lines:
+    """The lines of a file for `csv.reader`, remembering whether it ran past the last one."""
+
+    def __init__(self, lines: Iterator[str]) -> None:
+        self._lines = lines
+        self.exhausted = False
+
+    def __iter__(self) -> _Lines:
+        return self
+
+    def __next__(self) -> str:
+        try:
+            return next(self._lines)
+        except StopIteration:
+            self.exhausted = True
+            raise
+
+
 def import_subscribers(
     session: Session, path: Path, *, status: SubscriberStatus = SubscriberStatus.ACTIVE, encoding: str = "utf-8"
 ) -> SubscriberImportReport:
@@ -158,7 +177,8 @@ def import_subscribers(
     with open_text(path, encoding, newline="") as handle:
         header = handle.readline()
         delimiter = header_delimiter(header)
-        reader = csv.DictReader(itertools.chain([header], handle), delimiter=delimiter)
+        source = _Lines(itertools.chain([header], handle))
+        reader = csv.DictReader(source, delimiter=delimiter)
         if not reader.fieldnames or "email" not in [f.strip().lower() for f in reader.fieldnames]:
             found = ", ".join(repr(f) for f in reader.fieldnames or []) or "nothing"
             raise ValueError(f"{path}: the header must name an 'email' column (it names {found})")
@@ -170,6 +190,13 @@ def import_subscribers(
                 # A quote opened and not closed swallows the following rows into one cell (separators and all).
                 report.errors.append(f"lines {start}-{line}: a quoted cell runs over {line - start + 1} lines; is a closing quote "
                                      f"missing on line {start}? (nothing from these lines was imported)")  # fmt: skip
+                report.swallowed += line - start
+                continue
+            if source.exhausted:
+                # The reader asked for a line after this record's last and found the end of the file: only a
+                # quoted cell left open does that (csv, not strict, ends the cell there and returns the row).
+                report.errors.append(f"line {start}: a quoted cell runs to the end of the file; is a closing quote missing on "
+                                     f"line {start}? (nothing from this line was imported)")  # fmt: skip
                 report.swallowed += line - start
                 continue
             if None in raw:  # csv.DictReader's restkey: cells beyond the header

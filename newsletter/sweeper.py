@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import Select, and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from newsletter import logs
 from newsletter.config import Settings
 from newsletter.delivery import breaker, ledger
 from newsletter.models import FINAL_DELIVERY_STATES, Delivery, DeliveryStatus, Issue, IssueStatus, utcnow
@@ -70,7 +71,7 @@ def sweep(
             try:
                 start(issue_id)
             except Exception:  # the pipeline marked the issue failed with the reason; keep sweeping
-                log.exception("scheduled issue id %s failed to start", issue_id)
+                log.exception("scheduled %s failed to start", logs.issue_name(session, issue_id), extra={"issue_id": issue_id})
             result.fired.append(issue_id)
     if start is not None:
         result.restarted = restart_stalled_pipelines(session, now, requeue_after, start)
@@ -231,7 +232,7 @@ def _pause(session: Session, issue_id: int, n_failed: int, n_sent: int, relay: s
     ).rowcount  # type: ignore[attr-defined]
     session.commit()
     if won:
-        log.warning("issue id %s %s", issue_id, error)
+        log.warning("%s %s", logs.issue_name(session, issue_id), error, extra={"issue_id": issue_id})
     return bool(won)
 
 
@@ -252,10 +253,15 @@ def restart_stalled_pipelines(session: Session, now: datetime, stale_after: floa
         ).rowcount  # type: ignore[attr-defined]
         session.commit()
         if won:
-            log.warning("issue id %s: publish pipeline stalled since before %s; restarting it", issue_id, stale.isoformat())
+            log.warning(
+                "%s: publish pipeline stalled since before %s; restarting it",
+                logs.issue_name(session, issue_id),
+                stale.isoformat(),
+                extra={"issue_id": issue_id},
+            )
             try:
                 start(issue_id)
             except Exception:  # the pipeline marked the issue failed with the reason; keep sweeping
-                log.exception("issue id %s: restart failed", issue_id)
+                log.exception("%s: restart failed", logs.issue_name(session, issue_id), extra={"issue_id": issue_id})
             restarted.append(issue_id)
     return restarted

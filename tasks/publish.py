@@ -40,20 +40,22 @@ class IssueTask(Task):  # type: ignore[misc]
 
     def run_step(self, issue_id: int, step, *args):  # type: ignore[no-untyped-def]
         """Run ``step(session, settings, issue_id, *args)`` with the issue and task bound to the logs."""
+        name = f"issue id {issue_id}"  # until the database says its number (it may be the outage logged)
         with logs.bound(issue_id=issue_id, task_id=self.request.id), _session() as session:
             try:
+                name = logs.issue_name(session, issue_id)
                 publishing.heartbeat(session, issue_id)  # a worker took it: not stalled, whatever the step's length
                 return step(session, settings(), issue_id, *args)
             except Exception as exc:
                 if is_outage(exc):
                     log.warning(
-                        "issue id %s: %s stopped: a service is unreachable (%s); the sweeper restarts the publish when it is back",
-                        issue_id,
+                        "%s: %s stopped: a service is unreachable (%s); the sweeper restarts the publish when it is back",
+                        name,
                         self.name,
                         first_line(exc),
                     )
                     raise
-                log.exception("issue id %s: %s failed", issue_id, self.name)
+                log.exception("%s: %s failed", name, self.name)
                 publishing.fail_issue(session, issue_id, f"{self.name}: {type(exc).__name__}: {exc}")
                 raise
 
@@ -119,14 +121,17 @@ def send_batch(self: Task, issue_id: int, delivery_ids: list[int]) -> dict[str, 
     sweeper. Outcomes of messages already sent are recorded inside `send_batch` itself.
     """
     s = settings()
+    name = f"issue id {issue_id}"  # until the database says its number (it may be the outage logged)
     with logs.bound(issue_id=issue_id, task_id=self.request.id), _session() as session:
         try:
+            # session.get: send_batch_fn's own read of the issue then comes from the session, no extra query
+            name = logs.issue_name(session, issue_id)
             result = send_batch_fn(session, s, issue_id, delivery_ids, _mailer(s, delivery_ids[0] if delivery_ids else 0))
             publishing.finish_if_done(session, issue_id)
         except Exception as exc:
             if not is_transient_db_error(exc):
                 raise
-            log.warning("issue id %s: database unreachable (%s); running this batch again shortly", issue_id, first_line(exc))
+            log.warning("%s: database unreachable (%s); running this batch again shortly", name, first_line(exc))
             raise self.retry(exc=exc, countdown=DB_RETRY_COUNTDOWN, max_retries=DB_RETRIES) from exc
     return dict(result.outcomes)
 

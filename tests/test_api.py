@@ -39,6 +39,9 @@ def test_articles_and_draft_editing(db_url: str, make_settings) -> None:  # type
     created = c.post(
         "/api/issues", json={"articles": ["sample-en-01", "sample-en-02", "sample-zh-Hans-01"], "titles": {"en": "Week 47"}}, headers=h
     )
+    # A title for a language the articles give no edition was dropped without a word (edit refuses it)
+    foreign = c.post("/api/issues", json={"articles": ["sample-en-01"], "titles": {"zh-Hans": "一周"}}, headers=h)
+    assert foreign.status_code == 422 and foreign.json()["errors"][0]["field"] == "titles.zh-Hans", foreign.json()
     assert created.status_code == 201 and created.headers["location"] == f"/api/issues/{created.json()['number']}"
     issue = created.json()
     n = issue["number"]
@@ -150,8 +153,10 @@ def test_test_send_publish_control_and_status(db_url: str, make_settings) -> Non
         m = c.post("/api/issues", json={"articles": ["sample-en-02"]}, headers=h).json()["number"]
         naive = c.put(f"/api/issues/{m}/schedule", json={"at": "2099-01-01T09:00:00"}, headers=h)
         assert naive.status_code == 422 and naive.json()["errors"][0]["field"] == "at"
-        scheduled = c.put(f"/api/issues/{m}/schedule", json={"at": (utcnow() + timedelta(days=1)).isoformat()}, headers=h)
+        at = utcnow() + timedelta(days=1)
+        scheduled = c.put(f"/api/issues/{m}/schedule", json={"at": at.isoformat()}, headers=h)
         assert scheduled.json()["status"] == "scheduled"
+        assert scheduled.json()["detail"] == f"scheduled for {at:%Y-%m-%d %H:%M} UTC", scheduled.json()  # as the CLI says it
         assert c.patch(f"/api/issues/{m}", json={"titles": {"en": "x"}}, headers=h).status_code == 409  # unschedule first
         assert c.delete(f"/api/issues/{m}/schedule", headers=h).json()["status"] == "draft"
         assert c.post(f"/api/issues/{m}/pause", headers=h).status_code == 409
@@ -244,3 +249,52 @@ def test_publish_with_the_broker_down_is_a_503_and_changes_nothing(sqlite_url: s
     assert down.status_code == 503 and down.headers["content-type"] == PROBLEM and down.headers["retry-after"] == "30"
     assert "cannot reach the broker" in down.json()["detail"]
     assert c.get(f"/api/issues/{n}", headers=h).json()["status"] == "draft"
+
+
+def test_a_publish_that_loses_the_race_is_a_409(pg_url: str, make_settings) -> None:  # type: ignore[no-untyped-def]
+    """Regression: of two publish POSTs at once, the second got "422 Invalid input: issue 2 is already being
+    published"; it is a conflict with the issue's state (409). On PostgreSQL, the other publish holds the
+    issue's row (its UPDATE not yet committed) while this one runs its checks; it commits once this one
+    waits on the row, and this one's conditional UPDATE then finds the issue publishing."""
+    import threading
+
+    from sqlalchemy import create_engine, text, update
+
+    site = make_site(make_settings(pg_url))
+    c, h = site.client, site.auth
+    n = c.post("/api/issues", json={"articles": ["sample-en-01"]}, headers=h).json()["number"]
+    recipients = c.get(f"/api/issues/{n}/audience", headers=h).json()["recipients"]
+    engine = create_engine(pg_url)
+    answer: list = []
+    with engine.connect() as other, engine.connect() as watch:
+        other.execute(update(Issue).where(Issue.number == n).values(status="publishing"))  # the first publish, uncommitted
+        post = threading.Thread(
+            target=lambda: answer.append(c.post(f"/api/issues/{n}/publish", json={"confirm": True, "recipients": recipients}, headers=h))
+        )
+        post.start()
+        waiting = "select count(*) from pg_stat_activity where wait_event_type = 'Lock' and datname = current_database()"
+        for _ in range(200):
+            if watch.execute(text(waiting)).scalar() or not post.is_alive():
+                break
+            watch.rollback()
+            post.join(0.05)
+        other.commit()
+        post.join(30)
+    engine.dispose()
+    [lost] = answer
+    assert lost.status_code == 409 and lost.headers["content-type"] == PROBLEM, lost.text
+    assert lost.json()["detail"] == f"issue {n} is already being published (publishing)"
+
+
+def test_a_bad_link_in_a_note_names_the_field(sqlite_url: str, make_settings) -> None:  # type: ignore[no-untyped-def]
+    """Regression: a `javascript:` link in an editor's note gave a 422 without `errors[].field` (the README
+    promises the field at fault)."""
+    site = make_site(make_settings(sqlite_url))
+    c, h = site.client, site.auth
+    note = {"en": "Read [this](javascript:alert(1))."}
+    created = c.post("/api/issues", json={"articles": ["sample-en-01"], "notes": note}, headers=h)
+    assert created.status_code == 422 and created.json()["errors"][0]["field"] == "notes.en", created.json()
+    n = c.post("/api/issues", json={"articles": ["sample-en-01"]}, headers=h).json()["number"]
+    patched = c.patch(f"/api/issues/{n}", json={"notes": note}, headers=h)
+    assert patched.status_code == 422 and patched.json()["errors"][0]["field"] == "notes.en", patched.json()
+    assert "editor's note (en): " in patched.json()["errors"][0]["detail"]

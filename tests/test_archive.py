@@ -135,7 +135,8 @@ def test_a_get_on_any_link_in_any_message_changes_nothing(site: dict[str, Any]) 
         sid = session.scalar(select(Subscriber.id).where(Subscriber.email == "mei@example.tw"))
     from newsletter.links import unsubscribe_url
 
-    client.post(unsubscribe_url(settings, sid).removeprefix(settings.base_url), data={"scope": "all", "acknowledge": "1"})
+    leave = unsubscribe_url(settings, sid).removeprefix(settings.base_url)
+    client.post(leave, data={"csrf_token": _csrf(client.get(leave).text), "scope": "all", "acknowledge": "1"})
     messages = outbox(tmp)
     kinds = {str(m["Message-ID"]).split(".")[0].strip("<") for m in messages}
     assert {"confirm", "welcome", "already", "goodbye"} <= kinds and any(k.startswith("issue") for k in kinds)

@@ -325,3 +325,211 @@ def test_rows_an_unclosed_quote_swallows_are_counted_as_rejected(cli_env: dict[s
     assert result.exit_code == 1
     assert "1 created, 0 updated, 0 unchanged, 0 merged, 4 rejected" in result.stdout
     assert "lines 3-6: a quoted cell runs over 4 lines; is a closing quote missing on line 3?" in result.stderr
+
+
+def test_issue_create_refuses_a_title_for_a_language_without_an_edition(cli_env: dict[str, str], tmp_path: Path) -> None:  # noqa: F811
+    """Regression: `issue create --latest 3 --lang en --title fr=Semaine` created the issue and dropped the
+    French title without a word; `issue edit` refuses the same title. Now create refuses it too."""
+    setup_archive(tmp_path)
+    result = invoke("issue", "create", "--latest", "3", "--lang", "en", "--title", "fr=Semaine")
+    assert result.exit_code == 1, result.output
+    assert "Error: issue 1 has no fr edition (editions: en)" in result.output
+    note = invoke("issue", "create", "--articles", "a1", "--note", "zh-Hans=编者按")
+    assert note.exit_code == 1 and "issue 1 has no zh-Hans edition (editions: en)" in note.output, note.output
+    assert "draft" not in run("issue", "list")  # nothing created
+    assert "issue 1 created" in run("issue", "create", "--articles", "a1", "--title", "en=Week 47")
+
+
+@pytest.mark.parametrize("end", ["\n", ""])
+def test_an_unclosed_quote_on_the_last_line_is_rejected(cli_env: dict[str, str], tmp_path: Path, end: str) -> None:  # noqa: F811
+    """Regression: `cr2@example.org,"unterminated,en,` as the last line was imported with the rest of the line
+    as the name and the default language (csv ends a quoted cell left open at the end of the file)."""
+    run("db", "upgrade")
+    path = tmp_path / "subs.csv"
+    path.write_text('email,name,lang\nok@example.net,OK,en\ncr2@example.org,"unterminated,en,' + end, encoding="utf-8")
+    result = invoke("subscribers", "import", str(path))
+    assert result.exit_code == 1, result.output
+    assert "1 created, 0 updated, 0 unchanged, 0 merged, 1 rejected" in result.stdout
+    assert "line 3: a quoted cell runs to the end of the file; is a closing quote missing on line 3?" in result.stderr
+    assert invoke("subscribers", "show", "cr2@example.org").exit_code != 0
+
+
+def test_an_empty_audience_says_why(cli_env: dict[str, str], tmp_path: Path) -> None:  # noqa: F811
+    """Regression: `segment preview '{"topics": {"any": ["securty"]}}'` said only "0 subscribers in the
+    audience", and publishing an issue whose segment matched nobody said "the audience is empty (no active,
+    unsuppressed subscribers)" with active subscribers on the list."""
+    setup_archive(tmp_path, "a@example.com,A,en,security\nb@example.com,B,en,economy;security\nc@example.com,C,en,\n")
+    typo = run("segment", "preview", '{"topics": {"any": ["securty"]}}')
+    assert typo == "0 subscribers in the audience: no subscriber has topic 'securty' (known: economy, security)\n", typo
+    nobody = run("segment", "preview", '{"topics": {"all": ["economy"]}, "languages": ["zh-Hans"]}')
+    assert nobody == "0 subscribers in the audience: the segment matched none of the 3 active subscribers\n", nobody
+    assert run("segment", "preview", '{"topics": {"any": ["economy"]}}').startswith("1 subscriber in the audience\n")
+    run("issue", "create", "--articles", "a1", "--segment", '{"topics": {"any": ["securty", "sport"]}}')
+    refused = invoke("issue", "publish", "1", "--yes")
+    assert refused.exit_code == 1, refused.output
+    assert (
+        "Error: issue 1: the audience is empty: no subscriber has topics 'securty', 'sport' (known: economy, security)\n"
+    ) in refused.output, refused.output
+
+
+def test_pausing_a_paused_issue_says_why_it_is_paused(cli_env: dict[str, str], tmp_path: Path) -> None:  # noqa: F811
+    """Regression: `issue pause 8` on an issue the sweeper had auto-paused said only "issue 8 is paused; only a
+    publishing or sending issue can be paused": not why, nor how to go on."""
+    from newsletter.models import Issue, IssueStatus
+
+    setup_archive(tmp_path, "en@example.com,E,en,\n")
+    run("issue", "create", "--articles", "a1")
+    run("issue", "publish", "1", "--yes")
+    with session_factory(database_url(cli_env))() as session:  # as the sweeper leaves it
+        error = "auto-paused: 12 failed vs 3 sent; last error: 554 5.7.1 relay access denied"
+        session.execute(update(Issue).values(status=IssueStatus.PAUSED, error=error))
+        session.commit()
+    result = invoke("issue", "pause", "1")
+    assert result.exit_code == 1
+    assert result.output == (
+        "Error: issue 1 is already paused (auto-paused: 12 failed vs 3 sent; last error: 554 5.7.1 relay access denied); "
+        "continue with: newsletter issue resume 1\n"
+    ), result.output
+    with session_factory(database_url(cli_env))() as session:  # an editor's pause: no reason recorded
+        session.execute(update(Issue).values(error=None))
+        session.commit()
+    assert (
+        "issue 1 is already paused (paused by an editor); continue with: newsletter issue resume 1" in invoke("issue", "pause", "1").output
+    )
+
+
+def test_following_a_resumed_issue_does_not_repeat_the_old_deferral(tmp_path: Path, make_settings) -> None:  # type: ignore[no-untyped-def]
+    """Regression: `issue resume` printed "3 deferred, will retry: relay refuses connections" while the
+    issue went on to finish: a resume makes every deferred delivery due at once, and their error was the
+    one from before the resume. Only deliveries waiting for a later retry are said to be deferred."""
+    from datetime import timedelta
+
+    from newsletter import publishing
+    from newsletter.models import Delivery, DeliveryStatus, Issue, IssueStatus, utcnow
+    from newsletter.runner import follow
+
+    url = sqlite_draft(tmp_path / "follow.db", 3)
+    settings = make_settings(url)
+    with session_factory(url)() as session:  # planned, every delivery deferred by a relay that was down, resumed
+        session.execute(update(Issue).values(status=IssueStatus.PUBLISHING, audience_max_subscriber_id=3))
+        session.commit()
+        issue_id = session.scalar(select(Issue.id))
+        publishing.render_editions(session, settings, issue_id)
+        assert publishing.plan_deliveries(session, settings, issue_id, lambda *_: None) == 3
+        refused = "ConnectionRefusedError: [Errno 111] Connection refused"
+        session.execute(update(Delivery).values(status=DeliveryStatus.DEFERRED, last_error=refused, next_attempt_at=utcnow()))
+        session.commit()
+    said: list[tuple[int, str]] = []
+    outcome = follow(settings, issue_id, on_deferred=lambda n, error: said.append((n, error)), poll=0.05, timeout=30)
+    assert outcome.status == "sent" and said == [], (outcome, said)  # the embedded follower sent them at once
+
+    with session_factory(url)() as session:  # one waits for a later retry: that one is said, with its error
+        session.execute(update(Issue).values(status=IssueStatus.SENDING, finished_at=None))
+        later = utcnow() + timedelta(hours=1)
+        first = session.scalar(select(Delivery.id).order_by(Delivery.id))
+        session.execute(update(Delivery).where(Delivery.id == first).values(status=DeliveryStatus.DEFERRED, last_error=refused,
+                                                                            next_attempt_at=later))  # fmt: skip
+        session.commit()
+    follow(settings, issue_id, on_deferred=lambda n, error: said.append((n, error)), poll=0.05, timeout=0.3)
+    assert said == [(1, refused)]
+
+
+def test_status_counts_claimed_deliveries_once(tmp_path: Path, make_settings, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """Regression: `issue status` showed "sending 116" in the table and "in flight: 17 claimed by workers"
+    below it: two reads of the ledger, with a batch claimed (a whole batch goes ``sending`` at once) in
+    between. A worker claiming here between the report's statements plays that batch."""
+    import sqlite3
+    from datetime import timedelta
+
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    from newsletter import publishing, reports
+    from newsletter.models import Delivery, DeliveryStatus, Issue, IssueStatus, utcnow
+
+    path = tmp_path / "status.db"
+    url = sqlite_draft(path, 5)
+    settings = make_settings(url)
+    lease = utcnow() + timedelta(minutes=5)
+    with session_factory(url)() as session:
+        session.execute(update(Issue).values(status=IssueStatus.PUBLISHING, audience_max_subscriber_id=5))
+        session.commit()
+        issue_id = session.scalar(select(Issue.id))
+        publishing.plan_deliveries(session, settings, issue_id, lambda *_: None)
+        first = session.scalar(select(Delivery.id).order_by(Delivery.id))
+        session.execute(update(Delivery).where(Delivery.id == first).values(status=DeliveryStatus.SENDING, claimed_until=lease))
+        session.commit()
+
+    claimed: list[bool] = []
+
+    def another_batch_claims(conn, cursor, statement, *_args) -> None:  # type: ignore[no-untyped-def]
+        if "claimed_until" in statement and not claimed:
+            claimed.append(True)
+            with sqlite3.connect(path) as raw:  # a worker's claim, committed between two statements of the report
+                raw.execute("UPDATE deliveries SET status = 'sending', claimed_until = ? WHERE status = 'pending'", (lease.isoformat(" "),))
+
+    event.listen(Engine, "after_cursor_execute", another_batch_claims)
+    try:
+        with session_factory(url)() as session:
+            rep = reports.report(session, session.get_one(Issue, issue_id))
+    finally:
+        event.remove(Engine, "after_cursor_execute", another_batch_claims)
+    assert claimed and rep.claimed == rep.by_state()["sending"], (rep.claimed, rep.by_state())
+
+    for key, value in {"DATABASE_URL": url, "NEWSLETTER_HOME": str(tmp_path), "NEWSLETTER_SECRET_KEY": "status-key",
+                       "NEWSLETTER_BASE_URL": "https://news.example.org"}.items():  # fmt: skip
+        monkeypatch.setenv(key, value)
+    for key in ("REDIS_URL", "SMTP_URL", "NEWSLETTER_OUTBOX"):
+        monkeypatch.delenv(key, raising=False)
+    out = run("issue", "status", "1")
+    assert "  sending           5        5\n" in out, out
+    assert "  sending: 5 claimed by batches under way (being sent or waiting their turn in their batch)" in out
+
+
+def test_a_mistyped_command_group_gets_a_suggestion(cli_env: dict[str, str]) -> None:  # noqa: F811
+    """Regression: `newsletter subscriber show x` said "No such command 'subscriber'." with no "Did you mean
+    'subscribers'?" (the top-level commands load lazily, and click suggests only from those loaded)."""
+    result = invoke("subscriber", "show", "x")
+    assert result.exit_code == 2
+    assert "Error: No such command 'subscriber'. Did you mean 'subscribers'?" in result.output, result.output
+    assert "Did you mean 'create'?" in invoke("issue", "craete").output  # subcommands did already
+
+
+def test_the_progress_bar_starts_at_the_planned_count(tmp_path: Path, make_settings, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """Regression: the publish progress bar started at "0/1" (its length before planning counted the deliveries)."""
+    from newsletter.cli import issues as cli_issues
+    from newsletter.models import Issue, IssueStatus
+
+    url = sqlite_draft(tmp_path / "bar.db", 3)
+    settings = make_settings(url)
+    with session_factory(url)() as session:
+        session.execute(update(Issue).values(status=IssueStatus.PUBLISHING, audience_max_subscriber_id=3))
+        session.commit()
+        issue_id = session.scalar(select(Issue.id))
+    shown: list[tuple[int, int]] = []
+    real_progressbar = cli_issues.click.progressbar
+
+    def progressbar(*args, **kwargs):  # type: ignore[no-untyped-def]  # click's own bar; what it was opened with is noted
+        shown.append((kwargs.get("length"), 0))
+        return real_progressbar(*args, **kwargs)
+
+    monkeypatch.setattr(cli_issues.click, "progressbar", progressbar)
+
+    def plan_later() -> None:  # the pipeline plans a moment after the bar starts following
+        from newsletter import publishing
+        from tasks.publish import enqueue_send  # in-process (no REDIS_URL): the batches are sent right here
+
+        time.sleep(0.3)
+        with session_factory(url)() as session:
+            publishing.render_editions(session, settings, issue_id)
+            publishing.plan_deliveries(session, settings, issue_id, enqueue_send)
+
+    import threading
+
+    planner = threading.Thread(target=plan_later)
+    planner.start()
+    try:
+        cli_issues.follow_with_bar(settings, issue_id)
+    finally:
+        planner.join()
+    assert shown == [(3, 0)], shown  # opened once, with the planned count

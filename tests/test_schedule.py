@@ -101,7 +101,8 @@ def test_schedule_command(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  #
     assert naive.exit_code == 2 and "give an offset" in naive.output
     ok = runner.invoke(main, ["issue", "schedule", "1", "--at", "2030-01-01T09:00", "--tz", "Asia/Shanghai"])
     assert ok.exit_code == 0, ok.output
-    assert "scheduled for 2030-01-01T09:00:00+08:00 (2030-01-01 01:00:00 UTC)" in ok.output
+    # One format for every schedule message (it said "2030-01-01T09:00:00+08:00 (2030-01-01 01:00:00 UTC)" here)
+    assert "issue 1 scheduled for 2030-01-01 09:00 Asia/Shanghai (01:00 UTC)\n" in ok.output, ok.output
     # The list and the status show it in the editor's zone too (they said only "01:00 UTC").
     assert "at 2030-01-01 09:00 Asia/Shanghai (01:00 UTC)" in runner.invoke(main, ["issue", "list"]).output
     assert "scheduled for 2030-01-01 09:00 Asia/Shanghai (01:00 UTC)" in runner.invoke(main, ["issue", "status", "1"]).output

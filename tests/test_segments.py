@@ -331,7 +331,7 @@ def test_preview_reads_a_rule_file(cli_db: Session, tmp_path: Path) -> None:
 
 def test_preview_of_nobody(cli_db: Session) -> None:
     code, out = preview("{}")
-    assert (code, out) == (0, "0 subscribers in the audience\n")
+    assert (code, out) == (0, "0 subscribers in the audience: no active, unsuppressed subscribers\n")
 
 
 @pytest.mark.parametrize(

@@ -229,7 +229,8 @@ def test_topic_segments_are_left_like_separate_newsletters(app: dict[str, Any]) 
     client.post(f"/unsubscribe/{token}", data={"List-Unsubscribe": "One-Click"})
     assert _get("bo@example.com", url).status == SubscriberStatus.ACTIVE
     # Leaving the last topic leaves the list; the reader asked for an acknowledgement.
-    last = client.post(f"/unsubscribe/{sign(settings.secret_key, 'unsubscribe', sid, policy)}", data={"scope": "topic", "acknowledge": "1"})
+    last_url = f"/unsubscribe/{sign(settings.secret_key, 'unsubscribe', sid, policy)}"
+    last = client.post(last_url, data={"csrf_token": _csrf(client.get(last_url).text), "scope": "topic", "acknowledge": "1"})
     assert _h1(last.text) == "已取消訂閱" and "重新訂閱" in last.text
     bo = _get("bo@example.com", url)
     assert bo.status == SubscriberStatus.UNSUBSCRIBED
@@ -246,7 +247,7 @@ def test_unsubscribe_from_everything_and_subscribe_again(app: dict[str, Any]) ->
         session.commit()
         sid = session.scalar(select(Subscriber.id))
     token = sign(settings.secret_key, "unsubscribe", sid, _issue(url, 1, {"topics": {"any": ["economy"]}}))
-    gone = client.post(f"/unsubscribe/{token}", data={"scope": "all"})
+    gone = client.post(f"/unsubscribe/{token}", data={"csrf_token": _csrf(client.get(f"/unsubscribe/{token}").text), "scope": "all"})
     assert "You will not receive further issues." in gone.text
     assert _get("cy@example.com", url).status == SubscriberStatus.UNSUBSCRIBED
     assert outbox(app["tmp"]) == []  # no acknowledgement unless asked

@@ -25,7 +25,10 @@ def test_draft_rules_and_editions(db_url: str) -> None:
     _archive(db_url)
     with session_factory(db_url)() as session:
         a = articles_by_external_id(session, ["sample-en-01", "sample-en-02", "sample-zh-Hans-01"])
-        draft = create_issue(session, [], titles={"en": "ignored until there is an en edition"})
+        # A title for an edition there is not (yet) is refused, as by update_texts: it used to be dropped silently
+        with pytest.raises(IssueError, match=r"issue 1 has no en edition \(editions: none yet: add articles first\)"):
+            create_issue(session, [], titles={"en": "dropped: there is no en edition"})
+        draft = create_issue(session, [])
         session.commit()
         assert draft.editions == [] and draft.status == IssueStatus.DRAFT
         with pytest.raises(IssueError, match="appears twice"):

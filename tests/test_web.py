@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from newsletter.db import session_factory
 from newsletter.models import Subscriber, SubscriberStatus, Suppression
@@ -36,6 +36,16 @@ def test_one_click_unsubscribe(db_url: str, make_settings) -> None:  # type: ign
     assert page.status_code == 200 and b'<form method="post">' in page.content
     with session_factory(db_url)() as session:
         assert session.get_one(Subscriber, sid).status == SubscriberStatus.ACTIVE
+    # A bare POST (`curl -X POST`, a prefetcher) carries neither the one-click body nor the page's form
+    # token: it unsubscribed; now a 400 page says what is missing and nothing changes. So does a wrong body.
+    for body in (None, {"List-Unsubscribe": "Yes"}, {"scope": "all"}):
+        bare = client.post(f"/unsubscribe/{token}", data=body)
+        assert bare.status_code == 400 and "List-Unsubscribe=One-Click (RFC 8058)" in bare.text, bare.text
+        assert "Nothing was changed" in bare.text
+    forged = client.post(f"/unsubscribe/{token}", data={"csrf_token": "forged", "scope": "all"})
+    assert forged.status_code == 403
+    with session_factory(db_url)() as session:
+        assert session.get_one(Subscriber, sid).status == SubscriberStatus.ACTIVE
     # The mail client's one-click POST (RFC 8058 section 3.2).
     done = client.post(f"/unsubscribe/{token}", data={"List-Unsubscribe": "One-Click"})
     assert done.status_code == 200 and b"Unsubscribed" in done.content
@@ -44,6 +54,26 @@ def test_one_click_unsubscribe(db_url: str, make_settings) -> None:  # type: ign
         assert session.scalar(select(Suppression.detail).where(Suppression.email == "ann@example.com")) == "one-click"
     assert client.post(f"/unsubscribe/{token}x").status_code == 400
     assert client.post(f"/unsubscribe/{sign(settings.secret_key, 'preferences', sid)}").status_code == 400  # wrong purpose
+
+
+def test_one_click_unsubscribe_as_multipart_and_the_page_button(db_url: str, make_settings) -> None:  # type: ignore[no-untyped-def]
+    """Some mail clients send the one-click body as multipart/form-data; the page's own button sends the
+    form's CSRF token (the page said forms carry one; this one did not)."""
+    client, settings, sid = _app(db_url, make_settings)
+    token = sign(settings.secret_key, "unsubscribe", sid, 1)
+    cookieless = TestClient(client.app, base_url="https://testserver")  # a mail client: no cookie, no page first
+    done = cookieless.post(f"/unsubscribe/{token}", files={"List-Unsubscribe": (None, "One-Click")})
+    assert done.status_code == 200 and b"Unsubscribed" in done.content, done.text
+    with session_factory(db_url)() as session:
+        assert session.get_one(Subscriber, sid).status == SubscriberStatus.UNSUBSCRIBED
+        session.execute(update(Subscriber).values(status=SubscriberStatus.ACTIVE))
+        session.commit()
+    page = client.get(f"/unsubscribe/{token}")
+    assert '<input type="hidden" name="csrf_token"' in page.text
+    left = client.post(f"/unsubscribe/{token}", data={"csrf_token": _csrf(page.text), "scope": "all"})
+    assert left.status_code == 200 and "You will not receive further issues." in left.text
+    with session_factory(db_url)() as session:
+        assert session.get_one(Subscriber, sid).status == SubscriberStatus.UNSUBSCRIBED
 
 
 def test_preferences_page_changes_language_and_topics(db_url: str, make_settings) -> None:  # type: ignore[no-untyped-def]

@@ -6,6 +6,7 @@ Heavy modules (numpy and scipy, premailer, Celery) are imported inside the comma
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import logging
 import os
@@ -64,6 +65,20 @@ class LazyGroup(click.Group):
         command = getattr(importlib.import_module(f"newsletter.cli.{module}"), attribute)
         self.add_command(command, cmd_name)
         return command
+
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> tuple[str | None, click.Command | None, list[str]]:
+        # click suggests close names from the commands already loaded, which here are none yet: a typo
+        # ("subscriber") got no "Did you mean 'subscribers'?". Suggest from every name instead.
+        name = args[0] if args else ""
+        if name and not name.startswith("-") and not ctx.resilient_parsing and self.get_command(ctx, name) is None:
+            close = difflib.get_close_matches(name, self.list_commands(ctx))
+            hint = ""
+            if len(close) == 1:
+                hint = f" Did you mean {close[0]!r}?"
+            elif close:
+                hint = f" (Did you mean one of: {', '.join(close)}?)"
+            ctx.fail(f"No such command {name!r}.{hint}")
+        return super().resolve_command(ctx, args)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         # As click's own: one line per command, the help cut to the room left.

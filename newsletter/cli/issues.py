@@ -5,9 +5,9 @@ from __future__ import annotations
 import contextlib
 import sys
 import threading
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import click
 from sqlalchemy import select
@@ -125,14 +125,8 @@ def issue_create(
 
 
 def scheduled_time(when: datetime, zone_name: str | None) -> str:
-    """``2026-12-07 09:00 Asia/Taipei (01:00 UTC)``: a scheduled time in the zone the editor scheduled it in,
-    and in UTC; just ``… UTC`` when that zone is UTC or unknown."""
-    from newsletter.publishing import zone
-
-    utc = when.astimezone(UTC)
-    if not zone_name or zone_name in ("UTC", "+00:00"):
-        return f"{utc:%Y-%m-%d %H:%M} UTC"
-    return f"{when.astimezone(zone(zone_name)):%Y-%m-%d %H:%M} {zone_name} ({utc:%H:%M} UTC)"
+    """See `newsletter.scheduling.describe_time` (one format for every schedule message)."""
+    return scheduling.describe_time(when, zone_name)
 
 
 @issue.command("list")
@@ -293,11 +287,18 @@ def follow_with_bar(settings: Settings, issue_id: int):  # type: ignore[no-untyp
         if not settings.embedded and not _workers_listening():
             click.echo(f"\nwarning: nothing moved for {seconds:.0f} s and {NO_WORKER}", err=True)
 
-    with click.progressbar(length=1, label="delivering", show_pos=True, file=sys.stderr) as bar:
+    with contextlib.ExitStack() as stack:
         told: list[tuple[int, str]] = []  # the last (count, reason) said about deferred deliveries
+        bars: list[Any] = []
 
         def progress(done: int, total: int) -> None:
-            bar.length = max(total, 1)
+            # The bar appears once planning has counted the deliveries: from the start it read "0/1".
+            if not total:
+                return
+            if not bars:
+                bars.append(stack.enter_context(click.progressbar(length=total, label="delivering", show_pos=True, file=sys.stderr)))
+            bar = bars[0]
+            bar.length = total
             bar.update(done - bar.pos)
 
         def on_deferred(count: int, error: str) -> None:
@@ -372,8 +373,9 @@ def print_status(ctx: Context, number: int) -> None:
         tries = ", ".join(f"{n} after {a} attempt{'s' if a != 1 else ''}" for a, n in sorted(rep.retry_attempts.items()))
         click.echo(f"  retry queue: {rep.retry_queue} deferred ({tries}); next retry at {when}")
     if rep.claimed and rep.leases_until:
-        click.echo(f"  in flight: {rep.claimed} claimed by workers; if a worker died, the sweeper retakes them after "
-                   f"{rep.leases_until:%H:%M:%S} UTC")  # fmt: skip
+        # The "sending" row of the table: a batch claims all its deliveries at once, then sends them in turn.
+        click.echo(f"  sending: {rep.claimed} claimed by batches under way (being sent or waiting their turn in their batch); "
+                   f"if a worker died, the sweeper retakes them after {rep.leases_until:%H:%M:%S} UTC")  # fmt: skip
     for email, error in rep.last_errors:
         click.echo(f"  last error: {email}: {error}")
     if held and rep.status in ("publishing", "sending"):
@@ -424,10 +426,13 @@ def issue_schedule(ctx: Context, number: int, at: str, tz: str | None) -> None:
             raise click.BadParameter(f"unknown time zone {tz!r}", param_hint="--tz") from exc
     with ctx.session() as session:
         try:
-            scheduling.schedule_issue(session, ctx.settings, get_issue(session, number), when)
+            the_issue = get_issue(session, number)
+            scheduling.schedule_issue(session, ctx.settings, the_issue, when)
         except (IssueError, RenderError) as exc:
             raise click.ClickException(str(exc)) from exc
-    click.echo(f"issue {number} scheduled for {when.isoformat()} ({when.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC)")
+        zone_name = the_issue.timezone
+    # As 'issue list' and 'issue status' show it: in the zone it was scheduled in, and in UTC.
+    click.echo(f"issue {number} scheduled for {scheduled_time(when, zone_name)}")
     if ctx.settings.embedded:
         click.echo("note: without REDIS_URL nothing runs in the background; run 'newsletter sweep' when it is due", err=True)
 

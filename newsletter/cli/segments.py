@@ -11,7 +11,7 @@ from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from newsletter.cli.common import settings as cli_settings
 from newsletter.db import session_factory
-from newsletter.segments import SegmentError, audience, count_audience, parse_segment
+from newsletter.segments import SegmentError, audience, count_audience, parse_segment, why_empty
 
 SAMPLE_SIZE = 10
 
@@ -80,9 +80,10 @@ def segment_preview(rule: str) -> None:
         with session_factory(settings.database_url)() as session:
             total = count_audience(session, parsed)
             sample = list(session.scalars(audience(parsed).limit(SAMPLE_SIZE)))
+            why = f": {why_empty(session, parsed)}" if total == 0 else ""
     except (OperationalError, ProgrammingError) as exc:
         raise click.ClickException(f"cannot query the database ({exc.orig}); has 'newsletter db upgrade' been run?") from exc
-    click.echo(f"{total} subscriber{'' if total == 1 else 's'} in the audience")
+    click.echo(f"{total} subscriber{'' if total == 1 else 's'} in the audience{why}")
     width = max((len(s.email) for s in sample), default=0)
     for sub in sample:
         click.echo(f"  {sub.email:<{width}}  {sub.lang:<7}  {', '.join(sub.topics) or '-'}")

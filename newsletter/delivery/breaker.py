@@ -25,6 +25,7 @@ from typing import Any
 from sqlalchemy import delete, exists, func, literal, select, update
 from sqlalchemy.orm import Session
 
+from newsletter import logs
 from newsletter.models import Delivery, DeliveryStatus, Subscriber, SubscriberStatus, Suppression, utcnow
 from newsletter.suppressions import is_dead_address, mark_bounced, suppress
 
@@ -173,7 +174,12 @@ def settle_held(session: Session, issue_id: int) -> list[RelayTally]:
         else:
             kept[row.relay] = tally
     if settled := len(held) - sum(t.held for t in kept.values()):
-        log.info("issue id %s: %s held dead addresses suppressed at the end of the issue", issue_id, settled)
+        log.info(
+            "%s: %s held dead addresses suppressed at the end of the issue",
+            logs.issue_name(session, issue_id),
+            settled,
+            extra={"issue_id": issue_id},
+        )
     return list(kept.values())
 
 

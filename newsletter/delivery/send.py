@@ -242,7 +242,7 @@ def _send_sequentially(
                     continue
                 # No renewal got through for half a lease (the database is away): send nothing more
                 # on claims that may run out; the sweeper hands them out again once they expire.
-                log.warning("issue id %s: cannot renew claims; leaving %s unsent deliveries to the sweeper", ctx.issue_id, len(claims) - n)
+                log.warning("issue %s: cannot renew claims; leaving %s unsent deliveries to the sweeper", ctx.issue_number, len(claims) - n)
                 outcomes["abandoned"] += len(claims) - n
                 break
             row = by_id[claim_.id]
@@ -355,7 +355,7 @@ def _send_pipelined(
                 if current is not None:
                     transmit(None)
                 settle()
-                log.warning("issue id %s: cannot renew claims; leaving %s unsent deliveries to the sweeper", ctx.issue_id, len(claims) - n)
+                log.warning("issue %s: cannot renew claims; leaving %s unsent deliveries to the sweeper", ctx.issue_number, len(claims) - n)
                 outcomes["abandoned"] += len(claims) - n
                 finished.update(range(len(claims)))
                 break
@@ -520,7 +520,7 @@ def _send_concurrently(
             writer.close()
     left = [c for c in work if not keeper.lost(c.id)]
     if abandon.is_set():
-        log.warning("issue id %s: cannot renew claims; leaving %s unsent deliveries to the sweeper", ctx.issue_id, len(left))
+        log.warning("issue %s: cannot renew claims; leaving %s unsent deliveries to the sweeper", ctx.issue_number, len(left))
         outcomes["abandoned"] += len(left)
     elif left:
         outcomes["released"] += _stop(session, ctx.issue_id, left)

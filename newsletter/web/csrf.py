@@ -83,6 +83,16 @@ async def csrf_protect(request: Request) -> None:
     if sent is None and request.headers.get("content-type", "").startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
         value = (await request.form()).get(FIELD)
         sent = value if isinstance(value, str) else None
+    check_token(request, sent)
+
+
+def check_token(request: Request, sent: str | None) -> None:
+    """Refuse (403) a form token ``sent`` that does not match the cookie the request came with; for a
+    route that reads its form fields itself (the unsubscribe POST, where the token is one of two ways in).
+
+    Raises:
+        HTTPException: 403, token missing or wrong.
+    """
     cookie = request.state.csrf_cookie
     if not sent or cookie is None or not hmac.compare_digest(sent, _sign(request.app.state.web.settings.secret_key, cookie)):
         raise HTTPException(403, "the form has expired or did not come from this site (CSRF check failed): reload the page and try again")

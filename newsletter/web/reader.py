@@ -2,9 +2,11 @@
 
 No GET or HEAD changes anything: mail scanners and link previewers follow links (RFC 8058 §1), so
 every link in a message opens a page whose button POSTs. The signed token in the URL is what authorises
-a change; a forged or truncated one gets an error page in the reader's language. The preference form
-carries the CSRF token (`newsletter.web.csrf`); the unsubscribe POST carries none, since mail clients
-send it without cookies (RFC 8058 §3.2), and the token alone authorises it.
+a change; a forged or truncated one gets an error page in the reader's language. The forms carry the
+CSRF token (`newsletter.web.csrf`). A mail client's one-click unsubscribe POST carries none, since it
+is sent without cookies (RFC 8058 §3.2): its body ``List-Unsubscribe=One-Click`` says what it is, and the
+signed token authorises it. An unsubscribe POST with neither that body nor the page's form token (a bare
+``curl -X POST``, a prefetcher) changes nothing.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, BackgroundTasks, Form, Request
 from fastapi.responses import HTMLResponse
 
+from newsletter.i18n import N_
 from newsletter.links import preferences_url, unsubscribe_url
 from newsletter.models import Subscriber, SubscriberStatus
 from newsletter.notice_queue import dispatch
@@ -21,10 +24,18 @@ from newsletter.rendering import translator
 from newsletter.signup import clean_topics, leave, topic_label, topics_of_issue
 from newsletter.subscribers import update_preferences
 from newsletter.tokens import verify
+from newsletter.web.csrf import FIELD, check_token
 from newsletter.web.deps import DB, State, WebState
-from newsletter.web.readerpage import CSRF, invalid_link, reader_page, shown_lang, token_subscriber, topic_choices
+from newsletter.web.readerpage import CSRF, invalid_link, message_page, reader_page, shown_lang, token_subscriber, topic_choices
 
 router = APIRouter(tags=["reader pages"])
+
+# A bare POST (no one-click body, no form token): nothing is changed, and the page says what is missing.
+NOT_A_REQUEST = (
+    N_("Nothing was changed"),
+    N_("This request carries neither the one-click field List-Unsubscribe=One-Click (RFC 8058) nor the form token "
+       "of the unsubscribe page: use the button on that page."),
+)  # fmt: skip
 
 
 def _unsubscribed_page(web: WebState, request: Request, subscriber: Subscriber, token: str) -> HTMLResponse:
@@ -62,8 +73,11 @@ def unsubscribe_post(
     one_click: Annotated[str | None, Form(alias="List-Unsubscribe")] = None,
     scope: Annotated[str, Form()] = "topic",
     acknowledge: Annotated[str, Form()] = "",
+    form_token: Annotated[str | None, Form(alias=FIELD)] = None,
 ) -> HTMLResponse:
-    """Unsubscribe: a mail client's one-click POST (RFC 8058 §3.2), or a button of the page.
+    """Unsubscribe: a mail client's one-click POST (RFC 8058 §3.2: the body ``List-Unsubscribe=One-Click``,
+    form-encoded or multipart), or a button of the page (its form carries the CSRF token; a wrong one gets
+    the 403 page). A POST with neither gets a 400 page saying what is missing, and changes nothing.
 
     An issue sent to a topic segment is left like a separate newsletter: its topics go, the others stay
     (the whole list goes when none is left). ``scope=all`` leaves everything. A goodbye message is sent
@@ -73,6 +87,11 @@ def unsubscribe_post(
     subscriber = token_subscriber(session, web, token, "unsubscribe")
     if subscriber is None:
         return invalid_link(web, request)
+    one_click = one_click if one_click is not None and one_click.strip().lower() == "one-click" else None
+    if one_click is None:
+        if form_token is None:
+            return message_page(web, request, subscriber.lang, *NOT_A_REQUEST, 400)
+        check_token(request, form_token)
     issue_id = verify(web.settings.secret_keys, "unsubscribe", token)[1]
     topics = topics_of_issue(session, issue_id) if scope != "all" else ()
     source = "one-click" if one_click is not None else "page"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfoNotFoundError, available_timezones
 
@@ -181,7 +181,7 @@ def schedule(
             now = utcnow().astimezone(publishing.zone(tz.strip()))
             message = f"{date} {time} ({tz.strip()}) is in the past: it is now {now:%Y-%m-%d %H:%M} there. Choose a later time."
         return _publish_page(request, web, session, issue, 422, schedule_error=f"Not scheduled: {message}", schedule_values=values)
-    flash(request, f"Issue {number} is scheduled for {at:%Y-%m-%d %H:%M} {tz.strip()} ({at.astimezone(UTC):%Y-%m-%d %H:%M} UTC).")
+    flash(request, f"Issue {number} is scheduled for {scheduling.describe_time(at, issue.timezone)}.")
     return back(f"/admin/issues/{number}/publish")
 
 

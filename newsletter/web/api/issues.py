@@ -215,8 +215,9 @@ def schedule(number: Number, body: ScheduleIn, web: State, session: DB) -> Contr
     """Schedule a draft to publish itself at ``at`` (checked now as for a publish)."""
     if not 2000 <= body.at.year <= 2999:
         raise IssueError("the schedule time must be between the years 2000 and 2999", "at")
-    scheduling.schedule_issue(session, web.settings, get_issue(session, number), body.at)
-    return _control(session, number, f"scheduled for {body.at.isoformat()}")
+    issue = get_issue(session, number)
+    scheduling.schedule_issue(session, web.settings, issue, body.at)
+    return _control(session, number, f"scheduled for {scheduling.describe_time(body.at, issue.timezone)}")
 
 
 @router.delete("/{number}/schedule", response_model=ControlOut)
