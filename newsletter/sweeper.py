@@ -218,8 +218,8 @@ def _pause(session: Session, issue_id: int, n_failed: int, n_sent: int, relay: s
         number = session.scalar(select(Issue.number).where(Issue.id == issue_id))
         held = breaker.held_count(session, issue_id)
         error = f"auto-paused: relay {relay} refused the first {n_failed} recipients and accepted none (last error: {last}); "
-        if held:
-            error += f"no address was suppressed: the {held} refused as unknown are held; "
+        if held:  # no count: messages in flight at the pause may add refusals after this line is written
+            error += "no address was suppressed: those refused as unknown are held; "
         error += f"check the relay (credentials, recipient verification), then 'newsletter issue resume {number}'"
         error += " sends the held ones and the rest" if held else " sends the rest"
         if n_failed > held:

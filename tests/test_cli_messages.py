@@ -533,3 +533,32 @@ def test_the_progress_bar_starts_at_the_planned_count(tmp_path: Path, make_setti
     finally:
         planner.join()
     assert shown == [(3, 0)], shown  # opened once, with the planned count
+
+
+def test_requeue_names_relay_refusals_it_leaves_suppressed_and_unsuppress_any_relay_releases_them(
+    cli_env: dict[str, str],  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Regression (trial): `requeue` said only "N queued again" while deliveries suppressed on a relay's refusal
+    stayed failed, and once the relay vouched (accepted more than it refused) `unsuppress` could release nothing."""
+    from tests.smtp_server import SMTPServer
+
+    setup_archive(tmp_path, "en1@example.com,E,en,\nen2@example.com,F,en,\nen3@example.com,G,en,\n")
+    run("issue", "create", "--articles", "a1")
+    refuse = {"en3@example.com"}
+    with SMTPServer(rcpt_fault=lambda rcpt, _n: "550 5.1.1 no such user" if rcpt in refuse else None) as smtp:
+        monkeypatch.setenv("SMTP_URL", smtp.url)
+        invoke("issue", "publish", "1", "--yes")  # en1, en2 accepted first: the relay vouches, en3 is suppressed
+        refuse.clear()
+        requeued = invoke("issue", "requeue", "1")
+        assert requeued.exit_code == 0, requeued.output
+        assert "1 failed delivery is for suppressed addresses (hard bounce, complaint or unsubscribe) and stays failed" in requeued.output
+        assert (
+            '1 of them on a relay\'s "no such user" in this issue; if the relay was wrong: newsletter issue unsuppress 1 --any-relay'
+            in requeued.output
+        )
+        assert "'--any-relay' releases" in run("issue", "unsuppress", "1")  # the relay vouches: nothing by default
+        assert "1 address released (active again)" in run("issue", "unsuppress", "1", "--any-relay")
+        run("issue", "requeue", "1")
+        assert smtp.recorder.recipients() == {"en1@example.com": 1, "en2@example.com": 1, "en3@example.com": 1}

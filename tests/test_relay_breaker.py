@@ -106,7 +106,7 @@ def test_a_relay_refusing_everyone_as_unknown_suppresses_nobody_and_pauses(
         assert issue.error == (
             f"auto-paused: relay 127.0.0.1:{smtp.port} refused the first 5 recipients and accepted none (last error: 550 5.1.1 "
             f"<{address(4)}>: Recipient address rejected: User unknown in virtual mailbox table); no address was suppressed: "
-            "the 5 refused as unknown are held; check the relay (credentials, recipient verification), then "
+            "those refused as unknown are held; check the relay (credentials, recipient verification), then "
             f"'newsletter issue resume {issue.number}' sends the held ones and the rest"
         )
         failed = session.scalars(select(Delivery.email).where(Delivery.issue_id == issue_id, Delivery.status == DeliveryStatus.FAILED))
@@ -240,3 +240,39 @@ def test_suppressions_a_relay_refusing_everyone_made_can_be_released(session, db
         _send(session, settings, issue_id, again.calls, smtp.url)
         assert smtp.recorder.recipients() == {address(i): 1 for i in range(N) if i != 3}
     assert breaker.release_unvouched(session, issue_id) == []  # the relay vouches now: nothing more to release
+
+
+def test_a_relay_that_turns_bad_mid_issue_is_reported_with_what_it_suppressed_and_can_be_undone(
+    session, db_url: str, make_settings: Callable[..., Settings]
+) -> None:  # type: ignore[no-untyped-def]
+    """Regression (trial): a relay accepting 10 then refusing everyone as unknown got 9 addresses suppressed
+    (it still vouched: accepted more than refused) and the issue's line said "no address was suppressed (1 held)"
+    and advised `requeue`, after which `unsuppress` found the relay vouching (11 accepted) and released nothing."""
+    settings = make_settings(db_url)
+    issue_id, batches = _publish(session, settings)
+    late = {address(i) for i in range(10, N)}
+    relay = Relay(dead=late)
+    with SMTPServer(rcpt_fault=relay) as smtp:
+        _send(session, settings, issue_id, batches.calls, smtp.url)
+        issue = _issue(session, issue_id)
+        assert _suppressed(session) == late - {address(N - 1)} and breaker.held_count(session, issue_id) == 1
+        assert "no address was suppressed" not in (issue.error or "")
+        assert (
+            f"and accepted 10: 1 held (not suppressed) and 9 suppressed while the relay still accepted mail; check the relay "
+            f"(credentials, recipient verification); if it was at fault, first 'newsletter issue unsuppress {issue.number}' "
+            f"releases the 9, then 'newsletter issue requeue {issue.number}' sends them all again"
+        ) in (issue.error or "")
+
+        relay.dead = set()  # the relay is fixed; the editor requeues first, as the trial did
+        again = Batches()
+        assert control.requeue_failed(session, settings, _issue(session, issue_id), again) == 1
+        _send(session, settings, issue_id, again.calls, smtp.url)
+        session.expire_all()
+        assert breaker.release_unvouched(session, issue_id) == []  # 11 accepted vs 9 refused: the relay vouches now
+        released = breaker.release_unvouched(session, issue_id, any_relay=True)  # the editor vouches instead
+        session.commit()
+        assert released == sorted(late - {address(N - 1)}) and _suppressed(session) == set() and _bounced(session) == 0
+        again = Batches()
+        assert control.requeue_failed(session, settings, _issue(session, issue_id), again) == 9
+        _send(session, settings, issue_id, again.calls, smtp.url)
+        assert smtp.recorder.recipients() == {address(i): 1 for i in range(N)}

@@ -498,15 +498,19 @@ def issue_requeue(ctx: Context, number: int, no_wait: bool) -> None:
     except IssueError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"issue {number}: {plural(count, 'failed delivery')} queued again")
-    if not count:
-        with ctx.session() as session:
-            kept = control.suppressed_failures(session, get_issue(session, number))
-        if kept:
-            one = kept == 1
-            click.echo(f"  {plural(kept, 'failed delivery')} {'is' if one else 'are'} for suppressed addresses (hard bounce, "
-                       f"complaint or unsubscribe) and {'stays' if one else 'stay'} failed")  # fmt: skip
-        else:
-            click.echo(f"  issue {number} has no failed deliveries")
+    with ctx.session() as session:
+        the_issue = get_issue(session, number)
+        kept = control.suppressed_failures(session, the_issue)
+        by_relay = breaker.relay_suppressed_count(session, the_issue.id) if kept else 0
+    if kept:  # said whether or not others went: a silent skip reads as "all of them"
+        one = kept == 1
+        click.echo(f"  {plural(kept, 'failed delivery')} {'is' if one else 'are'} for suppressed addresses (hard bounce, "
+                   f"complaint or unsubscribe) and {'stays' if one else 'stay'} failed")  # fmt: skip
+        if by_relay:
+            click.echo(f"  {by_relay} of them on a relay's \"no such user\" in this issue; if the relay was wrong: "
+                       f"newsletter issue unsuppress {number} --any-relay, then requeue again")  # fmt: skip
+    elif not count:
+        click.echo(f"  issue {number} has no failed deliveries")
     if count and not (no_wait and not ctx.settings.embedded):
         try:
             follow_with_bar(ctx.settings, issue_id)
@@ -517,22 +521,33 @@ def issue_requeue(ctx: Context, number: int, no_wait: bool) -> None:
 
 @issue.command("unsuppress")
 @click.argument("number", type=int)
+@click.option(
+    "--any-relay",
+    is_flag=True,
+    help="Also when a relay accepted more than it refused (it turned bad mid-issue, or a requeue changed its tally).",
+)
 @pass_ctx
-def issue_unsuppress(ctx: Context, number: int) -> None:
+def issue_unsuppress(ctx: Context, number: int, any_relay: bool) -> None:
     """Release the addresses issue NUMBER suppressed on the word of a relay that refused everyone.
 
-    Only suppressions made from this issue's own "no such user" refusals (hard-bounce) by a relay that
-    refused as many recipients as unknown as it accepted go; then 'issue requeue NUMBER' sends them.
+    Only suppressions made from this issue's own "no such user" refusals (hard-bounce) go, by default only
+    those of a relay that refused as many recipients as unknown as it accepted (--any-relay: whatever it
+    accepted); then 'issue requeue NUMBER' sends them. A truly dead address is refused again.
     """
     with ctx.session() as session:
         the_issue = get_issue(session, number)
-        released = breaker.release_unvouched(session, the_issue.id)
+        released = breaker.release_unvouched(session, the_issue.id, any_relay=any_relay)
         session.commit()
     if released:
         click.echo(f"issue {number}: {plural(len(released), 'address')} released (active again); send them the issue with: "
                    f"newsletter issue requeue {number}")  # fmt: skip
+    elif any_relay:
+        click.echo(f'issue {number}: nothing to release (no address was suppressed on a relay\'s "no such user" in this issue)')
     else:
-        click.echo(f"issue {number}: nothing to release (no address was suppressed on the word of a relay that refused everyone)")
+        click.echo(
+            f"issue {number}: nothing to release (no address was suppressed on the word of a relay that refused everyone; "
+            f"'--any-relay' releases this issue's relay refusals whatever the relay accepted)"
+        )
 
 
 @issue.command("cancel")

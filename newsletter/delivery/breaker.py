@@ -207,27 +207,60 @@ def reopen_held(session: Session, issue_id: int, enqueued_at: datetime | None) -
 
 
 def held_message(kept: list[RelayTally], number: int, command: str) -> str:
-    """One line for ``Issue.error``: which relay refused how many as unknown, that nothing was
-    suppressed, and the command (``resume``, ``requeue``) that sends the held deliveries again."""
+    """One line for ``Issue.error``: which relay refused how many as unknown, how many of those are held
+    (not suppressed) and how many it got suppressed while it still accepted mail (a relay that turned bad
+    mid-issue: `issue unsuppress` releases them, before a requeue changes the tally), and the command
+    (``resume``, ``requeue``) that sends the held deliveries again."""
     held = sum(t.held for t in kept)
+    suppressed = sum(t.refused_unknown - t.held for t in kept)
     lines = "; ".join(t.refused_line() for t in kept)
+    if not suppressed:
+        return (
+            f"{lines}: no address was suppressed ({held} held), since a relay that refuses everyone says nothing about "
+            f"the addresses; check the relay (credentials, recipient verification), then "
+            f"'newsletter issue {command} {number}' sends them again"
+        )
     return (
-        f"{lines}: no address was suppressed ({held} held), since a relay that refuses everyone says nothing about "
-        f"the addresses; check the relay (credentials, recipient verification), then "
-        f"'newsletter issue {command} {number}' sends them again"
+        f"{lines}: {held} held (not suppressed) and {suppressed} suppressed while the relay still accepted mail; "
+        f"check the relay (credentials, recipient verification); if it was at fault, first "
+        f"'newsletter issue unsuppress {number}' releases the {suppressed}, then 'newsletter issue {command} {number}' "
+        f"sends them all again"
     )
 
 
-def release_unvouched(session: Session, issue_id: int) -> list[str]:
+def release_unvouched(session: Session, issue_id: int, *, any_relay: bool = False) -> list[str]:
     """Undo the suppressions the issue's refusals made on the word of a relay that does not vouch by the
     issue's final tally (it refused as many as it accepted, or more): the way back for a list a relay
     that refused everyone got suppressed (before this breaker, or while the relay turned bad). Only a
     suppression made from that very refusal goes (reason ``hard-bounce``, detail ``"<relay>: <reply>"``
     as `send` writes it), never one from a DSN, a complaint or an unsubscription; its subscriber, if
-    still ``bounced`` at that address, is ``active`` again. Does not commit. Returns the addresses released.
+    still ``bounced`` at that address, is ``active`` again. With ``any_relay`` the editor vouches instead: the
+    refusals of every relay of the issue are released whatever its tally (a relay that turned bad after
+    accepting most of the list, or one whose tally a requeue changed). A dead address is refused again on
+    the next send. Does not commit. Returns the addresses released.
     """
-    unvouched = {relay for relay, tally in tallies(session, issue_id).items() if not tally.vouches}
-    if not unvouched:
+    released = []
+    for r in _relay_suppressions(session, issue_id, any_relay):
+        session.execute(delete(Suppression).where(Suppression.email == r.email))
+        session.execute(
+            update(Subscriber)
+            .where(Subscriber.id == r.subscriber_id, Subscriber.email == r.email, Subscriber.status == SubscriberStatus.BOUNCED)
+            .values(status=SubscriberStatus.ACTIVE)
+            .execution_options(synchronize_session=False)
+        )
+        released.append(r.email)
+    return released
+
+
+def relay_suppressed_count(session: Session, issue_id: int) -> int:
+    """How many of the issue's failed deliveries are suppressed on a relay's own "no such user" in this
+    issue (what ``release_unvouched(any_relay=True)`` would release); reads only."""
+    return len(_relay_suppressions(session, issue_id, any_relay=True))
+
+
+def _relay_suppressions(session: Session, issue_id: int, any_relay: bool) -> list[Any]:
+    relays = {relay for relay, tally in tallies(session, issue_id).items() if any_relay or not tally.vouches}
+    if not relays:
         return []
     rows = session.execute(
         select(Delivery.subscriber_id, Delivery.email, Delivery.relay, Delivery.last_error, Suppression.detail)
@@ -235,21 +268,10 @@ def release_unvouched(session: Session, issue_id: int) -> list[str]:
         .where(
             Delivery.issue_id == issue_id,
             Delivery.status == DeliveryStatus.FAILED,
-            Delivery.relay.in_(unvouched),
+            Delivery.relay.in_(relays),
             *_PERMANENT,
             Suppression.reason == "hard-bounce",
         )
         .order_by(Delivery.id)
     ).all()
-    released = []
-    for r in rows:
-        if refused_as_unknown(r.last_error) and r.detail == f"{r.relay}: {r.last_error}"[:2000]:
-            session.execute(delete(Suppression).where(Suppression.email == r.email))
-            session.execute(
-                update(Subscriber)
-                .where(Subscriber.id == r.subscriber_id, Subscriber.email == r.email, Subscriber.status == SubscriberStatus.BOUNCED)
-                .values(status=SubscriberStatus.ACTIVE)
-                .execution_options(synchronize_session=False)
-            )
-            released.append(r.email)
-    return released
+    return [r for r in rows if refused_as_unknown(r.last_error) and r.detail == f"{r.relay}: {r.last_error}"[:2000]]
