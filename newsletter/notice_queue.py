@@ -39,7 +39,7 @@ from sqlalchemy.orm import Session
 from newsletter.config import Settings
 from newsletter.delivery.backoff import next_attempt
 from newsletter.delivery.errors import DeliveryError, PermanentDeliveryError, TemporaryDeliveryError
-from newsletter.delivery.ledger import new_token
+from newsletter.delivery.ledger import end_leases_held_by, new_token
 from newsletter.delivery.mailers import Mailer
 from newsletter.models import Notice, NoticeStatus, Subscriber, SubscriberStatus, Suppression, utcnow
 from newsletter.notices import KINDS, default_mailer, deliver_notice
@@ -144,23 +144,7 @@ def expire_claim_of(session: Session, notice_id: int, mark: str, now: datetime |
     process's ``mark``, `newsletter.delivery.ledger.holder_mark`), so that it is claimed again at once; commits.
     Returns 1 if ended, else 0. The row stays ``sending`` under its token until then, as when a claim runs out.
     Only the caller knows the holder is dead (a worker's main process that saw its pool process die)."""
-    if not mark:
-        return 0
-    now = now or utcnow()
-    ended = session.execute(
-        update(Notice)
-        .where(
-            Notice.id == notice_id,
-            Notice.status == NoticeStatus.SENDING,
-            Notice.claim_token.startswith(mark, autoescape=True),
-            Notice.claimed_until > now,
-        )
-        .values(claimed_until=now)
-        .returning(Notice.id)
-        .execution_options(synchronize_session=False)
-    ).first()
-    session.commit()
-    return int(ended is not None)
+    return end_leases_held_by(session, Notice, NoticeStatus.SENDING, [notice_id], mark, now)
 
 
 def _finish(session: Session, notice_id: int, token: str, now: datetime, status: NoticeStatus, **values: Any) -> bool:

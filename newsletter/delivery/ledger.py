@@ -806,23 +806,30 @@ def expire_claims_of(session: Session, ids: Sequence[int], mark: str, now: datet
     lease runs out, so the dead process's last record still lands if PostgreSQL had received it, and a message
     the relay accepted just before the kill may go out again (at most 2 per connection, as ever).
     """
+    return end_leases_held_by(session, Delivery, DeliveryStatus.SENDING, ids, mark, now)
+
+
+def end_leases_held_by(session: Session, table: Any, sending: Any, ids: Sequence[int], mark: str, now: datetime | None = None) -> int:
+    """The UPDATE behind `expire_claims_of` for any claimed table (deliveries, notices: columns ``id``,
+    ``status``, ``claim_token``, ``claimed_until``): rows among ``ids`` in state ``sending`` whose token
+    begins with ``mark`` and whose lease has not run out get ``claimed_until = now``; commits. Returns how many."""
     if not ids or not mark:
         return 0
     now = now or utcnow()
-    expired = session.scalars(
-        update(Delivery)
+    ended = session.scalars(
+        update(table)
         .where(
-            in_values(session, Delivery.id, ids),
-            Delivery.status == DeliveryStatus.SENDING,
-            Delivery.claim_token.startswith(mark, autoescape=True),
-            Delivery.claimed_until > now,
+            in_values(session, table.id, ids),
+            table.status == sending,
+            table.claim_token.startswith(mark, autoescape=True),
+            table.claimed_until > now,
         )
         .values(claimed_until=now)
-        .returning(Delivery.id)
+        .returning(table.id)
         .execution_options(synchronize_session=False)
     ).all()
     session.commit()
-    return len(expired)
+    return len(ended)
 
 
 def fail_exhausted_claims(session: Session, now: datetime, max_attempts: int, lease_seconds: float = 0.0) -> int:
