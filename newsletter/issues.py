@@ -329,12 +329,20 @@ def _locked_articles(session: Session, issue: Issue) -> list[Article]:
 
 
 def set_articles(
-    session: Session, issue: Issue, articles: Sequence[Article], *, conversion: str = "s2twp", phrases: tuple[str, ...] = ()
+    session: Session,
+    issue: Issue,
+    articles: Sequence[Article],
+    *,
+    conversion: str = "s2twp",
+    phrases: tuple[str, ...] = (),
+    commit: bool = True,
 ) -> None:
     """Make ``articles`` (in this order) the draft's whole content: adding, removing and reordering all
     come through here. Editions follow the languages present (see `create_issue`; a zh-Hant edition made
     here is converted with the deployment's ``conversion`` and ``phrases``); the "You might also like"
-    block is dropped, to be computed again for the new content. Commits.
+    block is dropped, to be computed again for the new content. Commits, unless ``commit`` is False: then
+    only flushes, so a caller making several changes (`issue edit`, the API's PATCH) commits them together
+    or none (a refused later change must not leave the earlier ones stored).
 
     Raises:
         IssueStateError: see `require_editable`.
@@ -358,8 +366,16 @@ def set_articles(
             issue.items.append(item)
     _sync_editions(issue, [a.lang for a in articles], {}, {}, True, conversion, phrases)
     session.execute(delete(RelatedArticle).where(RelatedArticle.issue_id == issue.id))
-    session.commit()
+    _commit(session, commit)
     session.refresh(issue)
+
+
+def _commit(session: Session, commit: bool) -> None:
+    """Commit, or (``commit`` False: the caller commits several changes at once) flush."""
+    if commit:
+        session.commit()
+    else:
+        session.flush()
 
 
 def add_articles(
@@ -370,15 +386,24 @@ def add_articles(
     *,
     conversion: str = "s2twp",
     phrases: tuple[str, ...] = (),
+    commit: bool = True,
 ) -> None:
-    """Insert ``articles`` at ``position`` (default: the end); commits. See `set_articles`."""
+    """Insert ``articles`` at ``position`` (default: the end); commits (see ``commit`` in `set_articles`)."""
     current = _locked_articles(session, issue)
     at = len(current) if position is None else max(0, min(position, len(current)))
-    set_articles(session, issue, [*current[:at], *articles, *current[at:]], conversion=conversion, phrases=phrases)
+    set_articles(session, issue, [*current[:at], *articles, *current[at:]], conversion=conversion, phrases=phrases, commit=commit)
 
 
-def remove_article(session: Session, issue: Issue, article: Article, *, conversion: str = "s2twp", phrases: tuple[str, ...] = ()) -> None:
-    """Take ``article`` out of the draft; commits. See `set_articles`.
+def remove_article(
+    session: Session,
+    issue: Issue,
+    article: Article,
+    *,
+    conversion: str = "s2twp",
+    phrases: tuple[str, ...] = (),
+    commit: bool = True,
+) -> None:
+    """Take ``article`` out of the draft; commits (see ``commit`` in `set_articles`).
 
     Raises:
         IssueNotFound: the article is not in the issue.
@@ -386,7 +411,7 @@ def remove_article(session: Session, issue: Issue, article: Article, *, conversi
     current = _locked_articles(session, issue)
     if article not in current:
         raise IssueNotFound(f"article {article.external_id} is not in issue {issue.number}", "article")
-    set_articles(session, issue, [a for a in current if a is not article], conversion=conversion, phrases=phrases)
+    set_articles(session, issue, [a for a in current if a is not article], conversion=conversion, phrases=phrases, commit=commit)
 
 
 def move_article(
@@ -413,8 +438,9 @@ def update_texts(
     *,
     conversion: str = "s2twp",
     phrases: tuple[str, ...] = (),
+    commit: bool = True,
 ) -> None:
-    """Set edition titles and editor's notes (Markdown) by language; commits.
+    """Set edition titles and editor's notes (Markdown) by language; commits (see ``commit`` in `set_articles`).
 
     A zh-Hant edition converted from zh-Hans (``converted_from="zh-Hans"``, see `create_issue`) follows a
     changed zh-Hans title or note: the new text is converted again (OpenCC ``conversion`` plus ``phrases``,
@@ -437,7 +463,7 @@ def update_texts(
         editions[lang].title = title
     for lang, note in notes.items():
         editions[lang].editors_note = note
-    session.commit()
+    _commit(session, commit)
 
 
 def _follow_zh_hans(
@@ -457,8 +483,8 @@ def _follow_zh_hans(
             values["zh-Hant"] = to_traditional(new_hans, conversion, phrases)
 
 
-def set_segment(session: Session, issue: Issue, rule: Any) -> None:
-    """Set (or with None clear) the draft's audience rule; commits.
+def set_segment(session: Session, issue: Issue, rule: Any, *, commit: bool = True) -> None:
+    """Set (or with None clear) the draft's audience rule; commits (see ``commit`` in `set_articles`).
 
     Raises:
         IssueStateError: see `require_editable`.
@@ -472,7 +498,7 @@ def set_segment(session: Session, issue: Issue, rule: Any) -> None:
     except SegmentError as exc:
         raise IssueError(str(exc), exc.path) from exc
     issue.segment = rule
-    session.commit()
+    _commit(session, commit)
 
 
 def check_deletable(session: Session, issue: Issue) -> None:

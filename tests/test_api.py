@@ -58,6 +58,10 @@ def test_articles_and_draft_editing(db_url: str, make_settings) -> None:  # type
     assert empty.status_code == 422 and empty.json()["errors"] == [{"field": "titles.en", "detail": "the en title is empty"}]
     segment = c.patch(f"/api/issues/{n}", json={"segment": {"topics": {"some": ["x"]}}}, headers=h)
     assert segment.status_code == 422 and segment.json()["errors"][0]["field"].startswith("segment.topics")
+    # Regression (trial): the titles of a PATCH whose segment was refused were stored behind the 422.
+    half = c.patch(f"/api/issues/{n}", json={"titles": {"en": "Half done"}, "segment": {"languages": ["fr"]}}, headers=h)
+    assert half.status_code == 422 and half.json()["errors"][0]["field"] == "segment.languages", half.json()
+    assert [e["title"] for e in c.get(f"/api/issues/{n}", headers=h).json()["editions"] if e["lang"] == "en"] == ["Week 47"]
 
     added = c.post(f"/api/issues/{n}/articles", json={"articles": ["sample-en-03"], "position": 0}, headers=h).json()
     assert [a["id"] for a in added["articles"]] == ["sample-en-03", "sample-en-01", "sample-en-02", "sample-zh-Hans-01"]

@@ -562,3 +562,62 @@ def test_requeue_names_relay_refusals_it_leaves_suppressed_and_unsuppress_any_re
         assert "1 address released (active again)" in run("issue", "unsuppress", "1", "--any-relay")
         run("issue", "requeue", "1")
         assert smtp.recorder.recipients() == {"en1@example.com": 1, "en2@example.com": 1, "en3@example.com": 1}
+
+
+def test_resume_and_requeue_exit_non_zero_unless_the_issue_ends_sent_without_failures(
+    cli_env: dict[str, str],  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Regression (trial 2026-12-01, second round): `issue resume` and `issue requeue` wait like `issue publish`
+    but exited 0 whatever the end: a resume that ended paused again, or a requeue whose deliveries failed
+    again, looked like success to a script, while `publish` exits 1 for the same end."""
+    from tests.smtp_server import SMTPServer
+
+    readers = "".join(f"en{i:02d}@example.com,R{i},en,\n" for i in range(20))
+    setup_archive(tmp_path, readers)
+    run("issue", "create", "--articles", "a1")
+    refused = {"all"}
+    policy = "550 5.7.1 refused by local policy"  # not an addressing code: nothing is suppressed
+
+    def fault(rcpt: str, _n: int) -> str | None:
+        return policy if "all" in refused or rcpt in refused else None
+
+    with SMTPServer(rcpt_fault=fault) as smtp:
+        monkeypatch.setenv("SMTP_URL", smtp.url)
+        published = invoke("issue", "publish", "1", "--yes")  # auto-paused after the relay's first refusals
+        assert published.exit_code == 1 and "ended paused" in published.output, published.output
+        resumed = invoke("issue", "resume", "1")  # the relay still refuses everyone: paused again
+        assert "ended paused" in resumed.output, resumed.output
+        assert resumed.exit_code == 1, resumed.output
+        refused.clear()
+        resumed = invoke("issue", "resume", "1")  # the rest is sent; the refused ones stay failed
+        assert resumed.exit_code == 1 and "failed permanently" in resumed.output, resumed.output
+        refused.add("en00@example.com")
+        requeued = invoke("issue", "requeue", "1")  # all but en00 go now
+        assert "1 delivery failed permanently" in requeued.output, requeued.output
+        assert requeued.exit_code == 1, requeued.output
+        refused.clear()
+        requeued = invoke("issue", "requeue", "1")
+        assert requeued.exit_code == 0, requeued.output
+    assert smtp.recorder.recipients() == {f"en{i:02d}@example.com": 1 for i in range(20)}
+
+
+def test_issue_edit_takes_the_readmes_combined_form_and_stores_all_or_nothing(
+    cli_env: dict[str, str],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """Regression (trial): `issue edit N --add ID --remove ID --order ID,ID` (the README's example) applied --order
+    first, so the complete list it names clashed with --add ("appears twice") or --remove ("is not in issue"),
+    and the refused command had already stored its --order: each step committed on its own."""
+    setup_archive(tmp_path)
+    run("issue", "create", "--articles", "a1,a2")
+    edited = run("issue", "edit", "1", "--add", "z1", "--remove", "a2", "--order", "z1,a1")
+    assert edited.index("1. z1") < edited.index("2. a1") and "a2" not in edited, edited
+    refused = invoke("issue", "edit", "1", "--order", "a1,z1", "--title", "en=Week 48", "--note", "en=[x](javascript:alert(1))")
+    assert refused.exit_code == 1 and "javascript:" in refused.output, refused.output
+    refused = invoke("issue", "edit", "1", "--add", "a2", "--segment", '{"languages": ["fr"]}')
+    assert refused.exit_code != 0 and "unknown language 'fr'" in refused.output, refused.output
+    unchanged = run("issue", "edit", "1")
+    assert unchanged.index("1. z1") < unchanged.index("2. a1") and "a2" not in unchanged, unchanged
+    assert "Week 48" not in run("issue", "list")

@@ -35,24 +35,26 @@ def issue_edit(
     order_ids: str | None,
     segment_rule: str | None,
 ) -> None:
-    """Change draft NUMBER: titles and notes per language, its articles and their order, its audience."""
+    """Change draft NUMBER: titles and notes per language, its articles and their order, its audience.
+
+    The changes are made in the order remove, add, order, texts, audience (so --order may name the articles
+    --add brings in, as the complete list it is), and stored together: if one is refused, none is stored.
+    """
     from newsletter import issues
     from newsletter.cli.segments import load_rule
 
+    rule = load_rule(segment_rule) if segment_rule is not None else None  # a bad rule: refused before any change
+    options = issues.zh_hant_options(ctx.settings)
     with ctx.session() as session:
         try:
             draft = get_issue(session, number)
-            if order_ids:
-                issues.set_articles(
-                    session, draft, articles_by_external_id(session, _ids(order_ids)), **issues.zh_hant_options(ctx.settings)
-                )
             if remove_ids:
                 for article in articles_by_external_id(session, _ids(remove_ids)):
-                    issues.remove_article(session, draft, article, **issues.zh_hant_options(ctx.settings))
+                    issues.remove_article(session, draft, article, **options, commit=False)
             if add_ids:
-                issues.add_articles(
-                    session, draft, articles_by_external_id(session, _ids(add_ids)), position, **issues.zh_hant_options(ctx.settings)
-                )
+                issues.add_articles(session, draft, articles_by_external_id(session, _ids(add_ids)), position, **options, commit=False)
+            if order_ids:
+                issues.set_articles(session, draft, articles_by_external_id(session, _ids(order_ids)), **options, commit=False)
             if titles or notes:
                 issues.update_texts(
                     session,
@@ -61,11 +63,14 @@ def issue_edit(
                     _lang_map(notes, "--note"),
                     conversion=ctx.settings.zh_hant_conversion,
                     phrases=ctx.settings.zh_hant_phrases,
+                    commit=False,
                 )
             if segment_rule is not None:
-                issues.set_segment(session, draft, load_rule(segment_rule) or None)
+                issues.set_segment(session, draft, rule or None, commit=False)
             issues.require_editable(session, draft)  # even with nothing to change, say so for a non-draft
+            session.commit()
         except IssueError as exc:
+            session.rollback()  # what this command changed before the refusal goes too
             raise click.ClickException(str(exc)) from exc
         langs = ", ".join(f"{e.lang}{' (converted)' if e.converted_from else ''}" for e in draft.editions) or "none"
         click.echo(f"issue {number}: {plural(len(draft.items), 'article')}; editions: {langs}")

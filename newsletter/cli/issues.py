@@ -7,7 +7,7 @@ import sys
 import threading
 from datetime import datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 from sqlalchemy import select
@@ -21,6 +21,9 @@ from newsletter.delivery import breaker
 from newsletter.issues import IssueError, Selection, articles_by_external_id, create_issue, draft_warnings, get_issue, select_articles
 from newsletter.models import LANGUAGES, Issue
 from newsletter.rendering import RenderError
+
+if TYPE_CHECKING:
+    from newsletter.runner import PublishOutcome
 
 
 @click.group()
@@ -235,6 +238,17 @@ def issue_publish(ctx: Context, number: int, no_wait: bool, yes: bool, allow_no_
         _interrupted(ctx, number, thread)
     print_status(ctx, number)
     click.echo(f"issue {number} {outcome.status}: {outcome.summary()}")
+    require_clean_end(number, outcome)
+
+
+def require_clean_end(number: int, outcome: PublishOutcome) -> None:
+    """Exit non-zero unless the followed issue (``outcome``) ended ``sent`` with no
+    delivery failed for good: what `issue publish`, `issue resume` and `issue requeue` all wait for, so a
+    script can tell by the exit status alone (the README's rule for publish; resume and requeue wait alike).
+
+    Raises:
+        click.ClickException: the issue ended paused, failed or cancelled, or deliveries failed permanently.
+    """
     if outcome.status != "sent":  # print_status said how to go on after a failure
         raise click.ClickException(f"issue {number} ended {outcome.status}: {outcome.error}")
     if outcome.failed:
@@ -479,10 +493,11 @@ def issue_resume(ctx: Context, number: int, no_wait: bool) -> None:
     if no_wait and not ctx.settings.embedded:
         return
     try:
-        follow_with_bar(ctx.settings, issue_id)
+        outcome = follow_with_bar(ctx.settings, issue_id)
     except KeyboardInterrupt:
         _interrupted(ctx, number)
     print_status(ctx, number)
+    require_clean_end(number, outcome)  # it exited 0 even when the issue was paused again or deliveries failed
 
 
 @issue.command("requeue")
@@ -513,10 +528,11 @@ def issue_requeue(ctx: Context, number: int, no_wait: bool) -> None:
         click.echo(f"  issue {number} has no failed deliveries")
     if count and not (no_wait and not ctx.settings.embedded):
         try:
-            follow_with_bar(ctx.settings, issue_id)
+            outcome = follow_with_bar(ctx.settings, issue_id)
         except KeyboardInterrupt:
             _interrupted(ctx, number)
         print_status(ctx, number)
+        require_clean_end(number, outcome)  # a relay still refusing them: the same exit status as publish
 
 
 @issue.command("unsuppress")

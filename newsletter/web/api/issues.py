@@ -76,18 +76,25 @@ def get(number: Number, session: DB) -> IssueOut:
 def update(number: Number, body: IssueUpdate, web: State, session: DB) -> IssueOut:
     """Change a draft's titles and notes per language, or its audience rule."""
     issue = get_issue(session, number)
-    if body.titles is not None or body.notes is not None:
-        issues.update_texts(
-            session,
-            issue,
-            dict(body.titles or {}),
-            dict(body.notes or {}),
-            conversion=web.settings.zh_hant_conversion,
-            phrases=web.settings.zh_hant_phrases,
-        )
-    if "segment" in body.model_fields_set:
-        issues.set_segment(session, issue, body.segment)
-    issues.require_editable(session, issue)
+    # Both parts are stored together or not at all: a refused segment left the new titles stored behind a 422.
+    try:
+        if body.titles is not None or body.notes is not None:
+            issues.update_texts(
+                session,
+                issue,
+                dict(body.titles or {}),
+                dict(body.notes or {}),
+                conversion=web.settings.zh_hant_conversion,
+                phrases=web.settings.zh_hant_phrases,
+                commit=False,
+            )
+        if "segment" in body.model_fields_set:
+            issues.set_segment(session, issue, body.segment, commit=False)
+        issues.require_editable(session, issue)
+        session.commit()
+    except Exception:
+        session.rollback()
+        raise
     return IssueOut.of(issue)
 
 
