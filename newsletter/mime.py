@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from email.header import Header
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.policy import SMTP
@@ -108,6 +109,18 @@ def parse_from(from_header: str) -> Address:
     return Address(display_name=name, username=local, domain=domain)
 
 
+def encoded_subject(subject: str) -> str:
+    """``subject`` as RFC 2047 encoded-words folded to 78-character lines (CRLF), every character inside one.
+
+    Python's header folder (3.11-3.12) leaves the space between a non-ASCII word and the next word outside
+    the encoded-words when it folds there, and a decoder drops white space between two encoded-words (RFC
+    2047 §6.2): "Zürich · Issue 4" reached readers as "Zürich· Issue 4". Text that merely looks like an
+    encoded-word (``=?utf-8?q?hi?=`` typed by an editor) is encoded too, so readers see it as typed (§5).
+    Each encoded-word holds whole characters (the email package's `Header` splits on character boundaries).
+    """
+    return Header(subject, "utf-8", header_name="Subject").encode(linesep="\r\n")
+
+
 def body_encoding(lang: str) -> str:
     """The Content-Transfer-Encoding of a message's text and HTML parts for language tag ``lang``:
     ``base64`` for Chinese, Japanese and Korean, ``quoted-printable`` otherwise.
@@ -123,7 +136,8 @@ def body_encoding(lang: str) -> str:
 def build_message(env: Envelope, text: str, html: str) -> EmailMessage:
     """A multipart/alternative message (text first, then HTML: RFC 2046 §5.1.4, last is preferred).
 
-    Headers: display names and subject are RFC 2047 encoded when not ASCII (the policy does it);
+    Headers: display names and subject are RFC 2047 encoded when not ASCII (the policy does it for names,
+    `encoded_subject` for a subject, which the policy could fold wrongly);
     ``List-Unsubscribe`` carries the signed https URL (left out when ``unsubscribe_url`` is empty) and
     ``List-Unsubscribe-Post`` asks for one-click
     unsubscription (RFC 8058 §3.1); ``List-Id`` follows RFC 2919. Bodies are UTF-8 in quoted-printable,
@@ -140,7 +154,11 @@ def build_message(env: Envelope, text: str, html: str) -> EmailMessage:
     msg["From"] = parse_from(env.from_header)
     local, _, domain = ascii_address(_clean("To", env.to_address)).rpartition("@")
     msg["To"] = Address(display_name=_clean("To name", env.to_name), username=local, domain=domain)
-    msg["Subject"] = _clean("Subject", env.subject)
+    subject = _clean("Subject", env.subject)
+    if subject.isascii() and "=?" not in subject:
+        msg["Subject"] = subject
+    else:
+        msg.set_raw("Subject", encoded_subject(subject))
     msg["Date"] = format_datetime(utcnow())
     msg["Message-ID"] = _clean("Message-ID", env.message_id)
     msg["List-Id"] = f"<{_clean('List-Id', env.list_id)}>"

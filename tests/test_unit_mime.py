@@ -181,3 +181,29 @@ def test_internationalised_domain_in_to_header() -> None:
     to_line = re.search(rb"\r\nTo: (.*?)\r\n(?! )", head).group(1)  # type: ignore[union-attr]
     assert b"=?" not in to_line.split(b"<", 1)[-1]  # no encoded-word in the address itself
     assert _parse(raw)["To"].addresses[0].domain in ("bücher.de", "xn--bcher-kva.de")
+
+
+@pytest.mark.parametrize(
+    "subject",
+    [
+        "Test <b>bold</b> & Bcc: x@example.net hi ünïcödé · Issue 4",  # the trial's: "ünïcödé· Issue 4" arrived
+        "The quick brown fox jumps over the lazy dog near the river Zürich · Issue 4",
+        "Names test — naïve café · Issue 7",
+        "新闻联播一周要闻：" + "中国" * 60 + " · 第 1 期",
+        "Café  two  spaces · Issue 9",
+        "An editor typed =?utf-8?q?hi?= literally · Issue 3",
+        "An editor typed =?utf-8?q?hi?= literally, in ASCII",
+    ],
+)
+def test_subject_decodes_to_exactly_what_was_given(subject: str) -> None:
+    """Regression (trial): the email package folded a long subject between two encoded-words, leaving the
+    space before "·" outside them, and decoders drop white space between encoded-words (RFC 2047 §6.2); a
+    literal "=?utf-8?q?hi?=" reached readers as "hi". Checked with the strict decoder and the modern parser."""
+    from email.header import decode_header, make_header
+
+    head = _headers(_raw(dataclasses.replace(ENV, subject=subject), "t\n", "<p>h</p>"))
+    assert max(len(line) for line in head.split(b"\r\n")) <= 78
+    folded = re.search(rb"\r\nSubject: (.*?)\r\n(?! )", head, re.S)
+    assert folded is not None
+    assert str(make_header(decode_header(folded.group(1).decode("ascii")))) == subject
+    assert _parse(_raw(dataclasses.replace(ENV, subject=subject), "t\n", "<p>h</p>"))["Subject"] == subject
