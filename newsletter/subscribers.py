@@ -165,7 +165,7 @@ def import_subscribers(
 
     Raises:
         FileEncodingError: the file is not in ``encoding`` (nothing was imported).
-        ValueError: the header names no ``email`` column.
+        ValueError: the header names no ``email`` column, or one column twice (nothing was imported).
     """
     from newsletter.erasure import address_hash, erased_suppressed_hashes
 
@@ -182,6 +182,13 @@ def import_subscribers(
         if not reader.fieldnames or "email" not in [f.strip().lower() for f in reader.fieldnames]:
             found = ", ".join(repr(f) for f in reader.fieldnames or []) or "nothing"
             raise ValueError(f"{path}: the header must name an 'email' column (it names {found})")
+        # Names are matched without case or spaces, and a second column of one name silently replaced the
+        # first in every row (``email,...,Email`` imported the other column's addresses): refuse the file.
+        names = [f.strip().lower() for f in reader.fieldnames]
+        twice = sorted({n for n in names if n and names.count(n) > 1})
+        if twice:
+            where = "; ".join(f"{n!r} in columns {', '.join(str(i + 1) for i, m in enumerate(names) if m == n)}" for n in twice)
+            raise ValueError(f"{path}: the header names a column twice ({where}); nothing was imported")
         width = len(reader.fieldnames)
         end = reader.line_num  # the line the previous record ended on (the header's)
         for raw in reader:

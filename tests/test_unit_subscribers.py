@@ -143,6 +143,20 @@ def test_import_subscribers_requires_email_column(session, tmp_path: Path) -> No
         import_subscribers(session, path)
 
 
+@pytest.mark.parametrize("header", ["email,name,lang,topics,Email", "email,email,name", "email,name, NAME ,lang"])
+def test_import_subscribers_refuses_a_column_named_twice(session, tmp_path: Path, header: str) -> None:  # type: ignore[no-untyped-def]
+    """Regression (trial): names are matched without case, and the later of two same-named columns silently won
+    in every row: ``email,...,Email`` imported the addresses of the last column. The file is refused instead."""
+    path = tmp_path / "s.csv"
+    cells = ",".join(f"a{i}@example.com" if "email" in col.lower() else "x" for i, col in enumerate(header.split(",")))
+    path.write_text(f"{header}\n{cells}\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="names a column twice") as refused:
+        import_subscribers(session, path)
+    twice = next(col.strip().lower() for col in header.split(",") if header.lower().count(col.strip().lower()) > 1)
+    assert repr(twice) in str(refused.value)
+    assert session.scalar(select(func.count()).select_from(Subscriber)) == 0
+
+
 @pytest.mark.parametrize("sep", [";", "\t"])
 def test_import_subscribers_reads_semicolon_and_tab_separated_files(session, tmp_path: Path, sep: str) -> None:  # type: ignore[no-untyped-def]
     path = tmp_path / "subs.csv"
