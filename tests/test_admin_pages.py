@@ -108,6 +108,9 @@ def test_search_results_leave_out_a_missing_category(sqlite_url: str, make_setti
     hx = {"HX-Request": "true", "X-CSRF-Token": csrf_of(c.get("/admin/issues").text)}
     results = c.get("/admin/issues/1/search", params={"q": "无分类"}, headers=hx).text
     assert '<span class="meta">zh-Hans · 2024-12-31 · <code>no-category</code>' in results  # was "zh-Hans ·  · 2024-12-31"
+    # Regression (trial): an offset past the database's integers in the editor's URL answered 500.
+    far = c.get("/admin/issues/1", params={"q": "无分类", "offset": "99999999999999999999"})
+    assert far.status_code == 200 and "no-category" not in far.text.split('id="search-results"')[-1]
 
 
 def test_saving_the_zh_hans_edition_converts_the_zh_hant_one_again(sqlite_url: str, make_settings) -> None:  # type: ignore[no-untyped-def]
@@ -119,6 +122,29 @@ def test_saving_the_zh_hans_edition_converts_the_zh_hant_one_again(sqlite_url: s
     c.post("/admin/issues/1/editions/zh-Hans", data={"title": "信息周报", "note": "新的编者按：信息", "csrf_token": token})
     editions = {e["lang"]: e for e in c.get("/api/issues/1", headers=site.auth).json()["editions"]}
     assert (editions["zh-Hant"]["title"], editions["zh-Hant"]["editors_note"]) == ("資訊週報", "新的編者按：資訊")  # was 軟體週報 and ""
+
+
+def test_a_refused_save_shows_the_editor_what_they_typed(sqlite_url: str, make_settings) -> None:  # type: ignore[no-untyped-def]
+    """Regression (trial): a refused edition or audience save redirected to the editor, which showed the stored
+    title, note and rule: the text just written was gone. Now the editor comes back (422) with it."""
+    site = make_site(make_settings(sqlite_url))
+    c = site.client
+    c.post("/api/issues", json={"articles": ["sample-en-01"], "titles": {"en": "Stored title"}}, headers=site.auth)
+    sign_in(c)
+    token = csrf_of(c.get("/admin/issues/1").text)
+    note = "A long note I wrote <em>by hand</em> [x](javascript:alert(1))"
+    refused = c.post("/admin/issues/1/editions/en", data={"title": "My new title", "note": note, "csrf_token": token})
+    assert refused.status_code == 422 and "javascript: URL" in refused.text
+    assert 'value="My new title"' in refused.text and "A long note I wrote &lt;em&gt;by hand&lt;/em&gt;" in refused.text
+    assert [e["title"] for e in c.get("/api/issues/1", headers=site.auth).json()["editions"]] == ["Stored title"]
+    rule = '{"languages": ["fr"], "topics": {"any": ["grid"]}}'
+    refused = c.post("/admin/issues/1/segment", data={"rule": rule, "csrf_token": token})
+    assert refused.status_code == 422 and "Audience not saved" in refused.text
+    assert "{&#34;languages&#34;: [&#34;fr&#34;], &#34;topics&#34;: {&#34;any&#34;: [&#34;grid&#34;]}}" in refused.text
+    not_json = c.post("/admin/issues/1/segment", data={"rule": "{half", "csrf_token": token})
+    assert not_json.status_code == 422 and ">{half</textarea>" in not_json.text
+    saved = c.post("/admin/issues/1/editions/en", data={"title": "My new title", "note": "Fine", "csrf_token": token})
+    assert saved.status_code == 200 and 'value="My new title"' in saved.text  # after the redirect
 
 
 def test_the_issue_list_shows_titles_and_a_new_draft_is_asked_for_first(sqlite_url: str, make_settings) -> None:  # type: ignore[no-untyped-def]

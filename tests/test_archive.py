@@ -102,6 +102,19 @@ def test_pagination_and_feed(site: dict[str, Any], monkeypatch: pytest.MonkeyPat
     assert client.get("/feed/fr.atom").status_code == 404
 
 
+def test_a_page_or_issue_number_past_the_databases_integers_is_not_a_server_error(site: dict[str, Any]) -> None:
+    """Regression (trial): `/?page=99999999999999999999` (and ...999 on PostgreSQL) overflowed the OFFSET, and
+    `/issues/99999999999999999999/en` the issue number: a 500 on public pages anyone can request."""
+    client = site["client"]
+    _publish(site["settings"], site["url"], 1)
+    for page in ("99999999999999999999", "999999999999999999"):
+        past = client.get(f"/?lang=en&page={page}")
+        assert past.status_code == 200 and "Week 1" not in past.text, past.status_code
+    assert client.get("/?lang=en&page=1").text.count("Week 1") >= 1
+    assert client.get("/issues/99999999999999999999/en", headers={"Accept": "text/html"}).status_code == 404
+    assert client.get("/issues/1/en").status_code == 200
+
+
 def test_web_version_links_its_other_languages_and_the_archive(site: dict[str, Any]) -> None:
     number = _publish(site["settings"], site["url"], 1)
     page = site["client"].get(f"/issues/{number}/zh-Hant").text

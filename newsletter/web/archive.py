@@ -28,6 +28,10 @@ router = APIRouter(tags=["reader pages"])
 PUBLIC_STATES = (IssueStatus.SENDING, IssueStatus.SENT)
 PAGE_SIZE = 10
 FEED_SIZE = 20
+# Beyond these an OFFSET or an issue number overflows the database's integers (SQLite's and PostgreSQL's
+# bigint, ``issues.number`` an int4): a reader's URL answered 500. Past them there is nothing to show.
+MAX_PAGE = 10**9
+MAX_NUMBER = 2**31 - 1
 ATOM = "http://www.w3.org/2005/Atom"
 
 
@@ -76,9 +80,10 @@ def archive_entries(session: Session, web: WebState, lang: str, page: int = 1, s
 def archive(request: Request, web: State, session: DB, page: int = 1) -> HTMLResponse:
     """The archive of the reader's language, with a subscribe box."""
     lang = page_lang(request)
-    entries, pages = archive_entries(session, web, lang, max(page, 1))
+    page = min(max(page, 1), MAX_PAGE)  # an empty page past the last one, as for any page after it
+    entries, pages = archive_entries(session, web, lang, page)
     blank = {"email": "", "name": "", "lang": lang, "topics": []}
-    return reader_page(web, request, "archive.html", lang, entries=entries, page=max(page, 1), pages=pages, form=blank, errors={},
+    return reader_page(web, request, "archive.html", lang, entries=entries, page=page, pages=pages, form=blank, errors={},
                        topics=topic_choices(session, web, lang))  # fmt: skip
 
 
@@ -86,6 +91,8 @@ def archive(request: Request, web: State, session: DB, page: int = 1) -> HTMLRes
 def edition(number: int, lang: str, session: DB) -> HTMLResponse:
     """The "view in browser" page of an edition, once its issue went out (its language switcher, tags
     and archive links were rendered with it at publish)."""
+    if not 1 <= number <= MAX_NUMBER:
+        raise HTTPException(404, "no such edition")
     found = session.execute(
         select(Edition.web_html).join(Issue).where(Issue.number == number, Edition.lang == lang, Issue.status.in_(PUBLIC_STATES))
     ).scalar_one_or_none()

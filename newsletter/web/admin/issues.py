@@ -67,13 +67,24 @@ def _editor(request: Request, session: DB, number: int, status_code: int = 200, 
     issue = get_issue(session, number)
     params = request.query_params
     form = {k: params.get(k, "") for k in ("q", "lang", "category", "since", "until")}
-    offset = max(0, int(params.get("offset", "0") or 0)) if params.get("offset", "0").isdigit() else 0
+    # At most the bound of `search` (the fragment): a larger OFFSET overflowed the database (a 500).
+    offset = min(int(params.get("offset", "0") or 0), 10**6) if params.get("offset", "0").isdigit() else 0
     results, total, search_error = _search(session, offset=offset, **form) if any(form.values()) else ([], 0, None)
     articles = issues.issue_article_list(issue)
     return render(request, "issue.html", status_code, issue=issue, articles=articles, languages=LANGUAGES,
                   warnings=issues.draft_warnings(issue, articles), form=form, results=results, total=total, offset=offset,
                   search_error=search_error,
-                  segment_text=json.dumps(issue.segment, ensure_ascii=False, indent=1) if issue.segment else "", **extra)  # fmt: skip
+                  segment_text=extra.pop("segment_text", None) if "segment_text" in extra else
+                  (json.dumps(issue.segment, ensure_ascii=False, indent=1) if issue.segment else ""), **extra)  # fmt: skip
+
+
+def _refused(request: Request, session: DB, number: int, message: str, **typed: object) -> Response:
+    """The editor again (422) with ``message`` and what the editor typed (``typed``: ``typed_texts``
+    ``{lang: (title, note)}`` or ``segment_text``) in place of the stored values: a redirect to the editor
+    showed the stored ones, and the text an editor had just written was gone with the refusal."""
+    session.rollback()
+    flash(request, message, "error")
+    return _editor(request, session, number, 422, **typed)
 
 
 @router.get("/issues/{number}")
@@ -207,7 +218,7 @@ def save_edition(
         )
         flash(request, f"The {lang} edition is saved.")
     except IssueError as exc:
-        flash(request, str(exc), "error")
+        return _refused(request, session, number, str(exc), typed_texts={lang: (title, note)})
     return back(f"/admin/issues/{number}#edition-{lang}")
 
 
@@ -219,9 +230,9 @@ def save_segment(request: Request, number: Number, session: DB, rule: Annotated[
         issues.set_segment(session, get_issue(session, number), parsed)
         flash(request, "Audience saved.")
     except json.JSONDecodeError as exc:
-        flash(request, f"The audience rule is not JSON: {exc}", "error")
+        return _refused(request, session, number, f"The audience rule is not JSON: {exc}", segment_text=rule)
     except IssueError as exc:
-        flash(request, f"Audience not saved: {exc}", "error")
+        return _refused(request, session, number, f"Audience not saved: {exc}", segment_text=rule)
     return back(f"/admin/issues/{number}#audience")
 
 
