@@ -26,6 +26,11 @@ from newsletter.textfiles import CONTROL, control_character, open_text
 
 # Column sizes (newsletter.models.Article): a longer value is refused per record, not by the database.
 LENGTH_LIMITS = {"id": 512, "category": 128, "translation_key": 512}
+# Fields whose value, when given (not null), must be a JSON string: a number or an object was stored as
+# its Python text ("{'a': 1}", a list as a PostgreSQL array literal), and a numeric category stopped the
+# whole import with a TypeError in the related index.
+TEXT_FIELDS = ("title", "body", "body_html", "summary", "category", "lang", "url", "source_url", "translation_key")
+_JSON_TYPES = {bool: "true/false", int: "a number", float: "a number", dict: "an object", list: "an array"}
 
 
 # Part of every source hash: bump it when record_to_fields (or what it calls) converts differently, so the
@@ -105,8 +110,13 @@ def record_to_fields(
         if isinstance(value, str) and (where := control_character(value)):
             raise ValueError(f"{key!r} contains a control character ({where})")
     ext_id = record.get("id")
-    if not isinstance(ext_id, str | int) or str(ext_id).strip() == "":
+    if ext_id is None or ext_id == "" or (isinstance(ext_id, str) and not ext_id.strip()):
         raise ValueError("missing 'id'")
+    if isinstance(ext_id, bool) or not isinstance(ext_id, str | int):
+        raise ValueError(f"'id' must be a string or an integer, got {_JSON_TYPES.get(type(ext_id), type(ext_id).__name__)}")
+    for key in TEXT_FIELDS:
+        if (value := record.get(key)) is not None and not isinstance(value, str):
+            raise ValueError(f"{key!r} must be a string, got {_JSON_TYPES.get(type(value), type(value).__name__)}")
     for key, limit in LENGTH_LIMITS.items():
         if len(str(record.get(key) or "")) > limit:
             raise ValueError(f"{key!r} is longer than {limit} characters")

@@ -139,3 +139,33 @@ def test_parse_datetime() -> None:
     assert parse_datetime("2026-03-01") == datetime(2026, 3, 1, tzinfo=UTC)
     assert parse_datetime("2026-03-01T08:30:00-05:00") == datetime(2026, 3, 1, 13, 30, tzinfo=UTC)
     assert parse_datetime("2026-03-01T08:30:00Z").tzinfo is not None
+
+
+def test_import_refuses_fields_of_the_wrong_json_type_by_line(session, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Regression (trial): a numeric category stopped the whole import with a TypeError (nothing stored, a
+    traceback), and other non-string values were stored as their Python text: a summary ``{'a': 1}``, a body
+    ``['a', 'b']``, a translation key as the PostgreSQL array literal ``{a}``, an id ``true`` as "True"."""
+    base = {"title": "T", "lang": "en", "body": "x", "published_at": "2026-11-18T10:00:00Z"}
+    lines: list[Any] = [
+        {**base, "id": "cat-int", "category": 5},
+        {**base, "id": "summary-dict", "summary": {"a": 1}},
+        {**base, "id": "url-int", "url": 7},
+        {**base, "id": "body-list", "body": ["a", "b"]},
+        {**base, "id": "html-num", "body_html": 42},
+        {**base, "id": "key-list", "translation_key": ["a"]},
+        {**base, "id": True},
+        {**base, "id": 1.5},
+        {**base, "id": "fine", "category": None, "summary": None},
+    ]
+    report = import_articles(session, _write(tmp_path / "types.jsonl", lines))
+    assert [(e.line, e.reason) for e in report.errors] == [
+        (1, "'category' must be a string, got a number"),
+        (2, "'summary' must be a string, got an object"),
+        (3, "'url' must be a string, got a number"),
+        (4, "'body' must be a string, got an array"),
+        (5, "'body_html' must be a string, got a number"),
+        (6, "'translation_key' must be a string, got an array"),
+        (7, "'id' must be a string or an integer, got true/false"),
+        (8, "'id' must be a string or an integer, got a number"),
+    ]
+    assert report.created == 1 and list(session.scalars(select(Article.external_id))) == ["fine"]
