@@ -222,8 +222,8 @@ def _pause(session: Session, issue_id: int, n_failed: int, n_sent: int, relay: s
             error += "no address was suppressed: those refused as unknown are held; "
         error += f"check the relay (credentials, recipient verification), then 'newsletter issue resume {number}'"
         error += " sends the held ones and the rest" if held else " sends the rest"
-        if n_failed > held:
-            error += f", and then 'newsletter issue requeue {number}' the other {n_failed - held} failed"
+        if n_failed > held:  # no count either: "the other 7 failed" stood beside a status of 12 failed
+            error += f", and then 'newsletter issue requeue {number}' the ones that failed ('newsletter issue status {number}' counts them)"
     won = session.execute(
         update(Issue)
         .where(Issue.id == issue_id, Issue.status.in_([IssueStatus.PUBLISHING, IssueStatus.SENDING]))

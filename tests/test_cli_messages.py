@@ -587,6 +587,9 @@ def test_resume_and_requeue_exit_non_zero_unless_the_issue_ends_sent_without_fai
         monkeypatch.setenv("SMTP_URL", smtp.url)
         published = invoke("issue", "publish", "1", "--yes")  # auto-paused after the relay's first refusals
         assert published.exit_code == 1 and "ended paused" in published.output, published.output
+        # The reason is written at the pause, while messages in flight still fail: it named a count of failed
+        # deliveries to requeue ("the other 5 failed") beside a status table counting more.
+        assert "'newsletter issue requeue 1' the ones that failed ('newsletter issue status 1' counts them)" in published.output
         resumed = invoke("issue", "resume", "1")  # the relay still refuses everyone: paused again
         assert "ended paused" in resumed.output, resumed.output
         assert resumed.exit_code == 1, resumed.output
