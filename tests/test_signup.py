@@ -144,6 +144,11 @@ def test_json_signup_validates_and_refuses_other_media_types(app: dict[str, Any]
     bad = client.post("/subscriptions", json={"email": "not an address", "lang": "fr"})
     assert bad.status_code == 422 and bad.headers["content-type"].startswith("application/problem+json")
     assert {e["field"] for e in bad.json()["errors"]} == {"email", "lang"}
+    # Regression (trial): "lang is invalid" did not say which languages there are.
+    assert {e["field"]: e["detail"] for e in bad.json()["errors"]} == {
+        "email": "email is not a valid address",
+        "lang": "lang must be one of en, zh-Hans, zh-Hant",
+    }
     form = client.post("/subscriptions", content=b'{"email": "x@example.com"}', headers={"content-type": "text/plain"})
     assert form.status_code == 415 and form.headers["content-type"].startswith("application/problem+json")
     assert form.json()["status"] == 415 and "application/json" in form.json()["detail"]

@@ -21,11 +21,11 @@ from pydantic import BaseModel, Field
 
 from newsletter.i18n import N_
 from newsletter.links import preferences_url
-from newsletter.models import Subscriber, SubscriberStatus
+from newsletter.models import LANGUAGES, Subscriber, SubscriberStatus
 from newsletter.notice_queue import dispatch
 from newsletter.rendering import translator
 from newsletter.signup import SignupForm, check_form, confirm_subscription, known_topics, plan_subscription
-from newsletter.subscribers import normalise_address
+from newsletter.subscribers import NAME_LENGTH, normalise_address
 from newsletter.tokens import BadToken, ExpiredToken, verify_until
 from newsletter.web.deps import DB, State, WebState
 from newsletter.web.problems import problem_response
@@ -118,6 +118,14 @@ class SubscriptionRequest(BaseModel):
     topics: list[str] = Field(default_factory=list, max_length=50)
 
 
+# What a JSON client is told per field `check_form` refuses ("lang is invalid" did not say what is valid).
+_JSON_PROBLEMS = {
+    "email": "email is not a valid address",
+    "lang": f"lang must be one of {', '.join(LANGUAGES)}",
+    "name": f"name must be at most {NAME_LENGTH} characters, without control characters",
+}
+
+
 def _json_only(request: Request) -> None:
     """Refuse a body that is not ``application/json`` with 415 (RFC 9110 section 15.5.16). A dependency runs
     before the body is validated, so a form or text body gets 415, not a 422 about the shape of the body.
@@ -141,7 +149,7 @@ def subscribe_json(body: SubscriptionRequest, request: Request, web: State, sess
     the client sent too many.
     """
     form = SignupForm(email=body.email, name=body.name, lang=body.lang, topics=tuple(body.topics), source="api")
-    problems = [(f, f"{f} is {p}") for f, p in check_form(form).items()]
+    problems = [(f, _JSON_PROBLEMS.get(f, f"{f} is {p}")) for f, p in check_form(form).items()]
     known = {slug for slug, _ in known_topics(session, web.settings)}
     if unknown := sorted({t for t in body.topics if t.strip() not in known}):
         # A client sending a slug we do not have would otherwise sign up for less than it asked for, silently.
