@@ -114,6 +114,16 @@ def _fold(text: str, width: int = 76) -> str:
     return "\r\n ".join(out)
 
 
+def signed(message: bytes, key: DkimKey | None) -> bytes:
+    """``message`` signed with ``key`` (`sign`), or as it is when DKIM is not configured (``key`` None).
+
+    For the messages sent outside an issue's batches (subscription notices, test sends): with DKIM set, only
+    issue deliveries were signed, so a confirmation request, the first message a reader gets, went out
+    unsigned and a test send did not show what readers receive.
+    """
+    return message if key is None else sign(message, key)
+
+
 def sign(message: bytes, key: DkimKey) -> bytes:
     """``message`` (CRLF line ends, as sent) with a ``DKIM-Signature`` header field prepended.
 

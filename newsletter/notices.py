@@ -14,6 +14,7 @@ import logging
 import uuid
 from typing import Any
 
+from newsletter import dkim
 from newsletter.config import Settings
 from newsletter.delivery.errors import DeliveryError, PermanentDeliveryError
 from newsletter.delivery.mailers import Mailer, open_mailer
@@ -85,7 +86,7 @@ def deliver_notice(
     own = mailer is None
     mailer = mailer or default_mailer(settings)
     try:
-        mailer.send(parse_from(settings.from_address).addr_spec, recipient, to_bytes(message))
+        mailer.send(parse_from(settings.from_address).addr_spec, recipient, dkim.signed(to_bytes(message), settings.dkim))
     finally:
         if own:
             mailer.close()

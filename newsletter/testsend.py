@@ -17,6 +17,7 @@ from datetime import timedelta
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from newsletter import dkim
 from newsletter.config import Settings
 from newsletter.delivery.errors import DeliveryError
 from newsletter.delivery.mailers import Mailer, open_mailer
@@ -138,7 +139,7 @@ def send_test(
             try:
                 message = build_message(envelope, preview.text, preview.html)
                 message[TEST_HEADER] = "yes"
-                mailer.send(sender, ascii_address(address), to_bytes(message))
+                mailer.send(sender, ascii_address(address), dkim.signed(to_bytes(message), settings.dkim))  # as readers get it
                 result.sent.append(address)
             except (DeliveryError, HeaderInjection) as exc:
                 error = str(exc)

@@ -84,6 +84,30 @@ def test_every_sent_message_is_signed_after_personalisation(
         assert b"list-unsubscribe : list-unsubscribe : list-unsubscribe-post" in tags
 
 
+def test_notices_and_test_sends_are_signed_too(key_pair: tuple[Path, str], sqlite_url: str, make_settings) -> None:  # type: ignore[no-untyped-def]
+    """Regression (trial): with DKIM set only issue deliveries were signed: a confirmation request (the first
+    message a reader gets from the list) and a test send (meant to show what readers get) went out unsigned."""
+    import dkim
+
+    from newsletter.db import session_factory
+    from newsletter.models import Issue
+    from newsletter.notices import deliver_notice
+    from newsletter.testsend import send_test
+
+    pem, public = key_pair
+    settings = make_settings(sqlite_url, NEWSLETTER_DKIM_SELECTOR="nl2026", NEWSLETTER_DKIM_KEY_FILE=str(pem))
+    deliver_notice(settings, "confirm", "ann@example.com", "Ann", "zh-Hant", confirm_url="https://news.example.org/confirm/x", hours=72)
+    with session_factory(sqlite_url)() as session:
+        _publish(session, settings)
+        issue = session.query(Issue).one()
+        send_test(session, settings, issue, "en", ["proof@example.org"], sent_by="trial")
+    files = _outbox_files(settings.outbox_dir)
+    assert len(files) == 2
+    for path in files:
+        signed = path.read_bytes().split(b"\r\n", 1)[1]  # below the outbox's Return-Path line
+        assert signed.startswith(b"DKIM-Signature: ") and dkim.verify(signed, dnsfunc=_dns(public)), path.name
+
+
 def test_no_signature_without_the_settings(sqlite_url: str, make_settings) -> None:  # type: ignore[no-untyped-def]
     assert make_settings(sqlite_url).dkim is None
 
