@@ -35,11 +35,20 @@ def schedule_issue(session: Session, settings: Settings, issue: Issue, at: datet
     The zone of ``at`` is kept with the issue: its editions show their date there (`zone_name`).
 
     Raises:
-        IssueError: ``at`` is naive or not in the future, or the issue is not a draft or scheduled.
+        IssueError: ``at`` is naive, a local time its zone skips (summer time), or not in the future, or the
+            issue is not a draft or scheduled.
         RenderError: an edition does not render.
     """
     if at.tzinfo is None:
         raise IssueError("the schedule time needs a timezone (e.g. 2026-12-07T09:00+08:00)", "at")
+    if at.astimezone(UTC).astimezone(at.tzinfo).replace(tzinfo=None) != at.replace(tzinfo=None):
+        # A wall time the clocks skip (02:30 when summer time starts at 02:00) was taken with the offset
+        # before the change and published an hour later than written, shown as the time asked for.
+        raise IssueError(
+            f"{at:%Y-%m-%d %H:%M} does not exist in {zone_name(at)} (the clocks skip it when summer time starts): "
+            "give a time after the change",
+            "at",
+        )
     if at <= (now or utcnow()):
         raise IssueError(f"the schedule time {at.isoformat()} is not in the future", "at")
     if issue.status not in (IssueStatus.DRAFT, IssueStatus.SCHEDULED):

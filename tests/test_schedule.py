@@ -42,6 +42,24 @@ def test_schedule_validates_time_and_state(session, make_settings, db_url: str) 
         scheduling.unschedule_issue(session, issue)
 
 
+def test_a_local_time_the_clocks_skip_is_refused(session, make_settings, db_url: str) -> None:  # type: ignore[no-untyped-def]
+    """Regression (trial): 02:30 on the day New York's summer time starts (02:00 -> 03:00) was accepted, shown
+    as "02:30 America/New_York (07:30 UTC)" and fired at 03:30 local time. The hour repeated in autumn is a
+    real time (its first occurrence) and stays accepted."""
+    from zoneinfo import ZoneInfo
+
+    settings = make_settings(db_url)
+    issue = _draft(session)
+    new_york = ZoneInfo("America/New_York")
+    with pytest.raises(IssueError, match="2030-03-10 02:30 does not exist in America/New_York"):
+        scheduling.schedule_issue(session, settings, issue, datetime(2030, 3, 10, 2, 30, tzinfo=new_york))
+    assert issue.status == IssueStatus.DRAFT
+    scheduling.schedule_issue(session, settings, issue, datetime(2030, 11, 3, 1, 30, tzinfo=new_york))
+    assert issue.scheduled_at is not None and issue.scheduled_at.astimezone(UTC) == datetime(2030, 11, 3, 5, 30, tzinfo=UTC)
+    scheduling.schedule_issue(session, settings, issue, datetime(2030, 3, 10, 3, 30, tzinfo=new_york))
+    assert issue.scheduled_at.astimezone(UTC) == datetime(2030, 3, 10, 7, 30, tzinfo=UTC)
+
+
 def test_due_issue_fires_once_and_freezes_its_audience(session, make_settings, db_url: str) -> None:  # type: ignore[no-untyped-def]
     settings = make_settings(db_url)
     issue = _draft(session)
