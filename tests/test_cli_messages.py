@@ -549,7 +549,12 @@ def test_requeue_names_relay_refusals_it_leaves_suppressed_and_unsuppress_any_re
     refuse = {"en3@example.com"}
     with SMTPServer(rcpt_fault=lambda rcpt, _n: "550 5.1.1 no such user" if rcpt in refuse else None) as smtp:
         monkeypatch.setenv("SMTP_URL", smtp.url)
-        invoke("issue", "publish", "1", "--yes")  # en1, en2 accepted first: the relay vouches, en3 is suppressed
+        published = invoke("issue", "publish", "1", "--yes")  # en1, en2 accepted first: the relay vouches, en3 is suppressed
+        # It said "'newsletter issue requeue 1' sends them again" of a delivery requeue leaves alone (trial).
+        assert published.exit_code == 1 and (
+            "1 delivery failed permanently (see 'newsletter issue status 1'; all to addresses now suppressed, which "
+            "'newsletter issue requeue 1' does not send to)" in published.output
+        ), published.output
         refuse.clear()
         requeued = invoke("issue", "requeue", "1")
         assert requeued.exit_code == 0, requeued.output

@@ -238,13 +238,15 @@ def issue_publish(ctx: Context, number: int, no_wait: bool, yes: bool, allow_no_
         _interrupted(ctx, number, thread)
     print_status(ctx, number)
     click.echo(f"issue {number} {outcome.status}: {outcome.summary()}")
-    require_clean_end(number, outcome)
+    require_clean_end(ctx.settings, number, outcome)
 
 
-def require_clean_end(number: int, outcome: PublishOutcome) -> None:
+def require_clean_end(settings: Settings, number: int, outcome: PublishOutcome) -> None:
     """Exit non-zero unless the followed issue (``outcome``) ended ``sent`` with no
     delivery failed for good: what `issue publish`, `issue resume` and `issue requeue` all wait for, so a
     script can tell by the exit status alone (the README's rule for publish; resume and requeue wait alike).
+    The message says which failed deliveries `issue requeue` would send (not those to suppressed addresses:
+    the database at ``settings`` is asked).
 
     Raises:
         click.ClickException: the issue ended paused, failed or cancelled, or deliveries failed permanently.
@@ -252,9 +254,16 @@ def require_clean_end(number: int, outcome: PublishOutcome) -> None:
     if outcome.status != "sent":  # print_status said how to go on after a failure
         raise click.ClickException(f"issue {number} ended {outcome.status}: {outcome.error}")
     if outcome.failed:
+        with session_factory(settings.database_url)() as session:
+            kept = control.suppressed_failures(session, get_issue(session, number))
+        if kept == outcome.failed:  # "requeue sends them again" was wrong: it leaves suppressed addresses alone
+            again = f"all to addresses now suppressed, which 'newsletter issue requeue {number}' does not send to"
+        elif kept:
+            again = f"'newsletter issue requeue {number}' sends them again, except the {kept} to addresses now suppressed"
+        else:
+            again = f"'newsletter issue requeue {number}' sends them again"
         raise click.ClickException(
-            f"issue {number}: {plural(outcome.failed, 'delivery')} failed permanently "
-            f"(see 'newsletter issue status {number}'; 'newsletter issue requeue {number}' sends them again)"
+            f"issue {number}: {plural(outcome.failed, 'delivery')} failed permanently (see 'newsletter issue status {number}'; {again})"
         )
 
 
@@ -497,7 +506,7 @@ def issue_resume(ctx: Context, number: int, no_wait: bool) -> None:
     except KeyboardInterrupt:
         _interrupted(ctx, number)
     print_status(ctx, number)
-    require_clean_end(number, outcome)  # it exited 0 even when the issue was paused again or deliveries failed
+    require_clean_end(ctx.settings, number, outcome)  # it exited 0 even when the issue was paused again or deliveries failed
 
 
 @issue.command("requeue")
@@ -532,7 +541,7 @@ def issue_requeue(ctx: Context, number: int, no_wait: bool) -> None:
         except KeyboardInterrupt:
             _interrupted(ctx, number)
         print_status(ctx, number)
-        require_clean_end(number, outcome)  # a relay still refusing them: the same exit status as publish
+        require_clean_end(ctx.settings, number, outcome)  # a relay still refusing them: the same exit status as publish
 
 
 @issue.command("unsuppress")
