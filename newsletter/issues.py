@@ -218,21 +218,24 @@ def create_issue(
     _sync_editions(issue, [a.lang for a in articles], titles, notes, convert_traditional, conversion, phrases)
     # A text for a language the articles give no edition would be dropped without a word; `set_texts`
     # refuses it, and so does creation (before anything is added to the session).
-    _check_text_langs(issue, titles, notes)
+    _check_text_langs(issue, titles, notes, creating=True)
     session.add(issue)
     session.flush()
     return issue
 
 
-def _check_text_langs(issue: Issue, titles: Mapping[str, str], notes: Mapping[str, str]) -> None:
+def _check_text_langs(issue: Issue, titles: Mapping[str, str], notes: Mapping[str, str], *, creating: bool = False) -> None:
     """Raises `IssueError` naming the field (``titles.fr``) when a title or note is for a language the
-    issue has no edition of."""
+    issue has no edition of (``creating``: the issue is not stored, so its number is not named)."""
     editions = [e.lang for e in issue.editions]
     for kind, values in (("titles", titles), ("notes", notes)):
         for lang in values:
             if lang not in editions:
                 has = ", ".join(editions) or "none yet: add articles first"
-                raise IssueError(f"issue {issue.number} has no {lang} edition (editions: {has})", f"{kind}.{lang}")
+                # "issue 6 has no fr edition" named an issue the refusal never made, and "fr" is no language here
+                unknown = "" if lang in LANGUAGES else f"{lang!r} is not a language of this list ({', '.join(LANGUAGES)}); "
+                which = "the new issue" if creating else f"issue {issue.number}"
+                raise IssueError(f"{unknown}{which} has no {lang} edition (editions: {has})", f"{kind}.{lang}")
 
 
 def _sync_editions(

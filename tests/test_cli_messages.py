@@ -333,9 +333,12 @@ def test_issue_create_refuses_a_title_for_a_language_without_an_edition(cli_env:
     setup_archive(tmp_path)
     result = invoke("issue", "create", "--latest", "3", "--lang", "en", "--title", "fr=Semaine")
     assert result.exit_code == 1, result.output
-    assert "Error: issue 1 has no fr edition (editions: en)" in result.output
+    # It said "issue 1 has no fr edition" of an issue the refusal never made, and not that fr is no language here.
+    assert "Error: 'fr' is not a language of this list (en, zh-Hans, zh-Hant); the new issue has no fr edition (editions: en)" in (
+        result.output
+    )
     note = invoke("issue", "create", "--articles", "a1", "--note", "zh-Hans=编者按")
-    assert note.exit_code == 1 and "issue 1 has no zh-Hans edition (editions: en)" in note.output, note.output
+    assert note.exit_code == 1 and "Error: the new issue has no zh-Hans edition (editions: en)" in note.output, note.output
     assert "draft" not in run("issue", "list")  # nothing created
     assert "issue 1 created" in run("issue", "create", "--articles", "a1", "--title", "en=Week 47")
 

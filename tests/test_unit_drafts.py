@@ -26,7 +26,7 @@ def test_draft_rules_and_editions(db_url: str) -> None:
     with session_factory(db_url)() as session:
         a = articles_by_external_id(session, ["sample-en-01", "sample-en-02", "sample-zh-Hans-01"])
         # A title for an edition there is not (yet) is refused, as by update_texts: it used to be dropped silently
-        with pytest.raises(IssueError, match=r"issue 1 has no en edition \(editions: none yet: add articles first\)"):
+        with pytest.raises(IssueError, match=r"^the new issue has no en edition \(editions: none yet: add articles first\)"):
             create_issue(session, [], titles={"en": "dropped: there is no en edition"})
         draft = create_issue(session, [])
         session.commit()
