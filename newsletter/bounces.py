@@ -30,9 +30,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from newsletter.config import Settings, _int
-from newsletter.dsn import HARD, IGNORED, SOFT, Dsn, NotADsn, parse_dsn
+from newsletter.dsn import COMPLAINT, HARD, IGNORED, SOFT, Dsn, NotADsn, parse_dsn
 from newsletter.models import BounceEvent, Delivery, DeliveryStatus, Subscriber, utcnow
-from newsletter.suppressions import mark_bounced, suppress
+from newsletter.suppressions import mark_bounced, mark_complained, suppress
 from newsletter.tokens import BadToken
 
 VERP_PREFIX = "bounces+"
@@ -108,13 +108,14 @@ class Skipped:
 @dataclass
 class BounceReport:
     """Counts of one `process_bounces` run. Each message read lands in exactly one of: hard, soft,
-    ignored, duplicates, unmatched, rejected, unparseable; ``suppressed`` and ``deliveries_bounced`` count
-    effects of the hard and soft ones."""
+    ignored, complaints, duplicates, unmatched, rejected, unparseable; ``suppressed`` and
+    ``deliveries_bounced`` count effects of the hard, soft and complaint ones."""
 
     messages: int = 0
     hard: int = 0
     soft: int = 0
-    ignored: int = 0  # success reports (delivered, relayed, expanded)
+    ignored: int = 0  # success reports (delivered, relayed, expanded), feedback reports that are no complaint
+    complaints: int = 0  # RFC 5965 abuse/fraud reports: the address is suppressed, the subscriber ``complained``
     duplicates: int = 0  # processed by an earlier run
     suppressed: int = 0  # addresses newly suppressed
     deliveries_bounced: int = 0  # deliveries moved sent -> bounced
@@ -181,8 +182,8 @@ def _apply(session: Session, dsn: Dsn, delivery: Delivery, soft_limit: int, repo
     own = [r for r in dsn.recipients if mine in (r.final_recipient.casefold(), (r.original_recipient or "").casefold())]
     # Forwarding may change the final recipient: then every block is about our message.
     chosen = own or list(dsn.recipients)
-    worst = next(r for kind in (HARD, SOFT, IGNORED) for r in chosen if r.kind == kind)
-    detail = f"{worst.status} {worst.diagnostic or worst.action}"
+    worst = next(r for kind in (COMPLAINT, HARD, SOFT, IGNORED) for r in chosen if r.kind == kind)
+    detail = f"{worst.status} {worst.diagnostic or worst.action}".strip()
     seen_before = session.scalar(
         select(BounceEvent.id).where(BounceEvent.delivery_id == delivery.id, BounceEvent.kind.in_([HARD, SOFT])).limit(1)
     )
@@ -194,7 +195,12 @@ def _apply(session: Session, dsn: Dsn, delivery: Delivery, soft_limit: int, repo
     )  # fmt: skip
     session.flush()  # a concurrent run that took this DSN first makes this raise IntegrityError
     suppress_reason = None
-    if worst.kind == HARD:
+    if worst.kind == COMPLAINT:
+        # A reader who marked the message as spam: never mail them again (the delivery itself went out).
+        report.complaints += 1
+        report.suppressed += suppress(session, delivery.email, "complaint", detail)
+        mark_complained(session, delivery.subscriber_id, delivery.email)
+    elif worst.kind == HARD:
         report.hard += 1
         suppress_reason = "hard-bounce"
     elif worst.kind == SOFT:

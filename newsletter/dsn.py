@@ -1,4 +1,5 @@
-"""Reading delivery status notifications: RFC 3464 reports (multipart/report; report-type=delivery-status).
+"""Reading delivery status notifications: RFC 3464 reports (multipart/report; report-type=delivery-status),
+and spam complaints from feedback loops: RFC 5965 reports (report-type=feedback-report, ARF).
 
 Pure parsing, no database: `parse_dsn` turns the raw bytes of a bounce into a `Dsn`.
 """
@@ -19,7 +20,10 @@ from email.utils import getaddresses
 # Where the envelope recipient of a DSN shows up once it is stored, most specific first.
 RECIPIENT_HEADERS = ("Envelope-To", "X-Original-To", "Delivered-To", "To")
 ACTIONS = ("failed", "delayed", "delivered", "relayed", "expanded")  # RFC 3464 §2.3.3
-HARD, SOFT, IGNORED = "hard", "soft", "ignored"
+HARD, SOFT, IGNORED, COMPLAINT = "hard", "soft", "ignored", "complaint"
+# RFC 5965 §7.3 feedback types that are a recipient's complaint about the message (not-spam, virus,
+# auth-failure and other are not: they say nothing about the reader's wish to get mail).
+COMPLAINT_TYPES = ("abuse", "fraud")
 
 _STATUS_RE = re.compile(r"\s*([245])\.(\d{1,3})\.(\d{1,3})\b")  # RFC 3463 §2: class.subject.detail
 _SMTP_CODE_RE = re.compile(r"\s*([245]\d\d)\b")
@@ -41,7 +45,10 @@ class RecipientStatus:
 
     @property
     def kind(self) -> str:
-        """``hard`` (failed, class 5), ``soft`` (delayed, or class 4) or ``ignored`` (a success report)."""
+        """``hard`` (failed, class 5), ``soft`` (delayed, or class 4), ``complaint`` (an RFC 5965 abuse report,
+        whose ``action`` `parse_dsn` sets to ``complaint``) or ``ignored`` (a success report)."""
+        if self.action == COMPLAINT:
+            return COMPLAINT
         if self.action == "delayed" or self.status.startswith("4."):
             return SOFT
         if self.action == "failed" and self.status.startswith("5."):
@@ -127,23 +134,47 @@ def _original_message_id(msg: Message) -> str | None:
     return None
 
 
+def _complaint(part: Message) -> RecipientStatus:
+    """The one "recipient" of an RFC 5965 feedback report: ``Original-Rcpt-To`` (often redacted: then empty,
+    and the quoted message's Message-ID finds the delivery), action ``complaint`` for an abuse or fraud
+    report, ``feedback`` (ignored) for any other type.
+
+    Raises:
+        NotADsn: the report has no ``Feedback-Type`` (RFC 5965 §3.1 requires it).
+    """
+    payload = part.get_payload()
+    fields: Message = (
+        payload[0] if isinstance(payload, list) and payload else HeaderParser(policy=email.policy.default).parsestr(str(payload))
+    )
+    kind = str(fields.get("Feedback-Type", "")).strip().lower()
+    if not kind:
+        raise NotADsn("a message/feedback-report part without Feedback-Type")
+    recipient = _address(str(fields.get("Original-Rcpt-To", ""))) or ""
+    action = COMPLAINT if kind in COMPLAINT_TYPES else "feedback"
+    return RecipientStatus(final_recipient=recipient, original_recipient=None, action=action, status="", diagnostic=f"feedback: {kind}")
+
+
 def parse_dsn(raw: bytes) -> Dsn:
     """Read a delivery status notification (RFC 3464; RFC 6522 multipart/report) from raw message bytes.
 
     Needs a message/delivery-status (or message/global-delivery-status) part with at least one
-    per-recipient block carrying ``Final-Recipient``, a known ``Action`` and an RFC 3463 ``Status``.
+    per-recipient block carrying ``Final-Recipient``, a known ``Action`` and an RFC 3463 ``Status``; or a
+    feedback-loop complaint (RFC 5965 message/feedback-report, see `_complaint`).
 
     Raises:
         NotADsn: no such part, or no usable per-recipient block.
     """
     msg = email.message_from_bytes(raw, policy=email.policy.default)
     part = next((p for p in msg.walk() if p.get_content_type() in ("message/delivery-status", "message/global-delivery-status")), None)
-    if part is None:
-        raise NotADsn(f"no message/delivery-status part (Content-Type: {msg.get_content_type()})")
-    blocks = _field_blocks(part)
-    recipients = tuple(r for r in (_recipient(b) for b in blocks[1:]) if r is not None)
-    if not recipients:
-        raise NotADsn("no per-recipient block with Final-Recipient, Action and Status")
+    if part is not None:
+        blocks = _field_blocks(part)
+        recipients = tuple(r for r in (_recipient(b) for b in blocks[1:]) if r is not None)
+        if not recipients:
+            raise NotADsn("no per-recipient block with Final-Recipient, Action and Status")
+    elif (report := next((p for p in msg.walk() if p.get_content_type() == "message/feedback-report"), None)) is not None:
+        recipients = (_complaint(report),)
+    else:
+        raise NotADsn(f"no message/delivery-status or message/feedback-report part (Content-Type: {msg.get_content_type()})")
     addresses = tuple(a for name in RECIPIENT_HEADERS for _, a in getaddresses([str(v) for v in msg.get_all(name, [])]) if a)
     own_id = str(msg.get("Message-ID", "")).strip()
     dsn_id = own_id if 0 < len(own_id) <= 255 else f"sha256:{hashlib.sha256(own_id.encode() if own_id else raw).hexdigest()}"

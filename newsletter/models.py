@@ -382,7 +382,7 @@ class BounceEvent(Base):
     delivery_id: Mapped[int | None] = mapped_column(ForeignKey("deliveries.id", ondelete="SET NULL"), index=True)
     subscriber_id: Mapped[int | None] = mapped_column(ForeignKey("subscribers.id", ondelete="SET NULL"))
     email: Mapped[str] = mapped_column(String(320))  # the address the delivery went to
-    kind: Mapped[str] = mapped_column(String(16))  # hard, soft or ignored
+    kind: Mapped[str] = mapped_column(String(16))  # hard, soft, complaint or ignored
     action: Mapped[str] = mapped_column(String(16))  # RFC 3464 §2.3.3
     status_code: Mapped[str] = mapped_column(String(16))  # RFC 3463, e.g. 5.1.1
     diagnostic: Mapped[str | None] = mapped_column(Text)

@@ -42,6 +42,18 @@ def mark_bounced(session: Session, subscriber_id: int, address: str) -> None:
     )
 
 
+def mark_complained(session: Session, subscriber_id: int, address: str) -> None:
+    """Set the subscriber ``complained`` (a feedback-loop spam report), only while it still has ``address``:
+    over any other status, since a complaint says the most (no confirmation click brings it back, see
+    `newsletter.signup`). Does not commit."""
+    session.execute(
+        update(Subscriber)
+        .where(Subscriber.id == subscriber_id, Subscriber.email == address, Subscriber.status != SubscriberStatus.COMPLAINED)
+        .values(status=SubscriberStatus.COMPLAINED)
+        .execution_options(synchronize_session=False)
+    )
+
+
 def is_dead_address(enhanced_code: str | None) -> bool:
     """Whether an RFC 3463 code says the address itself does not exist (see `DEAD_ADDRESS_CODES`)."""
     return enhanced_code in DEAD_ADDRESS_CODES

@@ -410,9 +410,9 @@ def test_non_dsn_messages_are_reported_and_skipped(session, settings: Settings, 
                         make_dsn(ann, "ann@example.com", dsn_id="<ok@mx>"))  # fmt: skip
     report = process_bounces(session, settings, tmp_path / "bounces")
     expected = {
-        labels[0]: "no message/delivery-status part (Content-Type: text/plain)",
+        labels[0]: "no message/delivery-status or message/feedback-report part (Content-Type: text/plain)",
         labels[1]: "no per-recipient block with Final-Recipient, Action and Status",
-        labels[2]: "no message/delivery-status part (Content-Type: text/plain)",
+        labels[2]: "no message/delivery-status or message/feedback-report part (Content-Type: text/plain)",
     }
     assert {s.key: s.reason for s in report.unparseable} == expected
     assert [s.key for s in report.unparseable] == sorted(expected)
@@ -469,17 +469,17 @@ def test_bounces_process_command(db_url: str, session, settings: Settings, tmp_p
     result = CliRunner().invoke(main, ["bounces", "process", str(tmp_path / "bounces")])
     assert result.exit_code == 0, result.output
     assert result.stdout == (
-        "2 messages: 1 hard, 0 soft, 0 ignored, 0 already processed, 0 unmatched, 0 rejected, 1 without a delivery report; "
+        "2 messages: 1 hard, 0 soft, 0 complaints, 0 ignored, 0 already processed, 0 unmatched, 0 rejected, 1 without a delivery report; "
         "1 address suppressed, 1 delivery marked bounced\n"
     )
     assert (
         result.stderr
-        == f"not a delivery report: {tmp_path / 'bounces'}: {labels[1]}: no message/delivery-status part (Content-Type: text/plain)\n"
+        == f"not a delivery report: {tmp_path / 'bounces'}: {labels[1]}: no message/delivery-status or message/feedback-report part (Content-Type: text/plain)\n"
     )
     assert _suppressions(session) == {"ann@example.com": "hard-bounce"}
 
     again = CliRunner().invoke(main, ["bounces", "process", str(tmp_path / "bounces")])
-    assert again.exit_code == 0 and "2 messages: 0 hard, 0 soft, 0 ignored, 1 already processed" in again.stdout
+    assert again.exit_code == 0 and "2 messages: 0 hard, 0 soft, 0 complaints, 0 ignored, 1 already processed" in again.stdout
 
     to_maildir(tmp_path / "one", b"Subject: hello again\n\nnot a bounce either\n")
     one = CliRunner().invoke(main, ["bounces", "process", str(tmp_path / "one")])
@@ -511,3 +511,51 @@ def test_old_soft_bounces_fall_out_of_the_window(session, settings: Settings, tm
     to_mbox(box2, make_dsn(sent[2], "ann@example.com", dsn_id="<w9@mx>", action="delayed", status="4.2.2"))
     assert process_bounces(session, settings, box2) == BounceReport(messages=1, soft=1)  # 1 recent of 3: not suppressed
     assert (_subscriber(session, "ann@example.com").soft_bounces, _suppressions(session)) == (3, {})
+
+
+def make_arf(sent: Sent, *, report_id: str, feedback_type: str = "abuse", rcpt: str | None = None) -> bytes:
+    """A feedback-loop report (RFC 5965 ARF, as Yahoo's or Microsoft's JMRP send them) quoting ``sent``'s
+    headers; ``rcpt`` the Original-Rcpt-To (left out when None: FBLs often redact it)."""
+    report = MIMEMultipart("report", report_type="feedback-report", boundary="arf-boundary-1")
+    for name, value in [("From", "feedback@fbl.example.net"), ("To", f"fbl@{DOMAIN}"), ("Subject", "FW: complaint"),
+                        ("Message-ID", report_id), ("Date", "Mon, 30 Nov 2026 10:00:00 +0000")]:  # fmt: skip
+        report[name] = value
+    report.attach(MIMEText("This is an email abuse report for an email message received.\n", "plain", "us-ascii"))
+    fields = Message()
+    for name, value in [("Feedback-Type", feedback_type), ("User-Agent", "FBL/1.0"), ("Version", "1")]:
+        fields[name] = value
+    if rcpt is not None:
+        fields["Original-Rcpt-To"] = rcpt
+    feedback = Message()
+    feedback["Content-Type"] = "message/feedback-report"
+    feedback.set_payload([fields])
+    report.attach(feedback)
+    quoted = MIMEText(sent.headers + "\n", "rfc822-headers", "us-ascii")
+    report.attach(quoted)
+    return report.as_bytes()
+
+
+def test_feedback_loop_complaints_suppress_and_mark_the_subscriber(session, settings: Settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Regression (trial): a spam complaint (RFC 5965 abuse report from a mailbox provider's feedback loop)
+    was "not a delivery report": nothing set a subscriber `complained` or suppressed the address, so the
+    reader who marked the list as spam kept getting it. Matched by the quoted Message-ID (the recipient is
+    often redacted); a not-spam report changes nothing; a second run counts the report once."""
+    _seed(session, ["ann@example.com", "bob@example.com", "cy@example.com"])
+    sent = _publish_and_send(session, settings)
+    to_maildir(
+        tmp_path / "fbl",
+        make_arf(sent["ann@example.com"], report_id="<arf1@fbl>"),  # redacted recipient
+        make_arf(sent["bob@example.com"], report_id="<arf2@fbl>", feedback_type="fraud", rcpt="bob@example.com"),
+        make_arf(sent["cy@example.com"], report_id="<arf3@fbl>", feedback_type="not-spam", rcpt="cy@example.com"),
+    )
+    report = process_bounces(session, settings, tmp_path / "fbl")
+    assert report == BounceReport(messages=3, complaints=2, ignored=1, suppressed=2)
+    assert _suppressions(session) == {"ann@example.com": "complaint", "bob@example.com": "complaint"}
+    assert [_subscriber(session, a).status for a in ("ann@example.com", "bob@example.com", "cy@example.com")] == [
+        SubscriberStatus.COMPLAINED,
+        SubscriberStatus.COMPLAINED,
+        SubscriberStatus.ACTIVE,
+    ]
+    assert _delivery(session, sent["ann@example.com"].delivery_id).status == DeliveryStatus.SENT  # it was delivered
+    assert process_bounces(session, settings, tmp_path / "fbl") == BounceReport(messages=3, duplicates=3)
+    assert "ann@example.com" not in _publish_and_send(session, settings)  # the next issue leaves them out

@@ -23,7 +23,8 @@ def bounces() -> None:
 
 def _summary(report: BounceReport) -> str:
     return (
-        f"{plural(report.messages, 'message')}: {report.hard} hard, {report.soft} soft, {report.ignored} ignored, "
+        f"{plural(report.messages, 'message')}: {report.hard} hard, {report.soft} soft, {plural(report.complaints, 'complaint')}, "
+        f"{report.ignored} ignored, "
         f"{report.duplicates} already processed, {len(report.unmatched)} unmatched, {len(report.rejected)} rejected, "
         f"{len(report.unparseable)} without a delivery report; {plural(report.suppressed, 'address')} suppressed, "
         f"{plural(report.deliveries_bounced, 'delivery')} marked bounced"
@@ -41,7 +42,8 @@ def bounces_process(path: Path, soft_limit: int | None) -> None:
     """Read the Maildir folder or mbox file PATH and act on its delivery status notifications.
 
     A hard bounce (failed, 5.x.x) suppresses the address and marks the delivery bounced; soft bounces
-    (delayed, or 4.x.x) are counted per subscriber and suppress at the limit. Safe to run again on the
+    (delayed, or 4.x.x) are counted per subscriber and suppress at the limit. A feedback-loop complaint
+    (RFC 5965 abuse or fraud report) suppresses the address and marks the subscriber complained. Safe to run again on the
     same mailbox: processed notifications are remembered by Message-ID. The mailbox is not changed.
     Messages that cannot be used are listed on stderr with their key.
     """
