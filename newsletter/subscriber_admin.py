@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from newsletter.erasure import is_erased_suppressed
 from newsletter.models import Subscriber, SubscriberStatus, Suppression, utcnow
 from newsletter.segments import ATTRIBUTE_NAME
-from newsletter.subscribers import InvalidAddress, normalise_address, normalise_lang
+from newsletter.subscribers import InvalidAddress, normalise_address, normalise_lang, spreadsheet_safe
 
 EXPORT_COLUMNS = ("email", "name", "lang", "topics", "status", "signed_up")
 
@@ -165,7 +165,9 @@ def update_subscriber(
 
 def export_csv(session: Session, chunk: int = 1000) -> Iterator[str]:
     """The list as CSV (erased subscribers left out), in the columns ``subscribers import`` reads plus
-    ``status``, then one column per attribute name. Yields pieces of text; reads ``chunk`` rows at a time."""
+    ``status``, then one column per attribute name. Yields pieces of text; reads ``chunk`` rows at a time.
+    A cell that starts like a spreadsheet formula is written with a leading ``'`` (`subscribers.spreadsheet_safe`;
+    the import drops it again)."""
     keys: set[str] = set()
     for attrs in session.scalars(select(Subscriber.attributes).where(Subscriber.status != SubscriberStatus.ERASED)):
         keys.update(attrs or {})
@@ -195,10 +197,8 @@ def export_csv(session: Session, chunk: int = 1000) -> Iterator[str]:
             return
         for s in rows:
             attrs = s.attributes or {}
-            writer.writerow(
-                [s.email, s.name, s.lang, ";".join(s.topics), str(s.status), s.created_at.date().isoformat()]
-                + [_cell(attrs.get(k)) for k in extra]
-            )
+            cells = [s.email, s.name, s.lang, ";".join(s.topics), str(s.status), s.created_at.date().isoformat()]
+            writer.writerow([spreadsheet_safe(c) for c in cells + [_cell(attrs.get(k)) for k in extra]])
         after = rows[-1].id
         yield take()
 

@@ -246,13 +246,30 @@ def import_subscribers(
     return report
 
 
+# A cell a spreadsheet would read as a formula starts with one of these (OWASP, "CSV Injection").
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(cell: str) -> str:
+    """``cell`` as written to an exported CSV: prefixed with ``'`` when it starts like a formula, so a
+    spreadsheet shows a sign-up name such as ``=HYPERLINK(...)`` as text instead of running it (OWASP,
+    "CSV Injection"). `from_spreadsheet` undoes it on import, so an export imports back unchanged."""
+    return "'" + cell if cell.startswith(FORMULA_STARTS) else cell
+
+
+def from_spreadsheet(cell: str) -> str:
+    """The inverse of `spreadsheet_safe`: a leading ``'`` before a formula's first character is dropped."""
+    return cell[1:] if cell.startswith("'") and cell[1:].startswith(FORMULA_STARTS) else cell
+
+
 def _cells(raw: dict[str | None, str | None]) -> dict[str, str]:
-    """Header names lower-cased and cells stripped; a control character in any cell is refused.
+    """Header names lower-cased and cells stripped (and `from_spreadsheet` applied); a control character
+    in any cell is refused.
 
     Raises:
         ValueError: naming the column.
     """
-    row = {(k or "").strip().lower(): (v or "").strip() for k, v in raw.items() if isinstance(v, str | None)}
+    row = {(k or "").strip().lower(): from_spreadsheet((v or "").strip()) for k, v in raw.items() if isinstance(v, str | None)}
     for key, value in row.items():
         if key != "name" and (where := control_character(value)):
             raise ValueError(f"column {key!r} contains a control character ({where})")

@@ -234,3 +234,23 @@ def test_an_unclosed_quote_is_named_with_the_line_it_opens_on(session, tmp_path:
         "lines 2-3: a quoted cell runs over 2 lines; is a closing quote missing on line 2? (nothing from these lines was imported)"
     ]
     assert report.created == 0 and report.rejected == 2  # both rows lost, not one
+
+
+def test_export_neutralises_spreadsheet_formulas_and_imports_back_unchanged(session, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # A public sign-up name like =HYPERLINK(...) ran as a formula when the export was opened in a spreadsheet.
+    from newsletter.subscriber_admin import export_csv
+
+    path = tmp_path / "subs.csv"
+    path.write_text('email,name,plan\n-ann@example.com,"=HYPERLINK(""http://evil.example"",""x"")",+1\nbo@example.com,@bo,pro\n', encoding="utf-8")
+    assert import_subscribers(session, path).created == 2
+    exported = "".join(export_csv(session))
+    rows = exported.splitlines()
+    assert rows[1].startswith("'-ann@example.com,\"'=HYPERLINK(")
+    assert rows[1].endswith(",'+1") and rows[2].startswith("bo@example.com,'@bo,")
+    again = tmp_path / "again.csv"
+    again.write_text(exported, encoding="utf-8")
+    report = import_subscribers(session, again)
+    assert (report.created, report.errors) == (0, [])
+    subs = _subs(session)
+    assert subs["-ann@example.com"].name == '=HYPERLINK("http://evil.example","x")'
+    assert subs["-ann@example.com"].attributes == {"plan": "+1"} and subs["bo@example.com"].name == "@bo"
