@@ -241,7 +241,9 @@ def test_export_neutralises_spreadsheet_formulas_and_imports_back_unchanged(sess
     from newsletter.subscriber_admin import export_csv
 
     path = tmp_path / "subs.csv"
-    path.write_text('email,name,plan\n-ann@example.com,"=HYPERLINK(""http://evil.example"",""x"")",+1\nbo@example.com,@bo,pro\n', encoding="utf-8")
+    path.write_text(
+        'email,name,plan\n-ann@example.com,"=HYPERLINK(""http://evil.example"",""x"")",+1\nbo@example.com,@bo,pro\n', encoding="utf-8"
+    )
     assert import_subscribers(session, path).created == 2
     exported = "".join(export_csv(session))
     rows = exported.splitlines()
