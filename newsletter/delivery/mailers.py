@@ -396,8 +396,8 @@ class SmtpMailer:
                 conn.close()
 
     def close(self) -> None:
-        """QUIT politely; a connection that already broke, or with an envelope left open (see `send`), is
-        just closed."""
+        """QUIT politely; a connection that already broke, or with an envelope left open or a reply unread
+        (see `send`, `send_begin`), is just closed."""
         if self._conn is not None and (self._conn._opened is not None or self._conn.awaiting):
             self._drop()
         conn, self._conn = self._conn, None
