@@ -209,3 +209,76 @@ def test_without_pipelining_the_next_envelope_is_not_sent_ahead() -> None:
     finally:
         controller.stop()
     assert [str(m["To"]) for m in recorder.messages] == ["a@x.org", "c@x.org"]
+
+
+# --- A send split in a write half and a read half (`SmtpMailer.send_begin` / `send_end`) ---------------------
+
+
+class _DataDroppingHandler(Handler):
+    """The test relay, which also closes the connection instead of answering the body of each address in
+    ``drop_at_data`` (once each): a connection lost between the write of a body and the read of its reply."""
+
+    def __init__(self, recorder: Recorder, drop_at_data: set[str], **kwargs: Any) -> None:
+        super().__init__(recorder, **kwargs)
+        self.drop_at_data = drop_at_data
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if envelope.rcpt_tos[0] in self.drop_at_data:
+            self.drop_at_data.discard(envelope.rcpt_tos[0])
+            server.transport.close()
+            return "250 never read"  # the connection is closed: the message is not delivered
+        return await super().handle_DATA(server, session, envelope)
+
+
+def test_a_split_send_is_a_send_and_work_between_its_halves_is_free() -> None:
+    """`send_begin` writes the body (with the next envelope behind it) and returns before the reply; `send_end` reads
+    it: the same writes, outcomes and messages as `send`; a refusal raised by `send_begin` leaves nothing for
+    `send_end`; and while a reply is unread any other use of the connection drops it (the outcome is unknown)."""
+    with _Relay(data=lambda addr, attempt: "452 4.3.1 full" if addr == "full@x.org" else None,
+                rcpt=lambda addr, attempt: "550 5.1.1 no" if addr == "gone@x.org" else None) as relay:  # fmt: skip
+        assert relay.send("a@x.org", then="b@x.org") == "ok"
+        writes = relay.writes
+        mailer = relay.mailer
+        mailer.send_begin(BOUNCE, "b@x.org", _body("b@x.org"), Envelope(BOUNCE, "full@x.org", 10))
+        assert relay.writes == writes + 1 and mailer._conn is not None and mailer._conn.awaiting
+        mailer.send_end()
+        assert not mailer._conn.awaiting
+        mailer.send_end()  # nothing unread: nothing to do
+        mailer.send_begin(BOUNCE, "full@x.org", _body("full@x.org"), Envelope(BOUNCE, "gone@x.org", 10))
+        with pytest.raises(DeliveryError) as full:
+            mailer.send_end()
+        with pytest.raises(PermanentDeliveryError) as gone:  # the next envelope's refusal, raised before any write
+            mailer.send_begin(BOUNCE, "gone@x.org", _body("gone@x.org"))
+        assert not mailer._conn.awaiting
+        mailer.send_end()
+        mailer.send_begin(BOUNCE, "c@x.org", _body("c@x.org"), Envelope(BOUNCE, "d@x.org", 10))
+        mailer.check()  # a reply unread: dropped, not a NOOP into the next body
+        assert mailer._conn is None
+        assert relay.send("e@x.org") == "ok"
+    assert (full.value.smtp_code, gone.value.smtp_code) == (452, 550)
+    assert relay.received() == ["a@x.org", "b@x.org", "c@x.org", "e@x.org"]  # c's body was whole before the drop
+    assert len(relay.recorder.raw) == 4  # d's envelope abandoned unsent (no empty message)
+
+
+def test_a_connection_lost_between_a_body_s_write_and_its_reply() -> None:
+    """The relay closes instead of answering b's body: b is deferred (its reply never came), c (whose envelope went
+    out behind b's body) goes out once on a new connection, and the messages before and after are sent."""
+    recorder, port = Recorder(), free_port()
+    controller = Controller(_DataDroppingHandler(recorder, {"b@x.org"}), hostname="127.0.0.1", port=port, decode_data=False)
+    controller.start()
+    mailer = SmtpMailer(f"smtp://127.0.0.1:{port}")
+    results = []
+    try:
+        for to, then in (("a@x.org", "b@x.org"), ("b@x.org", "c@x.org"), ("c@x.org", "d@x.org"), ("d@x.org", None)):
+            try:
+                mailer.send_begin(BOUNCE, to, _body(to), Envelope(BOUNCE, then, 10) if then else None)
+                mailer.send_end()
+                results.append("ok")
+            except DeliveryError as exc:
+                results.append(f"{exc.smtp_code}:{'permanent' if isinstance(exc, PermanentDeliveryError) else 'temporary'}")
+    finally:
+        mailer.close()
+        controller.stop()
+    assert results == ["ok", "None:temporary", "ok", "ok"]
+    assert [str(m["To"]) for m in recorder.messages] == ["a@x.org", "c@x.org", "d@x.org"]
+    assert recorder.attempts["c@x.org"] == 1  # on the new connection (the envelope behind b's body died unread)

@@ -9,6 +9,7 @@ import smtplib
 import socket
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -20,7 +21,10 @@ from newsletter.mime import DotFree
 
 
 class Mailer(Protocol):
-    """One open channel to a relay, used for one batch. ``send`` raises a `DeliveryError`."""
+    """One open channel to a relay, used for one batch. ``send`` raises a `DeliveryError`.
+
+    A mailer may also split its send in a write half and a read half (``send_begin`` / ``send_end``, as
+    `SmtpMailer`; a pooled one says so with ``splits``), so the batch can work while the relay takes a body."""
 
     name: str
 
@@ -140,6 +144,8 @@ class _Fast:
     """smtplib.SMTP with a faster DATA and one-recipient sends in one round trip less per command."""
 
     _opened: _Opened | None = None  # the next message's envelope, pipelined behind the last body
+    _unread: tuple[Envelope | None] | None = None  # a body written by `write_one`, its replies unread (and then's)
+    _unread_for = ""  # the recipient of the message in hand (for `SmtpMailer`'s errors)
 
     def data(self, msg: bytes | str) -> tuple[int, bytes]:
         """`smtplib.SMTP.data`, with `_stuffed` for bytes."""
@@ -186,7 +192,7 @@ class _Fast:
         """``sendmail(sender, [recipient], msg)``; when the relay offers PIPELINING (RFC 2920) MAIL, RCPT
         and DATA go out in one write and their replies are read together: 2 round trips per message
         instead of 4. Raises what `smtplib.SMTP.sendmail` raises for the same replies (after RSET, or
-        closing on 421).
+        closing on 421). The same as `write_one` then `read_one`.
 
         With ``then``, the next message's MAIL, RCPT and DATA follow this body's end in the same write
         (RFC 2920 §3.1: DATA may end a group, and the body's "." is followed by the next group), so a
@@ -198,6 +204,15 @@ class _Fast:
         breaks after this body's reply, this message's outcome stands and the next one has no envelope
         open (the caller reconnects); on a 421 for this body the connection is closed.
         """
+        self.write_one(sender, recipient, msg, then)
+        self.read_one()
+
+    def write_one(self, sender: str, recipient: str, msg: bytes, then: Envelope | None = None) -> None:
+        """The first half of `send_one`: everything up to and including the write of this body (and
+        ``then``'s envelope behind it), leaving the replies to that write unread for `read_one`, so the
+        caller can work while the relay takes the body. Raises what `send_one` raises before the body
+        leaves (a refused envelope, a broken connection). Until `read_one` the connection must not be
+        used otherwise (`awaiting`); without PIPELINING the whole message is sent here."""
         conn: smtplib.SMTP = self  # type: ignore[assignment]
         opened, self._opened = self._opened, None
         if opened is not None:
@@ -216,7 +231,24 @@ class _Fast:
             error = self._read_envelope(here)
             if error is not None:
                 raise error
+        # Noted before the write: a write that fails half way leaves the connection unusable all the same.
+        self._unread = (then,)
         conn.send(_stuffed(msg, self._envelope(then) if then is not None else b""))
+
+    @property
+    def awaiting(self) -> bool:
+        """True between `write_one` and `read_one`: the relay's replies to a body are unread."""
+        return self._unread is not None
+
+    def read_one(self) -> None:
+        """The second half of `send_one`: read the body's reply (this message's outcome, raised as
+        `send_one` raises it) and the pipelined next envelope's; nothing when `write_one` sent the whole
+        message (no PIPELINING) or raised."""
+        conn: smtplib.SMTP = self  # type: ignore[assignment]
+        unread, self._unread = self._unread, None
+        if unread is None:
+            return
+        (then,) = unread
         code, resp = conn.getreply()
         if then is not None and code != 421:
             try:
@@ -297,13 +329,40 @@ class SmtpMailer:
         message; any other use of the connection first (another message, `check`, `close`) drops it,
         since the relay waits for that body and only a closed connection abandons it (RFC 5321 §3.8).
         Errors are this message's only; the next message's refusal is raised by the next call.
+        The same as `send_begin` then `send_end`.
         """
+        self.send_begin(sender, recipient, message, then)
+        self.send_end()
+
+    def send_begin(self, sender: str, recipient: str, message: bytes, then: Envelope | None = None) -> None:
+        """The first half of `send`: up to the write of this body (and ``then``'s envelope), without
+        waiting for the relay's reply, so the caller can work while the relay takes the message.
+        `send_end` must follow (it reads the reply and raises this message's refusal); a `DeliveryError`
+        raised here is this message's outcome, and then no `send_end` is due. Any other use of the
+        connection before `send_end` drops it (the message's outcome is then unknown)."""
+        self._guarded(recipient, lambda conn: conn.write_one(sender, recipient, message, then), sender)
+
+    def send_end(self) -> None:
+        """The second half of `send`: this message's outcome (returns when accepted, else raises its
+        `DeliveryError`). Nothing to do after a `send_begin` that raised."""
+        conn = self._conn
+        if conn is None or not conn.awaiting:
+            return
+        recipient = conn._unread_for
+        self._guarded(recipient, lambda c: c.read_one())
+
+    def _guarded(self, recipient: str, step: Callable[[_SMTP | _SMTP_SSL], None], sender: str | None = None) -> None:
+        """Run one step of a send on the connection (opened first when ``sender`` is given, i.e. a new
+        message), turning smtplib's errors into `DeliveryError` and dropping a connection that failed."""
         try:
-            if self._conn is not None and self._conn.opened_for(sender, recipient) is False:
-                self._drop()
-            if self._conn is None:
-                self._conn = self._connect()
-            self._conn.send_one(sender, recipient, message, then)
+            if sender is not None:
+                if self._conn is not None and (self._conn.awaiting or self._conn.opened_for(sender, recipient) is False):
+                    self._drop()
+                if self._conn is None:
+                    self._conn = self._connect()
+            assert self._conn is not None
+            self._conn._unread_for = recipient
+            step(self._conn)
         except (smtplib.SMTPException, OSError) as exc:
             error = classify_exception(exc, recipient, self.name)
             # smtplib already sent RSET after a refused MAIL, RCPT or DATA; only a closing (421) or
@@ -320,8 +379,8 @@ class SmtpMailer:
     def check(self) -> None:
         """NOOP on an open connection that sat idle; a dead one is dropped, so the next send reconnects
         (a pooled connection the relay closed meanwhile must not defer a message)."""
-        if self._conn is not None and self._conn._opened is not None:
-            self._drop()  # an envelope left open (see `send`): NOOP would go into its body
+        if self._conn is not None and (self._conn._opened is not None or self._conn.awaiting):
+            self._drop()  # an envelope left open or a reply unread (see `send`): NOOP would go into a body
         if self._conn is not None:
             try:
                 code, _ = self._conn.noop()
@@ -337,9 +396,9 @@ class SmtpMailer:
                 conn.close()
 
     def close(self) -> None:
-        """QUIT politely; a connection that already broke, or with an envelope left open (see `send`), is
-        just closed."""
-        if self._conn is not None and self._conn._opened is not None:
+        """QUIT politely; a connection that already broke, or with an envelope left open or a reply unread
+        (see `send`, `send_begin`), is just closed."""
+        if self._conn is not None and (self._conn._opened is not None or self._conn.awaiting):
             self._drop()
         conn, self._conn = self._conn, None
         if conn is not None:

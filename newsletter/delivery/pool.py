@@ -180,6 +180,8 @@ class PooledMailer:
         # a rate limit could keep the relay waiting for that body longer than `PIPELINE_MAX_WAIT`.
         rate = getattr(pool.limiter, "rate", None) if pool.limiter is not None else float("inf")
         self.pipelines = bool(getattr(inner, "pipelines", False)) and rate is not None and rate * PIPELINE_MAX_WAIT >= pool.connections
+        # `send_begin` / `send_end` can be used (the batch works while the relay takes a body).
+        self.splits = hasattr(inner, "send_begin")
 
     def send(self, sender: str, recipient: str, message: bytes, then: Envelope | None = None) -> None:
         """See `Mailer.send` (and `SmtpMailer.send` for ``then``, passed on when `pipelines`); the pool's
@@ -190,6 +192,17 @@ class PooledMailer:
             self.inner.send(sender, recipient, message, then)  # type: ignore[call-arg]
         else:
             self.inner.send(sender, recipient, message)
+
+    def send_begin(self, sender: str, recipient: str, message: bytes, then: Envelope | None = None) -> None:
+        """`send` up to the write of the body (`SmtpMailer.send_begin`, when `splits`); `send_end` reads
+        the reply. The rate limit is taken here, before anything of this message leaves."""
+        if self.pool.limiter is not None:
+            self.pool.limiter.acquire()
+        self.inner.send_begin(sender, recipient, message, then if self.pipelines else None)  # type: ignore[attr-defined]
+
+    def send_end(self) -> None:
+        """This message's outcome (see `SmtpMailer.send_end`)."""
+        self.inner.send_end()  # type: ignore[attr-defined]
 
     def close(self) -> None:
         """Return the connection to its pool (it stays open for the next batch)."""

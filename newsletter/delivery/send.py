@@ -274,10 +274,19 @@ def _send_pipelined(
     and its handoffs (a queue put, an event per message and a GIL switch each way) of
     `_send_concurrently`. Outcomes other than sent are recorded before the next message, as in
     `_send_sequentially`.
+
+    With a mailer that `splits` its send (`SmtpMailer.send_begin` / ``send_end``), the work of this process
+    is done while the relay takes a body rather than after its reply: message k's body (and k+1's envelope)
+    is written, then k-1's record is begun and message k+2 built, and only then is k's reply read (a relay's
+    round trip, or its CPU on loopback, overlaps this work); k-2's record is settled before k's write. A
+    message built ahead is only built: it is used when its turn comes, after that turn's pause/cancel
+    check and claim check, so every decision not to send it is still taken before its envelope leaves;
+    when the batch stops first, or its claim is lost, it is dropped unsent (`tests/test_send_overlap.py`).
     """
     mailer = source.get(wait=True)
     assert mailer is not None  # get(wait=True) waits for a slot
     pipelines = bool(getattr(mailer, "pipelines", False))
+    splits = bool(getattr(mailer, "splits", False))
     engine = session.get_bind().engine
     writer = ledger.OutcomeWriter(engine) if ledger.OutcomeWriter.usable(engine) else None
     pending: _Outcome | None = None
@@ -318,19 +327,65 @@ def _send_pipelined(
                 _record(session, ctx.settings, outcome, ctx.issue_id)
             count(outcome)
 
-    def transmit(then: _Ready | None) -> None:
-        """Send `current` (with ``then``'s envelope behind it when the mailer pipelines) and record it."""
-        nonlocal current, in_hand
+    built: tuple[int, _Ready | _Outcome] | None = None  # the claim after `current`'s next, built ahead (index, result)
+
+    def build_ahead(i: int) -> None:
+        """Build claim ``i``'s message while the relay takes a body; used only if its turn comes (see above)."""
+        nonlocal built
+        if i < len(claims):
+            row = by_id[claims[i].id]
+            with logs.bound(delivery_id=row.id):
+                built = (i, _prepare(ctx, row, claims[i], mailer.name))
+
+    accepted: tuple[_Outcome, bool] | None = None  # split sends: accepted, record not begun (with ``status``)
+
+    def start_record() -> None:
+        """Begin the record of the message accepted last (the record before it is settled)."""
+        nonlocal accepted
+        if accepted is not None:
+            (o, status), accepted = accepted, None
+            finish(o, status)
+
+    def flush() -> None:
+        """Every known outcome recorded: the counts agree with the database."""
+        settle()
+        start_record()
+        settle()
+
+    def transmit(then: _Ready | None, ahead: int | None = None) -> None:
+        """Send `current` (with ``then``'s envelope behind it when the mailer pipelines) and record it.
+
+        With a mailer that splits its send, message k-2's record is settled before k's body is written (the
+        database had all of k-1's time to run it), and while the relay takes k's body k-1's record is begun
+        and claim ``ahead`` built: at most 1 accepted message unrecorded when k is written, 2 once it is
+        accepted, as without the split. Otherwise k-1's record is settled and k's begun after k's reply.
+        """
+        nonlocal current, in_hand, accepted
         assert current is not None
         ready, current, in_hand = current, None, at
+        # The record that reads the issue's status too is settled before the next check, so the check costs no
+        # round trip of its own (else it reads the status itself): the 3rd message before it, or the 4th when
+        # records are begun one message later.
+        status = at % STATUS_CHECK_EVERY == STATUS_CHECK_EVERY - (4 if splits else 3)
         with logs.bound(delivery_id=ready.row.id):
-            outcome = _transmit(ready, mailer, then if pipelines else None)
-        settle()  # message k-1's record, while k is accepted: at most 2 unrecorded
-        # The record of the third message before a check reads the issue's status too: settled before the
-        # check, so the check costs no round trip of its own (else it reads the status itself).
-        finish(outcome, status=at % STATUS_CHECK_EVERY == STATUS_CHECK_EVERY - 3)
+            if splits:
+                settle()
+                outcome = _transmit_split(ready, mailer, then if pipelines else None, lambda: work_meanwhile(ahead))
+            else:
+                outcome = _transmit(ready, mailer, then if pipelines else None)
+        if splits and outcome.kind == "sent" and writer is not None:
+            accepted = (outcome, status)  # recorded while the relay takes the next body
+        else:
+            settle()  # message k-1's record, while k is accepted: at most 2 unrecorded
+            finish(outcome, status=status)
         finished.add(at)
         in_hand = None
+
+    def work_meanwhile(ahead: int | None) -> None:
+        """While the relay takes a body: begin the previous message's record, build the message after next."""
+        start_record()
+        if ahead is not None:
+            build_ahead(ahead)
 
     n = 0
     try:
@@ -338,12 +393,12 @@ def _send_pipelined(
             if n and (n % STATUS_CHECK_EVERY == 0 or _breaker_due(ctx.settings, outcomes)):
                 seen = writer.taken_status() if writer is not None and n % STATUS_CHECK_EVERY == 0 else None
                 if seen is None or outcomes["failed"] >= outcomes["sent"]:
-                    settle()  # the counts agree with the database before a pause rule is applied
+                    flush()  # the counts agree with the database before a pause rule is applied
                 if _should_stop(session, ctx.settings, ctx.issue_id, outcomes, writer, seen):
-                    settle()
+                    flush()
                     if current is not None:  # messages before n go out, as when each was sent before n's check
                         transmit(None)
-                        settle()
+                        flush()
                     outcomes["released"] += _stop(session, ctx.issue_id, [c for c in claims[n:] if not keeper.lost(c.id)])
                     finished.update(range(len(claims)))
                     break
@@ -354,32 +409,35 @@ def _send_pipelined(
                     continue
                 if current is not None:
                     transmit(None)
-                settle()
+                flush()
                 log.warning("issue %s: cannot renew claims; leaving %s unsent deliveries to the sweeper", ctx.issue_number, len(claims) - n)
                 outcomes["abandoned"] += len(claims) - n
                 finished.update(range(len(claims)))
                 break
-            row = by_id[claim_.id]
-            with logs.bound(delivery_id=row.id):
-                ready = _prepare(ctx, row, claim_, mailer.name)
+            if built is not None and built[0] == n:  # built while the relay took the previous body
+                ready, built = built[1], None
+            else:
+                row = by_id[claim_.id]
+                with logs.bound(delivery_id=row.id):
+                    ready = _prepare(ctx, row, claim_, mailer.name)
             if isinstance(ready, _Outcome):  # nothing to send: recorded now, `current` still goes first
                 finish(ready)
                 finished.add(n)
                 continue
             if current is not None:
-                transmit(ready)
+                transmit(ready, ahead=n + 1)
             current, at = ready, n
         else:
             if current is not None:
                 transmit(None)
-            settle()
+            flush()
             if outcomes["failed"] > outcomes["sent"]:
                 _auto_pause(session, ctx.settings, ctx.issue_id)
     except BaseException:
         # An error that is not a relay's answer (a bug, a broken pool): record what was accepted, hand back
         # what was not sent (the claim in hand runs out and is swept), and let the task see the error.
         with contextlib.suppress(Exception):
-            settle()
+            flush()
             left = [c for i, c in enumerate(claims) if i not in finished and i != in_hand and not keeper.lost(c.id)]
             if left:
                 outcomes["released"] += _stop(session, ctx.issue_id, left)
@@ -641,6 +699,28 @@ def _transmit(ready: _Ready, mailer: Mailer, then: _Ready | None = None) -> _Out
                 mailer.send(ready.sender, ready.recipient, ready.raw, then.envelope)  # type: ignore[call-arg]
     except DeliveryError as exc:
         return _Outcome(ready.claim, ready.row, "error", exc.relay or mailer.name, error=exc)
+    return _Outcome(ready.claim, ready.row, "sent", mailer.name)
+
+
+def _transmit_split(ready: _Ready, mailer: Mailer, then: _Ready | None, meanwhile: Callable[[], None]) -> _Outcome:
+    """`_transmit` on a mailer that `splits` its send: ``meanwhile()`` runs after the body was written and
+    before its reply is read (also when nothing was written: the message was refused before its body)."""
+    start = time.perf_counter()
+    try:
+        mailer.send_begin(ready.sender, ready.recipient, ready.raw, then.envelope if then is not None else None)  # type: ignore[attr-defined]
+    except DeliveryError as exc:
+        metrics.SEND_SECONDS.observe(time.perf_counter() - start)  # every attempt is timed, as by `_transmit`
+        meanwhile()
+        return _Outcome(ready.claim, ready.row, "error", exc.relay or mailer.name, error=exc)
+    spent = time.perf_counter() - start
+    meanwhile()
+    start = time.perf_counter()
+    try:
+        mailer.send_end()  # type: ignore[attr-defined]
+    except DeliveryError as exc:
+        return _Outcome(ready.claim, ready.row, "error", exc.relay or mailer.name, error=exc)
+    finally:
+        metrics.SEND_SECONDS.observe(spent + time.perf_counter() - start)  # the relay's part, not ours
     return _Outcome(ready.claim, ready.row, "sent", mailer.name)
 
 
