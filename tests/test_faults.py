@@ -245,7 +245,10 @@ def test_no_delivery_lost_or_doubled_under_faults(pg_url: str, redis_server: Red
         assert failed == {email_of(i) for i in range(SUBSCRIBERS) if permanent(email_of(i))}
         assert states == {DeliveryStatus.SENT: len(eligible), DeliveryStatus.FAILED: SUBSCRIBERS - len(eligible)}
         assert len(by_id) == states[DeliveryStatus.SENT]  # the ledger's count equals the server's
-        assert smtp.recorder.rejected["550"] == SUBSCRIBERS - len(eligible)  # 5xx never retried
+        # 5xx never retried, but for a refusal whose record a SIGKILL cut off (refusals are recorded before the
+        # next message: at most one per connection in flight); it failed once with 21 for 20 addresses.
+        refused = SUBSCRIBERS - len(eligible)
+        assert refused <= smtp.recorder.rejected["550"] <= refused + fleet.kills * CONCURRENCY
 
 
 def test_pause_then_crash_then_resume_sends_each_message_once(
