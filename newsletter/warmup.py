@@ -17,19 +17,32 @@ from newsletter.config import Settings
 log = logging.getLogger(__name__)
 
 
-def warm_related() -> None:
-    """Import the related-articles ranking (numpy, scipy) and build its process-wide tables (the CRC shift
-    tables of the bigram hashes, OpenCC's Traditional-to-Simplified converter for zh-Hant text)."""
+def warm_related(settings: Settings) -> None:
+    """Import the related-articles ranking (numpy, scipy), build its process-wide tables (the CRC shift
+    tables of the bigram hashes, OpenCC's Traditional-to-Simplified converter for zh-Hant text) and load the
+    persisted index of every language group into the process's cache (`newsletter.related.store.load_index`:
+    half of a cold related step on the demo's archive; the cache checks the index's version at each use, so
+    an index changed later is read again). The database connection is closed after: a forked pool process
+    must inherit no socket."""
     import scipy.linalg  # the latent space's SVD
     import scipy.sparse  # noqa: F401
+    from sqlalchemy import select
 
-    from newsletter.related import rank, store  # noqa: F401
+    from newsletter.db import get_engine, session_factory
+    from newsletter.models import RelatedIndexEntry
+    from newsletter.related import rank, store  # noqa: F401  (rank: the ranking's imports)
     from newsletter.related.text import _shift_tables, _t2s, tokens
 
     _shift_tables()
     _t2s()
     tokens("Grid security rules tightened", "en")
     tokens("电网安全新规出台", "zh")
+    try:
+        with session_factory(settings.database_url)() as session:
+            for group in session.scalars(select(RelatedIndexEntry.group).distinct()).all():
+                store.load_index(session, group)
+    finally:
+        get_engine(settings.database_url).dispose()
 
 
 def warm_rendering(settings: Settings) -> None:
@@ -67,7 +80,7 @@ def warm(settings: Settings, queues: set[str] | None = None) -> dict[str, float]
     took: dict[str, float] = {}
     if queues is not None and "render" not in queues:
         return took
-    for name, part in (("related", warm_related), ("render", lambda: warm_rendering(settings))):
+    for name, part in (("related", lambda: warm_related(settings)), ("render", lambda: warm_rendering(settings))):
         started = time.monotonic()
         try:
             part()
