@@ -198,6 +198,15 @@ def freeze_audience(session: Session, issue: Issue) -> None:
         issue.audience_max_subscriber_id = session.scalar(select(func.max(Subscriber.id))) or 0
 
 
+def start_afresh(session: Session, issue_id: int) -> None:
+    """For a publish that starts now (`request_publish`, a schedule firing): forget the rendering and the
+    plan of an earlier run, so that nothing is handed to the send queue before this run's own rendering is
+    stored and ``sending`` waits for this run's planning (see `dispatch_state`). Does not commit."""
+    unsynchronised = {"synchronize_session": False}
+    session.execute(update(Issue).where(Issue.id == issue_id).values(planned_at=None).execution_options(**unsynchronised))
+    session.execute(update(Edition).where(Edition.issue_id == issue_id).values(rendered_at=None).execution_options(**unsynchronised))
+
+
 PUBLISHABLE_STATES = (IssueStatus.DRAFT, IssueStatus.SCHEDULED, IssueStatus.FAILED)
 
 
@@ -227,7 +236,6 @@ def request_publish(session: Session, settings: Settings, issue: Issue) -> None:
             scheduled_at=None,
             published_at=func.coalesce(Issue.published_at, now),
             pipeline_heartbeat_at=now,
-            planned_at=None,  # this run plans afresh (see `dispatch_state`); `again` was read before
             audience_max_subscriber_id=func.coalesce(Issue.audience_max_subscriber_id, highest),  # see freeze_audience
         )
         .execution_options(synchronize_session=False)
@@ -237,11 +245,7 @@ def request_publish(session: Session, settings: Settings, issue: Issue) -> None:
         # suppressed, and goes out now (pending, never enqueued: planning hands them to the send queue).
         breaker.reopen_held(session, issue.id, enqueued_at=None)
     if won:
-        # This publish renders afresh: until its own rendering is stored, nothing is handed to the send queue
-        # (see `dispatch_state`), so the rendering of an earlier, failed run never counts.
-        session.execute(
-            update(Edition).where(Edition.issue_id == issue.id).values(rendered_at=None).execution_options(synchronize_session=False)
-        )
+        start_afresh(session, issue.id)
     session.commit()
     session.refresh(issue)
     if not won:  # another publish of this issue got there first: a conflict with its state, not bad input
@@ -368,11 +372,12 @@ def render_editions(session: Session, settings: Settings, issue_id: int, enqueue
     move happens when both have finished, in whichever finishes second). A paused issue's rows are left to
     `newsletter.control.resume_issue`. Without ``enqueue`` nothing is handed over (rows stay for the sweeper).
 
-    Raises `RenderError` naming the failing edition (the task layer then marks the issue ``failed``). Rows
-    planned meanwhile stay ``pending`` and never handed over (``enqueued_at`` NULL): the sweeper only sends
-    for ``sending`` issues, planning stops at its next range once it sees ``failed``, and `newsletter.control`
-    refuses to requeue an issue whose editions were not rendered; they are sent only if the issue is
-    published again (`request_publish`), when that run's rendering hands them over.
+    Raises `RenderError` naming the failing edition (the task layer then marks the issue ``failed`` with it,
+    `fail_issue`). Rows planned meanwhile were never handed over (``enqueued_at`` NULL): `fail_issue` deletes
+    them under the issue's lock and planning stops at its next range once it sees ``failed``, so nothing of a
+    failed rendering is ever sent (the sweeper only sends for ``sending`` issues, and `newsletter.control`
+    refuses to requeue an issue whose editions were not rendered). Publishing the issue again plans and
+    sends them (`request_publish`).
     """
     issue = session.get_one(Issue, issue_id)
     done = [(edition, render_edition(edition_content(session, settings, issue, edition))) for edition in issue.editions]
@@ -530,13 +535,43 @@ def finish_if_done(session: Session, issue_id: int) -> bool:
 
 
 def fail_issue(session: Session, issue_id: int, reason: str) -> None:
-    """Mark the issue failed with ``reason`` (a publish step raised); commits. Deliveries stay as they are."""
+    """Mark the issue failed with ``reason`` (a publish step raised); commits.
+
+    A ``publishing`` issue's deliveries that planning (which runs beside related and render) planned but
+    that were never handed to the send queue nor attempted (``pending``, ``enqueued_at`` NULL, no attempt)
+    are deleted in the same transaction, under the issue's row lock (`dispatch_state`; planning stops at its
+    next range once it sees ``failed``): the issue is then as a failure before planning left it, so an
+    editor can change it again (`newsletter.issues.require_editable` allows a failed issue without
+    deliveries), and publishing it again plans them anew (same rows, same Message-IDs). Every other
+    delivery stays as it is.
+    """
     session.rollback()
-    issue = session.get(Issue, issue_id)
-    if issue is not None and issue.status in (IssueStatus.DRAFT, IssueStatus.PUBLISHING, IssueStatus.SENDING):
-        issue.status = IssueStatus.FAILED
-        issue.error = reason[:4000]
+    if session.get(Issue, issue_id) is None:
+        return
+    state = dispatch_state(session, issue_id)
+    if state.status not in (IssueStatus.DRAFT, IssueStatus.PUBLISHING, IssueStatus.SENDING):
         session.commit()
+        return
+    if state.status == IssueStatus.PUBLISHING:
+        session.execute(
+            delete(Delivery)
+            .where(
+                Delivery.issue_id == issue_id,
+                Delivery.status == DeliveryStatus.PENDING,
+                Delivery.enqueued_at.is_(None),
+                Delivery.attempts == 0,
+                Delivery.first_attempt_at.is_(None),
+            )
+            .execution_options(synchronize_session=False)
+        )
+    session.execute(
+        update(Issue)
+        .where(Issue.id == issue_id)
+        .values(status=IssueStatus.FAILED, error=reason[:4000])
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    session.expire_all()
 
 
 def planned_ids(session: Session, issue_id: int, states: Sequence[DeliveryStatus]) -> list[int]:

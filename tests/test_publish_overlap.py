@@ -31,7 +31,7 @@ from newsletter.config import Settings
 from newsletter.db import normalise_url, session_factory
 from newsletter.delivery.mailers import SmtpMailer
 from newsletter.delivery.send import send_batch
-from newsletter.issues import IssueStateError, create_issue
+from newsletter.issues import IssueStateError, create_issue, require_editable
 from newsletter.models import Article, Delivery, Edition, Issue, IssueStatus, Subscriber, utcnow
 from tests.smtp_server import SMTPServer
 from tests.test_integration_worker import start_worker
@@ -197,7 +197,12 @@ def test_a_rendering_failure_after_planning_sends_nothing_until_published_again(
         assert issue.error.startswith(f"newsletter.render_editions: RenderError: issue {number} edition fr:"), issue.error
         assert issue.planned_at is not None
     time.sleep(2.0)  # four sweeps
-    assert state(pg_url, number)[3:] == (N, 0) and smtp.recorder.recipients() == {}
+    # The rows planned meanwhile were never handed over: deleted with the failure, nothing sent, and the
+    # issue can be changed again as after a failure before planning.
+    assert state(pg_url, number)[3:] == (0, 0) and smtp.recorder.recipients() == {}
+    with session_factory(pg_url)() as session:
+        require_editable(session, session.get_one(Issue, issue.id))
+        session.rollback()
     settings = load_settings({**os.environ, **env})
     with pytest.raises(IssueStateError, match="editions were not rendered"):
         requeue_publish(settings, number)
