@@ -370,7 +370,8 @@ def render_editions(session: Session, settings: Settings, issue_id: int, enqueue
     one transaction under the issue's row lock (`dispatch_state`); from then on planning hands over each range
     itself. If planning had already finished, this moves the issue from ``publishing`` to ``sending`` (the
     move happens when both have finished, in whichever finishes second). A paused issue's rows are left to
-    `newsletter.control.resume_issue`. Without ``enqueue`` nothing is handed over (rows stay for the sweeper).
+    `newsletter.control.resume_issue`. Without ``enqueue`` nothing is handed over: once the issue is
+    ``sending``, the sweeper enqueues rows never handed over.
 
     Raises `RenderError` naming the failing edition (the task layer then marks the issue ``failed`` with it,
     `fail_issue`). Rows planned meanwhile were never handed over (``enqueued_at`` NULL): `fail_issue` deletes
@@ -399,7 +400,8 @@ def render_editions(session: Session, settings: Settings, issue_id: int, enqueue
                 .execution_options(synchronize_session=False)
             )
         )
-        moved = state.planned and state.status == IssueStatus.PUBLISHING
+    if state.status == IssueStatus.PUBLISHING:
+        moved = state.planned
         if moved:
             to_sending = update(Issue).where(Issue.id == issue_id).values(status=IssueStatus.SENDING)
             session.execute(to_sending.execution_options(synchronize_session=False))
