@@ -14,7 +14,7 @@ from datetime import datetime, timedelta, tzinfo
 from datetime import timezone as dt_timezone
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import delete, exists, func, select, update
+from sqlalchemy import and_, delete, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from newsletter.article_text import derive_all
@@ -293,7 +293,9 @@ def attach_related(session: Session, settings: Settings, issue_id: int, k: int =
         picks_by_lang[lang] = sum(map(len, blocks))
     # A restarted pipeline may run this step twice at once: the issue's row lock makes the second
     # replace the first's rows after it committed, instead of colliding with them on the unique key.
-    session.execute(select(Issue.id).where(Issue.id == issue_id).with_for_update())
+    # FOR NO KEY UPDATE (not FOR UPDATE): two of these still exclude each other, but planning's delivery inserts
+    # (whose foreign-key checks take FOR KEY SHARE on the issue row) do not hold this step up.
+    session.execute(select(Issue.id).where(Issue.id == issue_id).with_for_update(key_share=True))
     session.execute(delete(RelatedArticle).where(RelatedArticle.issue_id == issue_id, RelatedArticle.lang.in_(langs)))
     session.add_all(rows)
     session.commit()
@@ -324,17 +326,34 @@ def dispatch_state(session: Session, issue_id: int) -> DispatchState:
     the one that finishes second may move the issue to ``sending``; each range planned after the rendering
     is handed over by planning, each one planned before it by the rendering. Both decide under this lock,
     so every planned row is handed over exactly once whichever finishes first. On PostgreSQL it is
-    ``SELECT … FOR UPDATE`` on the issue row. SQLite has no row locks but one writer at a time for the
-    whole database: a write first (the issue's heartbeat) takes that lock until the commit (others wait
-    ``busy_timeout``), and what is read after it includes every commit before it.
+    ``SELECT … FOR NO KEY UPDATE`` on the issue row (the row lock of an UPDATE, which a heartbeat takes too).
+    SQLite has no row locks but one writer at a time for the whole database: a write first (the issue's
+    heartbeat) takes that lock until the commit (others wait ``busy_timeout``), and what is read after it
+    includes every commit before it.
     """
     if session.get_bind().dialect.name == "sqlite":
         session.execute(
             update(Issue).where(Issue.id == issue_id).values(pipeline_heartbeat_at=utcnow()).execution_options(synchronize_session=False)
         )
-    status, planned_at = session.execute(select(Issue.status, Issue.planned_at).where(Issue.id == issue_id).with_for_update()).one()
+    # FOR NO KEY UPDATE: it excludes the other decisions (and heartbeats) but not the foreign-key checks of the
+    # delivery rows planning inserts meanwhile (FOR KEY SHARE), so rendering never waits for a range's insert.
+    locked = select(Issue.status, Issue.planned_at).where(Issue.id == issue_id).with_for_update(key_share=True)
+    status, planned_at = session.execute(locked).one()
     unrendered = session.scalar(select(exists().where(Edition.issue_id == issue_id, Edition.rendered_at.is_(None))))
     return DispatchState(IssueStatus(status), not unrendered, planned_at is not None)
+
+
+def _delete_never_handed_over(session: Session, issue_id: int) -> None:
+    """Delete the issue's rows that planning wrote and nothing touched since: ``pending`` never handed to the
+    send queue, and ``skipped`` for want of an edition, neither ever attempted. Does not commit."""
+    untouched = and_(Delivery.attempts == 0, Delivery.first_attempt_at.is_(None))
+    planned_only = or_(
+        and_(Delivery.status == DeliveryStatus.PENDING, Delivery.enqueued_at.is_(None)),
+        and_(Delivery.status == DeliveryStatus.SKIPPED, Delivery.skip_reason == "no-edition"),
+    )
+    session.execute(
+        delete(Delivery).where(Delivery.issue_id == issue_id, planned_only, untouched).execution_options(synchronize_session=False)
+    )
 
 
 def is_rendered(session: Session, issue_id: int) -> bool:
@@ -423,10 +442,12 @@ def plan_deliveries(session: Session, settings: Settings, issue_id: int, enqueue
     The database selects and inserts the rows itself (`newsletter.delivery.planning.plan_range`: one
     INSERT … SELECT … ON CONFLICT DO NOTHING on (issue, subscriber) per range of
     ``settings.plan_chunk_size`` subscriber ids), so a re-run adds nothing twice and memory stays flat.
-    Each range is planned under the issue's row lock (`dispatch_state`): when the editions are rendered,
-    its rows are marked enqueued and committed (with the issue's heartbeat: the progress) and then given to
-    ``enqueue`` (if the process dies in between, the sweeper re-enqueues them); before that, they are
-    committed not handed over, and `render_editions` hands them over when it finishes. Planning stops early
+    When the editions are rendered, a range's rows are inserted marked enqueued and committed (with the
+    issue's heartbeat: the progress) and then given to ``enqueue`` (if the process dies in between, the
+    sweeper re-enqueues them). Before that, a range is inserted not handed over, and whether it is ours to
+    hand over is decided under the issue's row lock (`dispatch_state`), taken after the insert and held to
+    the commit (so rendering and heartbeats never wait for a range's insert): if rendering finished
+    meanwhile, planning marks and hands them over; else `render_editions` does when it finishes. Planning stops early
     when the issue failed (a rendering error), was cancelled or has ended; a paused issue is planned on
     without handing anything over (`newsletter.control.resume_issue` does). When every range is planned it records
     ``Issue.planned_at`` and, if the editions are rendered, moves the issue from ``publishing`` to
@@ -443,16 +464,34 @@ def plan_deliveries(session: Session, settings: Settings, issue_id: int, enqueue
     conditions = audience_conditions(issue.segment, max_subscriber_id=issue.audience_max_subscriber_id)
     planned = 0
     started = time.monotonic()
+    going_on = (*HANDING_OVER, IssueStatus.PAUSED)
     for lo, hi in id_ranges(session, issue.audience_max_subscriber_id, settings.plan_chunk_size):
-        state = dispatch_state(session, issue_id)
-        if state.status not in (*HANDING_OVER, IssueStatus.PAUSED):  # failed (a rendering error), cancelled, ended
+        # Read without a lock: once rendered, always rendered in this publish, and then this range is ours alone.
+        status, rendered = session.execute(
+            select(Issue.status, ~exists().where(Edition.issue_id == issue_id, Edition.rendered_at.is_(None))).where(Issue.id == issue_id)
+        ).one()
+        if status not in going_on:  # failed (a rendering error), cancelled, ended
             session.commit()
-            log.info("issue %s is %s: planning stopped after %s deliveries", number, state.status, planned, extra={"issue_id": issue_id})
+            log.info("issue %s is %s: planning stopped after %s deliveries", number, status, planned, extra={"issue_id": issue_id})
             return planned
-        hand_over = state.rendered and state.status in HANDING_OVER
+        hand_over = bool(rendered) and status in HANDING_OVER
         now = utcnow()
         inserted, ids = plan_range(session, issue_id, conditions, langs, lo, hi, now, settings.secret_key, settings.mail_domain, hand_over)
         planned += inserted
+        if not hand_over:
+            # Rendering may have finished while this range was inserted: it handed over only what was committed
+            # before its decision. Decide under the lock, held only from here to the commit.
+            state = dispatch_state(session, issue_id)
+            if state.status not in going_on:  # failed meanwhile: `fail_issue` could not see these rows
+                _delete_never_handed_over(session, issue_id)
+                session.commit()
+                log.info("issue %s is %s: planning stopped", number, state.status, extra={"issue_id": issue_id})
+                return planned
+            if state.rendered and state.status in HANDING_OVER:
+                ledger_mark = update(Delivery).where(Delivery.id.in_(ids)).values(enqueued_at=now)
+                session.execute(ledger_mark.execution_options(synchronize_session=False))
+            else:
+                ids = []
         session.execute(update(Issue).where(Issue.id == issue_id).values(pipeline_heartbeat_at=now))  # progress
         session.commit()
         log.debug("issue %s: planned %s deliveries up to subscriber %s", number, planned, hi, extra={"issue_id": issue_id})
@@ -539,13 +578,13 @@ def finish_if_done(session: Session, issue_id: int) -> bool:
 def fail_issue(session: Session, issue_id: int, reason: str) -> None:
     """Mark the issue failed with ``reason`` (a publish step raised); commits.
 
-    A ``publishing`` issue's deliveries that planning (which runs beside related and render) planned but
-    that were never handed to the send queue nor attempted (``pending``, ``enqueued_at`` NULL, no attempt)
-    are deleted in the same transaction, under the issue's row lock (`dispatch_state`; planning stops at its
-    next range once it sees ``failed``): the issue is then as a failure before planning left it, so an
-    editor can change it again (`newsletter.issues.require_editable` allows a failed issue without
-    deliveries), and publishing it again plans them anew (same rows, same Message-IDs). Every other
-    delivery stays as it is.
+    A ``publishing`` issue's deliveries that planning (which runs beside related and render) wrote but that
+    were never handed to the send queue nor attempted (``pending`` with ``enqueued_at`` NULL, and ``skipped``
+    for want of an edition) are deleted in the same transaction, under the issue's row lock
+    (`dispatch_state`); planning deletes its own range too if it sees ``failed`` (`plan_deliveries`). The
+    issue is then as a failure before planning left it, so an editor can change it again
+    (`newsletter.issues.require_editable` allows a failed issue without deliveries), and publishing it
+    again plans them anew (same rows, same Message-IDs). Every other delivery stays as it is.
     """
     session.rollback()
     if session.get(Issue, issue_id) is None:
@@ -555,17 +594,7 @@ def fail_issue(session: Session, issue_id: int, reason: str) -> None:
         session.commit()
         return
     if state.status == IssueStatus.PUBLISHING:
-        session.execute(
-            delete(Delivery)
-            .where(
-                Delivery.issue_id == issue_id,
-                Delivery.status == DeliveryStatus.PENDING,
-                Delivery.enqueued_at.is_(None),
-                Delivery.attempts == 0,
-                Delivery.first_attempt_at.is_(None),
-            )
-            .execution_options(synchronize_session=False)
-        )
+        _delete_never_handed_over(session, issue_id)
     session.execute(
         update(Issue)
         .where(Issue.id == issue_id)

@@ -108,7 +108,8 @@ def plan_range(
     Without ``hand_over`` (the editions are not rendered yet) the new rows keep ``enqueued_at`` NULL, for
     whoever hands them over later (`newsletter.publishing.render_editions`). A subscriber whose language has
     no edition gets a ``skipped`` row (``no-edition``), as `newsletter.segments.edition_for` decides. Returns
-    ``(rows inserted, pending delivery ids to enqueue in id order)``; the ids are empty without ``hand_over``.
+    ``(rows inserted, pending delivery ids to enqueue in id order)``; without ``hand_over``, the pending ids
+    this call inserted (not marked), for the caller to mark if the editions turn out rendered.
     """
     dialect = session.get_bind().dialect.name
     if dialect == "sqlite":
@@ -146,7 +147,7 @@ def plan_range(
     )
     inserted = session.execute(insert).all()
     if not hand_over:
-        return len(inserted), []
+        return len(inserted), [i for i, status in inserted if status == DeliveryStatus.PENDING]
     ids = [i for i, status in inserted if status == DeliveryStatus.PENDING]
     leftover = session.scalars(
         update(Delivery)
