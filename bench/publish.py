@@ -307,6 +307,15 @@ def ledger_figures(url: str, issue_id: int) -> tuple[Counter[str], float, float 
     return states, phase, finished.timestamp() if finished else None
 
 
+def first_sent_at(url: str, issue_id: int) -> float | None:
+    """When the relay accepted the issue's first message (epoch seconds), from the ledger."""
+    from newsletter.models import Delivery
+
+    with session_factory(url)() as session:
+        first = session.scalar(select(func.min(Delivery.sent_at)).where(Delivery.issue_id == issue_id))
+    return first.timestamp() if first else None
+
+
 def stage_times(events: list[dict[str, Any]], since: float) -> tuple[dict[str, float], int]:
     tasks = [e for e in events if e["ev"] == "task" and e["start"] >= since]
     stages = {}
@@ -466,6 +475,7 @@ def product_run(
     if profiler:
         print(f"profile: {profiler.finish()}")
     states, phase, finished = ledger_figures(settings.database_url, issue_id)
+    first_out = first_sent_at(settings.database_url, issue_id)
     run_events = _instrument.read(str(events))
     stages, premailer = stage_times(run_events, t0)
     sent = states.get("sent", 0)
@@ -483,7 +493,8 @@ def product_run(
         n=n, sent=sent, end_to_end=(finished or time.time()) - t0, send_phase=phase, stages=stages, premailer=premailer,
         cpu_ms={k: 1000 * v / max(sent, 1) for k, v in cpu.items()}, rss_mib=rss, sink_count=sink.count() - sink_before,
         load_start=load_start, load_end=load_end, status=status,
-        extra={"states": dict(states), "issue_id": issue_id, "own": own, "sent_by": sent_by},
+        extra={"states": dict(states), "issue_id": issue_id, "own": own, "sent_by": sent_by,
+               "first_out": first_out - t0 if first_out else None},
     )  # fmt: skip
 
 
@@ -492,6 +503,8 @@ def print_run(i: int, r: RunResult) -> None:
     print(f"  load average at start {r.load_start}, at end {r.load_end}")
     print(f"  end to end {r.end_to_end:6.2f} s  {r.rate:8,.0f} emails/s")
     print(f"  send phase {r.send_phase:6.2f} s  {r.send_rate:8,.0f} emails/s")
+    if r.extra.get("first_out") is not None:
+        print(f"  first message accepted by the relay {r.extra['first_out']:.2f} s after the publish request")
     if r.source_rate:
         print(f"  smtp-source same sink, sessions and size: {r.source_rate:,.0f} messages/s; "
               f"product/smtp-source {r.rate / r.source_rate:.3f}"
@@ -590,6 +603,12 @@ def real_mode(args: argparse.Namespace, tmp: Path) -> None:
             rates, send_rates = [r.rate for r in results], [r.send_rate for r in results]
             print(f"  end to end   median {med(rates):8,.0f} emails/s   runs: {', '.join(f'{x:,.0f}' for x in rates)}")
             print(f"  send phase   median {med(send_rates):8,.0f} emails/s   runs: {', '.join(f'{x:,.0f}' for x in send_rates)}")
+            firsts = [r.extra["first_out"] for r in results if r.extra.get("first_out") is not None]
+            if firsts:
+                shown = ", ".join(f"{x:.2f}" for x in firsts)
+                print(f"  first message out  run 1 {firsts[0]:.2f} s; median {med(firsts):.2f} s   runs: {shown}")
+            e2e, phases = med(r.end_to_end for r in results), med(r.send_phase for r in results)
+            print(f"  end to end   median {e2e:8.2f} s   send phase median {phases:.2f} s")
             print(f"  smtp-source  median {med(r.source_rate for r in results):8,.0f} messages/s")
             print(f"  product/smtp-source  median {med(r.rate / r.source_rate for r in results):.3f} end to end, "
                   f"{med(r.send_rate / r.source_rate for r in results):.3f} send phase")  # fmt: skip

@@ -9,7 +9,7 @@ from newsletter.config import Settings
 from newsletter.delivery import breaker, ledger
 from newsletter.issues import IssueStateError
 from newsletter.models import Delivery, DeliveryStatus, Issue, IssueStatus, Suppression, utcnow
-from newsletter.publishing import Enqueue, finish_if_done, planned_ids
+from newsletter.publishing import Enqueue, finish_if_done, is_rendered, planned_ids
 
 
 def pause_issue(session: Session, issue: Issue) -> None:
@@ -39,15 +39,22 @@ def resume_issue(session: Session, settings: Settings, issue: Issue, enqueue: En
     backoff the old error set (their attempts still count towards ``NEWSLETTER_MAX_ATTEMPTS``). Held deliveries
     (refused as unknown by a relay that did not vouch for it, e.g. one refusing everyone, which the
     auto-pause stopped; see `newsletter.delivery.breaker`) are pending again with fresh attempts. If planning
-    had not finished, the issue goes back to ``publishing`` and the caller must re-run the plan step.
+    had not finished, the issue goes back to ``publishing`` and the caller must re-run the plan step. If
+    its editions were not rendered (it was paused before its render step ended, and that step failed or is
+    still running), nothing is enqueued and the caller must run the whole publish pipeline again: rendering
+    hands the planned rows over (`newsletter.publishing.render_editions`).
 
     Raises:
         IssueError: the issue is not paused.
     """
     if issue.status != IssueStatus.PAUSED:
         raise IssueStateError(f"issue {issue.number} is {issue.status}, not paused")
-    issue.status = IssueStatus.SENDING if issue.planned_at else IssueStatus.PUBLISHING
+    rendered = is_rendered(session, issue.id)
+    issue.status = IssueStatus.SENDING if issue.planned_at and rendered else IssueStatus.PUBLISHING
     issue.error = None
+    if not rendered:
+        session.commit()
+        return 0
     session.execute(
         update(Delivery).where(Delivery.issue_id == issue.id, Delivery.status == DeliveryStatus.DEFERRED).values(next_attempt_at=utcnow())
     )
@@ -113,10 +120,17 @@ def requeue_failed(session: Session, settings: Settings, issue: Issue, enqueue: 
     suppressed; a finished issue goes back to ``sending``. Nothing sent is touched. Returns the count.
 
     Raises:
-        IssueError: the issue is not sending, sent or failed after planning.
+        IssueError: the issue is not sending, sent or failed after planning, or its latest publish did not
+            render its editions (a template error): its planned rows must never go out with no rendering, so
+            only publishing it again sends them.
     """
     if issue.status not in (IssueStatus.SENDING, IssueStatus.SENT, IssueStatus.FAILED) or issue.planned_at is None:
         raise IssueStateError(f"issue {issue.number} is {issue.status}; only a planned issue's failed deliveries can be requeued")
+    if not is_rendered(session, issue.id):
+        raise IssueStateError(
+            f"issue {issue.number} is {issue.status} and its editions were not rendered ({issue.error or 'no rendering'}); "
+            f"fix the cause, then 'newsletter issue publish {issue.number}' publishes it again"
+        )
     now = utcnow()
     ids = list(
         session.scalars(

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta, tzinfo
 from datetime import timezone as dt_timezone
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import delete, exists, func, select, update
+from sqlalchemy import and_, delete, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from newsletter.article_text import derive_all
@@ -198,6 +198,15 @@ def freeze_audience(session: Session, issue: Issue) -> None:
         issue.audience_max_subscriber_id = session.scalar(select(func.max(Subscriber.id))) or 0
 
 
+def start_afresh(session: Session, issue_id: int) -> None:
+    """For a publish that starts now (`request_publish`, a schedule firing): forget the rendering and the
+    plan of an earlier run, so that nothing is handed to the send queue before this run's own rendering is
+    stored and ``sending`` waits for this run's planning (see `dispatch_state`). Does not commit."""
+    unsynchronised = {"synchronize_session": False}
+    session.execute(update(Issue).where(Issue.id == issue_id).values(planned_at=None).execution_options(**unsynchronised))
+    session.execute(update(Edition).where(Edition.issue_id == issue_id).values(rendered_at=None).execution_options(**unsynchronised))
+
+
 PUBLISHABLE_STATES = (IssueStatus.DRAFT, IssueStatus.SCHEDULED, IssueStatus.FAILED)
 
 
@@ -235,6 +244,8 @@ def request_publish(session: Session, settings: Settings, issue: Issue) -> None:
         # Published again after a relay refused everyone: what it refused as unknown was held, not
         # suppressed, and goes out now (pending, never enqueued: planning hands them to the send queue).
         breaker.reopen_held(session, issue.id, enqueued_at=None)
+    if won:
+        start_afresh(session, issue.id)
     session.commit()
     session.refresh(issue)
     if not won:  # another publish of this issue got there first: a conflict with its state, not bad input
@@ -282,7 +293,9 @@ def attach_related(session: Session, settings: Settings, issue_id: int, k: int =
         picks_by_lang[lang] = sum(map(len, blocks))
     # A restarted pipeline may run this step twice at once: the issue's row lock makes the second
     # replace the first's rows after it committed, instead of colliding with them on the unique key.
-    session.execute(select(Issue.id).where(Issue.id == issue_id).with_for_update())
+    # FOR NO KEY UPDATE (not FOR UPDATE): two of these still exclude each other, but planning's delivery inserts
+    # (whose foreign-key checks take FOR KEY SHARE on the issue row) do not hold this step up.
+    session.execute(select(Issue.id).where(Issue.id == issue_id).with_for_update(key_share=True))
     session.execute(delete(RelatedArticle).where(RelatedArticle.issue_id == issue_id, RelatedArticle.lang.in_(langs)))
     session.add_all(rows)
     session.commit()
@@ -290,73 +303,209 @@ def attach_related(session: Session, settings: Settings, issue_id: int, k: int =
     return {e.lang: picks_by_lang.get(source_lang(e), 0) for e in issue.editions}
 
 
-def render_editions(session: Session, settings: Settings, issue_id: int) -> dict[str, int]:
-    """Render every edition (premailer once per edition and variant) and store it; commits.
+# States in which a publish under way may hand planned rows to the send queue. A paused issue keeps its rows
+# for `newsletter.control.resume_issue`; a failed or cancelled one never sends them (see `render_editions`).
+HANDING_OVER = (IssueStatus.PUBLISHING, IssueStatus.SENDING)
 
-    Returns ``{lang: html_bytes}``. Raises `RenderError` naming the failing edition.
+
+@dataclass(frozen=True)
+class DispatchState:
+    """An issue's publish as read under its row lock: ``status``; ``rendered``: every edition was rendered by
+    this publish (`request_publish` clears ``Edition.rendered_at``); ``planned``: this publish's planning went
+    through every subscriber range (``Issue.planned_at``, cleared by `request_publish` too)."""
+
+    status: IssueStatus
+    rendered: bool
+    planned: bool
+
+
+def dispatch_state(session: Session, issue_id: int) -> DispatchState:
+    """Lock the issue's row until the caller commits, and read its `DispatchState`.
+
+    Rendering and planning run at the same time (the canvas of `tasks.publish.publish_pipeline`), and only
+    the one that finishes second may move the issue to ``sending``; each range planned after the rendering
+    is handed over by planning, each one planned before it by the rendering. Both decide under this lock,
+    so every planned row is handed over exactly once whichever finishes first. On PostgreSQL it is
+    ``SELECT … FOR NO KEY UPDATE`` on the issue row (the row lock of an UPDATE, which a heartbeat takes too).
+    SQLite has no row locks but one writer at a time for the whole database: a write first (the issue's
+    heartbeat) takes that lock until the commit (others wait ``busy_timeout``), and what is read after it
+    includes every commit before it.
+    """
+    if session.get_bind().dialect.name == "sqlite":
+        session.execute(
+            update(Issue).where(Issue.id == issue_id).values(pipeline_heartbeat_at=utcnow()).execution_options(synchronize_session=False)
+        )
+    # FOR NO KEY UPDATE: it excludes the other decisions (and heartbeats) but not the foreign-key checks of the
+    # delivery rows planning inserts meanwhile (FOR KEY SHARE), so rendering never waits for a range's insert.
+    locked = select(Issue.status, Issue.planned_at).where(Issue.id == issue_id).with_for_update(key_share=True)
+    status, planned_at = session.execute(locked).one()
+    unrendered = session.scalar(select(exists().where(Edition.issue_id == issue_id, Edition.rendered_at.is_(None))))
+    return DispatchState(IssueStatus(status), not unrendered, planned_at is not None)
+
+
+def _delete_never_handed_over(session: Session, issue_id: int) -> None:
+    """Delete the issue's rows that planning wrote and nothing touched since: ``pending`` never handed to the
+    send queue, and ``skipped`` for want of an edition, neither ever attempted. Does not commit."""
+    untouched = and_(Delivery.attempts == 0, Delivery.first_attempt_at.is_(None))
+    planned_only = or_(
+        and_(Delivery.status == DeliveryStatus.PENDING, Delivery.enqueued_at.is_(None)),
+        and_(Delivery.status == DeliveryStatus.SKIPPED, Delivery.skip_reason == "no-edition"),
+    )
+    session.execute(
+        delete(Delivery).where(Delivery.issue_id == issue_id, planned_only, untouched).execution_options(synchronize_session=False)
+    )
+
+
+def is_rendered(session: Session, issue_id: int) -> bool:
+    """True when every edition of the issue was rendered by its latest publish (see `dispatch_state`); no lock."""
+    return not session.scalar(select(exists().where(Edition.issue_id == issue_id, Edition.rendered_at.is_(None))))
+
+
+def _hand_over(session: Session, settings: Settings, issue_id: int, ids: list[int], enqueue: Enqueue) -> None:
+    """Give ``ids`` (marked enqueued and committed) to ``enqueue`` in batches of ``settings.batch_size``.
+
+    Raises:
+        Exception: whatever ``enqueue`` raises (the broker is away), after the rows not handed over were
+            marked so again (``enqueued_at`` NULL), so that a later run of the step (the sweeper restarts a
+            stalled pipeline, or enqueues them once the issue is ``sending``) hands them over.
+    """
+    for start in range(0, len(ids), settings.batch_size):
+        try:
+            enqueue(issue_id, ids[start : start + settings.batch_size])
+        except Exception:
+            session.rollback()
+            session.execute(
+                update(Delivery).where(Delivery.id.in_(ids[start:])).values(enqueued_at=None).execution_options(synchronize_session=False)
+            )
+            session.commit()
+            raise
+
+
+def render_editions(session: Session, settings: Settings, issue_id: int, enqueue: Enqueue | None = None) -> dict[str, int]:
+    """Render every edition (premailer once per edition and variant) and store it; then hand over to
+    ``enqueue`` whatever planning, which runs meanwhile, has planned so far; commits.
+
+    The editions are stored and the rows planned so far (pending, ``enqueued_at`` NULL) marked enqueued in
+    one transaction under the issue's row lock (`dispatch_state`); from then on planning hands over each range
+    itself. If planning had already finished, this moves the issue from ``publishing`` to ``sending`` (the
+    move happens when both have finished, in whichever finishes second). A paused issue's rows are left to
+    `newsletter.control.resume_issue`. Without ``enqueue`` nothing is handed over: once the issue is
+    ``sending``, the sweeper enqueues rows never handed over.
+
+    Raises `RenderError` naming the failing edition (the task layer then marks the issue ``failed`` with it,
+    `fail_issue`). Rows planned meanwhile were never handed over (``enqueued_at`` NULL): `fail_issue` deletes
+    them under the issue's lock and planning stops at its next range once it sees ``failed``, so nothing of a
+    failed rendering is ever sent (the sweeper only sends for ``sending`` issues, and `newsletter.control`
+    refuses to requeue an issue whose editions were not rendered). Publishing the issue again plans and
+    sends them (`request_publish`).
     """
     issue = session.get_one(Issue, issue_id)
+    done = [(edition, render_edition(edition_content(session, settings, issue, edition))) for edition in issue.editions]
+    state = dispatch_state(session, issue_id)
     sizes: dict[str, int] = {}
-    for edition in issue.editions:
-        rendered = render_edition(edition_content(session, settings, issue, edition))
+    for edition, rendered in done:
         edition.subject, edition.html, edition.text, edition.web_html = rendered.subject, rendered.html, rendered.text, rendered.web_html
         edition.rendered_at = utcnow()
         sizes[edition.lang] = len(rendered.html.encode())
+    ids: list[int] = []
+    moved = False
+    if enqueue is not None and state.status in HANDING_OVER:
+        ids = sorted(
+            session.scalars(
+                update(Delivery)
+                .where(Delivery.issue_id == issue_id, Delivery.status == DeliveryStatus.PENDING, Delivery.enqueued_at.is_(None))
+                .values(enqueued_at=utcnow())
+                .returning(Delivery.id)
+                .execution_options(synchronize_session=False)
+            )
+        )
+    if state.status == IssueStatus.PUBLISHING:
+        moved = state.planned
+        if moved:
+            to_sending = update(Issue).where(Issue.id == issue_id).values(status=IssueStatus.SENDING)
+            session.execute(to_sending.execution_options(synchronize_session=False))
     session.commit()
     heartbeat(session, issue_id)
+    if ids:
+        log.info("issue %s: rendered; handing over %s deliveries planned meanwhile", issue.number, len(ids), extra={"issue_id": issue_id})
+        _hand_over(session, settings, issue_id, ids, enqueue)  # type: ignore[arg-type]
+    if moved:
+        session.expire_all()
+        finish_if_done(session, issue_id)
     return sizes
 
 
 def plan_deliveries(session: Session, settings: Settings, issue_id: int, enqueue: Enqueue) -> int:
-    """Freeze the audience into delivery rows and hand them to ``enqueue`` in batches; commits.
+    """Freeze the audience into delivery rows and hand them to ``enqueue`` in batches once the editions are
+    rendered; commits.
 
     The database selects and inserts the rows itself (`newsletter.delivery.planning.plan_range`: one
     INSERT … SELECT … ON CONFLICT DO NOTHING on (issue, subscriber) per range of
     ``settings.plan_chunk_size`` subscriber ids), so a re-run adds nothing twice and memory stays flat.
-    Each range's rows are marked enqueued and committed (with the issue's heartbeat: the progress)
-    before ``enqueue`` is called; if the process dies in between, the sweeper re-enqueues them.
-    Returns the number of deliveries planned in this call.
+    When the editions are rendered, a range's rows are inserted marked enqueued and committed (with the
+    issue's heartbeat: the progress) and then given to ``enqueue`` (if the process dies in between, the
+    sweeper re-enqueues them). Before that, a range is inserted not handed over, and whether it is ours to
+    hand over is decided under the issue's row lock (`dispatch_state`), taken after the insert and held to
+    the commit (so rendering and heartbeats never wait for a range's insert): if rendering finished
+    meanwhile, planning marks and hands them over; else `render_editions` does when it finishes. Planning stops early
+    when the issue failed (a rendering error), was cancelled or has ended; a paused issue is planned on
+    without handing anything over (`newsletter.control.resume_issue` does). When every range is planned it records
+    ``Issue.planned_at`` and, if the editions are rendered, moves the issue from ``publishing`` to
+    ``sending`` (else `render_editions` does when it finishes). Returns the number of deliveries planned in
+    this call.
 
     Raises:
         SegmentError: the issue's segment is invalid (before anything is written).
         Exception: whatever ``enqueue`` raises, after its rows were marked not handed over.
     """
     issue = session.get_one(Issue, issue_id)
+    number = issue.number
     langs = [e.lang for e in issue.editions]
     conditions = audience_conditions(issue.segment, max_subscriber_id=issue.audience_max_subscriber_id)
     planned = 0
     started = time.monotonic()
+    going_on = (*HANDING_OVER, IssueStatus.PAUSED)
     for lo, hi in id_ranges(session, issue.audience_max_subscriber_id, settings.plan_chunk_size):
+        # Read without a lock: once rendered, always rendered in this publish, and then this range is ours alone.
+        status, rendered = session.execute(
+            select(Issue.status, ~exists().where(Edition.issue_id == issue_id, Edition.rendered_at.is_(None))).where(Issue.id == issue_id)
+        ).one()
+        if status not in going_on:  # failed (a rendering error), cancelled, ended
+            session.commit()
+            log.info("issue %s is %s: planning stopped after %s deliveries", number, status, planned, extra={"issue_id": issue_id})
+            return planned
+        hand_over = bool(rendered) and status in HANDING_OVER
         now = utcnow()
-        inserted, ids = plan_range(session, issue_id, conditions, langs, lo, hi, now, settings.secret_key, settings.mail_domain)
+        inserted, ids = plan_range(session, issue_id, conditions, langs, lo, hi, now, settings.secret_key, settings.mail_domain, hand_over)
         planned += inserted
+        if not hand_over:
+            # Rendering may have finished while this range was inserted: it handed over only what was committed
+            # before its decision. Decide under the lock, held only from here to the commit.
+            state = dispatch_state(session, issue_id)
+            if state.status not in going_on:  # failed meanwhile: `fail_issue` could not see these rows
+                _delete_never_handed_over(session, issue_id)
+                session.commit()
+                log.info("issue %s is %s: planning stopped", number, state.status, extra={"issue_id": issue_id})
+                return planned
+            if state.rendered and state.status in HANDING_OVER:
+                ledger_mark = update(Delivery).where(Delivery.id.in_(ids)).values(enqueued_at=now)
+                session.execute(ledger_mark.execution_options(synchronize_session=False))
+            else:
+                ids = []
         session.execute(update(Issue).where(Issue.id == issue_id).values(pipeline_heartbeat_at=now))  # progress
         session.commit()
-        log.debug("issue %s: planned %s deliveries up to subscriber %s", issue.number, planned, hi, extra={"issue_id": issue_id})
-        for start in range(0, len(ids), settings.batch_size):
-            try:
-                enqueue(issue_id, ids[start : start + settings.batch_size])
-            except Exception:
-                # The broker is away: these rows were never handed over. Say so in the ledger, so that
-                # planning run again (the sweeper restarts it) enqueues them, then let the caller decide.
-                session.rollback()
-                session.execute(
-                    update(Delivery)
-                    .where(Delivery.id.in_(ids[start:]))
-                    .values(enqueued_at=None)
-                    .execution_options(synchronize_session=False)
-                )
-                session.commit()
-                raise
-    log.info("issue %s: planned %s deliveries in %.1f s", issue.number, planned, time.monotonic() - started, extra={"issue_id": issue_id})
-    # The issue may have been paused or cancelled while its batches were sent (the embedded worker sends
-    # them inside `enqueue`): move it on only from `publishing`, in one UPDATE, then read it afresh.
-    session.execute(
-        update(Issue)
-        .where(Issue.id == issue_id, Issue.status == IssueStatus.PUBLISHING)
-        .values(status=IssueStatus.SENDING, planned_at=utcnow())
-        .execution_options(synchronize_session=False)
-    )
+        log.debug("issue %s: planned %s deliveries up to subscriber %s", number, planned, hi, extra={"issue_id": issue_id})
+        _hand_over(session, settings, issue_id, ids, enqueue)
+    log.info("issue %s: planned %s deliveries in %.1f s", number, planned, time.monotonic() - started, extra={"issue_id": issue_id})
+    # The issue may have been paused or cancelled meanwhile (the embedded worker sends the batches inside
+    # `enqueue`): record the plan and move it on only from `publishing` (or a re-run's `sending`).
+    state = dispatch_state(session, issue_id)
+    if state.status in HANDING_OVER:
+        values: dict[str, object] = {} if state.planned else {"planned_at": utcnow()}
+        if state.rendered:
+            values["status"] = IssueStatus.SENDING
+        if values:
+            session.execute(update(Issue).where(Issue.id == issue_id).values(**values).execution_options(synchronize_session=False))
     session.commit()
     session.expire_all()
     finish_if_done(session, issue_id)
@@ -427,13 +576,33 @@ def finish_if_done(session: Session, issue_id: int) -> bool:
 
 
 def fail_issue(session: Session, issue_id: int, reason: str) -> None:
-    """Mark the issue failed with ``reason`` (a publish step raised); commits. Deliveries stay as they are."""
+    """Mark the issue failed with ``reason`` (a publish step raised); commits.
+
+    A ``publishing`` issue's deliveries that planning (which runs beside related and render) wrote but that
+    were never handed to the send queue nor attempted (``pending`` with ``enqueued_at`` NULL, and ``skipped``
+    for want of an edition) are deleted in the same transaction, under the issue's row lock
+    (`dispatch_state`); planning deletes its own range too if it sees ``failed`` (`plan_deliveries`). The
+    issue is then as a failure before planning left it, so an editor can change it again
+    (`newsletter.issues.require_editable` allows a failed issue without deliveries), and publishing it
+    again plans them anew (same rows, same Message-IDs). Every other delivery stays as it is.
+    """
     session.rollback()
-    issue = session.get(Issue, issue_id)
-    if issue is not None and issue.status in (IssueStatus.DRAFT, IssueStatus.PUBLISHING, IssueStatus.SENDING):
-        issue.status = IssueStatus.FAILED
-        issue.error = reason[:4000]
+    if session.get(Issue, issue_id) is None:
+        return
+    state = dispatch_state(session, issue_id)
+    if state.status not in (IssueStatus.DRAFT, IssueStatus.PUBLISHING, IssueStatus.SENDING):
         session.commit()
+        return
+    if state.status == IssueStatus.PUBLISHING:
+        _delete_never_handed_over(session, issue_id)
+    session.execute(
+        update(Issue)
+        .where(Issue.id == issue_id)
+        .values(status=IssueStatus.FAILED, error=reason[:4000])
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    session.expire_all()
 
 
 def planned_ids(session: Session, issue_id: int, states: Sequence[DeliveryStatus]) -> list[int]:

@@ -228,7 +228,8 @@ def _waiting_deferred(session: Session, issue_id: int) -> tuple[int, str]:
 
 def resume_publish(settings: Settings, number: int, *, background: bool = False) -> tuple[int, int, bool]:
     """Resume paused issue ``number`` (`newsletter.control.resume_issue`), restarting planning if it had
-    not finished. Returns ``(issue_id, batches enqueued, planning restarted)``.
+    not finished (and the whole pipeline if its editions were not rendered). Returns ``(issue_id, batches
+    enqueued, planning restarted)``.
 
     Without a broker the batches are sent in this process: before this returns, or with ``background``
     (a server) in a thread that then follows the issue (see `watch`).
@@ -237,7 +238,7 @@ def resume_publish(settings: Settings, number: int, *, background: bool = False)
         IssueError: the issue is not paused (checked before anything is sent).
     """
     from tasks.app import use_settings
-    from tasks.publish import enqueue_send, plan_deliveries
+    from tasks.publish import enqueue_send, plan_deliveries, publish_pipeline
 
     use_settings(settings)
     later: list[tuple[int, list[int]]] = []
@@ -245,19 +246,21 @@ def resume_publish(settings: Settings, number: int, *, background: bool = False)
     with session_factory(settings.database_url)() as session:
         issue = get_issue(session, number)
         batches = control.resume_issue(session, settings, issue, (lambda i, ids: later.append((i, ids))) if defer else enqueue_send)
-        issue_id, replan = issue.id, issue.planned_at is None
+        issue_id, replan, rerender = issue.id, issue.planned_at is None, not publishing.is_rendered(session, issue.id)
 
     def rest() -> None:
         for batch in later:
             enqueue_send(*batch)
-        if replan:
+        if rerender:  # paused before its editions were rendered: the whole pipeline again (each step is idempotent)
+            publish_pipeline(issue_id).apply_async()
+        elif replan:
             plan_deliveries.delay(issue_id)
 
     if defer:
         watch(settings, issue_id, rest)
     else:
         rest()
-    return issue_id, batches, replan
+    return issue_id, batches, replan or rerender
 
 
 def requeue_publish(settings: Settings, number: int, *, background: bool = False) -> tuple[int, int]:

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from newsletter.config import Settings
 from newsletter.issues import IssueError, IssueStateError
 from newsletter.models import Issue, IssueStatus, utcnow
-from newsletter.publishing import check_publishable, freeze_audience
+from newsletter.publishing import check_publishable, freeze_audience, start_afresh
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +106,7 @@ def fire_due_schedules(session: Session, now: datetime | None = None) -> list[in
         ).rowcount  # type: ignore[attr-defined]
         session.commit()
         if won:
+            start_afresh(session, issue_id)  # a failed issue may have been scheduled: its old rendering must not count
             issue = session.get_one(Issue, issue_id)
             session.refresh(issue)
             freeze_audience(session, issue)

@@ -265,6 +265,21 @@ def _check_at_worker_start(sender: Any = None, **_: Any) -> None:
     get_engine(settings().database_url).dispose()  # no pooled connection may be inherited by the forked pool
 
 
+@worker_init.connect
+def _warm_before_fork(sender: Any = None, **_: Any) -> None:
+    """Import and build, in the worker's main process before its pool forks, what the related and render
+    steps use (`newsletter.warmup`): every pool process inherits it, and the first publish after a start
+    no longer pays for it. Only for a worker consuming ``render`` (``-Q send,notices`` warms nothing); the
+    CLI, the web app and the embedded default never run this."""
+    from newsletter import warmup
+
+    consume = getattr(getattr(getattr(sender, "app", None), "amqp", None), "queues", None)
+    queues = set(consume.consume_from) if consume is not None and consume.consume_from else None
+    took = warmup.warm(settings(), queues)
+    if took:
+        log.info("warmed before forking the pool: %s", ", ".join(f"{name} {seconds:.2f} s" for name, seconds in took.items()))
+
+
 @beat_init.connect
 def _check_at_beat_start(sender: Any = None, **_: Any) -> None:
     check_at_start(sender.app if sender is not None else app)

@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from celery import Task, chain
+from celery import Task, chain, group
 from celery.worker.request import Request
 
 from newsletter import logs, publishing, sweeper
@@ -73,8 +73,8 @@ def attach_related(self: IssueTask, issue_id: int) -> dict[str, int]:
 
 @app.task(base=IssueTask, bind=True, name="newsletter.render_editions")
 def render_editions(self: IssueTask, issue_id: int) -> dict[str, int]:
-    """See `newsletter.publishing.render_editions`."""
-    return self.run_step(issue_id, publishing.render_editions)
+    """See `newsletter.publishing.render_editions`; what planning planned meanwhile goes to the send queue."""
+    return self.run_step(issue_id, publishing.render_editions, enqueue_send)
 
 
 @app.task(base=IssueTask, bind=True, name="newsletter.plan_deliveries")
@@ -154,5 +154,14 @@ def start_pipeline(issue_id: int) -> None:
 
 
 def publish_pipeline(issue_id: int):  # type: ignore[no-untyped-def]
-    """The canvas for one publish: related -> render -> plan (plan enqueues the send batches)."""
-    return chain(attach_related.si(issue_id), render_editions.si(issue_id), plan_deliveries.si(issue_id))
+    """The canvas for one publish: related -> render, and plan at the same time (planning selects the
+    audience and needs no rendered edition; only sending does).
+
+    No result backend is involved (``task_ignore_result``): the two branches meet in the database, under the
+    issue's row lock (`newsletter.publishing.dispatch_state`). Whichever finishes second moves the issue to
+    ``sending``; the send batches go out as soon as the editions are rendered (what was planned before, from
+    the render step; every range planned after, from the plan step as it commits). Without a broker (the
+    embedded default) the group runs in order, the chain first: a rendering error then stops it before any
+    planning.
+    """
+    return group(chain(attach_related.si(issue_id), render_editions.si(issue_id)), plan_deliveries.si(issue_id))

@@ -86,3 +86,52 @@ def test_a_broker_outage_while_planning_leaves_the_issue_publishing_and_loses_no
         publishing.plan_deliveries(session, settings, issue_id, lambda _i, ids: again.extend(ids))
         assert again == [d.id for d in rows[2:]] and handed == [d.id for d in rows[:2]]
         assert session.get_one(Issue, issue_id).status == IssueStatus.SENDING
+
+
+def test_a_rendering_failure_after_planning_deletes_what_was_never_handed_over(db_url: str, make_settings) -> None:  # type: ignore[no-untyped-def]
+    """Planning runs beside rendering: when rendering fails after planning finished, the rows planned meanwhile
+    (never handed over, never attempted) go with the failure, so nothing of it can be sent and the issue can
+    be changed again; publishing it again plans and hands over every row once."""
+    import pytest
+    from sqlalchemy import insert, select, update
+
+    from newsletter.issues import require_editable
+    from newsletter.rendering import RenderError
+    from tasks.app import use_settings
+    from tasks.publish import render_editions as render_task
+
+    settings = make_settings(db_url, NEWSLETTER_PLAN_CHUNK="10")
+    use_settings(settings)
+    with session_factory(db_url)() as session:
+        session.execute(insert(Subscriber), [{"email": f"s{i}@example.org", "name": "", "lang": "en", "topics": [], "attributes": {},
+                                              "status": "active", "created_at": utcnow()} for i in range(25)])  # fmt: skip
+        article = Article(external_id="f1", title="Grid security rules", summary="S.", body_text="Grid security.", lang="en",
+                          published_at=utcnow())  # fmt: skip
+        session.add(article)
+        session.flush()
+        issue = create_issue(session, [article])
+        session.commit()
+        issue_id = issue.id
+        publishing.request_publish(session, settings, issue)
+        handed: list[int] = []
+        assert publishing.plan_deliveries(session, settings, issue_id, lambda _i, ids: handed.extend(ids)) == 25
+        assert handed == []  # not rendered yet: nothing handed over
+        session.execute(update(Edition).values(lang="fr"))  # no catalog: rendering fails
+        session.commit()
+        with pytest.raises(RenderError):
+            render_task.run_step(issue_id, publishing.render_editions, lambda _i, ids: handed.extend(ids))
+        session.expire_all()
+        issue = session.get_one(Issue, issue_id)
+        assert issue.status == IssueStatus.FAILED and issue.error is not None
+        assert issue.error.startswith("newsletter.render_editions: RenderError: issue 1 edition fr:")
+        assert session.query(Delivery).count() == 0 and handed == []
+        require_editable(session, issue)  # a failed issue without deliveries can be changed again
+        session.rollback()
+        session.execute(update(Edition).values(lang="en"))
+        session.commit()
+        issue = session.get_one(Issue, issue_id)
+        publishing.request_publish(session, settings, issue)
+        publishing.render_editions(session, settings, issue_id, lambda _i, ids: handed.extend(ids))
+        publishing.plan_deliveries(session, settings, issue_id, lambda _i, ids: handed.extend(ids))
+        assert sorted(handed) == sorted(session.scalars(select(Delivery.id))) and len(handed) == 25
+        assert session.get_one(Issue, issue_id).status == IssueStatus.SENDING

@@ -258,6 +258,7 @@ def test_plan_deliveries_in_small_chunks_replans_nothing_and_enqueues_leftovers(
     issue = new_issue(session, segment)
     publishing.request_publish(session, settings, issue)
     issue_id = issue.id
+    publishing.render_editions(session, settings, issue_id)  # planning hands rows over once the editions are rendered
     batches: list[list[int]] = []
     assert publishing.plan_deliveries(session, settings, issue_id, lambda _i, ids: batches.append(list(ids))) == len(
         expected(subs, suppressed, parse_segment(segment), issue_id, ["en"])
@@ -284,6 +285,7 @@ def test_a_pause_while_planning_enqueues_is_kept(session: Session, make_settings
     issue = new_issue(session)
     publishing.request_publish(session, settings, issue)
     issue_id = issue.id
+    publishing.render_editions(session, settings, issue_id)  # planning hands rows over once the editions are rendered
     pauser = session_factory(db_url)()  # another session, as the CLI's Ctrl-C handler or the web page would be
 
     def enqueue(_issue_id: int, ids: list[int]) -> None:

@@ -148,7 +148,8 @@ def test_without_the_pause_the_issue_fails_saying_nothing_was_suppressed_and_pub
         relay.broken = False
         publishing.request_publish(session, settings, issue)  # "fix the cause, then publish again"
         due = Batches()
-        publishing.plan_deliveries(session, settings, issue_id, due)  # plans nothing new, hands over the 20 held
+        publishing.render_editions(session, settings, issue_id, due)  # this run's rendering: hands over the 20 held
+        publishing.plan_deliveries(session, settings, issue_id, due)  # plans nothing new, hands over nothing twice
         assert sum(len(ids) for ids in due.calls) == N
         _send(session, settings, issue_id, due.calls, smtp.url)
         assert smtp.recorder.recipients() == {address(i): 1 for i in range(N)}

@@ -97,15 +97,19 @@ def plan_range(
     now: datetime,
     secret: str,
     domain: str,
+    hand_over: bool = True,
 ) -> tuple[int, list[int]]:
-    """Insert the delivery rows of the audience (``conditions``) with ``lo < subscriber_id <= hi`` and mark
-    the pending ones enqueued at ``now``; does not commit.
+    """Insert the delivery rows of the audience (``conditions``) with ``lo < subscriber_id <= hi`` and, with
+    ``hand_over``, mark the pending ones enqueued at ``now``; does not commit.
 
     One ``INSERT … SELECT … ON CONFLICT (issue_id, subscriber_id) DO NOTHING RETURNING``, so rows planned
-    before are left alone; then one UPDATE takes the range's pending rows that an earlier run planned but
-    never handed over (``enqueued_at`` NULL) and whose subscriber is still in the audience. A subscriber
-    whose language has no edition gets a ``skipped`` row (``no-edition``), as `newsletter.segments.edition_for`
-    decides. Returns ``(rows inserted, pending delivery ids to enqueue in id order)``.
+    before are left alone; then (with ``hand_over``) one UPDATE takes the range's pending rows that an earlier
+    run planned but never handed over (``enqueued_at`` NULL) and whose subscriber is still in the audience.
+    Without ``hand_over`` (the editions are not rendered yet) the new rows keep ``enqueued_at`` NULL, for
+    whoever hands them over later (`newsletter.publishing.render_editions`). A subscriber whose language has
+    no edition gets a ``skipped`` row (``no-edition``), as `newsletter.segments.edition_for` decides. Returns
+    ``(rows inserted, pending delivery ids to enqueue in id order)``; without ``hand_over``, the pending ids
+    this call inserted (not marked), for the caller to mark if the editions turn out rendered.
     """
     dialect = session.get_bind().dialect.name
     if dialect == "sqlite":
@@ -114,6 +118,7 @@ def plan_range(
     in_range = [Subscriber.id > lo] + ([Subscriber.id <= hi] if hi is not None else [])
     when = literal(now, Delivery.created_at.type)
     no_edition = edition.is_(None)
+    never = literal(None, Delivery.enqueued_at.type)
     source = (
         select(
             literal(issue_id, Integer),
@@ -126,7 +131,7 @@ def plan_range(
             literal(0, Integer),
             when,
             when,
-            case((no_edition, literal(None, Delivery.enqueued_at.type)), else_=when),
+            case((no_edition, never), else_=when) if hand_over else never,
         )
         .where(*conditions, *in_range)
         .order_by(Subscriber.id)  # delivery ids follow subscriber ids
@@ -141,6 +146,8 @@ def plan_range(
         .returning(Delivery.id, Delivery.status)
     )
     inserted = session.execute(insert).all()
+    if not hand_over:
+        return len(inserted), [i for i, status in inserted if status == DeliveryStatus.PENDING]
     ids = [i for i, status in inserted if status == DeliveryStatus.PENDING]
     leftover = session.scalars(
         update(Delivery)
