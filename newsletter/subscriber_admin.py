@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from newsletter.erasure import is_erased_suppressed
 from newsletter.models import Subscriber, SubscriberStatus, Suppression, utcnow
 from newsletter.segments import ATTRIBUTE_NAME
-from newsletter.subscribers import InvalidAddress, normalise_address, normalise_lang, spreadsheet_safe
+from newsletter.subscribers import InvalidAddress, clean_name, normalise_address, normalise_lang, spreadsheet_safe
 
 EXPORT_COLUMNS = ("email", "name", "lang", "topics", "status", "signed_up")
 
@@ -109,13 +109,17 @@ def add_subscriber(
         raise SubscriberError("a new subscriber is active or pending", "status")
     if len(name) > 256 or "\n" in name or "\r" in name:
         raise SubscriberError("the name must be one line of at most 256 characters", "name")
+    try:
+        name = clean_name(name)
+    except ValueError as exc:
+        raise SubscriberError(str(exc), "name") from exc
     if session.scalar(select(Subscriber.id).where(Subscriber.email == address)) is not None:
         raise SubscriberExists(f"{address} is already a subscriber", "email")
     if is_erased_suppressed(session, address) or session.scalar(select(Suppression.id).where(Suppression.email == address)) is not None:
         raise SubscriberError(f"{address} opted out (or bounced) and must not be added by an editor", "email")
     subscriber = Subscriber(
         email=address,
-        name=" ".join(name.split()),
+        name=name,
         lang=lang,
         topics=_topics(topics),
         attributes=_attributes(attributes or {}),
@@ -149,7 +153,10 @@ def update_subscriber(
     if name is not None:
         if len(name) > 256 or "\n" in name or "\r" in name:
             raise SubscriberError("the name must be one line of at most 256 characters", "name")
-        subscriber.name = " ".join(name.split())
+        try:
+            subscriber.name = clean_name(name)
+        except ValueError as exc:
+            raise SubscriberError(str(exc), "name") from exc
     if lang is not None:
         try:
             subscriber.lang = normalise_lang(lang)

@@ -6,6 +6,7 @@ import csv
 import importlib
 import itertools
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -100,16 +101,22 @@ CORE_COLUMNS = ("email", "name", "lang", "topics", "signed_up", "status")  # sta
 NAME_LENGTH = 256  # newsletter.models.Subscriber.name
 
 
+# Bidirectional embeddings, overrides and isolates (Unicode UAX #9): U+202E in a name reverses what follows it
+# wherever the name is shown (the To field, admin lists, exports), a known spoofing trick (CVE-2021-42574 kind).
+BIDI_CONTROLS = re.compile("[\u202a-\u202e\u2066-\u2069]")
+
+
 def clean_name(value: str) -> str:
     """A display name fit for a ``To`` header: line breaks and tabs become single spaces (a CR LF would
-    otherwise fail every message to this person, as header injection, RFC 5322 §2.2).
+    otherwise fail every message to this person, as header injection, RFC 5322 §2.2), and bidirectional
+    embedding, override and isolate characters (U+202A–U+202E, U+2066–U+2069) are dropped.
 
     Raises:
         ValueError: another control character (NUL ...), or longer than `NAME_LENGTH`.
     """
     if where := control_character(value):
         raise ValueError(f"the name contains a control character ({where})")
-    name = " ".join(value.split())
+    name = " ".join(BIDI_CONTROLS.sub("", value).split())
     if len(name) > NAME_LENGTH:
         raise ValueError(f"the name is longer than {NAME_LENGTH} characters")
     return name

@@ -256,3 +256,18 @@ def test_export_neutralises_spreadsheet_formulas_and_imports_back_unchanged(sess
     subs = _subs(session)
     assert subs["-ann@example.com"].name == '=HYPERLINK("http://evil.example","x")'
     assert subs["-ann@example.com"].attributes == {"plan": "+1"} and subs["bo@example.com"].name == "@bo"
+
+
+def test_bidi_override_characters_are_dropped_from_names_on_every_path(session, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # U+202E reversed what followed it wherever the name was shown (To field, admin lists): a spoofing trick.
+    from newsletter.subscriber_admin import add_subscriber, update_subscriber
+    from newsletter.subscribers import clean_name
+
+    assert clean_name("Ann \u202egnp.exe\u202c Lee\u2066x\u2069") == "Ann gnp.exe Leex"
+    path = tmp_path / "subs.csv"
+    path.write_text("email,name\nann@example.com,Ann\u202eEvil\n", encoding="utf-8")
+    assert import_subscribers(session, path).created == 1
+    assert _subs(session)["ann@example.com"].name == "AnnEvil"
+    bo = add_subscriber(session, "bo@example.com", name="Bo\u202d Bold")
+    assert bo.name == "Bo Bold"
+    assert update_subscriber(session, bo, name="\u2067Bo\u2069").name == "Bo"
