@@ -113,6 +113,9 @@ def test_a_page_or_issue_number_past_the_databases_integers_is_not_a_server_erro
     assert client.get("/?lang=en&page=1").text.count("Week 1") >= 1
     assert client.get("/issues/99999999999999999999/en", headers={"Accept": "text/html"}).status_code == 404
     assert client.get("/issues/1/en").status_code == 200
+    # A number that is not one: a page that does not exist, not a 422 (trial finding).
+    for bad in ("abc", "1.0", "-1", "%D9%A3"):
+        assert client.get(f"/issues/{bad}/en", headers={"Accept": "text/html"}).status_code == 404, bad
 
 
 def test_web_version_links_its_other_languages_and_the_archive(site: dict[str, Any]) -> None:

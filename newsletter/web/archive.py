@@ -88,13 +88,14 @@ def archive(request: Request, web: State, session: DB, page: int = 1) -> HTMLRes
 
 
 @router.get("/issues/{number}/{lang}", response_class=HTMLResponse)
-def edition(number: int, lang: str, session: DB) -> HTMLResponse:
+def edition(number: str, lang: str, session: DB) -> HTMLResponse:
     """The "view in browser" page of an edition, once its issue went out (its language switcher, tags
-    and archive links were rendered with it at publish)."""
-    if not 1 <= number <= MAX_NUMBER:
+    and archive links were rendered with it at publish). A number that is not one is a page that does not
+    exist (404), not a malformed request (FastAPI's 422 for an ``int`` parameter)."""
+    if not number.isascii() or not number.isdigit() or not 1 <= int(number) <= MAX_NUMBER:
         raise HTTPException(404, "no such edition")
     found = session.execute(
-        select(Edition.web_html).join(Issue).where(Issue.number == number, Edition.lang == lang, Issue.status.in_(PUBLIC_STATES))
+        select(Edition.web_html).join(Issue).where(Issue.number == int(number), Edition.lang == lang, Issue.status.in_(PUBLIC_STATES))
     ).scalar_one_or_none()
     if not found:
         raise HTTPException(404, "no such edition")
