@@ -46,7 +46,7 @@ def test_a_broker_outage_while_planning_leaves_the_issue_publishing_and_loses_no
     rows never handed over are marked so: planning again enqueues exactly those."""
     import pytest
     from kombu.exceptions import OperationalError as BrokerError
-    from sqlalchemy import insert, select
+    from sqlalchemy import select
 
     from tasks.app import use_settings
     from tasks.publish import plan_deliveries as plan_task
@@ -54,16 +54,7 @@ def test_a_broker_outage_while_planning_leaves_the_issue_publishing_and_loses_no
     settings = make_settings(sqlite_url, NEWSLETTER_BATCH_SIZE="2")
     use_settings(settings)
     with session_factory(sqlite_url)() as session:
-        session.execute(insert(Subscriber), [{"email": f"s{i}@example.org", "name": "", "lang": "en", "topics": [], "attributes": {},
-                                              "status": "active", "created_at": utcnow()} for i in range(5)])  # fmt: skip
-        article = Article(external_id="b1", title="Grid security rules", summary="S.", body_text="Grid security.", lang="en",
-                          published_at=utcnow())  # fmt: skip
-        session.add(article)
-        session.flush()
-        issue = create_issue(session, [article])
-        session.commit()
-        issue_id = issue.id
-        publishing.request_publish(session, settings, issue)
+        issue_id = _publishing_issue(session, settings, 5)
         publishing.attach_related(session, settings, issue_id)
         publishing.render_editions(session, settings, issue_id)
 
@@ -93,7 +84,7 @@ def test_a_rendering_failure_after_planning_deletes_what_was_never_handed_over(d
     (never handed over, never attempted) go with the failure, so nothing of it can be sent and the issue can
     be changed again; publishing it again plans and hands over every row once."""
     import pytest
-    from sqlalchemy import insert, select, update
+    from sqlalchemy import select, update
 
     from newsletter.issues import require_editable
     from newsletter.rendering import RenderError
@@ -103,16 +94,7 @@ def test_a_rendering_failure_after_planning_deletes_what_was_never_handed_over(d
     settings = make_settings(db_url, NEWSLETTER_PLAN_CHUNK="10")
     use_settings(settings)
     with session_factory(db_url)() as session:
-        session.execute(insert(Subscriber), [{"email": f"s{i}@example.org", "name": "", "lang": "en", "topics": [], "attributes": {},
-                                              "status": "active", "created_at": utcnow()} for i in range(25)])  # fmt: skip
-        article = Article(external_id="f1", title="Grid security rules", summary="S.", body_text="Grid security.", lang="en",
-                          published_at=utcnow())  # fmt: skip
-        session.add(article)
-        session.flush()
-        issue = create_issue(session, [article])
-        session.commit()
-        issue_id = issue.id
-        publishing.request_publish(session, settings, issue)
+        issue_id = _publishing_issue(session, settings, 25)
         handed: list[int] = []
         assert publishing.plan_deliveries(session, settings, issue_id, lambda _i, ids: handed.extend(ids)) == 25
         assert handed == []  # not rendered yet: nothing handed over
@@ -135,3 +117,19 @@ def test_a_rendering_failure_after_planning_deletes_what_was_never_handed_over(d
         publishing.plan_deliveries(session, settings, issue_id, lambda _i, ids: handed.extend(ids))
         assert sorted(handed) == sorted(session.scalars(select(Delivery.id))) and len(handed) == 25
         assert session.get_one(Issue, issue_id).status == IssueStatus.SENDING
+
+
+def _publishing_issue(session, settings, subscribers: int) -> int:  # type: ignore[no-untyped-def]
+    """``subscribers`` active en subscribers and a one-article issue moved to publishing; its id."""
+    from sqlalchemy import insert
+
+    session.execute(insert(Subscriber), [{"email": f"s{i}@example.org", "name": "", "lang": "en", "topics": [], "attributes": {},
+                                          "status": "active", "created_at": utcnow()} for i in range(subscribers)])  # fmt: skip
+    article = Article(external_id="a1", title="Grid security rules", summary="S.", body_text="Grid security.", lang="en",
+                      published_at=utcnow())  # fmt: skip
+    session.add(article)
+    session.flush()
+    issue = create_issue(session, [article])
+    session.commit()
+    publishing.request_publish(session, settings, issue)
+    return issue.id
