@@ -339,8 +339,7 @@ def dispatch_state(session: Session, issue_id: int) -> DispatchState:
     # delivery rows planning inserts meanwhile (FOR KEY SHARE), so rendering never waits for a range's insert.
     locked = select(Issue.status, Issue.planned_at).where(Issue.id == issue_id).with_for_update(key_share=True)
     status, planned_at = session.execute(locked).one()
-    unrendered = session.scalar(select(exists().where(Edition.issue_id == issue_id, Edition.rendered_at.is_(None))))
-    return DispatchState(IssueStatus(status), not unrendered, planned_at is not None)
+    return DispatchState(IssueStatus(status), is_rendered(session, issue_id), planned_at is not None)
 
 
 def _delete_never_handed_over(session: Session, issue_id: int) -> None:
